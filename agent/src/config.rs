@@ -1,0 +1,367 @@
+//! One `Config` value from three sources, in precedence order: command-line flags, then
+//! `TETHER_*` environment variables, then the TOML file named by `--config`. Secrets (NATS
+//! token and password) come only from the environment or from files, never from argv, and
+//! are wrapped in [`Secret`] so that no `Debug` or log line can print them.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde::Deserialize;
+use tether_proto::subjects::AgentSubjects;
+
+/// Environment variables that carry credentials. Children of the agent never see them.
+pub const SECRET_ENV_VARS: &[&str] =
+    &["TETHER_NATS_TOKEN", "TETHER_NATS_PASSWORD", "TETHER_RELAY_TOKEN", "NATS_TOKEN", "NATS_PASSWORD"];
+
+/// `tether-agent run` flags. Every one can also come from the environment (named beside it)
+/// or from the config file (same name with underscores).
+#[derive(Debug, Default, Args)]
+pub struct RunArgs {
+    /// TOML config file; flags and environment override it.
+    #[arg(long, env = "TETHER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// NATS server URL; repeat (or comma-separate) for a cluster.
+    #[arg(long = "nats-url", env = "TETHER_NATS_URL", value_delimiter = ',')]
+    pub nats_url: Vec<String>,
+    /// Workspace id (one NATS token).
+    #[arg(long, env = "TETHER_WORKSPACE_ID")]
+    pub workspace_id: Option<String>,
+    /// Agent id (one NATS token).
+    #[arg(long, env = "TETHER_AGENT_ID")]
+    pub agent_id: Option<String>,
+    /// Directory that `virtual_root` maps to [default: current directory].
+    #[arg(long, env = "TETHER_WORKSPACE_ROOT")]
+    pub workspace_root: Option<PathBuf>,
+    /// Path prefix a control plane uses for the workspace root [default: /workspace].
+    #[arg(long, env = "TETHER_VIRTUAL_ROOT")]
+    pub virtual_root: Option<String>,
+    /// Where the agent keeps durable state (held epochs) [default: the user's data dir].
+    #[arg(long, env = "TETHER_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Consent to whole-machine access: lifts path confinement to the workspace root.
+    #[arg(long, env = "TETHER_WHOLE_MACHINE", num_args = 0..=1, default_missing_value = "true")]
+    pub whole_machine: Option<bool>,
+    /// Reject epoch 0 in enforced fence scopes.
+    #[arg(long, env = "TETHER_STRICT_FENCING", num_args = 0..=1, default_missing_value = "true")]
+    pub strict_fencing: Option<bool>,
+    /// Enforce epochs of requests that carry no fence_scope (one session per machine).
+    #[arg(long, env = "TETHER_FENCE_UNSCOPED", num_args = 0..=1, default_missing_value = "true")]
+    pub fence_unscoped: Option<bool>,
+    /// Heartbeat period, e.g. "5s" or "500ms" [default: 5s].
+    #[arg(long, env = "TETHER_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Option<Duration>,
+    /// Requests served at once; more get DRAINING (retryable) [default: 64].
+    #[arg(long, env = "TETHER_MAX_IN_FLIGHT")]
+    pub max_in_flight: Option<usize>,
+    /// How long shutdown waits for in-flight requests before cancelling them [default: 5s].
+    #[arg(long, env = "TETHER_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Option<Duration>,
+    /// NATS user name (the password comes from TETHER_NATS_PASSWORD or --nats-password-file).
+    #[arg(long, env = "TETHER_NATS_USER")]
+    pub nats_user: Option<String>,
+    /// File holding the NATS password.
+    #[arg(long, env = "TETHER_NATS_PASSWORD_FILE")]
+    pub nats_password_file: Option<PathBuf>,
+    /// File holding the NATS token (or set TETHER_NATS_TOKEN).
+    #[arg(long, env = "TETHER_NATS_TOKEN_FILE")]
+    pub nats_token_file: Option<PathBuf>,
+    /// NATS .creds file (JWT + nkey seed).
+    #[arg(long, env = "TETHER_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// CA certificate (PEM) to verify the NATS server; implies TLS.
+    #[arg(long, env = "TETHER_NATS_TLS_CA")]
+    pub nats_tls_ca: Option<PathBuf>,
+}
+
+/// The config file: the same settings as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    nats_url: Vec<String>,
+    workspace_id: Option<String>,
+    agent_id: Option<String>,
+    workspace_root: Option<PathBuf>,
+    virtual_root: Option<String>,
+    state_dir: Option<PathBuf>,
+    whole_machine: Option<bool>,
+    strict_fencing: Option<bool>,
+    fence_unscoped: Option<bool>,
+    #[serde(default, with = "humantime_serde_opt")]
+    heartbeat_interval: Option<Duration>,
+    max_in_flight: Option<usize>,
+    #[serde(default, with = "humantime_serde_opt")]
+    shutdown_grace: Option<Duration>,
+    nats_user: Option<String>,
+    nats_password_file: Option<PathBuf>,
+    nats_token_file: Option<PathBuf>,
+    nats_creds: Option<PathBuf>,
+    nats_tls_ca: Option<PathBuf>,
+}
+
+/// A credential. `Debug` and `Display` print a placeholder, never the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// How the agent authenticates to NATS.
+#[derive(Debug, Clone, Default)]
+pub enum NatsAuth {
+    #[default]
+    None,
+    Token(Secret),
+    UserPassword {
+        user: String,
+        password: Secret,
+    },
+    CredsFile(PathBuf),
+}
+
+/// Everything `serve` needs, resolved and validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub nats_urls: Vec<String>,
+    pub subjects: AgentSubjects,
+    pub workspace_root: PathBuf,
+    pub virtual_root: String,
+    pub state_dir: PathBuf,
+    pub whole_machine: bool,
+    pub strict_fencing: bool,
+    pub fence_unscoped: bool,
+    pub heartbeat_interval: Duration,
+    pub max_in_flight: usize,
+    pub shutdown_grace: Duration,
+    pub nats_auth: NatsAuth,
+    pub nats_tls_ca: Option<PathBuf>,
+}
+
+impl Config {
+    /// Merges flags/env (`args`, already merged by clap) over the config file, reading secrets
+    /// through `env` (the process environment in production).
+    pub fn resolve(args: RunArgs, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
+        let file = match &args.config {
+            Some(path) => load_file(path)?,
+            None => FileConfig::default(),
+        };
+        let nats_urls = if args.nats_url.is_empty() { file.nats_url } else { args.nats_url };
+        let nats_urls =
+            if nats_urls.is_empty() { vec!["nats://127.0.0.1:4222".to_owned()] } else { nats_urls };
+        let workspace_id = args
+            .workspace_id
+            .or(file.workspace_id)
+            .context("--workspace-id (TETHER_WORKSPACE_ID) is required")?;
+        let agent_id = args.agent_id.or(file.agent_id).context("--agent-id (TETHER_AGENT_ID) is required")?;
+        let subjects = AgentSubjects::new(&workspace_id, &agent_id)?;
+        let workspace_root = match args.workspace_root.or(file.workspace_root) {
+            Some(root) => root,
+            None => std::env::current_dir().context("reading the current directory")?,
+        };
+        let virtual_root = args.virtual_root.or(file.virtual_root).unwrap_or_else(|| "/workspace".to_owned());
+        if !virtual_root.starts_with('/') || virtual_root.len() < 2 || virtual_root.ends_with('/') {
+            bail!(
+                "virtual root {virtual_root:?} must be an absolute path other than / without a trailing slash"
+            );
+        }
+        let state_dir = match args.state_dir.or(file.state_dir) {
+            Some(dir) => dir,
+            None => default_state_dir(&subjects)?,
+        };
+        let nats_auth = nats_auth(
+            env("TETHER_NATS_TOKEN"),
+            args.nats_token_file.or(file.nats_token_file),
+            args.nats_user.or(file.nats_user),
+            env("TETHER_NATS_PASSWORD"),
+            args.nats_password_file.or(file.nats_password_file),
+            args.nats_creds.or(file.nats_creds),
+        )?;
+        let max_in_flight = args.max_in_flight.or(file.max_in_flight).unwrap_or(64);
+        if max_in_flight == 0 {
+            bail!("max-in-flight must be at least 1");
+        }
+        Ok(Config {
+            nats_urls,
+            subjects,
+            workspace_root,
+            virtual_root,
+            state_dir,
+            whole_machine: args.whole_machine.or(file.whole_machine).unwrap_or(false),
+            strict_fencing: args.strict_fencing.or(file.strict_fencing).unwrap_or(false),
+            fence_unscoped: args.fence_unscoped.or(file.fence_unscoped).unwrap_or(false),
+            heartbeat_interval: args
+                .heartbeat_interval
+                .or(file.heartbeat_interval)
+                .unwrap_or(Duration::from_secs(5))
+                .max(Duration::from_millis(100)),
+            max_in_flight,
+            shutdown_grace: args.shutdown_grace.or(file.shutdown_grace).unwrap_or(Duration::from_secs(5)),
+            nats_auth,
+            nats_tls_ca: args.nats_tls_ca.or(file.nats_tls_ca),
+        })
+    }
+}
+
+fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+}
+
+fn default_state_dir(subjects: &AgentSubjects) -> anyhow::Result<PathBuf> {
+    let dirs = directories::ProjectDirs::from("dev", "tether", "tether-agent")
+        .context("no home directory to keep state in; pass --state-dir")?;
+    Ok(dirs.data_dir().join(format!("{}.{}", subjects.workspace_id(), subjects.agent_id())))
+}
+
+fn read_secret_file(path: &Path) -> anyhow::Result<Secret> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading secret file {}", path.display()))?;
+    let value = text.trim_end_matches(['\n', '\r']).to_owned();
+    if value.is_empty() {
+        bail!("secret file {} is empty", path.display());
+    }
+    Ok(Secret(value))
+}
+
+fn nats_auth(
+    token_env: Option<String>,
+    token_file: Option<PathBuf>,
+    user: Option<String>,
+    password_env: Option<String>,
+    password_file: Option<PathBuf>,
+    creds: Option<PathBuf>,
+) -> anyhow::Result<NatsAuth> {
+    let token = match (token_env.filter(|t| !t.is_empty()), token_file) {
+        (Some(t), _) => Some(Secret(t)),
+        (None, Some(path)) => Some(read_secret_file(&path)?),
+        (None, None) => None,
+    };
+    let password = match (password_env.filter(|p| !p.is_empty()), password_file) {
+        (Some(p), _) => Some(Secret(p)),
+        (None, Some(path)) => Some(read_secret_file(&path)?),
+        (None, None) => None,
+    };
+    let chosen = [token.is_some(), user.is_some(), creds.is_some()].iter().filter(|x| **x).count();
+    if chosen > 1 {
+        bail!("choose one NATS auth method: token, user+password, or creds file");
+    }
+    Ok(match (token, user, password, creds) {
+        (Some(token), ..) => NatsAuth::Token(token),
+        (None, Some(user), Some(password), _) => NatsAuth::UserPassword { user, password },
+        (None, Some(user), None, _) => {
+            bail!("NATS user {user:?} needs a password: set TETHER_NATS_PASSWORD or --nats-password-file")
+        }
+        (None, None, Some(_), _) => bail!("a NATS password was given without --nats-user"),
+        (None, None, None, Some(creds)) => NatsAuth::CredsFile(creds),
+        (None, None, None, None) => NatsAuth::None,
+    })
+}
+
+/// Lets the config file write durations as "5s" or "250ms".
+mod humantime_serde_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|t| humantime::parse_duration(&t).map_err(serde::de::Error::custom)).transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn base_args() -> RunArgs {
+        RunArgs {
+            workspace_id: Some("ws".into()),
+            agent_id: Some("a1".into()),
+            state_dir: Some("/tmp/state".into()),
+            ..RunArgs::default()
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file_and_the_file_fills_the_rest() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            file,
+            r#"workspace_id = "file-ws"
+agent_id = "file-agent"
+virtual_root = "/work"
+heartbeat_interval = "250ms"
+whole_machine = true
+nats_url = ["nats://a:1", "nats://b:2"]"#
+        )
+        .unwrap();
+        let args = RunArgs {
+            config: Some(file.path().to_owned()),
+            workspace_id: Some("flag-ws".into()),
+            whole_machine: Some(false),
+            ..RunArgs::default()
+        };
+        let c = Config::resolve(args, no_env).unwrap();
+        assert_eq!(c.subjects.workspace_id(), "flag-ws");
+        assert_eq!(c.subjects.agent_id(), "file-agent");
+        assert_eq!(c.virtual_root, "/work");
+        assert_eq!(c.heartbeat_interval, Duration::from_millis(250));
+        assert!(!c.whole_machine, "the flag said false");
+        assert_eq!(c.nats_urls, ["nats://a:1", "nats://b:2"]);
+    }
+
+    #[test]
+    fn defaults_are_confined_unscoped_and_local() {
+        let c = Config::resolve(base_args(), no_env).unwrap();
+        assert!(!c.whole_machine && !c.strict_fencing && !c.fence_unscoped);
+        assert_eq!(c.virtual_root, "/workspace");
+        assert_eq!(c.nats_urls, ["nats://127.0.0.1:4222"]);
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn ids_must_be_single_tokens() {
+        let args = RunArgs { agent_id: Some("a.b".into()), ..base_args() };
+        let err = Config::resolve(args, no_env).unwrap_err().to_string();
+        assert!(err.contains("a.b"), "{err}");
+    }
+
+    #[test]
+    fn secrets_come_from_env_and_never_print() {
+        let env = |k: &str| (k == "TETHER_NATS_TOKEN").then(|| "s3cret-token".to_owned());
+        let c = Config::resolve(base_args(), env).unwrap();
+        assert!(matches!(&c.nats_auth, NatsAuth::Token(t) if t.expose() == "s3cret-token"));
+        assert!(!format!("{c:?}").contains("s3cret-token"));
+    }
+
+    #[test]
+    fn user_needs_a_password_and_methods_are_exclusive() {
+        let args = RunArgs { nats_user: Some("bob".into()), ..base_args() };
+        assert!(Config::resolve(args, no_env).is_err());
+        let env = |k: &str| match k {
+            "TETHER_NATS_TOKEN" => Some("t".to_owned()),
+            _ => None,
+        };
+        let args = RunArgs { nats_creds: Some("/x.creds".into()), ..base_args() };
+        assert!(Config::resolve(args, env).is_err());
+    }
+}

@@ -1,0 +1,96 @@
+//! What the agent says about itself: the `Hello` published on every (re)connect. Capabilities
+//! tell the truth: only what this build and configuration really serve is claimed.
+
+use std::io::Read;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+use tether_proto::pb;
+
+use crate::config::Config;
+
+/// The parts of `Hello` fixed for the life of the process.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub machine_name: String,
+    pub binary_sha256: String,
+}
+
+impl Identity {
+    /// Reads the host name and hashes the running binary (blocking; call once at startup).
+    pub fn detect() -> Identity {
+        let machine_name = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "unknown".to_owned());
+        let binary_sha256 =
+            std::env::current_exe().ok().and_then(|exe| sha256_file(&exe).ok()).unwrap_or_default();
+        Identity { machine_name, binary_sha256 }
+    }
+}
+
+fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Builds the `Hello` for `config`, with the workspace root as resolved by the path layer and
+/// the server's negotiated `max_payload`.
+pub fn hello(config: &Config, identity: &Identity, workspace_root: &Path, max_payload: usize) -> pb::Hello {
+    pb::Hello {
+        agent_id: config.subjects.agent_id().to_owned(),
+        workspace_id: config.subjects.workspace_id().to_owned(),
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        os: os() as i32,
+        arch: arch() as i32,
+        machine_name: identity.machine_name.clone(),
+        workspace_root: workspace_root.display().to_string(),
+        capabilities: Some(capabilities(config, max_payload)),
+        update_channel: String::new(),
+        resume_token: String::new(),
+        binary_sha256: identity.binary_sha256.clone(),
+    }
+}
+
+fn capabilities(config: &Config, max_payload: usize) -> pb::Capabilities {
+    pb::Capabilities {
+        exec: true,
+        filesystem: true,
+        git: false,
+        pty: false,
+        desktop: false,
+        consented_whole_machine: config.whole_machine,
+        consented_screen_control: false,
+        display: None,
+        desktop_unavailable_reason: "this agent build does not serve the desktop yet".to_owned(),
+        virtual_root: config.virtual_root.clone(),
+        fence_scoped: true,
+        max_payload: max_payload as u64,
+    }
+}
+
+fn os() -> pb::Os {
+    match std::env::consts::OS {
+        "linux" => pb::Os::Linux,
+        "macos" => pb::Os::Macos,
+        "windows" => pb::Os::Windows,
+        _ => pb::Os::Unspecified,
+    }
+}
+
+fn arch() -> pb::Arch {
+    match std::env::consts::ARCH {
+        "x86_64" => pb::Arch::X8664,
+        "aarch64" => pb::Arch::Aarch64,
+        _ => pb::Arch::Unspecified,
+    }
+}

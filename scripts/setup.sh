@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what building and testing Tether needs on Debian/Ubuntu: protoc (the .proto is
+# compiled at build time) and nats-server (tests and the demo run a real one). Idempotent:
+# installs only what is missing.
+set -euo pipefail
+
+need=()
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
+command -v tmux >/dev/null 2>&1 || need+=(tmux)
+
+if ((${#need[@]})); then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "setup: please install: ${need[*]} (no apt-get here)" >&2
+    exit 1
+  fi
+  echo "setup: installing ${need[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+command -v cargo >/dev/null 2>&1 || { echo "setup: Rust (cargo) is required: https://rustup.rs" >&2; exit 1; }

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Sets up and runs the whole test suite: unit tests and end-to-end tests against a real
+# nats-server and the real binaries.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cargo build --workspace --bins --locked
+cargo test --workspace --locked -- "$@"

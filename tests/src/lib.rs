@@ -1,0 +1,312 @@
+//! Test harness: real `nats-server` on a free loopback port, the real `tether-agent` and
+//! `tetherctl` binaries, and a raw NATS control-plane helper. Every process started here is
+//! killed when its handle drops, so a failing test leaves nothing behind.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use prost::Message;
+pub use tether_proto::pb;
+use tether_proto::pb::control_request::Op;
+use tether_proto::pb::control_response::Result as Reply;
+
+/// How long any wait in the harness may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// A path to a binary of this workspace, built by `cargo build --workspace --bins`.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free loopback port").port()
+}
+
+/// A child process killed (and reaped) on drop.
+pub struct Proc {
+    child: Option<Child>,
+    pub name: &'static str,
+}
+
+impl Proc {
+    pub fn spawn(name: &'static str, cmd: &mut Command) -> anyhow::Result<Proc> {
+        let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+        Ok(Proc { child: Some(child), name })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig);
+    }
+
+    /// Waits (bounded) for the process to exit.
+    pub fn wait_exit(&mut self, within: Duration) -> anyhow::Result<ExitStatus> {
+        let child = self.child.as_mut().context("already reaped")?;
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not exit within {within:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A real nats-server on a free loopback port.
+pub struct Nats {
+    pub url: String,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+    _proc: Proc,
+}
+
+impl Nats {
+    pub async fn start() -> Nats {
+        Self::start_with("").await
+    }
+
+    /// Starts with extra server configuration, e.g. `max_payload: 65536`.
+    pub async fn start_with(extra_config: &str) -> Nats {
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf = dir.path().join("nats.conf");
+        std::fs::write(&conf, format!("listen: 127.0.0.1:{port}\n{extra_config}\n"))
+            .expect("write nats.conf");
+        let proc = Proc::spawn(
+            "nats-server",
+            Command::new("nats-server").arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()),
+        )
+        .unwrap_or_else(|e| {
+            panic!("{e:#}: is nats-server installed? (apt-get install nats-server, or scripts/setup.sh)")
+        });
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not listen on {port}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Nats { url: format!("nats://127.0.0.1:{port}"), port, _dir: dir, _proc: proc }
+    }
+
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(&self.url).await.expect("connect to test nats-server")
+    }
+}
+
+/// Options for one agent under test.
+#[derive(Default, Clone)]
+pub struct AgentOpts {
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Reuse a state directory (restart tests).
+    pub state_dir: Option<PathBuf>,
+    /// Reuse a workspace root.
+    pub root: Option<PathBuf>,
+    pub agent_id: Option<String>,
+}
+
+/// A running `tether-agent` and a control-plane connection to it.
+pub struct Agent {
+    pub ws: String,
+    pub id: String,
+    pub root: PathBuf,
+    pub state_dir: PathBuf,
+    pub hello: pb::Hello,
+    pub nc: async_nats::Client,
+    pub proc: Proc,
+    pub log: PathBuf,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Agent {
+    /// Starts an agent and waits for its Hello.
+    pub async fn start(nats: &Nats) -> Agent {
+        Self::start_with(nats, AgentOpts::default()).await
+    }
+
+    pub async fn start_with(nats: &Nats, opts: AgentOpts) -> Agent {
+        let mut dirs = Vec::new();
+        let mut dir_or_temp = |given: Option<PathBuf>| {
+            given.unwrap_or_else(|| {
+                let d = tempfile::tempdir().expect("tempdir");
+                let p = d.path().canonicalize().expect("canonical tempdir");
+                dirs.push(d);
+                p
+            })
+        };
+        let root = dir_or_temp(opts.root.clone());
+        let state_dir = dir_or_temp(opts.state_dir.clone());
+        let logs = dir_or_temp(None);
+        let ws = "ws1".to_owned();
+        let id = opts.agent_id.clone().unwrap_or_else(|| format!("agent{}", free_port()));
+        let nc = nats.client().await;
+        let mut hellos = nc.subscribe(format!("agent.{ws}.{id}.hello")).await.expect("subscribe hello");
+        nc.flush().await.expect("flush");
+        let (proc, log) = spawn_agent(nats, &ws, &id, &root, &state_dir, &logs, &opts).expect("spawn agent");
+        let msg = tokio::time::timeout(WAIT, hellos.next())
+            .await
+            .unwrap_or_else(|_| panic!("no Hello within {WAIT:?}; agent log:\n{}", read_log(&log)))
+            .expect("hello subscription");
+        let hello = pb::Hello::decode(msg.payload).expect("decode Hello");
+        Agent { ws, id, root, state_dir, hello, nc, proc, log, _dirs: dirs }
+    }
+
+    pub fn rpc_subject(&self) -> String {
+        format!("agent.{}.{}.rpc", self.ws, self.id)
+    }
+
+    pub fn log(&self) -> String {
+        read_log(&self.log)
+    }
+
+    /// Sends raw bytes as a request and decodes the reply.
+    pub async fn request_raw(&self, payload: Vec<u8>) -> pb::ControlResponse {
+        let msg = tokio::time::timeout(
+            Duration::from_secs(60),
+            self.nc.request(self.rpc_subject(), payload.into()),
+        )
+        .await
+        .expect("request timed out")
+        .expect("request failed");
+        pb::ControlResponse::decode(msg.payload).expect("decode ControlResponse")
+    }
+
+    /// Sends `op` with a fence scope and epoch; returns the result or the agent's error.
+    pub async fn call_fenced(&self, op: Op, scope: &str, epoch: u32) -> Result<Reply, pb::AgentError> {
+        let request_id = format!("t-{}", free_port());
+        let req = pb::ControlRequest {
+            request_id: request_id.clone(),
+            epoch,
+            fence_scope: scope.to_owned(),
+            op: Some(op),
+            ..Default::default()
+        };
+        let resp = self.request_raw(req.encode_to_vec()).await;
+        assert_eq!(resp.request_id, request_id, "reply must echo the request id");
+        match (resp.error, resp.result) {
+            (Some(err), None) => Err(err),
+            (None, Some(result)) => Ok(result),
+            other => panic!("reply must carry exactly one of error/result: {other:?}"),
+        }
+    }
+
+    /// Sends `op` unfenced (epoch 0, no scope).
+    pub async fn call(&self, op: Op) -> Result<Reply, pb::AgentError> {
+        self.call_fenced(op, "", 0).await
+    }
+
+    /// `tetherctl` preconfigured for this agent.
+    pub fn tetherctl(&self, nats: &Nats) -> Command {
+        let mut cmd = Command::new(bin("tetherctl"));
+        cmd.env("TETHER_NATS_URL", &nats.url)
+            .env("TETHER_WORKSPACE_ID", &self.ws)
+            .env("TETHER_AGENT_ID", &self.id)
+            .env_remove("TETHER_NATS_TOKEN");
+        cmd
+    }
+}
+
+fn spawn_agent(
+    nats: &Nats,
+    ws: &str,
+    id: &str,
+    root: &Path,
+    state_dir: &Path,
+    logs: &Path,
+    opts: &AgentOpts,
+) -> anyhow::Result<(Proc, PathBuf)> {
+    let log = logs.join("agent.log");
+    let mut cmd = Command::new(bin("tether-agent"));
+    cmd.arg("run")
+        .args(["--nats-url", &nats.url, "--workspace-id", ws, "--agent-id", id])
+        .arg("--workspace-root")
+        .arg(root)
+        .arg("--state-dir")
+        .arg(state_dir)
+        .args(["--heartbeat-interval", "200ms"])
+        .args(&opts.args)
+        .envs(opts.env.iter().map(|(k, v)| (k, v)))
+        .env("TETHER_LOG", "info,async_nats=warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?);
+    Ok((Proc::spawn("tether-agent", &mut cmd)?, log))
+}
+
+pub fn read_log(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Waits until `cond` holds, polling; fails the test after `WAIT`.
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Convenience constructors for ops.
+pub mod op {
+    use super::*;
+
+    pub fn ping(nonce: u64) -> Op {
+        Op::Ping(pb::PingRequest { nonce })
+    }
+
+    pub fn exec(argv: &[&str]) -> pb::ExecRequest {
+        pb::ExecRequest { command: argv.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+    }
+
+    pub fn sh(script: &str) -> pb::ExecRequest {
+        pb::ExecRequest { command: vec![script.to_owned()], shell: true, ..Default::default() }
+    }
+
+    pub fn read(path: &str) -> Op {
+        Op::FsRead(pb::FsReadRequest { path: path.to_owned(), ..Default::default() })
+    }
+
+    pub fn write(path: &str, content: &[u8]) -> Op {
+        Op::FsWrite(pb::FsWriteRequest {
+            path: path.to_owned(),
+            content: content.to_vec().into(),
+            ..Default::default()
+        })
+    }
+
+    pub fn stat(path: &str) -> Op {
+        Op::FsStat(pb::FsStatRequest { path: path.to_owned() })
+    }
+}
