@@ -1,0 +1,312 @@
+//! The one door every child process of the agent goes through. A [`Launcher`] owns what all
+//! children share: the sanitised base environment (the agent's own credentials never leak into
+//! a command), a fresh process group or session per child (so a timeout or a fence can kill
+//! the whole tree), the user's shell, and the pre-exec hooks run between fork and exec. Today
+//! there are no hooks; confined mode will add a Landlock ruleset and resource limits here, and
+//! exec and PTY pick them up without changing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+/// Work done in the child after fork and before exec (e.g. apply a Landlock ruleset or set a
+/// resource limit). It runs in a forked copy of a multi-threaded process, so it must be
+/// async-signal-safe: plain syscalls only, no allocation, no locks, no logging. Prepare
+/// everything it needs (rulesets, file descriptors, values) before spawning. An `Err` aborts
+/// the spawn and is returned by `spawn()`.
+pub type PreExecHook = Arc<dyn Fn() -> io::Result<()> + Send + Sync>;
+
+/// Fallback shell when neither `$SHELL` nor the passwd entry names a usable one.
+const FALLBACK_SHELL: &str = "/bin/sh";
+
+/// Substrings (upper case) that make a `NATS_*` variable look like a credential.
+const CREDENTIAL_WORDS: &[&str] = &["TOKEN", "PASS", "CRED", "NKEY", "KEY", "SECRET", "SEED", "JWT", "AUTH"];
+
+/// How a child is detached from the agent's process group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grouping {
+    /// A new process group led by the child (`setpgid(0, 0)`): exec.
+    ProcessGroup,
+    /// A new session led by the child (`setsid()`), also a new process group: a PTY shell, which
+    /// then takes its terminal as controlling terminal (the caller adds that pre-exec step).
+    Session,
+}
+
+/// Spawns the agent's children: see the module doc.
+#[derive(Clone)]
+pub struct Launcher {
+    env: BTreeMap<OsString, OsString>,
+    shell: PathBuf,
+    pre_exec: Vec<PreExecHook>,
+}
+
+impl Launcher {
+    /// Snapshot of the agent's environment minus its secrets (see [`Launcher::from_env`]).
+    pub fn from_current_env<S: AsRef<str>>(secret_names: &[S]) -> Self {
+        Self::from_env(std::env::vars_os(), secret_names)
+    }
+
+    /// Base environment from `vars` minus secrets: every variable named in `secret_names`, every
+    /// `TETHER_*` variable, and every `NATS_*` variable that looks like a credential (its name
+    /// mentions a token, password, creds, key, seed, secret or JWT, or its value is a URL with
+    /// a user part). The shell is looked up once, here.
+    pub fn from_env<S: AsRef<str>>(
+        vars: impl IntoIterator<Item = (OsString, OsString)>,
+        secret_names: &[S],
+    ) -> Self {
+        let env: BTreeMap<OsString, OsString> =
+            vars.into_iter().filter(|(name, value)| !is_secret(name, value, secret_names)).collect();
+        let shell = login_shell(env.get(OsStr::new("SHELL")).map(OsString::as_os_str));
+        Self { env, shell, pre_exec: Vec::new() }
+    }
+
+    /// Adds a hook run in every child between fork and exec, after the process group or session
+    /// is set up, in the order added. See [`PreExecHook`] for what a hook may do.
+    pub fn add_pre_exec(&mut self, hook: PreExecHook) {
+        self.pre_exec.push(hook);
+    }
+
+    /// The sanitised base environment every child starts from.
+    pub fn base_env(&self) -> &BTreeMap<OsString, OsString> {
+        &self.env
+    }
+
+    /// The user's login shell: `$SHELL` if absolute and executable, else the passwd entry's
+    /// shell (unless it is nologin/false), else `/bin/sh`.
+    pub fn shell(&self) -> PathBuf {
+        self.shell.clone()
+    }
+
+    /// A command for `program args` in `cwd`, with the base environment plus `extra_env`, its
+    /// own process group, the pre-exec hooks, stdin/stdout/stderr piped, and no kill on drop
+    /// (the caller owns the group's lifetime through [`kill_group`]).
+    pub fn command(
+        &self,
+        program: &OsStr,
+        args: &[OsString],
+        cwd: &Path,
+        extra_env: &HashMap<String, String>,
+    ) -> tokio::process::Command {
+        let mut std_cmd = self.std_command(program, args, cwd, extra_env, Grouping::ProcessGroup);
+        std_cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut cmd = tokio::process::Command::from(std_cmd);
+        cmd.kill_on_drop(false);
+        cmd
+    }
+
+    /// The same, as a `std` command with stdio left to the caller (a PTY wires its own) and the
+    /// grouping chosen by the caller. Pre-exec steps the caller adds run after the hooks.
+    pub fn std_command(
+        &self,
+        program: &OsStr,
+        args: &[OsString],
+        cwd: &Path,
+        extra_env: &HashMap<String, String>,
+        grouping: Grouping,
+    ) -> std::process::Command {
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(args).current_dir(cwd).env_clear().envs(&self.env).envs(extra_env);
+        let new_session = grouping == Grouping::Session;
+        if !new_session {
+            // Done by std in the child (or by posix_spawn), before any pre_exec closure.
+            cmd.process_group(0);
+        }
+        if new_session || !self.pre_exec.is_empty() {
+            let hooks = self.pre_exec.clone();
+            // SAFETY: the closure runs in the child between fork and exec. It only calls
+            // setsid(2) and the hooks, whose contract (`PreExecHook`) is to be
+            // async-signal-safe; iterating the Vec cloned above neither allocates nor locks.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if new_session {
+                        nix::unistd::setsid()?;
+                    }
+                    hooks.iter().try_for_each(|hook| hook())
+                });
+            }
+        }
+        cmd
+    }
+}
+
+impl fmt::Debug for Launcher {
+    // Values are never printed: the user's own environment may hold secrets too.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Launcher")
+            .field("env_vars", &self.env.len())
+            .field("shell", &self.shell)
+            .field("pre_exec_hooks", &self.pre_exec.len())
+            .finish()
+    }
+}
+
+/// Sends `signal` to every process of group `pgid`. A group that no longer exists is not an
+/// error. Refuses pgid 0 and 1, which would mean the agent's own group or every process.
+pub fn kill_group(pgid: Pid, signal: Signal) -> io::Result<()> {
+    if pgid.as_raw() <= 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("refusing to signal process group {pgid}"),
+        ));
+    }
+    match killpg(pgid, signal) {
+        Ok(()) | Err(Errno::ESRCH) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether any process is left in group `pgid`. Zombies count: a member reparented to an init
+/// that does not reap keeps the group alive.
+pub fn group_alive(pgid: Pid) -> bool {
+    pgid.as_raw() > 1 && !matches!(killpg(pgid, None), Err(Errno::ESRCH))
+}
+
+fn is_secret<S: AsRef<str>>(name: &OsStr, value: &OsStr, secret_names: &[S]) -> bool {
+    let name = name.to_string_lossy();
+    if secret_names.iter().any(|s| s.as_ref() == name) {
+        return true;
+    }
+    let upper = name.to_ascii_uppercase();
+    if upper.starts_with("TETHER_") {
+        return true;
+    }
+    if upper.starts_with("NATS_") {
+        let value = value.to_string_lossy();
+        let url_with_user = value.contains("://") && value.contains('@');
+        return url_with_user || CREDENTIAL_WORDS.iter().any(|w| upper.contains(w));
+    }
+    false
+}
+
+fn login_shell(env_shell: Option<&OsStr>) -> PathBuf {
+    if let Some(shell) = env_shell.map(Path::new).filter(|p| usable_shell(p)) {
+        return shell.to_path_buf();
+    }
+    // getpwuid_r: a local file read on most machines, done once per Launcher.
+    if let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::getuid())
+        && usable_shell(&user.shell)
+    {
+        return user.shell;
+    }
+    PathBuf::from(FALLBACK_SHELL)
+}
+
+/// Absolute, an executable file, and not one of the shells that refuse logins.
+fn usable_shell(path: &Path) -> bool {
+    let refuses = matches!(path.file_name().and_then(OsStr::to_str), Some("nologin" | "false"));
+    path.is_absolute() && !refuses && is_executable(path)
+}
+
+fn is_executable(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
+        pairs.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))).collect()
+    }
+
+    #[test]
+    fn secrets_are_dropped_and_the_rest_kept() {
+        let l = Launcher::from_env(
+            vars(&[
+                ("PATH", "/usr/bin:/bin"),
+                ("HOME", "/root"),
+                ("TETHER_NATS_TOKEN", "t"),
+                ("TETHER_WORKSPACE_ID", "w"),
+                ("NATS_PASSWORD", "p"),
+                ("NATS_CREDS", "/x.creds"),
+                ("NATS_NKEY_SEED", "SU..."),
+                ("NATS_URL", "nats://user:pw@host:4222"),
+                ("NATS_SERVER", "nats://host:4222"),
+                ("MY_API_KEY", "k"),
+                ("GITHUB_TOKEN", "g"),
+            ]),
+            &["MY_API_KEY"],
+        );
+        let names: Vec<_> = l.base_env().keys().map(|k| k.to_string_lossy().into_owned()).collect();
+        assert_eq!(names, ["GITHUB_TOKEN", "HOME", "NATS_SERVER", "PATH"]);
+    }
+
+    #[test]
+    fn shell_prefers_env_then_passwd_then_bin_sh() {
+        let l = Launcher::from_env(vars(&[("SHELL", "/bin/sh")]), &[] as &[&str]);
+        assert_eq!(l.shell(), Path::new("/bin/sh"));
+        for bad in ["sh", "/no/such/shell", "/etc/passwd", "/usr/sbin/nologin"] {
+            let l = Launcher::from_env(vars(&[("SHELL", bad)]), &[] as &[&str]);
+            assert_ne!(l.shell(), Path::new(bad));
+            assert!(l.shell().is_absolute() && is_executable(&l.shell()), "{:?}", l.shell());
+        }
+    }
+
+    #[tokio::test]
+    async fn command_gets_own_group_and_only_sanitised_env() {
+        let path = std::env::var("PATH").unwrap_or_default();
+        let l = Launcher::from_env(vars(&[("PATH", &path), ("TETHER_NATS_TOKEN", "sekrit")]), &[] as &[&str]);
+        let extra = HashMap::from([("EXTRA".to_owned(), "1".to_owned())]);
+        let cmd = l.command(
+            OsStr::new("sh"),
+            &["-c".into(), "cut -d' ' -f5 /proc/$$/stat; env".into()],
+            Path::new("/"),
+            &extra,
+        );
+        let out = cmd.into_std().output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut lines = text.lines();
+        let pgid: i32 = lines.next().unwrap().trim().parse().unwrap();
+        assert_ne!(pgid, nix::unistd::getpgrp().as_raw());
+        let env: Vec<_> = lines.collect();
+        assert!(env.contains(&"EXTRA=1"), "{env:?}");
+        assert!(!text.contains("sekrit"), "{env:?}");
+    }
+
+    #[test]
+    fn pre_exec_hook_runs_in_child_and_can_fail_the_spawn() {
+        let mut l = Launcher::from_env(std::env::vars_os(), &[] as &[&str]);
+        l.add_pre_exec(Arc::new(|| Err(io::Error::from_raw_os_error(libc::EPERM))));
+        let mut cmd =
+            l.std_command(OsStr::new("true"), &[], Path::new("/"), &HashMap::new(), Grouping::Session);
+        let err = cmd.status().unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EPERM));
+    }
+
+    #[test]
+    fn session_grouping_makes_a_session_leader() {
+        let l = Launcher::from_env(std::env::vars_os(), &[] as &[&str]);
+        let mut cmd = l.std_command(
+            OsStr::new("sh"),
+            &["-c".into(), "cut -d' ' -f6 /proc/$$/stat; echo $$".into()],
+            Path::new("/"),
+            &HashMap::new(),
+            Grouping::Session,
+        );
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let nums: Vec<&str> = text.split_whitespace().collect();
+        assert_eq!(nums.len(), 2, "{text}");
+        assert_eq!(nums[0], nums[1]);
+    }
+
+    #[test]
+    fn kill_group_refuses_own_and_ignores_missing() {
+        assert!(kill_group(Pid::from_raw(0), Signal::SIGTERM).is_err());
+        assert!(kill_group(Pid::from_raw(1), Signal::SIGTERM).is_err());
+        // A pid far above pid_max: no such group.
+        assert!(kill_group(Pid::from_raw(i32::MAX - 7), Signal::SIGKILL).is_ok());
+        assert!(!group_alive(Pid::from_raw(i32::MAX - 7)));
+    }
+}
