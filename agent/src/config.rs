@@ -330,6 +330,13 @@ nats_url = ["nats://a:1", "nats://b:2"]"#
     }
 
     #[test]
+    fn the_packaged_example_config_parses() {
+        let file: FileConfig = toml::from_str(include_str!("../../packaging/agent.example.toml")).unwrap();
+        assert_eq!(file.agent_id.as_deref(), Some("my-laptop"));
+        assert_eq!(file.heartbeat_interval, Some(Duration::from_secs(5)));
+    }
+
+    #[test]
     fn defaults_are_confined_unscoped_and_local() {
         let c = Config::resolve(base_args(), no_env).unwrap();
         assert!(!c.whole_machine && !c.strict_fencing && !c.fence_unscoped);

@@ -20,8 +20,11 @@ pub const WAIT: Duration = Duration::from_secs(15);
 /// A path to a binary of this workspace, built by `cargo build --workspace --bins`.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    // A test runs from target/<profile>/deps/, a harness binary from target/<profile>/.
+    let mut dir = exe.parent().expect("target dir");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("target dir");
+    }
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -309,4 +312,67 @@ pub mod op {
     pub fn stat(path: &str) -> Op {
         Op::FsStat(pb::FsStatRequest { path: path.to_owned() })
     }
+}
+
+impl Agent {
+    /// Sends `op` unfenced and also returns the size in bytes of the raw reply as it came off
+    /// the wire (to check it against the negotiated `max_payload`).
+    pub async fn call_sized(&self, op: Op) -> (usize, Result<Reply, pb::AgentError>) {
+        let request_id = format!("t-{}", free_port());
+        let req = pb::ControlRequest { request_id: request_id.clone(), op: Some(op), ..Default::default() };
+        let msg = tokio::time::timeout(
+            Duration::from_secs(60),
+            self.nc.request(self.rpc_subject(), req.encode_to_vec().into()),
+        )
+        .await
+        .expect("request timed out")
+        .expect("request failed");
+        let size = msg.payload.len();
+        let resp = pb::ControlResponse::decode(msg.payload).expect("decode ControlResponse");
+        assert_eq!(resp.request_id, request_id, "reply must echo the request id");
+        match (resp.error, resp.result) {
+            (Some(err), None) => (size, Err(err)),
+            (None, Some(result)) => (size, Ok(result)),
+            other => panic!("reply must carry exactly one of error/result: {other:?}"),
+        }
+    }
+}
+
+/// The error code of an agent error (UNSPECIFIED for a number this build does not know).
+pub fn error_code(err: &pb::AgentError) -> pb::ErrorCode {
+    pb::ErrorCode::try_from(err.code).unwrap_or(pb::ErrorCode::Unspecified)
+}
+
+/// Whether `pid` names a live process: false once it is gone or is a zombie (dead, not yet
+/// reaped: in a container nobody may ever reap an orphan).
+pub fn pid_alive(pid: i32) -> bool {
+    use nix::errno::Errno;
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Err(Errno::ESRCH) => false,
+        _ => {
+            // /proc/<pid>/stat is "pid (comm) S ...": the state follows the last ')'.
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+            !matches!(state, Some('Z' | 'X') | None)
+        }
+    }
+}
+
+/// SIGKILLs a process the test caused to exist (e.g. a background child of an exec) when
+/// dropped, so a failing test leaves nothing behind.
+pub struct KillOnDrop(pub i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.0 > 1 {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// Reads a pid a test script wrote into a file (`echo $! > x.pid`).
+pub fn read_pid(path: &Path) -> i32 {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    text.trim().parse().unwrap_or_else(|e| panic!("{} holds {text:?}, not a pid: {e}", path.display()))
 }

@@ -1,0 +1,217 @@
+//! From request bytes to reply bytes: decode the envelope, pass the fence, route to one op
+//! family, and shape the reply so it always fits the server's `max_payload`. Knows nothing of
+//! NATS (that is `serve`) and nothing of how an op works (that is `ops`).
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use bytes::Bytes;
+use prost::Message;
+use tether_proto::pb::{self, control_request::Op, control_response::Result as Reply};
+use tracing::Instrument;
+
+use crate::error::{OpError, OpResult};
+use crate::fence::{Admission, Fence};
+use crate::ops::{exec, fs, metrics::MetricsSampler};
+use crate::paths::Paths;
+use crate::process::Launcher;
+
+/// Bytes reserved for the envelope around an op's result (request_id aside): the oneof tag and
+/// length prefix, the error slot, and room to spare.
+const ENVELOPE_OVERHEAD: usize = 64;
+
+/// Everything the ops need, shared by all requests.
+pub struct Dispatcher {
+    pub paths: Arc<Paths>,
+    pub launcher: Arc<Launcher>,
+    pub fence: Arc<Fence>,
+    pub metrics: Arc<Mutex<MetricsSampler>>,
+    started: Instant,
+}
+
+impl Dispatcher {
+    pub fn new(paths: Arc<Paths>, launcher: Arc<Launcher>, fence: Arc<Fence>) -> Self {
+        Dispatcher {
+            paths,
+            launcher,
+            fence,
+            metrics: Arc::new(Mutex::new(MetricsSampler::new())),
+            started: Instant::now(),
+        }
+    }
+
+    /// Serves one request and returns the encoded `ControlResponse`, never larger than
+    /// `max_payload`.
+    pub async fn handle(&self, payload: Bytes, max_payload: usize) -> Bytes {
+        let request = match pb::ControlRequest::decode(payload) {
+            Ok(request) => request,
+            Err(e) => {
+                let err = OpError::protocol(format!("undecodable ControlRequest: {e}"));
+                return encode(String::new(), Err(err), max_payload);
+            }
+        };
+        let span = tracing::info_span!(
+            "request",
+            request_id = %request.request_id,
+            op = op_name(request.op.as_ref()),
+            epoch = request.epoch,
+            fence_scope = %request.fence_scope,
+        );
+        let request_id = request.request_id.clone();
+        let budget = max_payload.saturating_sub(ENVELOPE_OVERHEAD + request_id.len());
+        let result = self.serve(request, budget).instrument(span.clone()).await;
+        if let Err(e) = &result {
+            span.in_scope(|| tracing::info!(code = e.code.as_str_name(), message = %e.message, "op failed"));
+        }
+        encode(request_id, result, max_payload)
+    }
+
+    async fn serve(&self, request: pb::ControlRequest, budget: usize) -> OpResult<Reply> {
+        let op = request.op.ok_or_else(|| OpError::protocol("request carries no known op"))?;
+        if let Some(unsupported) = unsupported(&op) {
+            return Err(unsupported);
+        }
+        let (scope, epoch) = (request.fence_scope, request.epoch);
+        let mut admission = self.fence.admit(&scope, epoch).await?;
+        if !mutates_briefly(&op) {
+            admission.release_hold();
+        }
+        match self.run(op, admission, budget).await {
+            Err(e) if e == OpError::cancelled() && self.fence.is_stale(&scope, epoch).await => {
+                let held = self.fence.held(&scope).await;
+                Err(OpError::fenced(&scope, epoch, held).with("reason", "cancelled by an epoch advance"))
+            }
+            other => other,
+        }
+    }
+
+    /// Runs the op while `admission` is held: a mutation keeps the scope from advancing until
+    /// it has committed.
+    async fn run(&self, op: Op, admission: Admission, budget: usize) -> OpResult<Reply> {
+        let paths = self.paths.clone();
+        Ok(match op {
+            Op::Ping(ping) => Reply::Ping(pb::PingResponse {
+                nonce: ping.nonce,
+                agent_monotonic_ms: self.started.elapsed().as_millis() as u64,
+            }),
+            Op::Exec(req) => {
+                let cwd = paths.resolve_cwd(&req.cwd)?;
+                Reply::Exec(exec::exec(&self.launcher, cwd, req, budget, admission.cancel.clone()).await?)
+            }
+            Op::FsRead(req) => Reply::FsRead(fs::read(paths, req, budget).await?),
+            Op::FsWrite(req) => Reply::FsWrite(fs::write(paths, req).await?),
+            Op::FsList(req) => Reply::FsList(fs::list(paths, req, budget).await?),
+            Op::FsStat(req) => Reply::FsStat(fs::stat(paths, req).await?),
+            Op::FsMkdir(req) => Reply::FsMkdir(fs::mkdir(paths, req).await?),
+            Op::FsMove(req) => Reply::FsMove(fs::rename(paths, req).await?),
+            Op::FsRemove(req) => Reply::FsRemove(fs::remove(paths, req).await?),
+            Op::Metrics(_) => Reply::Metrics(self.sample_metrics().await?),
+            other => return Err(unsupported(&other).unwrap_or_else(|| OpError::unsupported("not served"))),
+        })
+    }
+
+    /// One metrics sample, taken off the async workers.
+    pub async fn sample_metrics(&self) -> OpResult<pb::MetricsSample> {
+        let sampler = self.metrics.clone();
+        let root = self.paths.workspace_root().to_owned();
+        tokio::task::spawn_blocking(move || {
+            sampler.lock().unwrap_or_else(PoisonError::into_inner).sample(&root)
+        })
+        .await
+        .map_err(|e| OpError::os(format!("metrics sampling failed: {e}")))
+    }
+}
+
+/// Ops that commit a side effect quickly and so keep the fence shared until they commit.
+fn mutates_briefly(op: &Op) -> bool {
+    matches!(op, Op::FsWrite(_) | Op::FsMkdir(_) | Op::FsMove(_) | Op::FsRemove(_))
+}
+
+/// Known ops this agent does not serve yet answer UNSUPPORTED before touching the fence.
+fn unsupported(op: &Op) -> Option<OpError> {
+    let what = match op {
+        Op::Git(_) => "git",
+        Op::PtyOpen(_) | Op::PtyWrite(_) | Op::PtyResize(_) | Op::PtyClose(_) => "terminals (pty)",
+        Op::DesktopEnsure(_) | Op::DesktopInput(_) | Op::DesktopScreenshot(_) => "the desktop",
+        _ => return None,
+    };
+    Some(OpError::unsupported(format!("this agent does not serve {what} yet")).with("op", op_name(Some(op))))
+}
+
+fn op_name(op: Option<&Op>) -> &'static str {
+    match op {
+        None => "none",
+        Some(Op::Ping(_)) => "ping",
+        Some(Op::Exec(_)) => "exec",
+        Some(Op::FsRead(_)) => "fs_read",
+        Some(Op::FsWrite(_)) => "fs_write",
+        Some(Op::FsList(_)) => "fs_list",
+        Some(Op::FsMkdir(_)) => "fs_mkdir",
+        Some(Op::FsMove(_)) => "fs_move",
+        Some(Op::FsStat(_)) => "fs_stat",
+        Some(Op::FsRemove(_)) => "fs_remove",
+        Some(Op::Git(_)) => "git",
+        Some(Op::PtyOpen(_)) => "pty_open",
+        Some(Op::PtyWrite(_)) => "pty_write",
+        Some(Op::PtyResize(_)) => "pty_resize",
+        Some(Op::PtyClose(_)) => "pty_close",
+        Some(Op::DesktopEnsure(_)) => "desktop_ensure",
+        Some(Op::Metrics(_)) => "metrics",
+        Some(Op::DesktopInput(_)) => "desktop_input",
+        Some(Op::DesktopScreenshot(_)) => "desktop_screenshot",
+    }
+}
+
+/// Encodes the response; one that would not fit `max_payload` becomes PAYLOAD_TOO_LARGE.
+pub fn encode(request_id: String, result: OpResult<Reply>, max_payload: usize) -> Bytes {
+    let response = match result {
+        Ok(reply) => pb::ControlResponse { request_id, error: None, result: Some(reply) },
+        Err(e) => pb::ControlResponse { request_id, error: Some(e.into_proto()), result: None },
+    };
+    let len = response.encoded_len();
+    if len <= max_payload {
+        return response.encode_to_vec().into();
+    }
+    let err = OpError::payload_too_large(
+        format!("the reply would be {len} bytes, over the server's max_payload of {max_payload}"),
+        len,
+        max_payload,
+    );
+    pb::ControlResponse { request_id: response.request_id, error: Some(err.into_proto()), result: None }
+        .encode_to_vec()
+        .into()
+}
+
+/// A ready-made reply for requests refused before dispatch (overload, shutdown).
+pub fn refuse(payload: &[u8], err: OpError, max_payload: usize) -> Bytes {
+    let request_id = pb::ControlRequest::decode(payload).map(|r| r.request_id).unwrap_or_default();
+    encode(request_id, Err(err), max_payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oversized_replies_become_payload_too_large() {
+        let big =
+            Reply::FsRead(pb::FsReadResponse { content: Bytes::from(vec![7u8; 2000]), total_size: 2000 });
+        let bytes = encode("r1".into(), Ok(big), 1000);
+        assert!(bytes.len() <= 1000);
+        let resp = pb::ControlResponse::decode(bytes).unwrap();
+        assert_eq!(resp.request_id, "r1");
+        let err = resp.error.unwrap();
+        assert_eq!(err.code, pb::ErrorCode::PayloadTooLarge as i32);
+        assert_eq!(err.detail["max_payload"], "1000");
+        assert!(err.detail["encoded_bytes"].parse::<usize>().unwrap() > 1000);
+    }
+
+    #[test]
+    fn refusals_echo_the_request_id() {
+        let req = pb::ControlRequest { request_id: "abc".into(), ..Default::default() };
+        let bytes = refuse(&req.encode_to_vec(), OpError::draining("busy"), 1 << 20);
+        let resp = pb::ControlResponse::decode(bytes).unwrap();
+        assert_eq!(resp.request_id, "abc");
+        assert_eq!(resp.error.unwrap().code, pb::ErrorCode::Draining as i32);
+    }
+}

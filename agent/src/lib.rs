@@ -1,0 +1,15 @@
+//! `tether-agent` as a library: the daemon's parts, so the binary, the tests and later tools
+//! share one code path. `serve` owns NATS; `dispatch` routes a decoded request through the
+//! fence to one op family in `ops`; ops know nothing of NATS.
+
+pub mod config;
+pub mod dispatch;
+pub mod error;
+pub mod fence;
+pub mod hello;
+pub mod ops;
+pub mod paths;
+pub mod process;
+pub mod serve;
+
+pub use error::{OpError, OpResult};

@@ -1,0 +1,54 @@
+//! `tether-agent`: the command line over the library. Parsing and logging setup only.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tether_agent::config::{Config, RunArgs};
+use tracing_subscriber::EnvFilter;
+
+/// Turns this machine into a sandbox a control plane drives over NATS.
+#[derive(Parser)]
+#[command(name = "tether-agent", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Connect to NATS and serve requests until SIGTERM/SIGINT.
+    Run(RunArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("TETHER_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    harden_process();
+    let result = match cli.command {
+        Command::Run(args) => Config::resolve(args, |k| std::env::var(k).ok())
+            .and_then(|config| tokio::runtime::Runtime::new()?.block_on(tether_agent::serve::run(config))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tether-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The agent holds credentials in memory and its environment; commands it runs share its
+/// user. Marking it non-dumpable makes /proc/<pid>/environ and /proc/<pid>/mem unreadable to
+/// them and forbids them to ptrace it.
+fn harden_process() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl(PR_SET_DUMPABLE, 0) takes no pointers and only changes this process's flag.
+    unsafe {
+        if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 {
+            tracing::warn!("prctl(PR_SET_DUMPABLE) failed: {}", std::io::Error::last_os_error());
+        }
+    }
+}

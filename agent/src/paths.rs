@@ -1,0 +1,318 @@
+//! Path mapping and confinement (`PROTOCOL.md` §4).
+//!
+//! A request's path is first mapped lexically (virtual root, `~`, relative) and, when the
+//! agent is confined, refused with CONSENT_REQUIRED if it lies outside the workspace root.
+//! Then every open goes through `openat2(RESOLVE_BENEATH)` from a descriptor of the root, so
+//! a symlink pointing out — even one swapped in between check and use — fails in the kernel
+//! (EXDEV) instead of escaping. Whole-machine mode uses the same code with `/` as the base
+//! and no RESOLVE_BENEATH, so there is one code path.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::sys::stat::Mode;
+
+use crate::error::{OpError, OpResult};
+
+/// The agent's view of the filesystem: where the workspace is and what it may touch.
+#[derive(Debug)]
+pub struct Paths {
+    root: PathBuf,
+    virtual_root: String,
+    home: Option<PathBuf>,
+    confined: bool,
+    /// `root` when confined, `/` otherwise: every open starts here.
+    base: PathBuf,
+    base_fd: OwnedFd,
+}
+
+/// A resolved path: where it is, and how to reach it beneath the base.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The absolute path, as reported back to clients.
+    pub abs: PathBuf,
+    /// The same path relative to the base (`.` for the base itself).
+    rel: PathBuf,
+}
+
+impl Resolved {
+    /// The final component, or None for the base itself (the root when confined).
+    pub fn file_name(&self) -> Option<&OsStr> {
+        if self.rel == Path::new(".") { None } else { self.rel.file_name() }
+    }
+}
+
+impl Paths {
+    pub fn new(
+        workspace_root: &Path,
+        virtual_root: &str,
+        home: Option<PathBuf>,
+        confined: bool,
+    ) -> std::io::Result<Paths> {
+        let root = workspace_root.canonicalize()?;
+        if !root.is_dir() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotADirectory,
+                "workspace root is not a directory",
+            ));
+        }
+        let base = if confined { root.clone() } else { PathBuf::from("/") };
+        let base_fd =
+            nix::fcntl::open(&base, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+        let virtual_root = virtual_root.trim_end_matches('/').to_owned();
+        Ok(Paths { root, virtual_root, home, confined, base, base_fd })
+    }
+
+    pub fn workspace_root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn virtual_root(&self) -> &str {
+        &self.virtual_root
+    }
+
+    pub fn confined(&self) -> bool {
+        self.confined
+    }
+
+    /// Maps `raw` to an absolute, lexically normalised path (no I/O).
+    pub fn map(&self, raw: &str) -> PathBuf {
+        let joined = if raw.is_empty() {
+            self.root.clone()
+        } else if raw == self.virtual_root {
+            self.root.clone()
+        } else if let Some(rest) = raw.strip_prefix(&self.virtual_root).and_then(|r| r.strip_prefix('/')) {
+            self.root.join(rest)
+        } else if let (Some(home), true) = (&self.home, raw == "~" || raw.starts_with("~/")) {
+            home.join(raw.trim_start_matches('~').trim_start_matches('/'))
+        } else if raw.starts_with('/') {
+            PathBuf::from(raw)
+        } else {
+            self.root.join(raw)
+        };
+        normalize(&joined)
+    }
+
+    /// Maps `raw` and checks it against the consent, before any I/O.
+    pub fn resolve(&self, raw: &str) -> OpResult<Resolved> {
+        let abs = self.map(raw);
+        let rel = match abs.strip_prefix(&self.base) {
+            Ok(rel) if rel.as_os_str().is_empty() => PathBuf::from("."),
+            Ok(rel) => rel.to_owned(),
+            Err(_) => return Err(OpError::consent_required(&abs)),
+        };
+        Ok(Resolved { abs, rel })
+    }
+
+    fn how(&self, flags: OFlag, mode: Mode) -> OpenHow {
+        let mut resolve = ResolveFlag::RESOLVE_NO_MAGICLINKS;
+        if self.confined {
+            resolve |= ResolveFlag::RESOLVE_BENEATH;
+        }
+        OpenHow::new().flags(flags | OFlag::O_CLOEXEC).mode(mode).resolve(resolve)
+    }
+
+    /// Opens `rel` (relative to the base) beneath the base. Symlinks are followed only while
+    /// they stay beneath it.
+    fn open_rel(&self, rel: &Path, flags: OFlag, mode: Mode, abs: &Path) -> OpResult<OwnedFd> {
+        openat2(self.base_fd.as_fd(), rel, self.how(flags, mode)).map_err(|e| self.errno(e, "open", abs))
+    }
+
+    /// Opens the resolved path itself, following symlinks that stay inside the consent.
+    pub fn open(&self, r: &Resolved, flags: OFlag, mode: Mode) -> OpResult<OwnedFd> {
+        self.open_rel(&r.rel, flags, mode, &r.abs)
+    }
+
+    /// Opens the directory holding `r` (O_PATH), for `*at` calls on its final component.
+    /// The base itself has no parent in reach: an OS error naming it.
+    pub fn open_parent(&self, r: &Resolved) -> OpResult<(OwnedFd, OsString)> {
+        let name = r.file_name().ok_or_else(|| {
+            OpError::os(format!("{} is the root of what this agent may touch", r.abs.display()))
+                .with("path", r.abs.display())
+        })?;
+        let parent = r.rel.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let abs_parent = r.abs.parent().unwrap_or(&r.abs);
+        let fd = self.open_rel(parent, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty(), abs_parent)?;
+        Ok((fd, name.to_owned()))
+    }
+
+    /// Creates every missing directory of `r` (like `mkdir -p`), each beneath the base.
+    pub fn create_dirs(&self, r: &Resolved, mode: Mode) -> OpResult<()> {
+        let mut prefix = PathBuf::new();
+        for part in r.rel.components() {
+            let Component::Normal(name) = part else { continue };
+            let parent_fd = self.open_dir_rel(&prefix, r)?;
+            prefix.push(name);
+            match nix::sys::stat::mkdirat(parent_fd.as_fd(), name, mode) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(self.errno(e, "create directory", &self.base.join(&prefix))),
+            }
+        }
+        self.open_dir_rel(&prefix, r).map(drop)
+    }
+
+    fn open_dir_rel(&self, rel: &Path, r: &Resolved) -> OpResult<OwnedFd> {
+        let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
+        let abs = self.base.join(rel);
+        let _ = r;
+        self.open_rel(rel, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty(), &abs)
+    }
+
+    /// Resolves a process working directory: confined like any path, and it must exist and be
+    /// a directory (a missing cwd is NOT_FOUND naming it, never "executable not found").
+    pub fn resolve_cwd(&self, raw: &str) -> OpResult<PathBuf> {
+        let r = self.resolve(raw)?;
+        match openat2(
+            self.base_fd.as_fd(),
+            &r.rel,
+            self.how(OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()),
+        ) {
+            Ok(_) => Ok(r.abs),
+            Err(Errno::ENOENT) => Err(OpError::not_found("working directory", &r.abs)),
+            Err(Errno::ENOTDIR) => {
+                Err(OpError::os(format!("working directory {} is not a directory", r.abs.display()))
+                    .with("path", r.abs.display())
+                    .with("errno", Errno::ENOTDIR as i32))
+            }
+            Err(e) => Err(self.errno(e, "open working directory", &r.abs)),
+        }
+    }
+
+    /// Classifies an errno met on `path`. EXDEV (and ELOOP) from a confined open mean the
+    /// resolution tried to leave the root.
+    pub fn errno(&self, e: Errno, action: &str, path: &Path) -> OpError {
+        if self.confined && matches!(e, Errno::EXDEV) {
+            return OpError::consent_required(path).with("reason", "a symlink along the path leads outside");
+        }
+        OpError::from_io(&std::io::Error::from(e), action, path)
+    }
+}
+
+/// A path through an open directory descriptor, for std calls on one final component.
+pub fn via_fd(dir: BorrowedFd<'_>, name: &OsStr) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name)
+}
+
+/// Lexically removes `.` and `..` (`..` at `/` stays at `/`).
+pub fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for part in path.components() {
+        match part {
+            Component::Normal(p) => out.push(p),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+
+    use tether_proto::pb::ErrorCode;
+
+    use super::*;
+
+    fn paths(root: &Path, confined: bool) -> Paths {
+        Paths::new(root, "/workspace", Some(PathBuf::from("/home/me")), confined).unwrap()
+    }
+
+    #[test]
+    fn maps_in_protocol_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let p = paths(&root, false);
+        assert_eq!(p.map(""), root);
+        assert_eq!(p.map("/workspace"), root);
+        assert_eq!(p.map("/workspace/a/b"), root.join("a/b"));
+        assert_eq!(p.map("/workspacex"), PathBuf::from("/workspacex"));
+        assert_eq!(p.map("~"), PathBuf::from("/home/me"));
+        assert_eq!(p.map("~/x"), PathBuf::from("/home/me/x"));
+        assert_eq!(p.map("~bob"), root.join("~bob"));
+        assert_eq!(p.map("/etc/./hosts"), PathBuf::from("/etc/hosts"));
+        assert_eq!(p.map("a/../b"), root.join("b"));
+        assert_eq!(p.map("/../.."), PathBuf::from("/"));
+    }
+
+    #[test]
+    fn confined_refuses_every_kind_of_escape() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), "s").unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        symlink(outside.path().join("secret"), root.join("file-link")).unwrap();
+        symlink(outside.path(), root.join("dir-link")).unwrap();
+        let p = paths(&root, true);
+
+        for raw in ["/etc/hosts", "/workspace/../x", "../x", "~/x"] {
+            assert_eq!(p.resolve(raw).unwrap_err().code, ErrorCode::ConsentRequired, "{raw}");
+        }
+        for raw in ["file-link", "dir-link/secret"] {
+            let r = p.resolve(raw).unwrap();
+            let err = p.open(&r, OFlag::O_RDONLY, Mode::empty()).unwrap_err();
+            assert_eq!(err.code, ErrorCode::ConsentRequired, "{raw}");
+        }
+        let r = p.resolve("dir-link/new").unwrap();
+        assert_eq!(p.open_parent(&r).unwrap_err().code, ErrorCode::ConsentRequired);
+    }
+
+    #[test]
+    fn whole_machine_allows_what_confinement_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), "s").unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        symlink(outside.path().join("secret"), root.join("file-link")).unwrap();
+        let p = paths(&root, false);
+        let r = p.resolve("file-link").unwrap();
+        p.open(&r, OFlag::O_RDONLY, Mode::empty()).unwrap();
+        let r = p.resolve(&outside.path().join("secret").display().to_string()).unwrap();
+        p.open(&r, OFlag::O_RDONLY, Mode::empty()).unwrap();
+    }
+
+    #[test]
+    fn symlinks_inside_the_root_are_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        std::fs::create_dir(root.join("real")).unwrap();
+        std::fs::write(root.join("real/f"), "x").unwrap();
+        symlink("real", root.join("alias")).unwrap();
+        let p = paths(&root, true);
+        let r = p.resolve("alias/f").unwrap();
+        p.open(&r, OFlag::O_RDONLY, Mode::empty()).unwrap();
+    }
+
+    #[test]
+    fn cwd_must_exist_and_be_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        std::fs::write(root.join("file"), "x").unwrap();
+        let p = paths(&root, true);
+        assert_eq!(p.resolve_cwd("").unwrap(), root);
+        let missing = p.resolve_cwd("/workspace/nope").unwrap_err();
+        assert_eq!(missing.code, ErrorCode::NotFound);
+        assert!(missing.message.contains("working directory") && missing.message.contains("nope"));
+        assert_eq!(p.resolve_cwd("file").unwrap_err().code, ErrorCode::Os);
+        assert_eq!(p.resolve_cwd("/tmp").unwrap_err().code, ErrorCode::ConsentRequired);
+    }
+
+    #[test]
+    fn create_dirs_stays_beneath_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        symlink(outside.path(), root.join("out")).unwrap();
+        let p = paths(&root, true);
+        p.create_dirs(&p.resolve("a/b/c").unwrap(), Mode::from_bits_truncate(0o755)).unwrap();
+        assert!(root.join("a/b/c").is_dir());
+        let err = p.create_dirs(&p.resolve("out/x").unwrap(), Mode::from_bits_truncate(0o755)).unwrap_err();
+        assert_eq!(err.code, ErrorCode::ConsentRequired);
+        assert!(!outside.path().join("x").exists());
+    }
+}

@@ -1,0 +1,306 @@
+//! The daemon's loop (`PROTOCOL.md` §1, §6): connect to NATS, make sure no other agent serves
+//! our subject, subscribe, announce `Hello` (again after every reconnect), heartbeat, serve
+//! requests concurrently with a bound, and on SIGTERM/SIGINT finish or cancel in-flight work,
+//! say `going_offline` and leave. What a request does is `dispatch`'s business.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use async_nats::{Client, ConnectOptions, Event, Subscriber};
+use bytes::Bytes;
+use futures::StreamExt;
+use prost::Message;
+use tether_proto::pb::{self, agent_event};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, NatsAuth, SECRET_ENV_VARS};
+use crate::dispatch::{self, Dispatcher};
+use crate::error::OpError;
+use crate::fence::{Fence, FencePolicy};
+use crate::hello::{self, Identity};
+use crate::paths::Paths;
+use crate::process::Launcher;
+
+/// How long the duplicate-runner probe waits for an answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// After cancelling leftovers at shutdown, how long their replies get to go out.
+const CANCEL_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs the agent until SIGTERM/SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let paths = Arc::new(
+        Paths::new(&config.workspace_root, &config.virtual_root, home_dir(), !config.whole_machine)
+            .with_context(|| format!("workspace root {}", config.workspace_root.display()))?,
+    );
+    let policy = FencePolicy { strict: config.strict_fencing, enforce_unscoped: config.fence_unscoped };
+    let fence = Arc::new(Fence::open(&config.state_dir, policy, shutdown.clone())?);
+    let secret_names: Vec<String> = SECRET_ENV_VARS.iter().map(|s| s.to_string()).collect();
+    let launcher = Arc::new(Launcher::from_current_env(&secret_names));
+    let dispatcher = Arc::new(Dispatcher::new(paths.clone(), launcher, fence));
+    let identity = tokio::task::spawn_blocking(Identity::detect).await?;
+
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let client = connect(&config, events_tx).await?;
+    let rpc = config.subjects.rpc();
+    refuse_if_served(&client, &rpc).await?;
+    let requests = client.subscribe(rpc.clone()).await.context("subscribing to the rpc subject")?;
+    // The server must hold our subscription before Hello tells anyone to send requests.
+    client.flush().await.context("flushing the rpc subscription")?;
+    tracing::info!(subject = %rpc, root = %paths.workspace_root().display(), confined = paths.confined(), "serving");
+
+    let announce =
+        Announcer { client: client.clone(), config: config.clone(), identity, paths: paths.clone() };
+    announce.hello().await;
+    let draining = Arc::new(AtomicBool::new(false));
+    let in_flight = TaskTracker::new();
+    let background = TaskTracker::new();
+    background.spawn(announce.clone().rehello_on_reconnect(events_rx));
+    background.spawn(heartbeat(announce.clone(), dispatcher.clone(), in_flight.clone(), draining.clone()));
+
+    serve_requests(&client, requests, dispatcher, &in_flight, config.max_in_flight).await;
+
+    draining.store(true, Ordering::Relaxed);
+    in_flight.close();
+    tracing::info!(in_flight = in_flight.len(), grace = ?config.shutdown_grace, "shutting down");
+    if tokio::time::timeout(config.shutdown_grace, in_flight.wait()).await.is_err() {
+        tracing::warn!(left = in_flight.len(), "grace over: cancelling in-flight requests");
+        shutdown.cancel();
+        let _ = tokio::time::timeout(CANCEL_GRACE, in_flight.wait()).await;
+    }
+    shutdown.cancel();
+    announce.going_offline().await;
+    Ok(())
+}
+
+/// Serves until a stop signal: each request in its own task, at most `max_in_flight` at once;
+/// beyond that a request is answered DRAINING (retryable) at once instead of queueing.
+async fn serve_requests(
+    client: &Client,
+    mut requests: Subscriber,
+    dispatcher: Arc<Dispatcher>,
+    in_flight: &TaskTracker,
+    max_in_flight: usize,
+) {
+    let permits = Arc::new(Semaphore::new(max_in_flight));
+    let stop = stop_signal();
+    tokio::pin!(stop);
+    loop {
+        let msg = tokio::select! {
+            _ = &mut stop => break,
+            msg = requests.next() => match msg {
+                Some(msg) => msg,
+                None => {
+                    tracing::error!("the rpc subscription ended");
+                    break;
+                }
+            },
+        };
+        let Some(reply_to) = msg.reply.clone() else {
+            tracing::warn!(subject = %msg.subject, "dropping a request without a reply subject");
+            continue;
+        };
+        let max_payload = client.max_payload();
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            let err =
+                OpError::draining(format!("the agent is at its limit of {max_in_flight} requests in flight"));
+            publish(client, reply_to, dispatch::refuse(&msg.payload, err, max_payload)).await;
+            continue;
+        };
+        let (client, dispatcher) = (client.clone(), dispatcher.clone());
+        in_flight.spawn(async move {
+            let reply = dispatcher.handle(msg.payload, max_payload).await;
+            publish(&client, reply_to, reply).await;
+            drop(permit);
+        });
+    }
+    // Stop taking requests: from here a control plane sees "no responders", i.e. offline.
+    if let Err(e) = requests.unsubscribe().await {
+        tracing::warn!(error = %e, "unsubscribing from the rpc subject");
+    }
+}
+
+async fn publish(client: &Client, subject: async_nats::Subject, payload: Bytes) {
+    if let Err(e) = client.publish(subject, payload).await {
+        tracing::warn!(error = %e, "publishing a reply failed");
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        tracing::error!("cannot install signal handlers; the agent stops only when killed");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}
+
+/// Connects with the configured auth. Reconnects forever (`max_reconnects(None)`: the docs say
+/// `None` or `0` mean no limit), and reports (re)connections on `events` so Hello follows.
+async fn connect(config: &Config, events: mpsc::UnboundedSender<Event>) -> anyhow::Result<Client> {
+    let mut options = match &config.nats_auth {
+        NatsAuth::None => ConnectOptions::new(),
+        NatsAuth::Token(token) => ConnectOptions::with_token(token.expose().to_owned()),
+        NatsAuth::UserPassword { user, password } => {
+            ConnectOptions::with_user_and_password(user.clone(), password.expose().to_owned())
+        }
+        NatsAuth::CredsFile(path) => ConnectOptions::with_credentials_file(path)
+            .await
+            .with_context(|| format!("reading NATS creds file {}", path.display()))?,
+    };
+    if let Some(ca) = &config.nats_tls_ca {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    let options = options
+        .name(format!("tether-agent {}", config.subjects))
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(5))
+        .event_callback(move |event| {
+            let events = events.clone();
+            async move {
+                let _ = events.send(event);
+            }
+        });
+    let urls: Vec<async_nats::ServerAddr> = config
+        .nats_urls
+        .iter()
+        .map(|u| u.parse().with_context(|| format!("bad NATS url {u:?}")))
+        .collect::<anyhow::Result<_>>()?;
+    options
+        .connect(urls)
+        .await
+        .with_context(|| format!("connecting to NATS at {}", config.nats_urls.join(",")))
+}
+
+/// Two agents must never serve one subject: ping it first; any answer (or a subscriber that
+/// stays silent) means someone is there.
+async fn refuse_if_served(client: &Client, rpc: &str) -> anyhow::Result<()> {
+    let probe = pb::ControlRequest {
+        request_id: "tether-agent-duplicate-probe".to_owned(),
+        op: Some(pb::control_request::Op::Ping(pb::PingRequest { nonce: 0 })),
+        ..Default::default()
+    };
+    let request = client.request(rpc.to_owned(), probe.encode_to_vec().into());
+    match tokio::time::timeout(PROBE_TIMEOUT, request).await {
+        Ok(Err(e)) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => Ok(()),
+        Ok(Ok(_)) => bail!("another agent is already serving {rpc}; refusing to start a second one"),
+        Ok(Err(e)) if e.kind() == async_nats::client::RequestErrorKind::TimedOut => {
+            bail!("something subscribes to {rpc} but does not answer; refusing to start a second server")
+        }
+        Ok(Err(e)) => Err(e).with_context(|| format!("probing {rpc} for another agent")),
+        Err(_) => {
+            bail!("something subscribes to {rpc} but does not answer; refusing to start a second server")
+        }
+    }
+}
+
+fn home_dir() -> Option<std::path::PathBuf> {
+    directories::BaseDirs::new().map(|d| d.home_dir().to_owned())
+}
+
+/// Publishes what the agent says about itself on `.hello` and `.events`.
+#[derive(Clone)]
+struct Announcer {
+    client: Client,
+    config: Config,
+    identity: Identity,
+    paths: Arc<Paths>,
+}
+
+impl Announcer {
+    async fn hello(&self) {
+        let hello = hello::hello(
+            &self.config,
+            &self.identity,
+            self.paths.workspace_root(),
+            self.client.max_payload(),
+        );
+        self.send(self.config.subjects.hello(), hello.encode_to_vec()).await;
+        tracing::info!(subject = %self.config.subjects.hello(), "hello published");
+    }
+
+    async fn event(&self, event: agent_event::Event) {
+        let event =
+            pb::AgentEvent { agent_id: self.config.subjects.agent_id().to_owned(), event: Some(event) };
+        self.send(self.config.subjects.events(), event.encode_to_vec()).await;
+    }
+
+    async fn going_offline(&self) {
+        let offline = pb::GoingOffline {
+            reason: pb::GoingOfflineReason::UserStop as i32,
+            message: "tether-agent stopped by signal".to_owned(),
+        };
+        self.event(agent_event::Event::GoingOffline(offline)).await;
+        if let Err(e) = tokio::time::timeout(Duration::from_secs(2), self.client.flush()).await {
+            tracing::warn!(error = %e, "flushing going_offline");
+        }
+    }
+
+    async fn send(&self, subject: String, payload: Vec<u8>) {
+        if let Err(e) = self.client.publish(subject, payload.into()).await {
+            tracing::warn!(error = %e, "publish failed");
+        }
+    }
+
+    /// The first connect is announced by `run`; every later `Connected` is a reconnect, after
+    /// which async-nats has already re-sent our subscriptions.
+    async fn rehello_on_reconnect(self, mut events: mpsc::UnboundedReceiver<Event>) {
+        let mut first = true;
+        while let Some(event) = events.recv().await {
+            match event {
+                Event::Connected if first => first = false,
+                Event::Connected => {
+                    tracing::info!("reconnected to NATS");
+                    if let Err(e) = self.client.flush().await {
+                        tracing::warn!(error = %e, "flush after reconnect");
+                    }
+                    self.hello().await;
+                }
+                Event::Disconnected => tracing::warn!("disconnected from NATS; reconnecting"),
+                other => tracing::info!(event = %other, "NATS event"),
+            }
+        }
+    }
+}
+
+/// Heartbeat on `.events` every interval with a metrics sample taken off the async workers.
+async fn heartbeat(
+    announce: Announcer,
+    dispatcher: Arc<Dispatcher>,
+    in_flight: TaskTracker,
+    draining: Arc<AtomicBool>,
+) {
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval(announce.config.heartbeat_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for seq in 0u64.. {
+        ticker.tick().await;
+        if draining.load(Ordering::Relaxed) && in_flight.is_empty() {
+            return;
+        }
+        let metrics = match dispatcher.sample_metrics().await {
+            Ok(sample) => Some(sample),
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics sample for the heartbeat failed");
+                None
+            }
+        };
+        let beat = pb::Heartbeat {
+            seq,
+            uptime_ms: started.elapsed().as_millis() as u64,
+            active_sessions: in_flight.len() as u32,
+            metrics,
+            draining: draining.load(Ordering::Relaxed),
+        };
+        announce.event(agent_event::Event::Heartbeat(beat)).await;
+    }
+}

@@ -1,0 +1,289 @@
+//! `Client`: one typed async method per agent op over a single NATS connection.
+//!
+//! Every method funnels into [`Client::call_with_timeout`], which builds the envelope (unique
+//! request id, the client's epoch and fence scope), sends it with NATS request/reply on
+//! `agent.<ws>.<id>.rpc`, and opens the reply. Chunked file transfer lives in `transfer.rs`,
+//! the hello/events subscription in `events.rs`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message;
+use tether_proto::pb;
+use tether_proto::pb::control_request::Op;
+use tether_proto::pb::control_response::Result as OpResult;
+use tether_proto::subjects::AgentSubjects;
+use tracing::Instrument;
+
+use crate::config::{ClientConfig, EXEC_TIMEOUT_MARGIN};
+use crate::envelope;
+use crate::error::ClientError;
+use crate::unique;
+
+/// A connection to one agent. Cheap to clone: clones share the NATS connection and the epoch.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    nats: async_nats::Client,
+    subjects: AgentSubjects,
+    rpc_subject: String,
+    fence_scope: String,
+    epoch: AtomicU32,
+    request_timeout: Duration,
+    id_prefix: String,
+    next_id: AtomicU64,
+}
+
+/// Picks the result variant an op must answer with, or fails with a protocol error.
+macro_rules! expect_result {
+    ($result:expr, $variant:ident, $name:literal) => {
+        match $result {
+            OpResult::$variant(value) => Ok(value),
+            other => Err(envelope::unexpected_result($name, &other)),
+        }
+    };
+}
+
+impl Client {
+    /// Connects to NATS as `config` says. Fails if no server accepts the connection; does not
+    /// check that the agent is online (use [`Client::ping`]).
+    pub async fn connect(config: ClientConfig) -> Result<Self, ClientError> {
+        let options = config.connect_options().await?;
+        let urls = config.nats_urls().to_vec();
+        let nats = options
+            .connect(urls.clone())
+            .await
+            .map_err(|source| ClientError::Connect { urls: urls.join(","), source })?;
+        Ok(Self::from_nats(nats, &config))
+    }
+
+    /// Wraps an existing NATS connection (its auth and servers are the caller's business; only
+    /// the agent address, timeout, scope and epoch of `config` are used).
+    pub fn from_nats(nats: async_nats::Client, config: &ClientConfig) -> Self {
+        let subjects = config.subjects().clone();
+        Self {
+            inner: Arc::new(Inner {
+                rpc_subject: subjects.rpc(),
+                subjects,
+                nats,
+                fence_scope: config.fence_scope().to_owned(),
+                epoch: AtomicU32::new(config.epoch()),
+                request_timeout: config.request_timeout(),
+                id_prefix: format!("{:016x}", unique::random_u64()),
+                next_id: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// The underlying NATS connection.
+    pub fn nats(&self) -> &async_nats::Client {
+        &self.inner.nats
+    }
+
+    /// The agent's subjects.
+    pub fn subjects(&self) -> &AgentSubjects {
+        &self.inner.subjects
+    }
+
+    /// The fence scope sent with every request.
+    pub fn fence_scope(&self) -> &str {
+        &self.inner.fence_scope
+    }
+
+    /// The epoch sent with every request.
+    pub fn epoch(&self) -> u32 {
+        self.inner.epoch.load(Ordering::Relaxed)
+    }
+
+    /// Changes the epoch for all later requests (of this client and its clones).
+    pub fn set_epoch(&self, epoch: u32) {
+        self.inner.epoch.store(epoch, Ordering::Relaxed);
+    }
+
+    /// The default time to wait for a reply.
+    pub fn request_timeout(&self) -> Duration {
+        self.inner.request_timeout
+    }
+
+    /// The connection's negotiated maximum message size (bytes).
+    pub fn max_payload(&self) -> usize {
+        self.inner.nats.max_payload()
+    }
+
+    fn next_request_id(&self) -> String {
+        let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n}", self.inner.id_prefix)
+    }
+
+    /// Sends one op with the default timeout and returns its result (or the agent's error).
+    pub async fn call(&self, op: Op) -> Result<OpResult, ClientError> {
+        self.call_with_timeout(op, self.inner.request_timeout).await
+    }
+
+    /// Sends one op, waiting at most `timeout` for the reply.
+    pub async fn call_with_timeout(&self, op: Op, timeout: Duration) -> Result<OpResult, ClientError> {
+        let request_id = self.next_request_id();
+        let epoch = self.epoch();
+        let op_name = envelope::op_name(&op);
+        let span = tracing::debug_span!("request", request_id = %request_id, op = op_name, epoch);
+        async {
+            let request = envelope::build_request(request_id.clone(), epoch, &self.inner.fence_scope, op);
+            let reply = self.send(envelope::encode_request(&request), timeout).await?;
+            let result = envelope::open_response(&request_id, &reply);
+            if let Err(err) = &result {
+                tracing::debug!(error = %err, "request failed");
+            }
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Sends a caller-built envelope unchanged (no id, epoch or scope is filled in) and returns
+    /// the decoded reply unchecked. For tests of the protocol itself, e.g. scope-less requests.
+    pub async fn request_raw(
+        &self,
+        request: &pb::ControlRequest,
+        timeout: Option<Duration>,
+    ) -> Result<pb::ControlResponse, ClientError> {
+        let timeout = timeout.unwrap_or(self.inner.request_timeout);
+        let reply = self.send(envelope::encode_request(request), timeout).await?;
+        pb::ControlResponse::decode(reply)
+            .map_err(|e| ClientError::Protocol(format!("undecodable ControlResponse: {e}")))
+    }
+
+    async fn send(&self, payload: Bytes, timeout: Duration) -> Result<Bytes, ClientError> {
+        let subject = &self.inner.rpc_subject;
+        let request = async_nats::Request::new().payload(payload).timeout(Some(timeout));
+        let message = self
+            .inner
+            .nats
+            .send_request(subject.clone(), request)
+            .await
+            .map_err(|e| ClientError::from_request(e, subject, timeout))?;
+        Ok(message.payload)
+    }
+
+    /// Round trip to the agent; checks the nonce is echoed.
+    pub async fn ping(&self, nonce: u64) -> Result<pb::PingResponse, ClientError> {
+        let result = self.call(Op::Ping(pb::PingRequest { nonce })).await?;
+        let pong = expect_result!(result, Ping, "ping")?;
+        if pong.nonce != nonce {
+            return Err(ClientError::Protocol(format!("ping nonce {} echoed as {}", nonce, pong.nonce)));
+        }
+        Ok(pong)
+    }
+
+    /// Runs a command. With `timeout_ms > 0` the reply is awaited for that long plus
+    /// [`EXEC_TIMEOUT_MARGIN`] (at least the default timeout); with 0 (no deadline on the agent)
+    /// for the default request timeout only: use [`Client::exec_with_timeout`] to wait longer.
+    pub async fn exec(&self, request: pb::ExecRequest) -> Result<pb::ExecResponse, ClientError> {
+        let timeout = exec_reply_timeout(request.timeout_ms, self.inner.request_timeout);
+        self.exec_with_timeout(request, timeout).await
+    }
+
+    /// Runs a command, waiting at most `timeout` for its reply.
+    pub async fn exec_with_timeout(
+        &self,
+        request: pb::ExecRequest,
+        timeout: Duration,
+    ) -> Result<pb::ExecResponse, ClientError> {
+        let result = self.call_with_timeout(Op::Exec(request), timeout).await?;
+        expect_result!(result, Exec, "exec")
+    }
+
+    /// One ranged read (`length` 0 = to EOF, which fails with PAYLOAD_TOO_LARGE when the rest
+    /// does not fit one reply). The agent may return fewer bytes than asked; see
+    /// [`Client::read_file`] for whole files.
+    pub async fn read(
+        &self,
+        path: &str,
+        offset: u64,
+        length: u64,
+    ) -> Result<pb::FsReadResponse, ClientError> {
+        let op = Op::FsRead(pb::FsReadRequest { path: path.to_owned(), offset, length });
+        expect_result!(self.call(op).await?, FsRead, "fs_read")
+    }
+
+    /// One fs_write as given (it must fit one message; see [`Client::write_file`]).
+    pub async fn write(&self, request: pb::FsWriteRequest) -> Result<pb::FsWriteResponse, ClientError> {
+        expect_result!(self.call(Op::FsWrite(request)).await?, FsWrite, "fs_write")
+    }
+
+    /// Lists a directory (`max_entries` 0 = as many as fit one reply; see `truncated`).
+    pub async fn list(
+        &self,
+        path: &str,
+        recursive: bool,
+        max_entries: u32,
+    ) -> Result<pb::FsListResponse, ClientError> {
+        let op = Op::FsList(pb::FsListRequest { path: path.to_owned(), recursive, max_entries });
+        expect_result!(self.call(op).await?, FsList, "fs_list")
+    }
+
+    /// Stats a path; a missing path is `exists: false`, not an error.
+    pub async fn stat(&self, path: &str) -> Result<pb::FsStatResponse, ClientError> {
+        let op = Op::FsStat(pb::FsStatRequest { path: path.to_owned() });
+        expect_result!(self.call(op).await?, FsStat, "fs_stat")
+    }
+
+    /// Creates a directory (`mode` 0 = default).
+    pub async fn mkdir(&self, path: &str, parents: bool, mode: u32) -> Result<(), ClientError> {
+        let op = Op::FsMkdir(pb::FsMkdirRequest { path: path.to_owned(), parents, mode });
+        expect_result!(self.call(op).await?, FsMkdir, "fs_mkdir").map(drop)
+    }
+
+    /// Moves `from` to `to` (fs_move); `overwrite` replaces an existing target.
+    pub async fn rename(&self, from: &str, to: &str, overwrite: bool) -> Result<(), ClientError> {
+        let op = Op::FsMove(pb::FsMoveRequest { from: from.to_owned(), to: to.to_owned(), overwrite });
+        expect_result!(self.call(op).await?, FsMove, "fs_move").map(drop)
+    }
+
+    /// Removes a file, symlink or (with `recursive`, or when empty) directory.
+    pub async fn remove(&self, path: &str, recursive: bool) -> Result<(), ClientError> {
+        let op = Op::FsRemove(pb::FsRemoveRequest { path: path.to_owned(), recursive });
+        expect_result!(self.call(op).await?, FsRemove, "fs_remove").map(drop)
+    }
+
+    /// Samples the machine's metrics.
+    pub async fn metrics(&self) -> Result<pb::MetricsSample, ClientError> {
+        expect_result!(self.call(Op::Metrics(pb::MetricsRequest {})).await?, Metrics, "metrics")
+    }
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("subject", &self.inner.rpc_subject)
+            .field("fence_scope", &self.inner.fence_scope)
+            .field("epoch", &self.epoch())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long to wait for an exec reply: the command's own deadline plus a margin, never less
+/// than the default timeout.
+pub fn exec_reply_timeout(timeout_ms: u32, default: Duration) -> Duration {
+    if timeout_ms == 0 {
+        return default;
+    }
+    default.max(Duration::from_millis(u64::from(timeout_ms)) + EXEC_TIMEOUT_MARGIN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_timeout_covers_the_command_deadline() {
+        let d = Duration::from_secs(30);
+        assert_eq!(exec_reply_timeout(0, d), d);
+        assert_eq!(exec_reply_timeout(1_000, d), d);
+        assert_eq!(exec_reply_timeout(120_000, d), Duration::from_secs(120) + EXEC_TIMEOUT_MARGIN);
+    }
+}

@@ -1,0 +1,84 @@
+//! Request latency of the agent against a raw NATS echo responder measured in the same run,
+//! on the same nats-server: the ratio is what the agent adds over the transport itself.
+//!
+//! `cargo build --release --workspace --bins && target/release/bench-latency [ROUNDS]`
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use prost::Message;
+use tether_tests::{Agent, Nats, op, pb};
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx]
+}
+
+async fn measure(rounds: usize, mut once: impl AsyncFnMut()) -> (Duration, Duration) {
+    for _ in 0..rounds / 10 {
+        once().await; // warm-up
+    }
+    let mut samples = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let start = Instant::now();
+        once().await;
+        samples.push(start.elapsed());
+    }
+    samples.sort();
+    (percentile(&samples, 0.50), percentile(&samples, 0.99))
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+#[tokio::main]
+async fn main() {
+    let rounds: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(2000);
+    let nats = Nats::start().await;
+    let agent = Agent::start(&nats).await;
+
+    // The baseline: a responder that answers every request with its own payload.
+    let echo_nc = nats.client().await;
+    let mut echo_sub = echo_nc.subscribe("bench.echo").await.expect("subscribe");
+    echo_nc.flush().await.expect("flush");
+    let responder = tokio::spawn(async move {
+        while let Some(msg) = echo_sub.next().await {
+            if let Some(reply) = msg.reply {
+                let _ = echo_nc.publish(reply, msg.payload).await;
+            }
+        }
+    });
+
+    let nc = nats.client().await;
+    let ping = pb::ControlRequest { request_id: "b".into(), op: Some(op::ping(1)), ..Default::default() }
+        .encode_to_vec();
+    let echo = measure(rounds, async || {
+        nc.request("bench.echo", ping.clone().into()).await.expect("echo");
+    })
+    .await;
+    let agent_ping = measure(rounds, async || {
+        agent.call(op::ping(1)).await.expect("ping");
+    })
+    .await;
+    let exec_rounds = (rounds / 4).max(50);
+    let exec_true = measure(exec_rounds, async || {
+        agent.call(pb::control_request::Op::Exec(op::exec(&["true"]))).await.expect("exec true");
+    })
+    .await;
+    responder.abort();
+
+    println!("rounds: {rounds} (exec: {exec_rounds}), one client, sequential requests, loopback nats-server");
+    println!("{:<24} {:>10} {:>10} {:>10} {:>10}", "request", "p50 µs", "p99 µs", "p50 ×echo", "p99 ×echo");
+    for (name, (p50, p99)) in
+        [("raw NATS echo", echo), ("agent ping", agent_ping), ("agent exec true", exec_true)]
+    {
+        println!(
+            "{name:<24} {:>10.0} {:>10.0} {:>10.2} {:>10.2}",
+            us(p50),
+            us(p99),
+            us(p50) / us(echo.0),
+            us(p99) / us(echo.1)
+        );
+    }
+}

@@ -1,0 +1,198 @@
+//! Path confinement (PROTOCOL.md §4), end to end through NATS: an agent without whole-machine
+//! consent refuses every path that resolves outside its workspace root (an absolute path
+//! elsewhere, a `..` escape, a symlink pointing out) with CONSENT_REQUIRED before any I/O, so
+//! nothing outside is read or changed; with `--whole-machine` the same paths work.
+
+use std::path::PathBuf;
+
+use tether_proto::pb::control_request::Op;
+use tether_proto::pb::control_response::Result as Reply;
+use tether_tests::{Agent, AgentOpts, Nats, error_code, op, pb};
+
+const SECRET: &[u8] = b"outside secret\n";
+
+/// A directory beside the workspace root (so `/workspace/../<name>` reaches it) holding
+/// `secret.txt`, plus symlinks inside the root pointing at it.
+struct Outside {
+    dir: tempfile::TempDir,
+    name: String,
+}
+
+impl Outside {
+    fn beside(agent: &Agent) -> Outside {
+        let parent = agent.root.parent().expect("the root has a parent");
+        let dir = tempfile::tempdir_in(parent).unwrap();
+        std::fs::write(dir.path().join("secret.txt"), SECRET).unwrap();
+        std::os::unix::fs::symlink(dir.path(), agent.root.join("escape")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret.txt"), agent.root.join("secret-link")).unwrap();
+        let name = dir.path().file_name().unwrap().to_string_lossy().into_owned();
+        Outside { dir, name }
+    }
+
+    fn secret(&self) -> PathBuf {
+        self.dir.path().join("secret.txt")
+    }
+
+    /// Three spellings of paths that resolve outside the root, each reaching `file`.
+    fn escapes(&self, file: &str) -> Vec<String> {
+        vec![
+            self.dir.path().join(file).display().to_string(),
+            format!("/workspace/../{}/{file}", self.name),
+            format!("/workspace/escape/{file}"),
+        ]
+    }
+
+    /// What the outside directory holds, sorted.
+    fn contents(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Fails unless the outside directory is exactly as `beside` left it.
+    fn assert_untouched(&self) {
+        assert_eq!(self.contents(), ["secret.txt"], "a file appeared outside the root");
+        assert_eq!(std::fs::read(self.secret()).unwrap(), SECRET, "the outside file changed");
+    }
+}
+
+/// Fails unless `result` is CONSENT_REQUIRED naming a path.
+fn assert_refused(what: &str, result: Result<Reply, pb::AgentError>, agent: &Agent) {
+    match result {
+        Err(err) => {
+            assert_eq!(error_code(&err), pb::ErrorCode::ConsentRequired, "{what}: {err:?}");
+            assert!(err.detail.contains_key("path"), "{what}: the refusal names the path: {err:?}");
+        }
+        Ok(reply) => panic!("{what}: confined agent allowed it: {reply:?}\nagent log:\n{}", agent.log()),
+    }
+}
+
+fn write_op(path: &str, content: &[u8], create_parents: bool) -> Op {
+    Op::FsWrite(pb::FsWriteRequest {
+        path: path.into(),
+        content: content.to_vec().into(),
+        create_parents,
+        ..Default::default()
+    })
+}
+
+#[tokio::test]
+async fn a_confined_agent_refuses_to_read_outside_its_root() {
+    let nats = Nats::start().await;
+    let agent = Agent::start(&nats).await;
+    assert!(!agent.hello.capabilities.as_ref().unwrap().consented_whole_machine);
+    let outside = Outside::beside(&agent);
+
+    let mut paths = outside.escapes("secret.txt");
+    paths.push("secret-link".into());
+    paths.push("/workspace/secret-link".into());
+    for path in &paths {
+        assert_refused(&format!("read {path}"), agent.call(op::read(path)).await, &agent);
+        assert_refused(&format!("stat {path}"), agent.call(op::stat(path)).await, &agent);
+    }
+    for dir in [outside.dir.path().display().to_string(), "/workspace/escape".into(), "/workspace/..".into()]
+    {
+        let list = Op::FsList(pb::FsListRequest { path: dir.clone(), ..Default::default() });
+        assert_refused(&format!("list {dir}"), agent.call(list).await, &agent);
+    }
+
+    // The root itself, and a symlink that stays inside it, are fine.
+    std::fs::write(agent.root.join("inside.txt"), b"in").unwrap();
+    std::os::unix::fs::symlink("inside.txt", agent.root.join("inside-link")).unwrap();
+    let reply = agent.call(op::read("/workspace/inside-link")).await;
+    assert!(matches!(reply, Ok(Reply::FsRead(ref r)) if &r.content[..] == b"in"), "{reply:?}");
+    let reply = agent.call(op::read("/workspace/sub/../inside.txt")).await;
+    assert!(matches!(reply, Ok(Reply::FsRead(ref r)) if &r.content[..] == b"in"), "{reply:?}");
+}
+
+#[tokio::test]
+async fn a_confined_agent_changes_nothing_outside_its_root() {
+    let nats = Nats::start().await;
+    let agent = Agent::start(&nats).await;
+    let outside = Outside::beside(&agent);
+
+    // New files through every escape, with and without parents.
+    for path in outside.escapes("planted.txt") {
+        for parents in [false, true] {
+            let result = agent.call(write_op(&path, b"planted", parents)).await;
+            assert_refused(&format!("write {path} (create_parents={parents})"), result, &agent);
+        }
+    }
+    // Overwriting and appending to the outside file through every escape and the file symlink.
+    let mut targets = outside.escapes("secret.txt");
+    targets.push("secret-link".into());
+    for path in &targets {
+        let result = agent.call(write_op(path, b"overwritten", false)).await;
+        assert_refused(&format!("write {path}"), result, &agent);
+        let append = Op::FsWrite(pb::FsWriteRequest {
+            path: path.clone(),
+            content: b"appended".to_vec().into(),
+            append: true,
+            ..Default::default()
+        });
+        assert_refused(&format!("append {path}"), agent.call(append).await, &agent);
+    }
+    outside.assert_untouched();
+    let link = std::fs::symlink_metadata(agent.root.join("secret-link")).unwrap();
+    assert!(link.file_type().is_symlink(), "a refused write leaves the symlink as it was");
+
+    // Moving a file out, moving the secret in, removing it, making a directory out there.
+    std::fs::write(agent.root.join("mine.txt"), b"mine").unwrap();
+    let [abs, dotdot, via_link] = <[String; 3]>::try_from(outside.escapes("moved.txt")).unwrap();
+    for to in [&abs, &dotdot, &via_link] {
+        let mv = Op::FsMove(pb::FsMoveRequest { from: "mine.txt".into(), to: to.clone(), overwrite: true });
+        assert_refused(&format!("move to {to}"), agent.call(mv).await, &agent);
+    }
+    assert_eq!(std::fs::read(agent.root.join("mine.txt")).unwrap(), b"mine");
+    for from in outside.escapes("secret.txt") {
+        let mv =
+            Op::FsMove(pb::FsMoveRequest { from: from.clone(), to: "stolen.txt".into(), overwrite: false });
+        assert_refused(&format!("move from {from}"), agent.call(mv).await, &agent);
+        let rm = Op::FsRemove(pb::FsRemoveRequest { path: from.clone(), recursive: true });
+        assert_refused(&format!("remove {from}"), agent.call(rm).await, &agent);
+    }
+    for path in outside.escapes("newdir") {
+        let mkdir = Op::FsMkdir(pb::FsMkdirRequest { path: path.clone(), parents: true, mode: 0 });
+        assert_refused(&format!("mkdir {path}"), agent.call(mkdir).await, &agent);
+    }
+    outside.assert_untouched();
+    assert!(!agent.root.join("stolen.txt").exists());
+}
+
+#[tokio::test]
+async fn a_confined_agent_refuses_a_working_directory_outside_its_root() {
+    let nats = Nats::start().await;
+    let agent = Agent::start(&nats).await;
+    let outside = Outside::beside(&agent);
+    for cwd in [outside.dir.path().display().to_string(), "/workspace/escape".into()] {
+        let exec = pb::ExecRequest { cwd: cwd.clone(), ..op::sh("touch from-exec") };
+        assert_refused(&format!("exec in {cwd}"), agent.call(Op::Exec(exec)).await, &agent);
+    }
+    outside.assert_untouched();
+}
+
+#[tokio::test]
+async fn whole_machine_consent_lifts_confinement() {
+    let nats = Nats::start().await;
+    let opts = AgentOpts { args: vec!["--whole-machine".into()], ..Default::default() };
+    let agent = Agent::start_with(&nats, opts).await;
+    assert!(agent.hello.capabilities.as_ref().unwrap().consented_whole_machine);
+    let outside = Outside::beside(&agent);
+
+    let mut paths = outside.escapes("secret.txt");
+    paths.push("secret-link".into());
+    for path in &paths {
+        match agent.call(op::read(path)).await {
+            Ok(Reply::FsRead(r)) => assert_eq!(&r.content[..], SECRET, "read {path}"),
+            other => panic!("read {path} with whole-machine consent: {other:?}\nagent log:\n{}", agent.log()),
+        }
+    }
+
+    let target = outside.dir.path().join("written.txt");
+    let reply = agent.call(write_op(&target.display().to_string(), b"allowed", false)).await;
+    assert!(matches!(reply, Ok(Reply::FsWrite(_))), "{reply:?}");
+    assert_eq!(std::fs::read(&target).unwrap(), b"allowed");
+}
