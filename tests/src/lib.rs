@@ -108,9 +108,14 @@ impl Nats {
         let conf = dir.path().join("nats.conf");
         std::fs::write(&conf, format!("listen: 127.0.0.1:{port}\n{extra_config}\n"))
             .expect("write nats.conf");
+        let proc = Self::launch(&conf, port).await;
+        Nats { url: format!("nats://127.0.0.1:{port}"), port, _dir: dir, _proc: proc }
+    }
+
+    async fn launch(conf: &Path, port: u16) -> Proc {
         let proc = Proc::spawn(
             "nats-server",
-            Command::new("nats-server").arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()),
+            Command::new("nats-server").arg("-c").arg(conf).stdout(Stdio::null()).stderr(Stdio::null()),
         )
         .unwrap_or_else(|e| {
             panic!("{e:#}: is nats-server installed? (apt-get install nats-server, or scripts/setup.sh)")
@@ -120,7 +125,14 @@ impl Nats {
             assert!(Instant::now() < deadline, "nats-server did not listen on {port}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Nats { url: format!("nats://127.0.0.1:{port}"), port, _dir: dir, _proc: proc }
+        proc
+    }
+
+    /// Kills the server and starts a new one on the same port: every client must reconnect.
+    pub async fn restart(&mut self) {
+        let conf = self._dir.path().join("nats.conf");
+        self._proc = Proc { child: None, name: "nats-server" };
+        self._proc = Self::launch(&conf, self.port).await;
     }
 
     pub async fn client(&self) -> async_nats::Client {

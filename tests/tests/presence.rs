@@ -149,3 +149,19 @@ async fn overload_answers_draining_instead_of_queueing() {
     assert!(a.is_ok() && b.is_ok());
     assert!(agent.call(op::ping(4)).await.is_ok(), "served again once there is room");
 }
+
+#[tokio::test]
+async fn after_nats_comes_back_the_agent_says_hello_again_and_serves() {
+    let mut nats = Nats::start().await;
+    let agent = Agent::start(&nats).await;
+    nats.restart().await;
+    // Which client reconnects first is up to timing, so a subscriber may miss the second
+    // Hello; the agent's own log says whether it re-announced after reconnecting.
+    tether_tests::eventually("a second Hello after the reconnect", || {
+        let log = agent.log();
+        log.contains("reconnected to NATS") && log.matches("hello published").count() >= 2
+    })
+    .await;
+    let pong = agent.call(op::ping(9)).await.expect("served after the reconnect");
+    assert!(matches!(pong, Reply::Ping(p) if p.nonce == 9));
+}
