@@ -92,6 +92,8 @@ impl Drop for Proc {
 pub struct Nats {
     pub url: String,
     pub port: u16,
+    /// The token clients must present, when the server requires one.
+    pub token: Option<String>,
     _dir: tempfile::TempDir,
     _proc: Proc,
 }
@@ -109,7 +111,7 @@ impl Nats {
         std::fs::write(&conf, format!("listen: 127.0.0.1:{port}\n{extra_config}\n"))
             .expect("write nats.conf");
         let proc = Self::launch(&conf, port).await;
-        Nats { url: format!("nats://127.0.0.1:{port}"), port, _dir: dir, _proc: proc }
+        Nats { url: format!("nats://127.0.0.1:{port}"), port, token: None, _dir: dir, _proc: proc }
     }
 
     async fn launch(conf: &Path, port: u16) -> Proc {
@@ -135,8 +137,19 @@ impl Nats {
         self._proc = Self::launch(&conf, self.port).await;
     }
 
+    /// Starts a server that requires `token` from every client.
+    pub async fn start_with_token(token: &str) -> Nats {
+        let mut nats = Self::start_with(&format!("authorization {{ token: \"{token}\" }}")).await;
+        nats.token = Some(token.to_owned());
+        nats
+    }
+
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(&self.url).await.expect("connect to test nats-server")
+        let options = match &self.token {
+            Some(token) => async_nats::ConnectOptions::with_token(token.clone()),
+            None => async_nats::ConnectOptions::new(),
+        };
+        options.connect(&self.url).await.expect("connect to test nats-server")
     }
 }
 
