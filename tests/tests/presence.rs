@@ -165,3 +165,28 @@ async fn after_nats_comes_back_the_agent_says_hello_again_and_serves() {
     let pong = agent.call(op::ping(9)).await.expect("served after the reconnect");
     assert!(matches!(pong, Reply::Ping(p) if p.nonce == 9));
 }
+
+#[tokio::test]
+async fn sigterm_cancels_work_past_the_grace_and_still_says_going_offline() {
+    let nats = Nats::start().await;
+    let opts = AgentOpts { args: vec!["--shutdown-grace".into(), "300ms".into()], ..Default::default() };
+    let mut agent = Agent::start_with(&nats, opts).await;
+    let mut events = agent.nc.subscribe(format!("agent.{}.{}.events", agent.ws, agent.id)).await.unwrap();
+    agent.nc.flush().await.unwrap();
+    let marker = agent.root.join("started");
+    let long = agent.call(Op::Exec(op::sh("touch started; exec sleep 60")));
+    let stop = async {
+        tether_tests::eventually("the exec to start", || marker.exists()).await;
+        agent.proc.signal(Signal::SIGTERM);
+    };
+    let (reply, ()) = tokio::join!(long, stop);
+    let err = reply.expect_err("the exec outlived the grace and was cancelled");
+    assert_eq!(err.code, pb::ErrorCode::Draining as i32);
+    assert!(err.retryable);
+    loop {
+        if let Some(pb::agent_event::Event::GoingOffline(_)) = next_event(&mut events).await.event {
+            break;
+        }
+    }
+    assert!(agent.proc.wait_exit(WAIT).unwrap().success());
+}
