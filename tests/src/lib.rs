@@ -34,6 +34,13 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// The client port in a nats-server ports file (`{"nats":["nats://127.0.0.1:4222"],...}`).
+fn client_port(ports_file: &str) -> Option<u16> {
+    let rest = &ports_file[ports_file.find("nats://")? + "nats://".len()..];
+    let addr = &rest[..rest.find('"')?];
+    addr.rsplit(':').next()?.parse().ok()
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free loopback port").port()
 }
@@ -94,6 +101,7 @@ pub struct Nats {
     pub port: u16,
     /// The token clients must present, when the server requires one.
     pub token: Option<String>,
+    extra: String,
     _dir: tempfile::TempDir,
     _proc: Proc,
 }
@@ -103,38 +111,52 @@ impl Nats {
         Self::start_with("").await
     }
 
-    /// Starts with extra server configuration, e.g. `max_payload: 65536`.
+    /// Starts with extra server configuration, e.g. `max_payload: 65536`. The server picks
+    /// its own free port and reports it in a ports file, so parallel tests cannot collide.
     pub async fn start_with(extra_config: &str) -> Nats {
-        let port = free_port();
         let dir = tempfile::tempdir().expect("tempdir");
-        let conf = dir.path().join("nats.conf");
-        std::fs::write(&conf, format!("listen: 127.0.0.1:{port}\n{extra_config}\n"))
-            .expect("write nats.conf");
-        let proc = Self::launch(&conf, port).await;
-        Nats { url: format!("nats://127.0.0.1:{port}"), port, token: None, _dir: dir, _proc: proc }
+        let (proc, port) = Self::launch(dir.path(), "-1", extra_config).await;
+        Nats {
+            url: format!("nats://127.0.0.1:{port}"),
+            port,
+            token: None,
+            extra: extra_config.to_owned(),
+            _dir: dir,
+            _proc: proc,
+        }
     }
 
-    async fn launch(conf: &Path, port: u16) -> Proc {
-        let proc = Proc::spawn(
+    async fn launch(dir: &Path, port: &str, extra_config: &str) -> (Proc, u16) {
+        let conf = dir.join("nats.conf");
+        let config = format!("listen: \"127.0.0.1:{port}\"\nports_file_dir: {dir:?}\n{extra_config}\n");
+        std::fs::write(&conf, config).expect("write nats.conf");
+        let mut proc = Proc::spawn(
             "nats-server",
-            Command::new("nats-server").arg("-c").arg(conf).stdout(Stdio::null()).stderr(Stdio::null()),
+            Command::new("nats-server").arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()),
         )
         .unwrap_or_else(|e| {
             panic!("{e:#}: is nats-server installed? (apt-get install nats-server, or scripts/setup.sh)")
         });
+        let ports_file = dir.join(format!("nats-server_{}.ports", proc.pid()));
         let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not listen on {port}");
+        loop {
+            assert!(proc.try_status().is_none(), "nats-server exited at start (port {port} taken?)");
+            if let Some(port) = std::fs::read_to_string(&ports_file).ok().and_then(|text| client_port(&text))
+            {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return (proc, port);
+                }
+            }
+            assert!(Instant::now() < deadline, "nats-server did not report a listening port");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        proc
     }
 
     /// Kills the server and starts a new one on the same port: every client must reconnect.
     pub async fn restart(&mut self) {
-        let conf = self._dir.path().join("nats.conf");
         self._proc = Proc { child: None, name: "nats-server" };
-        self._proc = Self::launch(&conf, self.port).await;
+        let (proc, _) = Self::launch(self._dir.path(), &self.port.to_string(), &self.extra).await;
+        self._proc = proc;
     }
 
     /// Starts a server that requires `token` from every client.
