@@ -1,0 +1,1 @@
+//! Placeholder: the relay lands with the stream-plane issue.
