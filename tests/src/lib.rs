@@ -2,7 +2,6 @@
 //! `tetherctl` binaries, and a raw NATS control-plane helper. Every process started here is
 //! killed when its handle drops, so a failing test leaves nothing behind.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -41,8 +40,10 @@ fn client_port(ports_file: &str) -> Option<u16> {
     addr.rsplit(':').next()?.parse().ok()
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free loopback port").port()
+/// A number unique within this test process.
+fn next_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// A child process killed (and reaped) on drop.
@@ -220,7 +221,8 @@ impl Agent {
         let state_dir = dir_or_temp(opts.state_dir.clone());
         let logs = dir_or_temp(None);
         let ws = "ws1".to_owned();
-        let id = opts.agent_id.clone().unwrap_or_else(|| format!("agent{}", free_port()));
+        let id =
+            opts.agent_id.clone().unwrap_or_else(|| format!("agent{}-{}", std::process::id(), next_id()));
         let nc = nats.client().await;
         let mut hellos = nc.subscribe(format!("agent.{ws}.{id}.hello")).await.expect("subscribe hello");
         nc.flush().await.expect("flush");
@@ -255,7 +257,7 @@ impl Agent {
 
     /// Sends `op` with a fence scope and epoch; returns the result or the agent's error.
     pub async fn call_fenced(&self, op: Op, scope: &str, epoch: u32) -> Result<Reply, pb::AgentError> {
-        let request_id = format!("t-{}", free_port());
+        let request_id = format!("t-{}", next_id());
         let req = pb::ControlRequest {
             request_id: request_id.clone(),
             epoch,
@@ -365,7 +367,7 @@ impl Agent {
     /// Sends `op` unfenced and also returns the size in bytes of the raw reply as it came off
     /// the wire (to check it against the negotiated `max_payload`).
     pub async fn call_sized(&self, op: Op) -> (usize, Result<Reply, pb::AgentError>) {
-        let request_id = format!("t-{}", free_port());
+        let request_id = format!("t-{}", next_id());
         let req = pb::ControlRequest { request_id: request_id.clone(), op: Some(op), ..Default::default() };
         let msg = tokio::time::timeout(
             Duration::from_secs(60),
