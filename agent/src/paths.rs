@@ -144,20 +144,19 @@ impl Paths {
         let mut prefix = PathBuf::new();
         for part in r.rel.components() {
             let Component::Normal(name) = part else { continue };
-            let parent_fd = self.open_dir_rel(&prefix, r)?;
+            let parent_fd = self.open_dir_rel(&prefix)?;
             prefix.push(name);
             match nix::sys::stat::mkdirat(parent_fd.as_fd(), name, mode) {
                 Ok(()) | Err(Errno::EEXIST) => {}
                 Err(e) => return Err(self.errno(e, "create directory", &self.base.join(&prefix))),
             }
         }
-        self.open_dir_rel(&prefix, r).map(drop)
+        self.open_dir_rel(&prefix).map(drop)
     }
 
-    fn open_dir_rel(&self, rel: &Path, r: &Resolved) -> OpResult<OwnedFd> {
+    fn open_dir_rel(&self, rel: &Path) -> OpResult<OwnedFd> {
         let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
         let abs = self.base.join(rel);
-        let _ = r;
         self.open_rel(rel, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty(), &abs)
     }
 

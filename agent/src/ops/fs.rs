@@ -203,10 +203,7 @@ fn fill_and_rename(
 /// A final symlink is written through only when its target stays inside the consent; the
 /// kernel resolves it beneath the root, so a link pointing out is CONSENT_REQUIRED.
 fn final_target(paths: &Paths, r: &Resolved) -> OpResult<Resolved> {
-    let (dir, name) = match paths.open_parent(r) {
-        Ok(found) => found,
-        Err(e) => return Err(e),
-    };
+    let (dir, name) = paths.open_parent(r)?;
     match lstat_at(paths, dir.as_fd(), &name, &r.abs)? {
         Some(st) if kind_of(&st) == pb::FsEntryKind::Symlink => {
             let fd = paths.open(r, OFlag::O_PATH, Mode::empty())?;
@@ -214,13 +211,7 @@ fn final_target(paths: &Paths, r: &Resolved) -> OpResult<Resolved> {
                 .map_err(|e| OpError::from_io(&e, "resolve symlink", &r.abs))?;
             paths.resolve(&real.display().to_string())
         }
-        Some(_) => Ok(r.clone()),
-        None => match paths.open(r, OFlag::O_PATH, Mode::empty()) {
-            // A dangling symlink would be "missing" to lstat only if the name is absent, so
-            // this is a plain new file.
-            Err(e) if e.code != tether_proto::pb::ErrorCode::NotFound => Err(e),
-            _ => Ok(r.clone()),
-        },
+        _ => Ok(r.clone()),
     }
 }
 
