@@ -190,3 +190,42 @@ async fn sigterm_cancels_work_past_the_grace_and_still_says_going_offline() {
     }
     assert!(agent.proc.wait_exit(WAIT).unwrap().success());
 }
+
+#[tokio::test]
+async fn a_storm_of_garbage_and_truncated_requests_never_wedges_the_agent() {
+    let nats = Nats::start().await;
+    let agent = Agent::start(&nats).await;
+    let valid = pb::ControlRequest {
+        request_id: "r".into(),
+        op: Some(Op::FsRead(pb::FsReadRequest {
+            path: "/workspace/x".into(),
+            offset: u64::MAX,
+            length: u64::MAX,
+        })),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    // A fixed-seed generator: the same storm on every run.
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for i in 0..300 {
+        let payload = match i % 3 {
+            0 => valid[..(next() as usize % valid.len())].to_vec(),
+            1 => (0..next() % 64).map(|_| next() as u8).collect(),
+            _ => {
+                let mut v = valid.clone();
+                let at = next() as usize % v.len();
+                v[at] ^= next() as u8;
+                v
+            }
+        };
+        let resp = agent.request_raw(payload).await;
+        assert!(resp.error.is_some() || resp.result.is_some(), "every request gets an answer: {resp:?}");
+    }
+    assert!(agent.call(op::ping(5)).await.is_ok(), "still serving\n{}", agent.log());
+}
