@@ -80,9 +80,7 @@ impl Paths {
 
     /// Maps `raw` to an absolute, lexically normalised path (no I/O).
     pub fn map(&self, raw: &str) -> PathBuf {
-        let joined = if raw.is_empty() {
-            self.root.clone()
-        } else if raw == self.virtual_root {
+        let joined = if raw.is_empty() || raw == self.virtual_root {
             self.root.clone()
         } else if let Some(rest) = raw.strip_prefix(&self.virtual_root).and_then(|r| r.strip_prefix('/')) {
             self.root.join(rest)

@@ -142,11 +142,9 @@ impl Nats {
         let deadline = Instant::now() + WAIT;
         loop {
             assert!(proc.try_status().is_none(), "nats-server exited at start (port {port} taken?)");
-            if let Some(port) = std::fs::read_to_string(&ports_file).ok().and_then(|text| client_port(&text))
-            {
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return (proc, port);
-                }
+            let reported = std::fs::read_to_string(&ports_file).ok().and_then(|text| client_port(&text));
+            if let Some(port) = reported.filter(|&p| std::net::TcpStream::connect(("127.0.0.1", p)).is_ok()) {
+                return (proc, port);
             }
             assert!(Instant::now() < deadline, "nats-server did not report a listening port");
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -21,11 +21,12 @@ struct Outside {
 impl Outside {
     fn beside(agent: &Agent) -> Outside {
         let parent = agent.root.parent().expect("the root has a parent");
-        let dir = tempfile::tempdir_in(parent).unwrap();
-        std::fs::write(dir.path().join("secret.txt"), SECRET).unwrap();
-        std::os::unix::fs::symlink(dir.path(), agent.root.join("escape")).unwrap();
-        std::os::unix::fs::symlink(dir.path().join("secret.txt"), agent.root.join("secret-link")).unwrap();
-        let name = dir.path().file_name().unwrap().to_string_lossy().into_owned();
+        let dir = tempfile::tempdir_in(parent).expect("outside tempdir");
+        std::fs::write(dir.path().join("secret.txt"), SECRET).expect("write the outside file");
+        std::os::unix::fs::symlink(dir.path(), agent.root.join("escape")).expect("directory symlink");
+        std::os::unix::fs::symlink(dir.path().join("secret.txt"), agent.root.join("secret-link"))
+            .expect("file symlink");
+        let name = dir.path().file_name().expect("a tempdir has a name").to_string_lossy().into_owned();
         Outside { dir, name }
     }
 
@@ -45,8 +46,8 @@ impl Outside {
     /// What the outside directory holds, sorted.
     fn contents(&self) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(self.dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .expect("list the outside directory")
+            .map(|e| e.expect("outside entry").file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
         names
@@ -55,7 +56,11 @@ impl Outside {
     /// Fails unless the outside directory is exactly as `beside` left it.
     fn assert_untouched(&self) {
         assert_eq!(self.contents(), ["secret.txt"], "a file appeared outside the root");
-        assert_eq!(std::fs::read(self.secret()).unwrap(), SECRET, "the outside file changed");
+        assert_eq!(
+            std::fs::read(self.secret()).expect("the outside file is still there"),
+            SECRET,
+            "the outside file changed"
+        );
     }
 }
 
@@ -136,7 +141,7 @@ async fn a_confined_agent_changes_nothing_outside_its_root() {
         assert_refused(&format!("append {path}"), agent.call(append).await, &agent);
     }
     outside.assert_untouched();
-    let link = std::fs::symlink_metadata(agent.root.join("secret-link")).unwrap();
+    let link = std::fs::symlink_metadata(agent.root.join("secret-link")).expect("file symlink");
     assert!(link.file_type().is_symlink(), "a refused write leaves the symlink as it was");
 
     // Moving a file out, moving the secret in, removing it, making a directory out there.

@@ -47,7 +47,7 @@ async fn json_output_is_machine_readable() {
 #[tokio::test]
 async fn events_follows_heartbeats_and_going_offline() {
     let nats = Nats::start().await;
-    let mut agent = Agent::start(&nats).await;
+    let agent = Agent::start(&nats).await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("events.jsonl");
     let mut cmd = agent.tetherctl(&nats);

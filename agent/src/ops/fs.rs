@@ -120,13 +120,9 @@ pub async fn read(paths: Arc<Paths>, req: pb::FsReadRequest, budget: usize) -> O
 pub async fn write(paths: Arc<Paths>, req: pb::FsWriteRequest) -> OpResult<pb::FsWriteResponse> {
     blocking(move || {
         let r = paths.resolve(&req.path)?;
-        if req.create_parents {
-            if let Some(parent) = r.abs.parent() {
-                paths.create_dirs(
-                    &paths.resolve(&parent.display().to_string())?,
-                    Mode::from_bits_truncate(0o755),
-                )?;
-            }
+        if let (true, Some(parent)) = (req.create_parents, r.abs.parent()) {
+            let parent = paths.resolve(&parent.display().to_string())?;
+            paths.create_dirs(&parent, Mode::from_bits_truncate(0o755))?;
         }
         if req.append || req.use_offset {
             write_in_place(&paths, &r, &req)
