@@ -7,7 +7,6 @@ set -euo pipefail
 need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
-command -v tmux >/dev/null 2>&1 || need+=(tmux)
 
 if ((${#need[@]})); then
   sudo=""
