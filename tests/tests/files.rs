@@ -8,7 +8,7 @@ use std::path::Path;
 
 use tether_proto::pb::control_request::Op;
 use tether_proto::pb::control_response::Result as Reply;
-use tether_tests::{Agent, Nats, error_code, op, pb};
+use tether_tests::{Agent, AgentOpts, Nats, error_code, op, pb};
 
 fn read_range(path: &str, offset: u64, length: u64) -> Op {
     Op::FsRead(pb::FsReadRequest { path: path.into(), offset, length })
@@ -324,4 +324,34 @@ async fn a_twenty_megabyte_file_round_trips_through_put_and_get() {
     let copy = local.path().join("copy.bin");
     tetherctl(&agent, &nats, &["get".as_ref(), "/workspace/big.bin".as_ref(), copy.as_os_str()]).await;
     same_bytes(&copy, &data);
+}
+
+#[tokio::test]
+async fn a_move_across_filesystems_copies_the_tree_then_removes_the_source() {
+    let shm = Path::new("/dev/shm");
+    let same_fs = |a: &Path, b: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(a).unwrap().dev() == std::fs::metadata(b).unwrap().dev()
+    };
+    let nats = Nats::start().await;
+    let opts = AgentOpts { args: vec!["--whole-machine".into()], ..Default::default() };
+    let agent = Agent::start_with(&nats, opts).await;
+    if !shm.is_dir() || same_fs(shm, &agent.root) {
+        eprintln!("skipped: /dev/shm is not a second filesystem here");
+        return;
+    }
+    std::fs::create_dir_all(agent.root.join("tree/sub")).unwrap();
+    std::fs::write(agent.root.join("tree/sub/f.txt"), b"payload").unwrap();
+    std::os::unix::fs::symlink("sub/f.txt", agent.root.join("tree/link")).unwrap();
+    let target = tempfile::tempdir_in(shm).unwrap();
+    let to = target.path().join("moved");
+    let mv = Op::FsMove(pb::FsMoveRequest {
+        from: "/workspace/tree".into(),
+        to: to.display().to_string(),
+        overwrite: false,
+    });
+    agent.call(mv).await.expect("move across filesystems");
+    assert!(!agent.root.join("tree").exists(), "the source is gone");
+    assert_eq!(std::fs::read(to.join("sub/f.txt")).unwrap(), b"payload");
+    assert_eq!(std::fs::read_link(to.join("link")).unwrap(), Path::new("sub/f.txt"), "links stay links");
 }
