@@ -38,7 +38,7 @@ pub enum ClientError {
     Timeout { subject: String, timeout: Duration },
 
     /// The agent answered with an `AgentError`.
-    #[error("{message}{}", format_detail(detail))]
+    #[error("{message}{}", format_detail(message, detail))]
     Agent { code: pb::ErrorCode, message: String, retryable: bool, detail: HashMap<String, String> },
 
     /// The request itself exceeds the connection's `max_payload` (refused before sending).
@@ -128,12 +128,14 @@ impl ClientError {
     }
 }
 
-/// Renders an agent error's detail as ` (k=v, k=v)`, sorted so output is stable.
-fn format_detail(detail: &HashMap<String, String>) -> String {
-    if detail.is_empty() {
+/// Renders an agent error's detail as ` (k=v, k=v)`, sorted so output is stable, leaving out
+/// values the message already shows (agents usually name the path in the message).
+fn format_detail(message: &str, detail: &HashMap<String, String>) -> String {
+    let mut pairs: Vec<_> =
+        detail.iter().filter(|(_, v)| !v.is_empty() && !message.contains(v.as_str())).collect();
+    if pairs.is_empty() {
         return String::new();
     }
-    let mut pairs: Vec<_> = detail.iter().collect();
     pairs.sort();
     let mut out = String::from(" (");
     for (i, (k, v)) in pairs.into_iter().enumerate() {
@@ -169,6 +171,20 @@ mod tests {
         assert!(err.retryable());
         assert_eq!(err.detail().and_then(|d| d.get("held_epoch")).map(String::as_str), Some("5"));
         assert_eq!(err.to_string(), "held epoch is newer (held_epoch=5, op_epoch=3)");
+    }
+
+    #[test]
+    fn detail_already_in_the_message_is_not_repeated() {
+        let err = ClientError::from_agent(pb::AgentError {
+            code: pb::ErrorCode::NotFound as i32,
+            message: "path not found: /w/x".into(),
+            retryable: false,
+            detail: HashMap::from([
+                ("path".to_owned(), "/w/x".to_owned()),
+                ("action".to_owned(), "open".to_owned()),
+            ]),
+        });
+        assert_eq!(err.to_string(), "path not found: /w/x (action=open)");
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub fn remote_basename(remote: &str) -> Option<&str> {
     (!name.is_empty() && name != "." && name != ".." && name != "~").then_some(name)
 }
 
-/// Where `get` writes: LOCAL, LOCAL/<basename> if LOCAL is a directory, or ./<basename>.
+/// Where `get` writes: LOCAL, `LOCAL/<basename>` if LOCAL is a directory, or `./<basename>`.
 fn local_target(remote: &str, local: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     let basename = || {
         remote_basename(remote)
@@ -89,7 +89,7 @@ async fn download_atomically(client: &Client, remote: &str, target: &Path) -> an
     result
 }
 
-/// The remote path `put` writes: REMOTE, or REMOTE/<local name> when REMOTE ends with `/`.
+/// The remote path `put` writes: REMOTE, or `REMOTE<local name>` when REMOTE ends with `/`.
 fn remote_target(local: &Path, remote: &str) -> anyhow::Result<String> {
     if !remote.ends_with('/') {
         return Ok(remote.to_owned());
