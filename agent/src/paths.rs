@@ -96,7 +96,13 @@ impl Paths {
 
     /// Maps `raw` and checks it against the consent, before any I/O.
     pub fn resolve(&self, raw: &str) -> OpResult<Resolved> {
-        let abs = self.map(raw);
+        self.resolve_abs(self.map(raw))
+    }
+
+    /// Checks an already mapped absolute path against the consent (no second mapping: a root
+    /// that itself lies under the virtual root must not be mapped twice).
+    pub fn resolve_abs(&self, abs: PathBuf) -> OpResult<Resolved> {
+        let abs = normalize(&abs);
         let rel = match abs.strip_prefix(&self.base) {
             Ok(rel) if rel.as_os_str().is_empty() => PathBuf::from("."),
             Ok(rel) => rel.to_owned(),

@@ -355,3 +355,35 @@ async fn a_move_across_filesystems_copies_the_tree_then_removes_the_source() {
     assert_eq!(std::fs::read(to.join("sub/f.txt")).unwrap(), b"payload");
     assert_eq!(std::fs::read_link(to.join("link")).unwrap(), Path::new("sub/f.txt"), "links stay links");
 }
+
+#[tokio::test]
+async fn a_root_under_the_virtual_root_path_is_not_mapped_twice() {
+    let nats = Nats::start().await;
+    let root = tempfile::tempdir().unwrap();
+    let root_path = root.path().canonicalize().unwrap();
+    let parent = root_path.parent().unwrap().display().to_string();
+    let opts = AgentOpts {
+        root: Some(root_path.clone()),
+        args: vec!["--virtual-root".into(), parent],
+        ..Default::default()
+    };
+    let agent = Agent::start_with(&nats, opts).await;
+    let write = Op::FsWrite(pb::FsWriteRequest {
+        path: "sub/f.txt".into(),
+        content: b"here".to_vec().into(),
+        create_parents: true,
+        ..Default::default()
+    });
+    agent.call(write).await.expect("write with parents");
+    assert_eq!(std::fs::read(root_path.join("sub/f.txt")).unwrap(), b"here");
+}
+
+#[tokio::test]
+async fn reading_a_fifo_is_refused_instead_of_hanging() {
+    let nats = Nats::start().await;
+    let agent = Agent::start(&nats).await;
+    nix::unistd::mkfifo(&agent.root.join("pipe"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let err = agent.call(op::read("pipe")).await.expect_err("a FIFO is not a file to read");
+    assert_eq!(error_code(&err), pb::ErrorCode::Os);
+    assert!(agent.call(op::ping(1)).await.is_ok());
+}

@@ -74,10 +74,15 @@ fn entry(dir: BorrowedFd<'_>, name: &OsStr, abs: &Path, st: &FileStat) -> pb::Fs
 pub async fn read(paths: Arc<Paths>, req: pb::FsReadRequest, budget: usize) -> OpResult<pb::FsReadResponse> {
     blocking(move || {
         let r = paths.resolve(&req.path)?;
-        let file = File::from(paths.open(&r, OFlag::O_RDONLY, Mode::empty())?);
+        // O_NONBLOCK: opening a FIFO must not hang a worker; it is refused just below.
+        let file = File::from(paths.open(&r, OFlag::O_RDONLY | OFlag::O_NONBLOCK, Mode::empty())?);
         let meta = file.metadata().map_err(|e| OpError::from_io(&e, "stat", &r.abs))?;
         if meta.is_dir() {
             return Err(OpError::from_io(&Errno::EISDIR.into(), "read", &r.abs));
+        }
+        if !meta.is_file() {
+            return Err(OpError::os(format!("{} is not a regular file", r.abs.display()))
+                .with("path", r.abs.display()));
         }
         let total = meta.len();
         let rest = total.saturating_sub(req.offset);
@@ -121,7 +126,7 @@ pub async fn write(paths: Arc<Paths>, req: pb::FsWriteRequest) -> OpResult<pb::F
     blocking(move || {
         let r = paths.resolve(&req.path)?;
         if let (true, Some(parent)) = (req.create_parents, r.abs.parent()) {
-            let parent = paths.resolve(&parent.display().to_string())?;
+            let parent = paths.resolve_abs(parent.to_owned())?;
             paths.create_dirs(&parent, Mode::from_bits_truncate(0o755))?;
         }
         if req.append || req.use_offset {
@@ -205,7 +210,7 @@ fn final_target(paths: &Paths, r: &Resolved) -> OpResult<Resolved> {
             let fd = paths.open(r, OFlag::O_PATH, Mode::empty())?;
             let real = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)))
                 .map_err(|e| OpError::from_io(&e, "resolve symlink", &r.abs))?;
-            paths.resolve(&real.display().to_string())
+            paths.resolve_abs(real)
         }
         _ => Ok(r.clone()),
     }
