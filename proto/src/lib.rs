@@ -3,6 +3,7 @@
 
 pub mod frame;
 pub mod subjects;
+pub mod token;
 
 /// Generated protobuf types (`tether.agent.v1`, binary-compatible with `opengeni.agent.v1`).
 pub mod pb {

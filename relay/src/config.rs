@@ -1,0 +1,248 @@
+//! Command line, environment and secret files -> one `RelayConfig`. Secrets are read from the
+//! environment or from files named on the command line, never from argv itself, and are kept in
+//! a type whose `Debug` does not print them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+
+/// Environment variable holding the producer (`ogr_`) secret.
+pub const PRODUCER_SECRET_ENV: &str = "TETHER_RELAY_PRODUCER_SECRET";
+/// Environment variable holding the viewer (`ogs_`) secret.
+pub const VIEWER_SECRET_ENV: &str = "TETHER_RELAY_VIEWER_SECRET";
+
+/// An HMAC key. Its `Debug` is redacted so it cannot reach a log line by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
+        Secret(bytes.into())
+    }
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret(<{} bytes redacted>)", self.0.len())
+    }
+}
+
+/// Everything the relay needs to run.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    pub bind: SocketAddr,
+    pub producer_secret: Secret,
+    pub viewer_secret: Secret,
+    /// How long a new connection may take to send its StreamOpen.
+    pub handshake_timeout: Duration,
+    /// Byte bound of each direction's replay ring, per channel.
+    pub ring_bytes: usize,
+    /// Bytes a viewer may leave unread before the producer is held back for it.
+    pub viewer_queue_bytes: usize,
+    /// How long a full viewer queue may hold the producer back before that viewer is dropped.
+    pub stall_grace: Duration,
+    /// How long a channel with neither producer nor viewer keeps its state.
+    pub reap_after: Duration,
+    /// Largest websocket message accepted.
+    pub max_message_bytes: usize,
+    /// How long shutdown waits for peers to receive their StreamClose.
+    pub shutdown_grace: Duration,
+}
+
+impl RelayConfig {
+    /// Defaults for everything but the secrets (used by tests and embedders).
+    pub fn with_secrets(producer_secret: Secret, viewer_secret: Secret) -> Self {
+        RelayConfig {
+            bind: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            producer_secret,
+            viewer_secret,
+            handshake_timeout: Duration::from_secs(5),
+            ring_bytes: 4 << 20,
+            viewer_queue_bytes: 1 << 20,
+            stall_grace: Duration::from_secs(5),
+            reap_after: Duration::from_secs(60),
+            max_message_bytes: 16 << 20,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `tether-relay`: pairs agent producer channels with viewers over websockets.
+///
+/// Secrets come from TETHER_RELAY_PRODUCER_SECRET and TETHER_RELAY_VIEWER_SECRET, or from the
+/// files named by --producer-secret-file / --viewer-secret-file; never from the command line.
+#[derive(Debug, Parser)]
+#[command(name = "tether-relay", version)]
+pub struct Cli {
+    /// Address to listen on (port 0 picks a free port; the log says which).
+    #[arg(long, env = "TETHER_RELAY_BIND", default_value = "0.0.0.0:8443")]
+    pub bind: SocketAddr,
+    /// File holding the producer (ogr_) token secret.
+    #[arg(long, env = "TETHER_RELAY_PRODUCER_SECRET_FILE")]
+    pub producer_secret_file: Option<PathBuf>,
+    /// File holding the viewer (ogs_) token secret.
+    #[arg(long, env = "TETHER_RELAY_VIEWER_SECRET_FILE")]
+    pub viewer_secret_file: Option<PathBuf>,
+    /// How long a connection may take to send its StreamOpen.
+    #[arg(long, env = "TETHER_RELAY_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+    /// Replay ring size per channel and direction (bytes; K/KiB/M/MiB suffixes allowed).
+    #[arg(long, env = "TETHER_RELAY_RING_BYTES", default_value = "4MiB", value_parser = parse_bytes)]
+    pub ring_bytes: usize,
+    /// Bytes a viewer may leave unread before the producer waits for it.
+    #[arg(long, env = "TETHER_RELAY_VIEWER_QUEUE_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
+    pub viewer_queue_bytes: usize,
+    /// How long a viewer with a full queue may hold the producer back before it is dropped.
+    #[arg(long, env = "TETHER_RELAY_STALL_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub stall_grace: Duration,
+    /// How long a channel with no producer and no viewer keeps its buffers.
+    #[arg(long, env = "TETHER_RELAY_REAP_AFTER", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub reap_after: Duration,
+    /// Largest websocket message accepted (bytes).
+    #[arg(long, env = "TETHER_RELAY_MAX_MESSAGE_BYTES", default_value = "16MiB", value_parser = parse_bytes)]
+    pub max_message_bytes: usize,
+    /// How long shutdown waits for peers to take their StreamClose.
+    #[arg(long, env = "TETHER_RELAY_SHUTDOWN_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl Cli {
+    /// Resolves secrets (`env` looks a variable up) and checks the numbers make sense.
+    pub fn into_config(self, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<RelayConfig> {
+        let producer_secret = secret(
+            "producer",
+            env(PRODUCER_SECRET_ENV),
+            PRODUCER_SECRET_ENV,
+            self.producer_secret_file.as_deref(),
+        )?;
+        let viewer_secret =
+            secret("viewer", env(VIEWER_SECRET_ENV), VIEWER_SECRET_ENV, self.viewer_secret_file.as_deref())?;
+        if self.ring_bytes == 0 || self.viewer_queue_bytes == 0 || self.max_message_bytes == 0 {
+            bail!("--ring-bytes, --viewer-queue-bytes and --max-message-bytes must be positive");
+        }
+        if self.handshake_timeout.is_zero() {
+            bail!("--handshake-timeout must be positive");
+        }
+        Ok(RelayConfig {
+            bind: self.bind,
+            producer_secret,
+            viewer_secret,
+            handshake_timeout: self.handshake_timeout,
+            ring_bytes: self.ring_bytes,
+            viewer_queue_bytes: self.viewer_queue_bytes,
+            stall_grace: self.stall_grace,
+            reap_after: self.reap_after,
+            max_message_bytes: self.max_message_bytes,
+            shutdown_grace: self.shutdown_grace,
+        })
+    }
+}
+
+fn secret(
+    what: &str,
+    from_env: Option<String>,
+    env_name: &str,
+    file: Option<&Path>,
+) -> anyhow::Result<Secret> {
+    let value = match (from_env.filter(|v| !v.is_empty()), file) {
+        (Some(_), Some(path)) => bail!(
+            "the {what} secret is given twice ({env_name} and --{what}-secret-file {}); set only one",
+            path.display()
+        ),
+        (Some(v), None) => v.into_bytes(),
+        (None, Some(path)) => {
+            let mut bytes = std::fs::read(path)
+                .with_context(|| format!("reading the {what} secret file {}", path.display()))?;
+            while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                bytes.pop();
+            }
+            bytes
+        }
+        (None, None) => bail!("no {what} secret: set {env_name} or pass --{what}-secret-file"),
+    };
+    if value.is_empty() {
+        bail!("the {what} secret is empty");
+    }
+    Ok(Secret(value))
+}
+
+/// Parses a byte count: `1048576`, `64K`, `64KiB`, `4M`, `4MiB`, `1G`, `1GiB`.
+pub fn parse_bytes(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: usize = num.parse().map_err(|_| format!("{s:?} is not a byte count (e.g. 65536, 64KiB, 4MiB)"))?;
+    let mult: usize = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" | "k" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        other => return Err(format!("unknown byte unit {other:?} (use K/KiB, M/MiB or G/GiB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut argv = vec!["tether-relay"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).unwrap()
+    }
+
+    fn env_with(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+    }
+
+    #[test]
+    fn secrets_come_from_env_or_files_never_both() {
+        let env = env_with(&[(PRODUCER_SECRET_ENV, "p"), (VIEWER_SECRET_ENV, "v")]);
+        let c = cli(&["--bind", "127.0.0.1:0"]).into_config(&env).unwrap();
+        assert_eq!(c.producer_secret.bytes(), b"p");
+        assert_eq!(c.viewer_secret.bytes(), b"v");
+        assert_eq!(c.bind.port(), 0);
+        assert!(!format!("{c:?}").contains("\"p\""));
+
+        let dir = std::env::temp_dir().join(format!("tether-relay-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("viewer");
+        std::fs::write(&file, "from-file\r\n").unwrap();
+        let env = env_with(&[(PRODUCER_SECRET_ENV, "p")]);
+        let c = cli(&["--viewer-secret-file", file.to_str().unwrap()]).into_config(&env).unwrap();
+        assert_eq!(c.viewer_secret.bytes(), b"from-file");
+
+        let env = env_with(&[(PRODUCER_SECRET_ENV, "p"), (VIEWER_SECRET_ENV, "v")]);
+        let err = cli(&["--viewer-secret-file", file.to_str().unwrap()]).into_config(&env).unwrap_err();
+        assert!(err.to_string().contains("given twice"), "{err}");
+        let err = cli(&[]).into_config(env_with(&[(PRODUCER_SECRET_ENV, "p")])).unwrap_err();
+        assert!(err.to_string().contains(VIEWER_SECRET_ENV), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let env = env_with(&[(PRODUCER_SECRET_ENV, "p"), (VIEWER_SECRET_ENV, "v")]);
+        let c = cli(&[]).into_config(env).unwrap();
+        assert_eq!(c.bind.to_string(), "0.0.0.0:8443");
+        assert_eq!(c.handshake_timeout, Duration::from_secs(5));
+        assert_eq!(c.ring_bytes, 4 << 20);
+    }
+
+    #[test]
+    fn byte_counts_parse() {
+        assert_eq!(parse_bytes("65536"), Ok(65536));
+        assert_eq!(parse_bytes("64KiB"), Ok(64 << 10));
+        assert_eq!(parse_bytes("4M"), Ok(4 << 20));
+        assert!(parse_bytes("4 parsecs").is_err());
+        assert!(parse_bytes("").is_err());
+    }
+}

@@ -1,0 +1,527 @@
+//! The state of one channel and every decision about it, with no sockets and no waiting: who
+//! is attached, the two replay rings, the seq of each direction, viewer cursors, epoch floors,
+//! input rules. The registry wraps it in a lock and wakes waiters; the pumps only move bytes.
+//!
+//! Agent-to-viewer frames keep the agent's seq and are stored as the agent sent them. Viewer
+//! input is renumbered onto the channel's one viewer-to-agent sequence in arrival order. Resize
+//! and desktop input carry no seq, so they are delivered live only and never replayed (a
+//! replayed click could land twice); the last resize is re-sent to a (re)joining producer
+//! because applying it again is harmless.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tether_proto::frame::Frame;
+use tether_proto::pb;
+use tether_proto::token::ViewerMode;
+
+use crate::handshake::{Rejection, ViewerGrant};
+use crate::metrics::{Dir, DropReason, Metrics, RejectReason};
+use crate::ring::Ring;
+
+/// Identifies one websocket connection.
+pub type ConnId = u64;
+
+/// Byte bounds of a channel.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub ring_bytes: usize,
+    pub viewer_queue_bytes: usize,
+}
+
+/// What a pump should do next.
+#[derive(Debug, PartialEq)]
+pub enum Next {
+    /// Write these messages, in order.
+    Send(Vec<Bytes>),
+    /// Nothing yet; wait for a change.
+    Idle,
+    /// Write this StreamClose, then close the socket.
+    Close(pb::StreamClose),
+}
+
+/// One input message of a viewer.
+#[derive(Debug)]
+pub enum Input {
+    Data(pb::StreamFrame),
+    /// The raw PtyResize message.
+    Resize(Bytes),
+    /// The raw DesktopInput message.
+    Desktop(Bytes),
+}
+
+#[derive(Debug)]
+struct ViewerSlot {
+    grant: ViewerGrant,
+    /// Position in the down ring of the next entry to look at.
+    cursor: u64,
+    /// Next agent-to-viewer seq this viewer must get.
+    expected: u64,
+    /// Entries before this position were buffered before the viewer joined.
+    replay_end: u64,
+    /// Down-ring offset when the viewer joined: replayed bytes do not count as lag.
+    join_offset: u64,
+}
+
+#[derive(Debug)]
+struct ProducerSlot {
+    conn: ConnId,
+    cursor: u64,
+    replay_end: u64,
+}
+
+/// Everything the relay knows about one channel.
+#[derive(Debug)]
+pub struct ChannelState {
+    channel_id: String,
+    port: u32,
+    kind: pb::StreamKind,
+    limits: Limits,
+    down: Ring,
+    /// Next agent-to-viewer seq expected from the producer; `None` until the first frame.
+    down_next: Option<u64>,
+    up: Ring,
+    up_next: u64,
+    /// False until a producer said which viewer-to-agent seq it expects next.
+    up_base_known: bool,
+    producer: Option<ProducerSlot>,
+    viewers: HashMap<ConnId, ViewerSlot>,
+    /// Connections told to go, with what to tell them.
+    kicks: HashMap<ConnId, pb::StreamClose>,
+    /// Per viewer identity: the next own input seq accepted (older ones are repeats).
+    input_cursors: HashMap<String, u64>,
+    lease_floor: u64,
+    authority_floor: Option<u64>,
+    last_resize: Option<Bytes>,
+    ended: Option<pb::StreamClose>,
+    idle_since: Option<Instant>,
+}
+
+impl ChannelState {
+    pub fn new(channel_id: &str, port: u32, limits: Limits, now: Instant) -> Self {
+        ChannelState {
+            channel_id: channel_id.to_owned(),
+            port,
+            kind: pb::StreamKind::Unspecified,
+            limits,
+            down: Ring::new(limits.ring_bytes),
+            down_next: None,
+            up: Ring::new(limits.ring_bytes),
+            up_next: 0,
+            up_base_known: false,
+            producer: None,
+            viewers: HashMap::new(),
+            kicks: HashMap::new(),
+            input_cursors: HashMap::new(),
+            lease_floor: 0,
+            authority_floor: None,
+            last_resize: None,
+            ended: None,
+            idle_since: Some(now),
+        }
+    }
+
+    /// When the channel lost its last peer (`None` while anyone is attached).
+    pub fn idle_since(&self) -> Option<Instant> {
+        self.idle_since
+    }
+
+    /// Whether `conn` has been told to go.
+    pub fn is_kicked(&self, conn: ConnId) -> bool {
+        self.kicks.contains_key(&conn)
+    }
+
+    /// (producers, viewers) attached.
+    pub fn counts(&self) -> (u64, u64) {
+        (u64::from(self.producer.is_some()), self.viewers.len() as u64)
+    }
+
+    fn close(&self, reason: pb::StreamCloseReason, message: impl Into<String>) -> pb::StreamClose {
+        pb::StreamClose {
+            channel_id: self.channel_id.clone(),
+            reason: reason as i32,
+            message: message.into(),
+        }
+    }
+
+    fn kick(&mut self, conn: ConnId, reason: pb::StreamCloseReason, message: String) {
+        let close = self.close(reason, message);
+        self.viewers.remove(&conn);
+        if self.producer.as_ref().is_some_and(|p| p.conn == conn) {
+            self.producer = None;
+        }
+        self.kicks.insert(conn, close);
+    }
+
+    fn is_desktop(&self) -> bool {
+        self.kind == pb::StreamKind::Desktop || self.port == tether_proto::DESKTOP_PORT
+    }
+
+    fn queue_bytes(&self) -> u64 {
+        (self.limits.viewer_queue_bytes as u64).max(1)
+    }
+
+    /// Registers the producer; returns the next agent-to-viewer seq the relay expects.
+    pub fn join_producer(
+        &mut self,
+        conn: ConnId,
+        kind: pb::StreamKind,
+        resume_from_seq: u64,
+        m: &Metrics,
+    ) -> Result<u64, Rejection> {
+        if self.ended.is_some() {
+            return Err(Rejection::new(
+                RejectReason::ChannelEnded,
+                "the producer already closed this channel",
+            ));
+        }
+        if self.kind != pb::StreamKind::Unspecified && self.kind != kind {
+            return Err(Rejection::new(
+                RejectReason::KindMismatch,
+                format!("channel is {}, the open says {}", self.kind.as_str_name(), kind.as_str_name()),
+            ));
+        }
+        self.kind = kind;
+        if let Some(old) = self.producer.take() {
+            m.producer_replaced();
+            let why = "replaced by a newer connection of the producer".to_owned();
+            self.kick(old.conn, pb::StreamCloseReason::TransportError, why);
+        }
+        if !self.up_base_known {
+            self.rebase_up(resume_from_seq);
+        }
+        self.up_next = self.up_next.max(resume_from_seq);
+        let cursor = self.up.pos_of_seq(resume_from_seq);
+        self.producer = Some(ProducerSlot { conn, cursor, replay_end: self.up.head_pos() });
+        if let Some(resize) = self.last_resize.clone() {
+            self.up.push(self.up_next, false, resize);
+        }
+        self.idle_since = None;
+        Ok(self.down_next.unwrap_or(0))
+    }
+
+    /// Input buffered before any producer joined this relay was numbered from 0; the first
+    /// producer says where its sequence really is, so renumber it from there.
+    fn rebase_up(&mut self, base: u64) {
+        let mut next = base;
+        self.up.rewrite(|seq, sequenced, msg| {
+            if !sequenced {
+                *seq = next;
+                return;
+            }
+            if let Ok(Frame::Data(mut f)) = Frame::decode(msg.clone()) {
+                f.seq = next;
+                *msg = Frame::Data(f).encode();
+            }
+            *seq = next;
+            next += 1;
+        });
+        self.up_next = next;
+        self.up_base_known = true;
+    }
+
+    /// Registers a viewer; returns the seq its stream really resumes from.
+    pub fn join_viewer(
+        &mut self,
+        conn: ConnId,
+        kind: pb::StreamKind,
+        grant: ViewerGrant,
+        resume_from_seq: u64,
+        m: &Metrics,
+    ) -> Result<u64, Rejection> {
+        if kind != pb::StreamKind::Unspecified
+            && self.kind != pb::StreamKind::Unspecified
+            && kind != self.kind
+        {
+            return Err(Rejection::new(
+                RejectReason::KindMismatch,
+                format!("channel is {}, the open says {}", self.kind.as_str_name(), kind.as_str_name()),
+            ));
+        }
+        if grant.lease_epoch < self.lease_floor {
+            return Err(Rejection::new(
+                RejectReason::StaleEpoch,
+                format!(
+                    "leaseEpoch {} is below this channel's floor {}",
+                    grant.lease_epoch, self.lease_floor
+                ),
+            ));
+        }
+        if let (Some(a), Some(floor)) = (grant.authority_epoch, self.authority_floor)
+            && a < floor
+        {
+            return Err(Rejection::new(
+                RejectReason::StaleEpoch,
+                format!("authorityEpoch {a} is below this channel's floor {floor}"),
+            ));
+        }
+        self.raise_floors(&grant, m);
+        let start = self.down.pos_of_seq(resume_from_seq);
+        let ack = match self.down.get(start) {
+            Some(e) if e.seq > resume_from_seq => {
+                m.resume_gap();
+                e.seq
+            }
+            _ => resume_from_seq,
+        };
+        if resume_from_seq == 0 {
+            // A viewer starting from scratch is a new instance: its input seq starts over too.
+            self.input_cursors.remove(&grant.identity);
+        }
+        let slot = ViewerSlot {
+            grant,
+            cursor: start,
+            expected: ack,
+            replay_end: self.down.head_pos(),
+            join_offset: self.down.head_offset(),
+        };
+        self.viewers.insert(conn, slot);
+        self.idle_since = None;
+        Ok(ack)
+    }
+
+    /// A newer epoch fences every viewer below it.
+    fn raise_floors(&mut self, grant: &ViewerGrant, m: &Metrics) {
+        self.lease_floor = self.lease_floor.max(grant.lease_epoch);
+        if let Some(a) = grant.authority_epoch {
+            self.authority_floor = Some(self.authority_floor.map_or(a, |f| f.max(a)));
+        }
+        let stale: Vec<ConnId> = self
+            .viewers
+            .iter()
+            .filter(|(_, v)| {
+                v.grant.lease_epoch < self.lease_floor
+                    || matches!((v.grant.authority_epoch, self.authority_floor), (Some(a), Some(f)) if a < f)
+            })
+            .map(|(c, _)| *c)
+            .collect();
+        for conn in stale {
+            m.fenced_viewer();
+            let why = "a viewer with a newer epoch joined this channel".to_owned();
+            self.kick(conn, pb::StreamCloseReason::Fenced, why);
+        }
+    }
+
+    /// A connection went away.
+    pub fn leave(&mut self, conn: ConnId, now: Instant) {
+        self.viewers.remove(&conn);
+        self.kicks.remove(&conn);
+        if self.producer.as_ref().is_some_and(|p| p.conn == conn) {
+            self.producer = None;
+        }
+        if self.producer.is_none() && self.viewers.is_empty() && self.idle_since.is_none() {
+            self.idle_since = Some(now);
+        }
+    }
+
+    /// Bytes produced since the viewer joined that it has not taken yet (`MAX` when its next
+    /// frame was evicted).
+    fn backlog(&self, v: &ViewerSlot) -> u64 {
+        match self.down.offset_of(v.cursor) {
+            Some(offset) => self.down.head_offset() - offset.max(v.join_offset),
+            None => u64::MAX,
+        }
+    }
+
+    /// Backpressure: the producer may read its next frame while every viewer's queue has room,
+    /// so a burst is paced to the viewers instead of overrunning one of them.
+    pub fn producer_may_read(&self) -> bool {
+        self.viewers.values().all(|v| self.backlog(v) < self.queue_bytes())
+    }
+
+    /// The producer waited the whole stall grace for room: the viewers whose queue is still
+    /// full are too slow; drop them so the others (and the producer) go on.
+    pub fn kick_stalled(&mut self, m: &Metrics) {
+        let full = self.queue_bytes();
+        let stalled: Vec<ConnId> =
+            self.viewers.iter().filter(|(_, v)| self.backlog(v) >= full).map(|(c, _)| *c).collect();
+        for conn in stalled {
+            self.kick_slow(conn, m);
+        }
+    }
+
+    fn kick_slow(&mut self, conn: ConnId, m: &Metrics) {
+        m.slow_viewer();
+        let why = format!(
+            "viewer left {} bytes unread for too long; reconnect with resume_from_seq to continue",
+            self.limits.viewer_queue_bytes
+        );
+        self.kick(conn, pb::StreamCloseReason::TransportError, why);
+    }
+
+    /// A frame from the producer (`msg` is the whole relay message as received).
+    pub fn producer_frame(&mut self, conn: ConnId, seq: u64, msg: Bytes, m: &Metrics) {
+        if self.producer.as_ref().is_none_or(|p| p.conn != conn) || self.ended.is_some() {
+            return;
+        }
+        match self.down_next {
+            Some(next) if seq < next => return m.duplicate(Dir::Down),
+            Some(next) if seq > next => m.producer_gap(),
+            _ => {}
+        }
+        m.received(Dir::Down, msg.len());
+        m.evicted(Dir::Down, self.down.push(seq, true, msg));
+        self.down_next = Some(seq + 1);
+        // A viewer still replaying from before it joined can be overtaken by eviction.
+        let first = self.down.first_pos();
+        let evicted: Vec<ConnId> =
+            self.viewers.iter().filter(|(_, v)| v.cursor < first).map(|(c, _)| *c).collect();
+        for conn in evicted {
+            self.kick_slow(conn, m);
+        }
+    }
+
+    /// The producer closed the channel: viewers get everything buffered, then this close.
+    pub fn producer_close(&mut self, conn: ConnId, mut close: pb::StreamClose) {
+        if self.producer.as_ref().is_none_or(|p| p.conn != conn) {
+            return;
+        }
+        close.channel_id = self.channel_id.clone();
+        self.ended = Some(close);
+        self.producer = None;
+    }
+
+    /// What the viewer `conn` should write next (at most about `max_bytes`).
+    pub fn next_for_viewer(&mut self, conn: ConnId, max_bytes: usize, m: &Metrics) -> Next {
+        if let Some(close) = self.kicks.get(&conn) {
+            return Next::Close(close.clone());
+        }
+        let first = self.down.first_pos();
+        let head = self.down.head_pos();
+        let Some(v) = self.viewers.get_mut(&conn) else {
+            return Next::Close(self.close(pb::StreamCloseReason::TransportError, "not attached"));
+        };
+        let (mut out, mut bytes, mut replayed) = (Vec::new(), 0, 0);
+        let mut gap = None;
+        // A cursor below the ring's start only skips evicted entries; a hole shows as a seq jump.
+        let mut pos = v.cursor.max(first);
+        while pos < head && bytes < max_bytes {
+            let Some(e) = self.down.get(pos) else { break };
+            if e.seq > v.expected {
+                if out.is_empty() {
+                    gap = Some(e.seq);
+                }
+                break;
+            }
+            if e.seq == v.expected {
+                bytes += e.msg.len();
+                replayed += u64::from(pos < v.replay_end);
+                out.push(e.msg.clone());
+                v.expected += 1;
+            }
+            pos += 1;
+        }
+        v.cursor = pos;
+        if let Some(seq) = gap {
+            let why = format!(
+                "frames from seq {} on are not held (next held is {seq}); reconnect with resume_from_seq to learn where the stream resumes",
+                v.expected
+            );
+            self.kick(conn, pb::StreamCloseReason::TransportError, why);
+            return self.kicks.get(&conn).cloned().map_or(Next::Idle, Next::Close);
+        }
+        if !out.is_empty() {
+            m.sent(Dir::Down, out.len() as u64, bytes as u64, replayed);
+            return Next::Send(out);
+        }
+        match &self.ended {
+            Some(close) => Next::Close(close.clone()),
+            None => Next::Idle,
+        }
+    }
+
+    /// What the producer `conn` should write next.
+    pub fn next_for_producer(&mut self, conn: ConnId, max_bytes: usize, m: &Metrics) -> Next {
+        if let Some(close) = self.kicks.get(&conn) {
+            return Next::Close(close.clone());
+        }
+        let first = self.up.first_pos();
+        let head = self.up.head_pos();
+        let Some(p) = self.producer.as_mut().filter(|p| p.conn == conn) else {
+            return match &self.ended {
+                Some(close) => Next::Close(close.clone()),
+                None => Next::Close(self.close(pb::StreamCloseReason::TransportError, "not attached")),
+            };
+        };
+        let (mut out, mut bytes, mut replayed) = (Vec::new(), 0, 0);
+        let mut pos = p.cursor.max(first);
+        while pos < head && bytes < max_bytes {
+            let Some(e) = self.up.get(pos) else { break };
+            let replay = pos < p.replay_end;
+            if e.sequenced || !replay {
+                bytes += e.msg.len();
+                replayed += u64::from(replay);
+                out.push(e.msg.clone());
+            }
+            pos += 1;
+        }
+        p.cursor = pos;
+        if out.is_empty() {
+            return Next::Idle;
+        }
+        m.sent(Dir::Up, out.len() as u64, bytes as u64, replayed);
+        Next::Send(out)
+    }
+
+    /// Backpressure on viewers: while the producer has half a queue of input unread, stop
+    /// reading viewer sockets. With no producer, input is buffered in the ring.
+    pub fn viewer_may_send(&self) -> bool {
+        match &self.producer {
+            Some(p) => self.up.bytes_from(p.cursor).is_none_or(|b| b < self.queue_bytes()),
+            None => true,
+        }
+    }
+
+    /// Applies the input rules and queues the message for the producer.
+    pub fn viewer_input(&mut self, conn: ConnId, input: Input, m: &Metrics) {
+        let Some(v) = self.viewers.get(&conn) else { return };
+        let drop = if self.ended.is_some() {
+            Some(DropReason::Ended)
+        } else if v.grant.read_only {
+            Some(DropReason::Spectator)
+        } else if v.grant.mode == ViewerMode::View
+            && (self.is_desktop() || matches!(input, Input::Desktop(_)))
+        {
+            Some(DropReason::ViewMode)
+        } else {
+            None
+        };
+        if let Some(reason) = drop {
+            return m.input_dropped(reason);
+        }
+        match input {
+            Input::Data(mut f) => {
+                let identity = &v.grant.identity;
+                if self.input_cursors.get(identity).is_some_and(|next| f.seq < *next) {
+                    m.duplicate(Dir::Up);
+                    return m.input_dropped(DropReason::Repeat);
+                }
+                self.input_cursors.insert(identity.clone(), f.seq + 1);
+                f.seq = self.up_next;
+                f.channel_id = self.channel_id.clone();
+                self.up_next += 1;
+                let msg = Frame::Data(f).encode();
+                m.received(Dir::Up, msg.len());
+                m.evicted(Dir::Up, self.up.push(self.up_next - 1, true, msg));
+            }
+            Input::Resize(msg) => {
+                self.last_resize = Some(msg.clone());
+                self.push_live(msg, m);
+            }
+            Input::Desktop(msg) => self.push_live(msg, m),
+        }
+    }
+
+    /// Control messages reach a connected producer only; they are never replayed.
+    fn push_live(&mut self, msg: Bytes, m: &Metrics) {
+        if self.producer.is_some() {
+            m.received(Dir::Up, msg.len());
+            m.evicted(Dir::Up, self.up.push(self.up_next, false, msg));
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "channel_tests.rs"]
+mod tests;

@@ -1,0 +1,398 @@
+//! Unit tests of the channel state machine: seq per direction, replay, renumbering, slow
+//! viewers, gaps, floors and input rules, without sockets.
+
+use super::*;
+
+const P: ConnId = 1;
+const V1: ConnId = 10;
+const V2: ConnId = 11;
+
+fn limits() -> Limits {
+    Limits { ring_bytes: 1 << 20, viewer_queue_bytes: 1 << 20 }
+}
+
+fn chan(port: u32) -> ChannelState {
+    ChannelState::new("c", port, limits(), Instant::now())
+}
+
+fn grant(id: &str, mode: ViewerMode) -> ViewerGrant {
+    ViewerGrant { identity: id.into(), lease_epoch: 1, authority_epoch: None, mode, read_only: false }
+}
+
+fn data(seq: u64, body: &[u8]) -> Bytes {
+    Frame::Data(pb::StreamFrame {
+        channel_id: "c".into(),
+        seq,
+        data: Bytes::copy_from_slice(body),
+        produced_at_ms: 0,
+    })
+    .encode()
+}
+
+fn input(seq: u64, body: &[u8]) -> Input {
+    Input::Data(pb::StreamFrame {
+        channel_id: "x".into(),
+        seq,
+        data: Bytes::copy_from_slice(body),
+        produced_at_ms: 0,
+    })
+}
+
+fn resize(cols: u32) -> Input {
+    Input::Resize(Frame::PtyResize(pb::PtyResize { cols, rows: 24 }).encode())
+}
+
+/// Data frames as (seq, data), tags of other messages, and the close that ended the stream.
+type Drained = (Vec<(u64, Vec<u8>)>, Vec<u8>, Option<pb::StreamClose>);
+
+/// Drains everything queued for `conn`: (seq, data) of frames, tags of other messages, and the
+/// close that ended it if any.
+fn drain(c: &mut ChannelState, conn: ConnId, m: &Metrics) -> Drained {
+    let (mut frames, mut tags) = (Vec::new(), Vec::new());
+    loop {
+        let next = if conn == P || conn == P + 100 {
+            c.next_for_producer(conn, 64, m)
+        } else {
+            c.next_for_viewer(conn, 64, m)
+        };
+        match next {
+            Next::Idle => return (frames, tags, None),
+            Next::Close(close) => return (frames, tags, Some(close)),
+            Next::Send(batch) => {
+                for msg in batch {
+                    match Frame::decode(msg).unwrap() {
+                        Frame::Data(f) => frames.push((f.seq, f.data.to_vec())),
+                        other => tags.push(other.tag()),
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn seqs(frames: &[(u64, Vec<u8>)]) -> Vec<u64> {
+    frames.iter().map(|(s, _)| *s).collect()
+}
+
+#[test]
+fn every_viewer_gets_every_frame_and_late_joiners_get_the_replay() {
+    let m = Metrics::default();
+    let mut c = chan(7681);
+    assert_eq!(c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap(), 0);
+    assert_eq!(c.join_viewer(V1, pb::StreamKind::Pty, grant("s/a", ViewerMode::View), 0, &m).unwrap(), 0);
+    for seq in 0..3 {
+        c.producer_frame(P, seq, data(seq, b"out"), &m);
+    }
+    assert_eq!(seqs(&drain(&mut c, V1, &m).0), [0, 1, 2]);
+    // A second viewer joining later asks from 1 and gets 1, 2 replayed, then live frames.
+    assert_eq!(
+        c.join_viewer(V2, pb::StreamKind::Unspecified, grant("s/b", ViewerMode::View), 1, &m).unwrap(),
+        1
+    );
+    c.producer_frame(P, 3, data(3, b"live"), &m);
+    assert_eq!(seqs(&drain(&mut c, V2, &m).0), [1, 2, 3]);
+    assert_eq!(seqs(&drain(&mut c, V1, &m).0), [3]);
+    let text = m.render(Default::default());
+    assert!(text.contains("tether_relay_replayed_frames_total{direction=\"agent_to_viewer\"} 2"), "{text}");
+}
+
+#[test]
+fn producer_resend_after_reconnect_is_deduplicated() {
+    let m = Metrics::default();
+    let mut c = chan(7681);
+    c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap();
+    c.join_viewer(V1, pb::StreamKind::Pty, grant("s/a", ViewerMode::View), 0, &m).unwrap();
+    c.producer_frame(P, 0, data(0, b"a"), &m);
+    c.producer_frame(P, 1, data(1, b"b"), &m);
+    c.leave(P, Instant::now());
+    // The relay tells the returning producer it has everything below 2.
+    assert_eq!(c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap(), 2);
+    for seq in 1..4 {
+        c.producer_frame(P, seq, data(seq, b"x"), &m);
+    }
+    assert_eq!(seqs(&drain(&mut c, V1, &m).0), [0, 1, 2, 3]);
+    assert_eq!(c.down.head_pos(), 4, "the resent frame 1 was not stored twice");
+    assert!(
+        m.render(Default::default())
+            .contains("tether_relay_duplicate_frames_total{direction=\"agent_to_viewer\"} 1")
+    );
+}
+
+#[test]
+fn viewer_input_is_merged_onto_one_sequence_and_repeats_are_dropped() {
+    let m = Metrics::default();
+    let mut c = chan(7681);
+    c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap();
+    c.join_viewer(V1, pb::StreamKind::Pty, grant("s/a", ViewerMode::View), 0, &m).unwrap();
+    c.join_viewer(V2, pb::StreamKind::Pty, grant("s/b", ViewerMode::Control), 0, &m).unwrap();
+    c.viewer_input(V1, input(0, b"a0"), &m);
+    c.viewer_input(V2, input(0, b"b0"), &m);
+    c.viewer_input(V1, input(1, b"a1"), &m);
+    let (frames, _, _) = drain(&mut c, P, &m);
+    assert_eq!(frames, [(0, b"a0".to_vec()), (1, b"b0".to_vec()), (2, b"a1".to_vec())]);
+    // V1 resumes (resume_from_seq > 0) and resends its last frame: dropped as a repeat.
+    c.leave(V1, Instant::now());
+    c.join_viewer(V1 + 5, pb::StreamKind::Pty, grant("s/a", ViewerMode::View), 3, &m).unwrap();
+    c.viewer_input(V1 + 5, input(1, b"a1"), &m);
+    c.viewer_input(V1 + 5, input(2, b"a2"), &m);
+    assert_eq!(drain(&mut c, P, &m).0, [(3, b"a2".to_vec())]);
+    // A fresh instance of the same viewer (resume_from_seq 0) starts its own seq over.
+    c.join_viewer(V1 + 6, pb::StreamKind::Pty, grant("s/a", ViewerMode::View), 0, &m).unwrap();
+    c.viewer_input(V1 + 6, input(0, b"new"), &m);
+    assert_eq!(drain(&mut c, P, &m).0, [(4, b"new".to_vec())]);
+    assert!(m.render(Default::default()).contains("tether_relay_input_dropped_total{reason=\"repeat\"} 1"));
+}
+
+#[test]
+fn returning_producer_gets_input_it_missed_exactly_once() {
+    let m = Metrics::default();
+    let mut c = chan(7681);
+    c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap();
+    c.join_viewer(V1, pb::StreamKind::Pty, grant("s/a", ViewerMode::View), 0, &m).unwrap();
+    c.viewer_input(V1, input(0, b"0"), &m);
+    c.viewer_input(V1, input(1, b"1"), &m);
+    assert_eq!(seqs(&drain(&mut c, P, &m).0), [0, 1]);
+    c.leave(P, Instant::now());
+    c.viewer_input(V1, input(2, b"2"), &m); // buffered while the producer is away
+    c.viewer_input(V1, resize(100), &m); // live-only, remembered
+    // The producer had received only seq 0 before its socket died.
+    c.join_producer(P + 100, pb::StreamKind::Pty, 1, &m).unwrap();
+    let (frames, tags, _) = drain(&mut c, P + 100, &m);
+    assert_eq!(seqs(&frames), [1, 2]);
+    assert_eq!(tags, [Frame::TAG_PTY_RESIZE], "last resize re-sent once");
+}
+
+#[test]
+fn input_buffered_before_the_first_producer_is_numbered_from_its_cursor() {
+    // A restarted relay knows nothing; a viewer types before the agent re-registers.
+    let m = Metrics::default();
+    let mut c = chan(7681);
+    c.join_viewer(V1, pb::StreamKind::Pty, grant("s/a", ViewerMode::View), 0, &m).unwrap();
+    c.viewer_input(V1, input(0, b"x"), &m);
+    c.viewer_input(V1, input(1, b"y"), &m);
+    c.join_producer(P, pb::StreamKind::Pty, 50, &m).unwrap();
+    c.viewer_input(V1, input(2, b"z"), &m);
+    assert_eq!(seqs(&drain(&mut c, P, &m).0), [50, 51, 52]);
+}
+
+#[test]
+fn a_viewer_that_stops_reading_holds_the_producer_only_until_the_grace_then_goes() {
+    let m = Metrics::default();
+    let mut c = ChannelState::new(
+        "c",
+        7681,
+        Limits { ring_bytes: 1 << 20, viewer_queue_bytes: 1000 },
+        Instant::now(),
+    );
+    c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap();
+    c.join_viewer(V1, pb::StreamKind::Pty, grant("s/fast", ViewerMode::View), 0, &m).unwrap();
+    c.join_viewer(V2, pb::StreamKind::Pty, grant("s/slow", ViewerMode::View), 0, &m).unwrap();
+    let mut got = Vec::new();
+    let mut seq = 0;
+    while c.producer_may_read() {
+        c.producer_frame(P, seq, data(seq, &[b'x'; 90]), &m);
+        got.extend(seqs(&drain(&mut c, V1, &m).0));
+        seq += 1;
+    }
+    assert!((8..15).contains(&seq), "held once the slow queue is full, after {seq} frames");
+    // The stall grace ran out: only the viewer that still has a full queue goes.
+    c.kick_stalled(&m);
+    assert_eq!(c.counts(), (1, 1));
+    assert!(c.producer_may_read());
+    for s in seq..seq + 30 {
+        c.producer_frame(P, s, data(s, &[b'x'; 90]), &m);
+        got.extend(seqs(&drain(&mut c, V1, &m).0));
+    }
+    assert_eq!(got, (0..seq + 30).collect::<Vec<_>>(), "the fast viewer lost nothing");
+    let (_, _, close) = drain(&mut c, V2, &m);
+    assert_eq!(close.expect("slow viewer closed").reason, pb::StreamCloseReason::TransportError as i32);
+    // It resumes from its cursor, still held by the ring: no gap.
+    c.leave(V2, Instant::now());
+    assert_eq!(c.join_viewer(V2, pb::StreamKind::Pty, grant("s/slow", ViewerMode::View), 0, &m).unwrap(), 0);
+    assert_eq!(seqs(&drain(&mut c, V2, &m).0), (0..seq + 30).collect::<Vec<_>>());
+    assert!(m.render(Default::default()).contains("tether_relay_slow_viewer_disconnects_total 1"));
+}
+
+#[test]
+fn a_reading_viewer_paces_the_producer_and_is_never_dropped() {
+    let m = Metrics::default();
+    let mut c = ChannelState::new(
+        "c",
+        7681,
+        Limits { ring_bytes: 1 << 20, viewer_queue_bytes: 1000 },
+        Instant::now(),
+    );
+    c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap();
+    c.join_viewer(V1, pb::StreamKind::Pty, grant("s/a", ViewerMode::View), 0, &m).unwrap();
+    let mut seq = 0;
+    while c.producer_may_read() {
+        c.producer_frame(P, seq, data(seq, &[b'x'; 90]), &m);
+        seq += 1;
+    }
+    // Reading frees the producer again; the grace never ran out, so nobody was dropped.
+    assert_eq!(drain(&mut c, V1, &m).0.len() as u64, seq);
+    assert!(c.producer_may_read());
+    assert_eq!(c.counts(), (1, 1));
+    // A late joiner replaying old frames does not hold the producer back.
+    c.join_viewer(V2, pb::StreamKind::Pty, grant("s/b", ViewerMode::View), 0, &m).unwrap();
+    assert!(c.producer_may_read());
+}
+
+#[test]
+fn resume_after_ring_overflow_announces_the_gap() {
+    let m = Metrics::default();
+    let mut c =
+        ChannelState::new("c", 7681, Limits { ring_bytes: 500, viewer_queue_bytes: 100 }, Instant::now());
+    c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap();
+    for seq in 0..20 {
+        c.producer_frame(P, seq, data(seq, &[b'x'; 90]), &m);
+    }
+    let ack = c.join_viewer(V1, pb::StreamKind::Pty, grant("s/a", ViewerMode::View), 3, &m).unwrap();
+    assert!(ack > 3, "ack {ack} must say where the stream really resumes");
+    let got = seqs(&drain(&mut c, V1, &m).0);
+    assert_eq!(got, (ack..20).collect::<Vec<_>>());
+    assert!(m.render(Default::default()).contains("tether_relay_resume_gaps_total 1"));
+}
+
+#[test]
+fn a_hole_is_never_fed_to_a_viewer() {
+    let m = Metrics::default();
+    let mut c = chan(7681);
+    c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap();
+    c.join_viewer(V1, pb::StreamKind::Pty, grant("s/a", ViewerMode::View), 0, &m).unwrap();
+    c.producer_frame(P, 0, data(0, b"a"), &m);
+    c.producer_frame(P, 5, data(5, b"f"), &m); // the agent lost 1..4
+    let (frames, _, close) = drain(&mut c, V1, &m);
+    assert_eq!(seqs(&frames), [0]);
+    assert_eq!(close.unwrap().reason, pb::StreamCloseReason::TransportError as i32);
+    c.leave(V1, Instant::now());
+    assert_eq!(c.join_viewer(V1, pb::StreamKind::Pty, grant("s/a", ViewerMode::View), 1, &m).unwrap(), 5);
+    assert_eq!(seqs(&drain(&mut c, V1, &m).0), [5]);
+}
+
+#[test]
+fn a_viewer_ahead_of_a_restarted_relay_gets_only_what_it_lacks() {
+    let m = Metrics::default();
+    let mut c = chan(7681);
+    assert_eq!(c.join_viewer(V1, pb::StreamKind::Pty, grant("s/a", ViewerMode::View), 5, &m).unwrap(), 5);
+    assert_eq!(c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap(), 0);
+    for seq in 3..8 {
+        c.producer_frame(P, seq, data(seq, b"r"), &m);
+    }
+    assert_eq!(seqs(&drain(&mut c, V1, &m).0), [5, 6, 7]);
+}
+
+#[test]
+fn epoch_floors_reject_older_viewers_and_fence_connected_ones() {
+    let m = Metrics::default();
+    let mut c = chan(7681);
+    let g = |lease, auth| ViewerGrant {
+        lease_epoch: lease,
+        authority_epoch: auth,
+        ..grant("s/a", ViewerMode::View)
+    };
+    c.join_viewer(V1, pb::StreamKind::Pty, g(2, Some(1)), 0, &m).unwrap();
+    c.join_viewer(V2, pb::StreamKind::Pty, g(3, None), 0, &m).unwrap();
+    let (_, _, close) = drain(&mut c, V1, &m);
+    assert_eq!(close.unwrap().reason, pb::StreamCloseReason::Fenced as i32);
+    assert_eq!(
+        c.join_viewer(20, pb::StreamKind::Pty, g(2, None), 0, &m).unwrap_err().reason,
+        RejectReason::StaleEpoch
+    );
+    c.join_viewer(21, pb::StreamKind::Pty, g(3, Some(7)), 0, &m).unwrap();
+    assert_eq!(
+        c.join_viewer(22, pb::StreamKind::Pty, g(4, Some(6)), 0, &m).unwrap_err().reason,
+        RejectReason::StaleEpoch
+    );
+    // No authorityEpoch claim: checked against the lease floor only.
+    c.join_viewer(23, pb::StreamKind::Pty, g(3, None), 0, &m).unwrap();
+}
+
+#[test]
+fn input_rules_follow_mode_read_only_and_channel_kind() {
+    let m = Metrics::default();
+    let mut pty = chan(7681);
+    pty.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap();
+    let spectator = ViewerGrant { read_only: true, ..grant("s/spec", ViewerMode::Control) };
+    pty.join_viewer(V1, pb::StreamKind::Pty, grant("s/a", ViewerMode::View), 0, &m).unwrap();
+    pty.join_viewer(V2, pb::StreamKind::Pty, spectator, 0, &m).unwrap();
+    pty.viewer_input(V1, input(0, b"ls\n"), &m);
+    pty.viewer_input(V1, resize(90), &m);
+    pty.viewer_input(V1, Input::Desktop(Bytes::from_static(b"\x05")), &m);
+    pty.viewer_input(V2, input(0, b"rm -rf /\n"), &m);
+    pty.viewer_input(V2, resize(10), &m);
+    let (frames, tags, _) = drain(&mut pty, P, &m);
+    assert_eq!(frames, [(0, b"ls\n".to_vec())], "a view token types on a terminal");
+    assert_eq!(tags, [Frame::TAG_PTY_RESIZE]);
+
+    let mut desk = chan(6080);
+    desk.join_producer(P, pb::StreamKind::Desktop, 0, &m).unwrap();
+    desk.join_viewer(V1, pb::StreamKind::Desktop, grant("s/a", ViewerMode::View), 0, &m).unwrap();
+    desk.join_viewer(V2, pb::StreamKind::Desktop, grant("s/b", ViewerMode::Control), 0, &m).unwrap();
+    let click = Bytes::from_static(b"\x05\x0a\x01c");
+    desk.viewer_input(V1, Input::Desktop(click.clone()), &m);
+    desk.viewer_input(V1, input(0, b"text"), &m);
+    desk.viewer_input(V2, Input::Desktop(click.clone()), &m);
+    desk.viewer_input(V2, input(0, b"text"), &m);
+    let (frames, _, _) = drain(&mut desk, P, &m);
+    assert_eq!(seqs(&frames), [0], "only the control viewer's frame");
+    let text = m.render(Default::default());
+    assert!(text.contains("tether_relay_input_dropped_total{reason=\"spectator\"} 2"), "{text}");
+    assert!(text.contains("tether_relay_input_dropped_total{reason=\"view_mode\"} 3"), "{text}");
+}
+
+#[test]
+fn producer_close_reaches_every_viewer_after_the_buffer() {
+    let m = Metrics::default();
+    let mut c = chan(7681);
+    c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap();
+    c.join_viewer(V1, pb::StreamKind::Pty, grant("s/a", ViewerMode::View), 0, &m).unwrap();
+    c.producer_frame(P, 0, data(0, b"bye"), &m);
+    let close = pb::StreamClose {
+        channel_id: String::new(),
+        reason: pb::StreamCloseReason::ProcessExit as i32,
+        message: "exit 0".into(),
+    };
+    c.producer_close(P, close);
+    let (frames, _, close) = drain(&mut c, V1, &m);
+    assert_eq!(seqs(&frames), [0]);
+    let close = close.unwrap();
+    assert_eq!((close.reason, close.channel_id.as_str()), (pb::StreamCloseReason::ProcessExit as i32, "c"));
+    // A late viewer still gets the buffered output and the close.
+    c.join_viewer(V2, pb::StreamKind::Pty, grant("s/b", ViewerMode::View), 0, &m).unwrap();
+    let (frames, _, close) = drain(&mut c, V2, &m);
+    assert_eq!((seqs(&frames), close.is_some()), (vec![0], true));
+    assert_eq!(
+        c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap_err().reason,
+        RejectReason::ChannelEnded
+    );
+}
+
+#[test]
+fn a_new_producer_connection_replaces_the_old_one() {
+    let m = Metrics::default();
+    let mut c = chan(7681);
+    c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap();
+    c.join_producer(P + 100, pb::StreamKind::Pty, 0, &m).unwrap();
+    assert_eq!(drain(&mut c, P, &m).2.unwrap().reason, pb::StreamCloseReason::TransportError as i32);
+    // Frames of the replaced connection are ignored.
+    c.producer_frame(P, 0, data(0, b"stale"), &m);
+    assert!(c.down.is_empty());
+    assert_eq!(
+        c.join_producer(7, pb::StreamKind::Desktop, 0, &m).unwrap_err().reason,
+        RejectReason::KindMismatch
+    );
+}
+
+#[test]
+fn idle_since_tracks_the_last_peer() {
+    let m = Metrics::default();
+    let mut c = chan(7681);
+    assert!(c.idle_since().is_some());
+    c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap();
+    c.join_viewer(V1, pb::StreamKind::Pty, grant("s/a", ViewerMode::View), 0, &m).unwrap();
+    c.leave(P, Instant::now());
+    assert!(c.idle_since().is_none());
+    c.leave(V1, Instant::now());
+    assert!(c.idle_since().is_some());
+}

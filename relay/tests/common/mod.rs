@@ -1,0 +1,272 @@
+//! Test harness: runs the real `tether-relay` binary on a free port and talks to it as a fake
+//! agent and fake viewers over real websockets, so each test reads like the story it proves.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tether_proto::frame::Frame;
+use tether_proto::pb;
+use tether_proto::token::{self, ProducerClaims, ViewerClaims, ViewerMode};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const PRODUCER_SECRET: &str = "e2e-producer-secret-0123456789";
+pub const VIEWER_SECRET: &str = "e2e-viewer-secret-9876543210";
+pub const WS: &str = "ws-e2e";
+pub const AGENT: &str = "agent-e2e";
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A running relay process.
+pub struct Relay {
+    child: Child,
+    pub addr: SocketAddr,
+    args: Vec<String>,
+    /// Every stderr line so far.
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Relay {
+    /// Starts the relay on a free port with extra flags.
+    pub async fn start(args: &[&str]) -> Relay {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        Self::try_spawn("127.0.0.1:0", args).await.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    async fn try_spawn(bind: &str, args: Vec<String>) -> Result<Relay, String> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tether-relay"))
+            .arg("--bind")
+            .arg(bind)
+            .args(&args)
+            .env("TETHER_RELAY_PRODUCER_SECRET", PRODUCER_SECRET)
+            .env("TETHER_RELAY_VIEWER_SECRET", VIEWER_SECRET)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("spawn tether-relay: {e}"))?;
+        let stderr = child.stderr.take().ok_or("stderr not piped")?;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sink = log.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            let mut tx = Some(tx);
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(rest) = line.split("listening on ").nth(1)
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(rest.trim().to_owned());
+                }
+                sink.lock().expect("log lock").push(line);
+            }
+        });
+        let addr = match tokio::time::timeout(Duration::from_secs(30), rx).await {
+            Ok(Ok(addr)) => addr,
+            Ok(Err(_)) => {
+                return Err(format!(
+                    "relay exited before listening:\n{}",
+                    log.lock().expect("log lock").join("\n")
+                ));
+            }
+            Err(_) => return Err("relay did not log its address within 30 s".into()),
+        };
+        let addr = addr.parse().map_err(|e| format!("logged address {addr:?}: {e}"))?;
+        Ok(Relay { child, addr, args, log })
+    }
+
+    /// Kills the process (SIGKILL) and starts a new one on the same port: all state is gone.
+    pub async fn kill_and_restart(&mut self) {
+        self.child.kill().await.expect("kill relay");
+        let bind = self.addr.to_string();
+        let mut last = String::new();
+        for _ in 0..50 {
+            match Self::try_spawn(&bind, self.args.clone()).await {
+                Ok(relay) => {
+                    *self = relay;
+                    return;
+                }
+                Err(e) => last = e,
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("relay did not come back on {bind}: {last}");
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("running").to_string();
+        let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
+        assert!(status.success());
+        tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("relay exits after SIGTERM")
+            .expect("wait relay")
+    }
+
+    pub fn url(&self, port: u32, channel: &str) -> String {
+        self.url_for(WS, AGENT, port, channel)
+    }
+
+    pub fn url_for(&self, ws: &str, agent: &str, port: u32, channel: &str) -> String {
+        format!("ws://{}/stream?ws={ws}&agent={agent}&port={port}&channel={channel}", self.addr)
+    }
+
+    /// GET a path with plain HTTP/1.1; returns (status code, body).
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(self.addr).await.expect("connect");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("send request");
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.expect("read response");
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("status line");
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        (status, body)
+    }
+
+    /// The value of one Prometheus sample line (`name{labels}`), 0 if absent.
+    pub async fn metric(&self, sample: &str) -> u64 {
+        let (status, body) = self.get("/metrics").await;
+        assert_eq!(status, 200);
+        body.lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.trim().parse().ok()))
+            .unwrap_or(0)
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().expect("log lock").join("\n")
+    }
+}
+
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970").as_secs()
+}
+
+pub fn producer_token() -> String {
+    token::mint_producer(
+        PRODUCER_SECRET.as_bytes(),
+        &ProducerClaims { workspace_id: WS.into(), agent_id: AGENT.into(), exp: now_unix() + 300 },
+    )
+}
+
+pub fn viewer_claims(viewer_id: &str, mode: ViewerMode) -> ViewerClaims {
+    ViewerClaims {
+        workspace_id: WS.into(),
+        session_id: "sess-1".into(),
+        viewer_id: viewer_id.into(),
+        lease_epoch: 1,
+        mode,
+        port: tether_proto::PTY_PORT,
+        exp: now_unix() + 300,
+        subject_id: None,
+        authority_epoch: None,
+        agent_id: None,
+        channel_id: None,
+        read_only: false,
+    }
+}
+
+pub fn viewer_token(claims: &ViewerClaims) -> String {
+    token::mint_viewer(VIEWER_SECRET.as_bytes(), claims)
+}
+
+/// The StreamOpen a peer sends for `channel` on the PTY port.
+pub fn open_msg(channel: &str, role: pb::StreamRole, token: String, resume_from_seq: u64) -> Frame {
+    open_msg_on(channel, tether_proto::PTY_PORT, pb::StreamKind::Pty, role, token, resume_from_seq)
+}
+
+pub fn open_msg_on(
+    channel: &str,
+    port: u32,
+    kind: pb::StreamKind,
+    role: pb::StreamRole,
+    token: String,
+    resume_from_seq: u64,
+) -> Frame {
+    Frame::Open(pb::StreamOpen {
+        channel: Some(pb::StreamChannel {
+            channel_id: channel.into(),
+            workspace_id: WS.into(),
+            agent_id: AGENT.into(),
+            kind: kind as i32,
+            port,
+        }),
+        token,
+        role: role as i32,
+        resume_from_seq,
+    })
+}
+
+pub async fn connect(url: &str) -> Ws {
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connect");
+    ws
+}
+
+pub async fn send(ws: &mut Ws, frame: Frame) {
+    ws.send(Message::Binary(frame.encode())).await.expect("send");
+}
+
+/// The next relay frame, or `None` when the socket closed. Panics after 20 s of silence.
+pub async fn recv(ws: &mut Ws) -> Option<Frame> {
+    loop {
+        let msg =
+            tokio::time::timeout(Duration::from_secs(20), ws.next()).await.expect("relay answered in time");
+        match msg {
+            Some(Ok(Message::Binary(b))) => return Some(Frame::decode(b).expect("relay sent a valid frame")),
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
+/// Connects, sends the open and returns the socket with the relay's ack.
+pub async fn open(url: &str, open: Frame) -> (Ws, pb::StreamOpenAck) {
+    let mut ws = connect(url).await;
+    send(&mut ws, open).await;
+    match recv(&mut ws).await {
+        Some(Frame::OpenAck(ack)) => (ws, ack),
+        other => panic!("expected StreamOpenAck, got {other:?}"),
+    }
+}
+
+/// Opens as the producer of `channel`; asserts acceptance and returns the ack's resume seq.
+pub async fn producer(relay: &Relay, channel: &str, resume_from_seq: u64) -> (Ws, u64) {
+    let msg = open_msg(channel, pb::StreamRole::Agent, producer_token(), resume_from_seq);
+    let (ws, ack) = open(&relay.url(tether_proto::PTY_PORT, channel), msg).await;
+    assert!(ack.accepted, "producer rejected: {:?}", ack.error);
+    (ws, ack.resume_from_seq)
+}
+
+/// Opens as a viewer of `channel`; asserts acceptance and returns the ack's resume seq.
+pub async fn viewer(relay: &Relay, channel: &str, claims: &ViewerClaims, resume_from_seq: u64) -> (Ws, u64) {
+    let msg = open_msg(channel, pb::StreamRole::Client, viewer_token(claims), resume_from_seq);
+    let (ws, ack) = open(&relay.url(tether_proto::PTY_PORT, channel), msg).await;
+    assert!(ack.accepted, "viewer rejected: {:?}", ack.error);
+    (ws, ack.resume_from_seq)
+}
+
+pub fn data(channel: &str, seq: u64, body: impl Into<Bytes>) -> Frame {
+    Frame::Data(pb::StreamFrame { channel_id: channel.into(), seq, data: body.into(), produced_at_ms: 0 })
+}
+
+/// Receives data frames until `n` arrived; returns (seq, data) pairs. Panics on anything else.
+pub async fn recv_data(ws: &mut Ws, n: usize) -> Vec<(u64, Bytes)> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        match recv(ws).await {
+            Some(Frame::Data(f)) => out.push((f.seq, f.data)),
+            other => panic!("expected data frame {} of {n}, got {other:?}", out.len()),
+        }
+    }
+    out
+}
