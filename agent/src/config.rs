@@ -74,6 +74,16 @@ pub struct RunArgs {
     /// CA certificate (PEM) to verify the NATS server; implies TLS.
     #[arg(long, env = "TETHER_NATS_TLS_CA")]
     pub nats_tls_ca: Option<PathBuf>,
+    /// Relay websocket URL for terminals, e.g. ws://127.0.0.1:8443/stream (the producer token
+    /// comes from TETHER_RELAY_TOKEN or --relay-token-file). Without it, pty ops are unsupported.
+    #[arg(long, env = "TETHER_RELAY_URL")]
+    pub relay_url: Option<String>,
+    /// File holding the relay producer (`ogr_`) token.
+    #[arg(long, env = "TETHER_RELAY_TOKEN_FILE")]
+    pub relay_token_file: Option<PathBuf>,
+    /// A terminal nobody typed into (pty_write or a viewer) for this long is closed [default: 1h].
+    #[arg(long, env = "TETHER_PTY_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub pty_idle_timeout: Option<Duration>,
 }
 
 /// The config file: the same settings as the flags.
@@ -100,6 +110,10 @@ struct FileConfig {
     nats_token_file: Option<PathBuf>,
     nats_creds: Option<PathBuf>,
     nats_tls_ca: Option<PathBuf>,
+    relay_url: Option<String>,
+    relay_token_file: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pty_idle_timeout: Option<Duration>,
 }
 
 /// A credential. `Debug` and `Display` print a placeholder, never the value.
@@ -131,6 +145,13 @@ pub enum NatsAuth {
     CredsFile(PathBuf),
 }
 
+/// Where terminals stream: the relay's `/stream` URL and the agent's producer token.
+#[derive(Debug, Clone)]
+pub struct RelayLink {
+    pub url: String,
+    pub token: Secret,
+}
+
 /// Everything `serve` needs, resolved and validated.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -147,6 +168,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub nats_auth: NatsAuth,
     pub nats_tls_ca: Option<PathBuf>,
+    pub relay: Option<RelayLink>,
+    pub pty_idle_timeout: Duration,
 }
 
 impl Config {
@@ -192,6 +215,11 @@ impl Config {
         if max_in_flight == 0 {
             bail!("max-in-flight must be at least 1");
         }
+        let relay = relay_link(
+            args.relay_url.or(file.relay_url),
+            env("TETHER_RELAY_TOKEN"),
+            args.relay_token_file.or(file.relay_token_file),
+        )?;
         Ok(Config {
             nats_urls,
             subjects,
@@ -210,6 +238,12 @@ impl Config {
             shutdown_grace: args.shutdown_grace.or(file.shutdown_grace).unwrap_or(Duration::from_secs(5)),
             nats_auth,
             nats_tls_ca: args.nats_tls_ca.or(file.nats_tls_ca),
+            relay,
+            pty_idle_timeout: args
+                .pty_idle_timeout
+                .or(file.pty_idle_timeout)
+                .unwrap_or(Duration::from_secs(3600))
+                .max(Duration::from_secs(1)),
         })
     }
 }
@@ -234,6 +268,31 @@ fn read_secret_file(path: &Path) -> anyhow::Result<Secret> {
         bail!("secret file {} is empty", path.display());
     }
     Ok(Secret(value))
+}
+
+fn relay_link(
+    url: Option<String>,
+    token_env: Option<String>,
+    token_file: Option<PathBuf>,
+) -> anyhow::Result<Option<RelayLink>> {
+    let Some(url) = url.filter(|u| !u.is_empty()) else { return Ok(None) };
+    if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+        bail!("relay URL {url:?} must start with ws:// or wss://");
+    }
+    let token = match (token_env.filter(|t| !t.is_empty()), token_file) {
+        (Some(t), _) => Secret(t),
+        (None, Some(path)) => read_secret_file(&path)?,
+        (None, None) => {
+            bail!("--relay-url needs a producer token: set TETHER_RELAY_TOKEN or --relay-token-file")
+        }
+    };
+    if !token.expose().starts_with(tether_proto::token::PRODUCER_PREFIX) {
+        bail!(
+            "the relay token must be a producer token (it starts with {})",
+            tether_proto::token::PRODUCER_PREFIX
+        );
+    }
+    Ok(Some(RelayLink { url, token }))
 }
 
 fn nats_auth(
@@ -358,6 +417,23 @@ nats_url = ["nats://a:1", "nats://b:2"]"#
         let c = Config::resolve(base_args(), env).unwrap();
         assert!(matches!(&c.nats_auth, NatsAuth::Token(t) if t.expose() == "s3cret-token"));
         assert!(!format!("{c:?}").contains("s3cret-token"));
+    }
+
+    #[test]
+    fn a_relay_needs_a_producer_token_from_env_or_file() {
+        let args = || RunArgs { relay_url: Some("ws://127.0.0.1:1/stream".into()), ..base_args() };
+        let err = Config::resolve(args(), no_env).unwrap_err().to_string();
+        assert!(err.contains("TETHER_RELAY_TOKEN"), "{err}");
+        let env = |k: &str| (k == "TETHER_RELAY_TOKEN").then(|| "ogs_viewer.token".to_owned());
+        assert!(Config::resolve(args(), env).is_err(), "a viewer token is refused");
+        let env = |k: &str| (k == "TETHER_RELAY_TOKEN").then(|| "ogr_claims.sig".to_owned());
+        let c = Config::resolve(args(), env).unwrap();
+        let relay = c.relay.as_ref().unwrap();
+        assert_eq!(relay.token.expose(), "ogr_claims.sig");
+        assert!(!format!("{c:?}").contains("ogr_claims"));
+        let bad = RunArgs { relay_url: Some("http://x".into()), ..base_args() };
+        assert!(Config::resolve(bad, env).is_err());
+        assert!(Config::resolve(base_args(), env).unwrap().relay.is_none());
     }
 
     #[test]

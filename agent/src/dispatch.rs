@@ -12,6 +12,7 @@ use tracing::Instrument;
 
 use crate::error::{OpError, OpResult};
 use crate::fence::{Admission, Fence};
+use crate::ops::pty::{FencedBy, Terminals};
 use crate::ops::{exec, fs, metrics::MetricsSampler};
 use crate::paths::Paths;
 use crate::process::Launcher;
@@ -25,16 +26,23 @@ pub struct Dispatcher {
     pub paths: Arc<Paths>,
     pub launcher: Arc<Launcher>,
     pub fence: Arc<Fence>,
+    pub terminals: Arc<Terminals>,
     pub metrics: Arc<Mutex<MetricsSampler>>,
     started: Instant,
 }
 
 impl Dispatcher {
-    pub fn new(paths: Arc<Paths>, launcher: Arc<Launcher>, fence: Arc<Fence>) -> Self {
+    pub fn new(
+        paths: Arc<Paths>,
+        launcher: Arc<Launcher>,
+        fence: Arc<Fence>,
+        terminals: Arc<Terminals>,
+    ) -> Self {
         Dispatcher {
             paths,
             launcher,
             fence,
+            terminals,
             metrics: Arc::new(Mutex::new(MetricsSampler::new())),
             started: Instant::now(),
         }
@@ -76,7 +84,7 @@ impl Dispatcher {
         if !mutates_briefly(&op) {
             admission.release_hold();
         }
-        match self.run(op, admission, budget).await {
+        match self.run(op, admission, (&scope, epoch), budget).await {
             Err(e) if e == OpError::cancelled() && self.fence.is_stale(&scope, epoch).await => {
                 let held = self.fence.held(&scope).await;
                 Err(OpError::fenced(&scope, epoch, held).with("reason", "cancelled by an epoch advance"))
@@ -87,7 +95,13 @@ impl Dispatcher {
 
     /// Runs the op while `admission` is held: a mutation keeps the scope from advancing until
     /// it has committed.
-    async fn run(&self, op: Op, admission: Admission, budget: usize) -> OpResult<Reply> {
+    async fn run(
+        &self,
+        op: Op,
+        admission: Admission,
+        (scope, epoch): (&str, u32),
+        budget: usize,
+    ) -> OpResult<Reply> {
         let paths = self.paths.clone();
         Ok(match op {
             Op::Ping(ping) => Reply::Ping(pb::PingResponse {
@@ -106,6 +120,14 @@ impl Dispatcher {
             Op::FsMove(req) => Reply::FsMove(fs::rename(paths, req).await?),
             Op::FsRemove(req) => Reply::FsRemove(fs::remove(paths, req).await?),
             Op::Metrics(_) => Reply::Metrics(self.sample_metrics().await?),
+            Op::PtyOpen(req) => {
+                let cwd = paths.resolve_cwd(&req.cwd)?;
+                let fenced = FencedBy { scope: scope.to_owned(), epoch, cancel: admission.cancel.clone() };
+                Reply::PtyOpen(self.terminals.open(req, cwd, fenced).await?)
+            }
+            Op::PtyWrite(req) => Reply::PtyWrite(self.terminals.write(req).await?),
+            Op::PtyResize(req) => Reply::PtyResize(self.terminals.resize(req)?),
+            Op::PtyClose(req) => Reply::PtyClose(self.terminals.close(req).await?),
             other => return Err(unsupported(&other).unwrap_or_else(|| OpError::unsupported("not served"))),
         })
     }
@@ -131,7 +153,6 @@ fn mutates_briefly(op: &Op) -> bool {
 fn unsupported(op: &Op) -> Option<OpError> {
     let what = match op {
         Op::Git(_) => "git",
-        Op::PtyOpen(_) | Op::PtyWrite(_) | Op::PtyResize(_) | Op::PtyClose(_) => "terminals (pty)",
         Op::DesktopEnsure(_) | Op::DesktopInput(_) | Op::DesktopScreenshot(_) => "the desktop",
         _ => return None,
     };

@@ -66,7 +66,7 @@ fn capabilities(config: &Config, max_payload: usize) -> pb::Capabilities {
         exec: true,
         filesystem: true,
         git: false,
-        pty: false,
+        pty: config.relay.is_some(),
         desktop: false,
         consented_whole_machine: config.whole_machine,
         consented_screen_control: false,

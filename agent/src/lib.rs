@@ -11,5 +11,6 @@ pub mod ops;
 pub mod paths;
 pub mod process;
 pub mod serve;
+pub mod stream;
 
 pub use error::{OpError, OpResult};

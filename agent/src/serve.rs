@@ -22,6 +22,7 @@ use crate::dispatch::{self, Dispatcher};
 use crate::error::OpError;
 use crate::fence::{Fence, FencePolicy};
 use crate::hello::{self, Identity};
+use crate::ops::pty::Terminals;
 use crate::paths::Paths;
 use crate::process::Launcher;
 
@@ -41,7 +42,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let fence = Arc::new(Fence::open(&config.state_dir, policy, shutdown.clone())?);
     let secret_names: Vec<String> = SECRET_ENV_VARS.iter().map(|s| s.to_string()).collect();
     let launcher = Arc::new(Launcher::from_current_env(&secret_names));
-    let dispatcher = Arc::new(Dispatcher::new(paths.clone(), launcher, fence));
+    let terminals = Arc::new(Terminals::new(
+        config.relay.clone(),
+        launcher.clone(),
+        fence.clone(),
+        (config.subjects.workspace_id(), config.subjects.agent_id()),
+        config.pty_idle_timeout,
+    ));
+    let dispatcher = Arc::new(Dispatcher::new(paths.clone(), launcher, fence, terminals));
     let identity = tokio::task::spawn_blocking(Identity::detect).await?;
 
     let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -297,7 +305,8 @@ async fn heartbeat(
         let beat = pb::Heartbeat {
             seq,
             uptime_ms: started.elapsed().as_millis() as u64,
-            active_sessions: in_flight.len() as u32,
+            // Requests being served plus live terminals.
+            active_sessions: (in_flight.len() + dispatcher.terminals.count()) as u32,
             metrics,
             draining: draining.load(Ordering::Relaxed),
         };

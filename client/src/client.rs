@@ -250,6 +250,30 @@ impl Client {
         expect_result!(self.call(op).await?, FsRemove, "fs_remove").map(drop)
     }
 
+    /// Opens a terminal (pty_open); the reply names its relay channel. With a `scope_id`, a
+    /// live terminal of that scope is returned instead of starting another.
+    pub async fn pty_open(&self, request: pb::PtyOpenRequest) -> Result<pb::PtyOpenResponse, ClientError> {
+        expect_result!(self.call(Op::PtyOpen(request)).await?, PtyOpen, "pty_open")
+    }
+
+    /// Types `data` into a terminal.
+    pub async fn pty_write(&self, pty_id: &str, data: bytes::Bytes) -> Result<u64, ClientError> {
+        let op = Op::PtyWrite(pb::PtyWriteRequest { pty_id: pty_id.to_owned(), data });
+        Ok(expect_result!(self.call(op).await?, PtyWrite, "pty_write")?.bytes_written)
+    }
+
+    /// Resizes a terminal.
+    pub async fn pty_resize(&self, pty_id: &str, cols: u32, rows: u32) -> Result<(), ClientError> {
+        let op = Op::PtyResize(pb::PtyResizeRequest { pty_id: pty_id.to_owned(), cols, rows });
+        expect_result!(self.call(op).await?, PtyResize, "pty_resize").map(drop)
+    }
+
+    /// Ends a terminal; returns its exit code (-1 if it was still running and was killed).
+    pub async fn pty_close(&self, pty_id: &str) -> Result<i32, ClientError> {
+        let op = Op::PtyClose(pb::PtyCloseRequest { pty_id: pty_id.to_owned() });
+        Ok(expect_result!(self.call(op).await?, PtyClose, "pty_close")?.exit_code)
+    }
+
     /// Samples the machine's metrics.
     pub async fn metrics(&self) -> Result<pb::MetricsSample, ClientError> {
         expect_result!(self.call(Op::Metrics(pb::MetricsRequest {})).await?, Metrics, "metrics")

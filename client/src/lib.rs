@@ -26,6 +26,7 @@ mod error;
 mod events;
 mod transfer;
 mod unique;
+pub mod viewer;
 
 pub use client::{Client, exec_reply_timeout};
 pub use config::{ClientConfig, DEFAULT_NATS_URL, DEFAULT_REQUEST_TIMEOUT, EXEC_TIMEOUT_MARGIN, NatsAuth};
@@ -33,6 +34,7 @@ pub use envelope::{build_request, op_name, open_response};
 pub use error::ClientError;
 pub use events::{AgentMessage, EventStream};
 pub use transfer::{READ_AHEAD, WriteOptions, chunk_size, plan_chunks, temp_upload_path, write_chunk_size};
+pub use viewer::{Viewer, ViewerConfig, ViewerError, ViewerEvent};
 
 /// The protobuf types of the wire contract (re-exported from `tether-proto`).
 pub use tether_proto::pb;

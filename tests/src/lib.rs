@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod relay;
+
 use anyhow::{Context, bail};
 use futures::StreamExt;
 use prost::Message;
@@ -184,6 +186,9 @@ pub struct AgentOpts {
     /// Reuse a workspace root.
     pub root: Option<PathBuf>,
     pub agent_id: Option<String>,
+    /// Stream terminals through this relay (`ws://.../stream`); the harness mints the agent's
+    /// producer token with [`relay::PRODUCER_SECRET`].
+    pub relay_url: Option<String>,
 }
 
 /// A running `tether-agent` and a control-plane connection to it.
@@ -309,9 +314,13 @@ fn spawn_agent(
         .args(&opts.args)
         .envs(opts.env.iter().map(|(k, v)| (k, v)))
         .env("TETHER_LOG", "info,async_nats=warn")
+        .env_remove("TETHER_RELAY_TOKEN")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log)?);
+    if let Some(url) = &opts.relay_url {
+        cmd.args(["--relay-url", url]).env("TETHER_RELAY_TOKEN", relay::producer_token_for(ws, id));
+    }
     Ok((Proc::spawn("tether-agent", &mut cmd)?, log))
 }
 

@@ -8,6 +8,7 @@
 mod capture;
 mod shape;
 
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::unix::process::ExitStatusExt;
@@ -51,7 +52,7 @@ pub async fn exec(
     cancel: CancellationToken,
 ) -> OpResult<pb::ExecResponse> {
     let (program, args) = argv(launcher, &req)?;
-    check_env(&req)?;
+    check_env(&req.env)?;
     if cancel.is_cancelled() {
         return Err(OpError::cancelled());
     }
@@ -114,8 +115,8 @@ fn argv(launcher: &Launcher, req: &pb::ExecRequest) -> OpResult<(OsString, Vec<O
 }
 
 /// Names and values the OS cannot carry get a clear error rather than a failed spawn.
-fn check_env(req: &pb::ExecRequest) -> OpResult<()> {
-    for (name, value) in &req.env {
+pub(crate) fn check_env(env: &HashMap<String, String>) -> OpResult<()> {
+    for (name, value) in env {
         if name.is_empty() || name.contains(['=', '\0']) || value.contains('\0') {
             return Err(OpError::os(format!("invalid environment variable {name:?}")).with("env", name));
         }
@@ -123,7 +124,7 @@ fn check_env(req: &pb::ExecRequest) -> OpResult<()> {
     Ok(())
 }
 
-fn spawn_error(err: &io::Error, program: &OsStr, cwd: &Path) -> OpError {
+pub(crate) fn spawn_error(err: &io::Error, program: &OsStr, cwd: &Path) -> OpError {
     let name = Path::new(program).display().to_string();
     let e = match err.kind() {
         // The path layer checked the cwd, but it may have vanished since: say so, never

@@ -4,3 +4,4 @@
 pub mod exec;
 pub mod fs;
 pub mod metrics;
+pub mod pty;

@@ -1,13 +1,11 @@
 //! A fake agent and fake viewers pair through the real relay: data flows both ways, every
 //! viewer sees the same bytes, input rules hold, and SIGTERM closes every stream politely.
 
-mod common;
-
 use bytes::Bytes;
-use common::*;
 use tether_proto::frame::Frame;
 use tether_proto::pb;
 use tether_proto::token::{ViewerClaims, ViewerMode};
+use tether_tests::relay::*;
 
 #[tokio::test]
 async fn producer_and_viewer_pair_and_data_flows_both_ways() {

@@ -1,6 +1,6 @@
-//! Test harness: runs the real `tether-relay` binary on a free port and talks to it as a fake
-//! agent and fake viewers over real websockets, so each test reads like the story it proves.
-#![allow(dead_code)]
+//! The relay under test: runs the real `tether-relay` binary on a free loopback port, and talks
+//! to it as a fake agent or fake viewers over real websockets, so each test reads like the story
+//! it proves. Tokens are minted with the shared `tether_proto::token` code.
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -42,7 +42,7 @@ impl Relay {
     }
 
     async fn try_spawn(bind: &str, args: Vec<String>) -> Result<Relay, String> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tether-relay"))
+        let mut child = Command::new(crate::bin("tether-relay"))
             .arg("--bind")
             .arg(bind)
             .args(&args)
@@ -113,6 +113,11 @@ impl Relay {
             .expect("wait relay")
     }
 
+    /// The relay's `/stream` URL, as the agent and viewers are configured with.
+    pub fn stream_url(&self) -> String {
+        format!("ws://{}/stream", self.addr)
+    }
+
     pub fn url(&self, port: u32, channel: &str) -> String {
         self.url_for(WS, AGENT, port, channel)
     }
@@ -153,9 +158,14 @@ pub fn now_unix() -> u64 {
 }
 
 pub fn producer_token() -> String {
+    producer_token_for(WS, AGENT)
+}
+
+/// An `ogr_` token for agent `agent` of workspace `ws`, valid for an hour.
+pub fn producer_token_for(ws: &str, agent: &str) -> String {
     token::mint_producer(
         PRODUCER_SECRET.as_bytes(),
-        &ProducerClaims { workspace_id: WS.into(), agent_id: AGENT.into(), exp: now_unix() + 300 },
+        &ProducerClaims { workspace_id: ws.into(), agent_id: agent.into(), exp: now_unix() + 3600 },
     )
 }
 
@@ -269,4 +279,74 @@ pub async fn recv_data(ws: &mut Ws, n: usize) -> Vec<(u64, Bytes)> {
         }
     }
     out
+}
+
+/// Viewer claims for `channel` (its workspace, port, agent and channel), valid for an hour.
+pub fn claims_for(channel: &pb::StreamChannel, viewer_id: &str, mode: ViewerMode) -> ViewerClaims {
+    ViewerClaims {
+        workspace_id: channel.workspace_id.clone(),
+        session_id: "sess-e2e".into(),
+        viewer_id: viewer_id.into(),
+        lease_epoch: 0,
+        mode,
+        port: channel.port,
+        exp: now_unix() + 3600,
+        subject_id: None,
+        authority_epoch: None,
+        agent_id: Some(channel.agent_id.clone()),
+        channel_id: Some(channel.channel_id.clone()),
+        read_only: false,
+    }
+}
+
+/// A reconnecting viewer (the client library's) of `channel` through `relay`, from seq 0.
+pub async fn watch(
+    relay: &Relay,
+    channel: &pb::StreamChannel,
+    claims: &ViewerClaims,
+) -> tether_client::Viewer {
+    let config = tether_client::ViewerConfig {
+        relay_url: relay.stream_url(),
+        channel: channel.clone(),
+        token: viewer_token(claims),
+        resume_from_seq: 0,
+    };
+    tether_client::Viewer::connect(config).await.expect("viewer accepted")
+}
+
+/// Everything a viewer saw, as text, and how the channel closed (if it did).
+#[derive(Debug, Default)]
+pub struct Seen {
+    pub bytes: Vec<u8>,
+    pub closed: Option<(pb::StreamCloseReason, String)>,
+    pub gaps: usize,
+}
+
+impl Seen {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+}
+
+/// Collects viewer events until `done` holds for what was seen so far (checked after each
+/// event) or the channel closes. Panics after `within` with what it saw.
+pub async fn collect_until(
+    viewer: &mut tether_client::Viewer,
+    seen: &mut Seen,
+    within: Duration,
+    mut done: impl FnMut(&Seen) -> bool,
+) {
+    use tether_client::ViewerEvent;
+    let deadline = tokio::time::Instant::now() + within;
+    while !done(seen) && seen.closed.is_none() {
+        let event = tokio::time::timeout_at(deadline, viewer.next()).await;
+        match event {
+            Err(_) => panic!("viewer waited {within:?}; saw:\n{}", seen.text()),
+            Ok(None) => panic!("viewer ended without a close; saw:\n{}", seen.text()),
+            Ok(Some(ViewerEvent::Output(data))) => seen.bytes.extend_from_slice(&data),
+            Ok(Some(ViewerEvent::Closed { reason, message })) => seen.closed = Some((reason, message)),
+            Ok(Some(ViewerEvent::Gap { .. })) => seen.gaps += 1,
+            Ok(Some(ViewerEvent::Reconnecting(_) | ViewerEvent::Resumed)) => {}
+        }
+    }
 }

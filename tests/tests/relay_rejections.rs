@@ -1,12 +1,10 @@
 //! Every way an open can be wrong is refused with StreamOpenAck{accepted:false, STREAM} and a
 //! reason, the socket is closed, and `/metrics` counts it under that reason.
 
-mod common;
-
-use common::*;
 use tether_proto::frame::Frame;
 use tether_proto::pb;
 use tether_proto::token::{self, ProducerClaims, ViewerClaims, ViewerMode};
+use tether_tests::relay::*;
 
 /// Opens and expects a refusal naming `reason`; the relay must then close the socket.
 async fn refused(url: &str, open_frame: Frame, reason: &str) {

@@ -1,15 +1,13 @@
 //! Delivery without silent loss through the real relay: a relay restart mid-stream, a viewer
 //! too slow to keep up, and a resume from further back than the ring holds.
 
-mod common;
-
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::*;
 use tether_proto::frame::Frame;
 use tether_proto::pb;
 use tether_proto::token::ViewerMode;
+use tether_tests::relay::*;
 
 fn seqs(frames: &[(u64, Bytes)]) -> Vec<u64> {
     frames.iter().map(|(s, _)| *s).collect()

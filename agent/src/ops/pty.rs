@@ -1,0 +1,266 @@
+//! Terminals (`PROTOCOL.md` §5): pty_open / pty_write / pty_resize / pty_close. Each terminal
+//! is a shell in a pseudo-terminal ([`terminal`]) whose bytes stream through the relay on its
+//! own channel (a [`Pump`]); a supervisor task ([`session`]) ends it when the process exits, on
+//! pty_close, on an epoch advance of its fence scope, on agent shutdown, or when idle.
+//!
+//! A non-empty scope_id makes pty_open idempotent: while that scope's terminal lives, the same
+//! pty_id and channel come back and no second shell starts.
+
+mod session;
+pub mod terminal;
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tether_proto::pb;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use self::session::{Session, Supervision};
+use self::terminal::{Spec, Terminal};
+use crate::config::RelayLink;
+use crate::error::{OpError, OpResult};
+use crate::fence::Fence;
+use crate::ops::exec::{check_env, spawn_error};
+use crate::process::Launcher;
+use crate::stream::link::LinkError;
+use crate::stream::pump::{Endpoint, Pump};
+
+/// How long pty_open waits for the relay to accept the channel.
+const OPEN_WAIT: Duration = Duration::from_secs(15);
+/// Bytes of recent output each terminal keeps to resend after a relay restart.
+const OUTBOX_BYTES: usize = 4 << 20;
+const DEFAULT_COLS: u16 = 80;
+const DEFAULT_ROWS: u16 = 24;
+const DEFAULT_TERM: &str = "xterm-256color";
+
+/// The fence position of the pty_open that started a terminal.
+pub struct FencedBy {
+    pub scope: String,
+    pub epoch: u32,
+    /// Fires on an advance of `scope` past `epoch`, or on agent shutdown.
+    pub cancel: CancellationToken,
+}
+
+/// Live terminals, by pty_id and by scope_id.
+#[derive(Default)]
+pub(crate) struct Table {
+    by_id: HashMap<String, Arc<Session>>,
+    by_scope: HashMap<String, String>,
+}
+
+impl Table {
+    /// The scope no longer maps to this (ended) terminal.
+    fn release_scope(&mut self, session: &Session) {
+        if self.by_scope.get(&session.scope_id).is_some_and(|id| *id == session.id) {
+            self.by_scope.remove(&session.scope_id);
+        }
+    }
+
+    fn remove(&mut self, session: &Session) {
+        self.release_scope(session);
+        self.by_id.remove(&session.id);
+    }
+}
+
+/// Every terminal of this agent.
+pub struct Terminals {
+    relay: Option<RelayLink>,
+    launcher: Arc<Launcher>,
+    fence: Arc<Fence>,
+    workspace_id: String,
+    agent_id: String,
+    idle_timeout: Duration,
+    table: Arc<Mutex<Table>>,
+    /// Serialises opens so two concurrent opens of one scope_id start one shell.
+    opening: tokio::sync::Mutex<()>,
+    next_id: AtomicU64,
+}
+
+impl Terminals {
+    pub fn new(
+        relay: Option<RelayLink>,
+        launcher: Arc<Launcher>,
+        fence: Arc<Fence>,
+        (workspace_id, agent_id): (&str, &str),
+        idle_timeout: Duration,
+    ) -> Self {
+        Terminals {
+            relay,
+            launcher,
+            fence,
+            workspace_id: workspace_id.to_owned(),
+            agent_id: agent_id.to_owned(),
+            idle_timeout,
+            table: Arc::default(),
+            opening: tokio::sync::Mutex::new(()),
+            next_id: AtomicU64::new(0),
+        }
+    }
+
+    /// Live terminals.
+    pub fn count(&self) -> usize {
+        self.lock().by_id.values().filter(|s| !s.is_ending()).count()
+    }
+
+    /// pty_open: `cwd` is already resolved through the path rules.
+    pub async fn open(
+        &self,
+        req: pb::PtyOpenRequest,
+        cwd: PathBuf,
+        fenced: FencedBy,
+    ) -> OpResult<pb::PtyOpenResponse> {
+        let relay = self.relay.clone().ok_or_else(|| {
+            OpError::unsupported(
+                "terminals need a relay: start the agent with --relay-url (TETHER_RELAY_URL)",
+            )
+        })?;
+        check_env(&req.env)?;
+        let (program, args) = self.argv(&req)?;
+        let _one_at_a_time = self.opening.lock().await;
+        if let Some(live) = self.by_scope(&req.scope_id) {
+            return Ok(live.opened());
+        }
+        if fenced.cancel.is_cancelled() {
+            return Err(OpError::cancelled());
+        }
+        let mut env = req.env;
+        env.insert("TERM".into(), if req.term.is_empty() { DEFAULT_TERM.into() } else { req.term });
+        let spec = Spec {
+            program,
+            args,
+            cwd: &cwd,
+            env,
+            cols: dimension(req.cols, DEFAULT_COLS),
+            rows: dimension(req.rows, DEFAULT_ROWS),
+        };
+        let program_name = spec.program.clone();
+        let terminal =
+            Terminal::spawn(&self.launcher, spec).map_err(|e| spawn_error(&e, &program_name, &cwd))?;
+        let id = self.new_id();
+        let channel = pb::StreamChannel {
+            channel_id: id.clone(),
+            workspace_id: self.workspace_id.clone(),
+            agent_id: self.agent_id.clone(),
+            kind: pb::StreamKind::Pty as i32,
+            port: tether_proto::PTY_PORT,
+        };
+        let Terminal { master, child, pgid, output, input, drained } = terminal;
+        let (inbound_tx, inbound_rx) = mpsc::channel(256);
+        let (end_tx, end_rx) = oneshot::channel();
+        let endpoint = Endpoint { output, inbound: inbound_tx, end: end_rx };
+        let (accepted_tx, accepted_rx) = oneshot::channel();
+        let pump = Pump::new(relay, channel.clone(), endpoint, OUTBOX_BYTES);
+        tokio::spawn(tracing::Instrument::in_current_span(pump.run(accepted_tx)));
+
+        let session = Arc::new(Session::new(id.clone(), req.scope_id.clone(), channel, master, input));
+        {
+            let mut table = self.lock();
+            table.by_id.insert(id.clone(), session.clone());
+            if !req.scope_id.is_empty() {
+                table.by_scope.insert(req.scope_id, id.clone());
+            }
+        }
+        let supervision = Supervision {
+            child,
+            pgid,
+            drained,
+            end: end_tx,
+            inbound: inbound_rx,
+            fence: self.fence.clone(),
+            fenced,
+            idle_timeout: self.idle_timeout,
+            table: self.table.clone(),
+        };
+        tokio::spawn(tracing::Instrument::in_current_span(session.clone().supervise(supervision)));
+        tracing::info!(pty_id = %id, pid = pgid.as_raw(), "terminal started");
+
+        let accepted = tokio::time::timeout(OPEN_WAIT, accepted_rx).await;
+        match accepted {
+            Ok(Ok(Ok(()))) => Ok(session.opened()),
+            failed => {
+                session.request_close();
+                let message = match failed {
+                    Ok(Ok(Err(LinkError::Refused(e)))) => {
+                        format!("the relay refused the terminal's channel: {}", e.message)
+                    }
+                    Ok(Ok(Err(e))) => e.to_string(),
+                    _ => format!("the relay did not accept the terminal's channel within {OPEN_WAIT:?}"),
+                };
+                Err(OpError::new(pb::ErrorCode::Stream, message).retryable())
+            }
+        }
+    }
+
+    /// pty_write: the bytes are queued for the terminal in order; returns how many.
+    pub async fn write(&self, req: pb::PtyWriteRequest) -> OpResult<pb::PtyWriteResponse> {
+        let session = self.get(&req.pty_id)?;
+        let len = req.data.len() as u64;
+        session.type_in(req.data).await?;
+        Ok(pb::PtyWriteResponse { bytes_written: len })
+    }
+
+    /// pty_resize.
+    pub fn resize(&self, req: pb::PtyResizeRequest) -> OpResult<pb::PtyResizeResponse> {
+        if req.cols == 0 || req.rows == 0 {
+            return Err(OpError::protocol(format!("a terminal cannot be {}x{}", req.cols, req.rows)));
+        }
+        let session = self.get(&req.pty_id)?;
+        session.resize(dimension(req.cols, DEFAULT_COLS), dimension(req.rows, DEFAULT_ROWS))?;
+        Ok(pb::PtyResizeResponse {})
+    }
+
+    /// pty_close: ends the terminal (hang-up, then kill) and returns its exit code, -1 if it
+    /// was still running and had to be killed.
+    pub async fn close(&self, req: pb::PtyCloseRequest) -> OpResult<pb::PtyCloseResponse> {
+        let session = self.get(&req.pty_id)?;
+        session.request_close();
+        Ok(pb::PtyCloseResponse { exit_code: session.exit_code().await })
+    }
+
+    fn argv(&self, req: &pb::PtyOpenRequest) -> OpResult<(OsString, Vec<OsString>)> {
+        match req.command.split_first() {
+            None => Ok((self.launcher.shell().into_os_string(), vec!["-l".into()])),
+            Some((program, args)) if !program.is_empty() => {
+                Ok((program.into(), args.iter().map(OsString::from).collect()))
+            }
+            Some(_) => Err(OpError::os("the command's program is empty")),
+        }
+    }
+
+    fn by_scope(&self, scope_id: &str) -> Option<Arc<Session>> {
+        if scope_id.is_empty() {
+            return None;
+        }
+        let table = self.lock();
+        table.by_scope.get(scope_id).and_then(|id| table.by_id.get(id)).filter(|s| !s.is_ending()).cloned()
+    }
+
+    fn get(&self, pty_id: &str) -> OpResult<Arc<Session>> {
+        self.lock().by_id.get(pty_id).cloned().ok_or_else(|| {
+            OpError::new(pb::ErrorCode::NotFound, format!("no terminal {pty_id:?} (it may have ended)"))
+                .with("pty_id", pty_id)
+        })
+    }
+
+    fn new_id(&self) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        format!("pty-{nanos:x}-{n}")
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A terminal dimension from the wire: 0 means the default, and the kernel takes 16 bits.
+fn dimension(v: u32, default: u16) -> u16 {
+    if v == 0 { default } else { u16::try_from(v).unwrap_or(u16::MAX) }
+}

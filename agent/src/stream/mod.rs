@@ -1,0 +1,7 @@
+//! The agent's side of the stream plane (`PROTOCOL.md` §7): the producer connection to the relay
+//! and the pump that keeps one channel flowing across relay restarts. What produces the bytes (a
+//! PTY today, a desktop later) is behind [`pump::Endpoint`]; nothing here knows about terminals.
+
+pub mod link;
+pub mod outbox;
+pub mod pump;

@@ -1,0 +1,322 @@
+//! A relay viewer (`PROTOCOL.md` §7) that survives relay restarts: it keeps the cursor of the
+//! next agent-to-viewer seq it wants, reconnects with backoff when the connection is lost or the
+//! relay says TRANSPORT_ERROR, resumes from that cursor, and drops any frame below it, so the
+//! output it hands out has no repeats; a gap the relay announces is reported, never hidden.
+//! Input typed while disconnected waits in a queue and goes out on reconnect.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tether_proto::frame::Frame;
+use tether_proto::pb;
+use tether_proto::stream::{open, stream_url};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where and how to watch a channel.
+#[derive(Clone)]
+pub struct ViewerConfig {
+    /// The relay's `/stream` URL (`ws://` or `wss://`).
+    pub relay_url: String,
+    pub channel: pb::StreamChannel,
+    /// An `ogs_` viewer token.
+    pub token: String,
+    /// The first agent-to-viewer seq wanted (0 = everything the relay still holds).
+    pub resume_from_seq: u64,
+}
+
+impl std::fmt::Debug for ViewerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ViewerConfig")
+            .field("relay_url", &self.relay_url)
+            .field("channel", &self.channel.channel_id)
+            .field("token", &"<redacted>")
+            .field("resume_from_seq", &self.resume_from_seq)
+            .finish()
+    }
+}
+
+/// What happens on the channel, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ViewerEvent {
+    /// Agent output.
+    Output(Bytes),
+    /// Frames `from..to` are gone from the relay's buffer; the stream goes on at `to`.
+    Gap { from: u64, to: u64 },
+    /// The connection was lost; the viewer is reconnecting.
+    Reconnecting(String),
+    /// Connected again (after a `Reconnecting`).
+    Resumed,
+    /// The channel is over (process exit, close, fence) or the relay refused the viewer.
+    Closed { reason: pb::StreamCloseReason, message: String },
+}
+
+/// Why the first connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ViewerError {
+    #[error("the relay refused the viewer: {0}")]
+    Refused(String),
+    #[error("cannot reach the relay: {0}")]
+    Unreachable(String),
+}
+
+/// A connected viewer; dropping it disconnects.
+pub struct Viewer {
+    events: mpsc::Receiver<ViewerEvent>,
+    input: mpsc::Sender<Bytes>,
+    resize: mpsc::Sender<(u32, u32)>,
+}
+
+impl Viewer {
+    /// Connects (the first attempt must succeed) and starts following the channel.
+    pub async fn connect(config: ViewerConfig) -> Result<Viewer, ViewerError> {
+        let (socket, ack) = open_viewer(&config, config.resume_from_seq).await?;
+        let (events_tx, events) = mpsc::channel(256);
+        let (input, input_rx) = mpsc::channel(256);
+        let (resize, resize_rx) = mpsc::channel(16);
+        let mut follower = Follower {
+            config,
+            next_seq: 0,
+            input_seq: 0,
+            pending: VecDeque::new(),
+            events: events_tx,
+            input: input_rx,
+            resize: resize_rx,
+            last_size: None,
+        };
+        follower.next_seq = follower.config.resume_from_seq;
+        follower.note_ack(ack).await;
+        tokio::spawn(follower.run(socket));
+        Ok(Viewer { events, input, resize })
+    }
+
+    /// The next event; `None` after `Closed` (or if the viewer task ended).
+    pub async fn next(&mut self) -> Option<ViewerEvent> {
+        self.events.recv().await
+    }
+
+    /// Types into the channel (queued while reconnecting).
+    pub async fn send(&self, data: impl Into<Bytes>) {
+        let _ = self.input.send(data.into()).await;
+    }
+
+    /// Asks the agent to resize the terminal (the last size is re-sent after a reconnect).
+    pub async fn resize(&self, cols: u32, rows: u32) {
+        let _ = self.resize.send((cols, rows)).await;
+    }
+}
+
+/// The task behind a [`Viewer`].
+struct Follower {
+    config: ViewerConfig,
+    /// Next agent-to-viewer seq wanted.
+    next_seq: u64,
+    /// Seq of this viewer's next input frame.
+    input_seq: u64,
+    /// Input not yet written to a connection.
+    pending: VecDeque<Message>,
+    events: mpsc::Sender<ViewerEvent>,
+    input: mpsc::Receiver<Bytes>,
+    resize: mpsc::Receiver<(u32, u32)>,
+    last_size: Option<(u32, u32)>,
+}
+
+/// How a connected stretch ended.
+enum Stretch {
+    Over,
+    Lost(String),
+}
+
+impl Follower {
+    async fn run(mut self, mut socket: Socket) {
+        loop {
+            match self.follow(&mut socket).await {
+                Stretch::Over => return,
+                Stretch::Lost(why) => {
+                    if self.events.send(ViewerEvent::Reconnecting(why)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            match self.reconnect().await {
+                Some(s) => socket = s,
+                None => return,
+            }
+        }
+    }
+
+    /// Reconnects with backoff; `None` when the viewer was dropped or the relay refused.
+    async fn reconnect(&mut self) -> Option<Socket> {
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            tokio::time::sleep(backoff).await;
+            if self.events.is_closed() {
+                return None;
+            }
+            match open_viewer(&self.config, self.next_seq).await {
+                Ok((socket, ack)) => {
+                    self.note_ack(ack).await;
+                    let _ = self.events.send(ViewerEvent::Resumed).await;
+                    if let Some((cols, rows)) = self.last_size {
+                        self.pending.push_front(resize_message(cols, rows));
+                    }
+                    return Some(socket);
+                }
+                Err(ViewerError::Refused(message)) => {
+                    let reason = pb::StreamCloseReason::Unspecified;
+                    let _ = self.events.send(ViewerEvent::Closed { reason, message }).await;
+                    return None;
+                }
+                Err(ViewerError::Unreachable(_)) => backoff = (backoff * 2).min(MAX_BACKOFF),
+            }
+        }
+    }
+
+    /// The relay's ack says where the stream really resumes; a jump past our cursor is a gap.
+    async fn note_ack(&mut self, ack: u64) {
+        if ack > self.next_seq {
+            let _ = self.events.send(ViewerEvent::Gap { from: self.next_seq, to: ack }).await;
+            self.next_seq = ack;
+        }
+    }
+
+    async fn follow(&mut self, socket: &mut Socket) -> Stretch {
+        while let Some(msg) = self.pending.pop_front() {
+            if let Err(e) = socket.feed(msg).await {
+                return Stretch::Lost(e.to_string());
+            }
+        }
+        if let Err(e) = socket.flush().await {
+            return Stretch::Lost(e.to_string());
+        }
+        loop {
+            let outgoing = tokio::select! {
+                msg = socket.next() => match self.on_message(msg).await {
+                    Some(stretch) => return stretch,
+                    None => continue,
+                },
+                data = self.input.recv() => match data {
+                    Some(data) => self.input_message(data),
+                    None => return self.hang_up(socket).await,
+                },
+                size = self.resize.recv() => match size {
+                    Some((cols, rows)) => {
+                        self.last_size = Some((cols, rows));
+                        resize_message(cols, rows)
+                    }
+                    None => return self.hang_up(socket).await,
+                },
+            };
+            if let Err(e) = socket.send(outgoing.clone()).await {
+                // Not known to have arrived: keep it for the next connection.
+                self.pending.push_back(outgoing);
+                return Stretch::Lost(e.to_string());
+            }
+        }
+    }
+
+    async fn hang_up(&mut self, socket: &mut Socket) -> Stretch {
+        let _ = socket.close(None).await;
+        Stretch::Over
+    }
+
+    fn input_message(&mut self, data: Bytes) -> Message {
+        let frame = pb::StreamFrame {
+            channel_id: self.config.channel.channel_id.clone(),
+            seq: self.input_seq,
+            data,
+            produced_at_ms: 0,
+        };
+        self.input_seq += 1;
+        Message::Binary(Frame::Data(frame).encode())
+    }
+
+    /// Handles one socket message; `Some` ends the stretch.
+    async fn on_message(
+        &mut self,
+        msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    ) -> Option<Stretch> {
+        let bytes = match msg {
+            None | Some(Ok(Message::Close(_))) => {
+                return Some(Stretch::Lost("the relay closed the connection".into()));
+            }
+            Some(Err(e)) => return Some(Stretch::Lost(e.to_string())),
+            Some(Ok(Message::Binary(bytes))) => bytes,
+            Some(Ok(_)) => return None,
+        };
+        match Frame::decode(bytes) {
+            Ok(Frame::Data(f)) => {
+                if f.seq < self.next_seq {
+                    return None; // already handed out
+                }
+                if f.seq > self.next_seq {
+                    let gap = ViewerEvent::Gap { from: self.next_seq, to: f.seq };
+                    if self.events.send(gap).await.is_err() {
+                        return Some(Stretch::Over);
+                    }
+                }
+                self.next_seq = f.seq + 1;
+                if self.events.send(ViewerEvent::Output(f.data)).await.is_err() {
+                    return Some(Stretch::Over);
+                }
+                None
+            }
+            Ok(Frame::Close(close)) => {
+                let reason = pb::StreamCloseReason::try_from(close.reason).unwrap_or_default();
+                if reason == pb::StreamCloseReason::TransportError {
+                    return Some(Stretch::Lost(close.message));
+                }
+                let _ = self.events.send(ViewerEvent::Closed { reason, message: close.message }).await;
+                Some(Stretch::Over)
+            }
+            _ => None,
+        }
+    }
+}
+
+fn resize_message(cols: u32, rows: u32) -> Message {
+    Message::Binary(Frame::PtyResize(pb::PtyResize { cols, rows }).encode())
+}
+
+/// Dials the relay and opens the channel as a viewer from `resume_from_seq`.
+async fn open_viewer(config: &ViewerConfig, resume_from_seq: u64) -> Result<(Socket, u64), ViewerError> {
+    let attempt = async {
+        let url = stream_url(&config.relay_url, &config.channel);
+        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .map_err(|e| ViewerError::Unreachable(format!("{}: {e}", config.relay_url)))?;
+        let hello = open(&config.channel, pb::StreamRole::Client, &config.token, resume_from_seq);
+        ws.send(Message::Binary(hello.encode()))
+            .await
+            .map_err(|e| ViewerError::Unreachable(e.to_string()))?;
+        while let Some(msg) = ws.next().await {
+            let bytes = match msg {
+                Ok(Message::Binary(bytes)) => bytes,
+                Ok(Message::Close(_)) => break,
+                Ok(_) => continue,
+                Err(e) => return Err(ViewerError::Unreachable(e.to_string())),
+            };
+            return match Frame::decode(bytes) {
+                Ok(Frame::OpenAck(ack)) if ack.accepted => Ok((ws, ack.resume_from_seq)),
+                Ok(Frame::OpenAck(ack)) => Err(ViewerError::Refused(
+                    ack.error.map(|e| e.message).unwrap_or_else(|| "no reason given".into()),
+                )),
+                _ => Err(ViewerError::Unreachable("the relay did not answer with StreamOpenAck".into())),
+            };
+        }
+        Err(ViewerError::Unreachable("the relay closed the connection during the handshake".into()))
+    };
+    tokio::time::timeout(OPEN_TIMEOUT, attempt).await.unwrap_or_else(|_| {
+        Err(ViewerError::Unreachable(format!("no StreamOpenAck within {OPEN_TIMEOUT:?}")))
+    })
+}

@@ -1,0 +1,220 @@
+//! Terminals end to end: a real agent opens real PTYs whose bytes stream through the real relay
+//! to viewers (the client library's reconnecting viewer) over real websockets.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tether_proto::pb::control_request::Op;
+use tether_proto::pb::control_response::Result as Reply;
+use tether_proto::token::ViewerMode;
+use tether_tests::relay::*;
+use tether_tests::*;
+
+const WITHIN: Duration = Duration::from_secs(20);
+
+/// A relay, NATS, and an agent streaming terminals through that relay.
+async fn stack() -> (Relay, Nats, Agent) {
+    let relay = Relay::start(&[]).await;
+    let nats = Nats::start().await;
+    let opts = AgentOpts { relay_url: Some(relay.stream_url()), ..AgentOpts::default() };
+    let agent = Agent::start_with(&nats, opts).await;
+    (relay, nats, agent)
+}
+
+fn open_req(command: &[&str], scope_id: &str) -> pb::PtyOpenRequest {
+    pb::PtyOpenRequest {
+        command: command.iter().map(|s| s.to_string()).collect(),
+        scope_id: scope_id.into(),
+        ..Default::default()
+    }
+}
+
+async fn open(agent: &Agent, req: pb::PtyOpenRequest) -> pb::PtyOpenResponse {
+    match agent.call(Op::PtyOpen(req)).await {
+        Ok(Reply::PtyOpen(r)) => r,
+        other => panic!("pty_open failed: {other:?}\nagent log:\n{}", agent.log()),
+    }
+}
+
+async fn close(agent: &Agent, pty_id: &str) -> Result<i32, pb::AgentError> {
+    match agent.call(Op::PtyClose(pb::PtyCloseRequest { pty_id: pty_id.into() })).await {
+        Ok(Reply::PtyClose(r)) => Ok(r.exit_code),
+        Ok(other) => panic!("unexpected reply {other:?}"),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether `text` has a line that is exactly `line` (the typed command's echo is not one).
+fn has_line(text: &str, line: &str) -> bool {
+    text.split(['\r', '\n']).any(|l| l == line)
+}
+
+#[tokio::test]
+async fn typed_command_output_and_viewer_resize_reach_the_viewer() {
+    let (relay, _nats, agent) = stack().await;
+    assert!(agent.hello.capabilities.as_ref().unwrap().pty, "a relay is configured: pty is served");
+    let pty = open(&agent, pb::PtyOpenRequest::default()).await;
+    let channel = pty.channel.expect("channel");
+    assert_eq!((channel.port, channel.kind), (tether_proto::PTY_PORT, pb::StreamKind::Pty as i32));
+    // A "view" token, as the existing control plane mints: it may type into a terminal.
+    let mut viewer = watch(&relay, &channel, &claims_for(&channel, "v1", ViewerMode::View)).await;
+    viewer.send("echo hello-pty\n").await;
+    let mut seen = Seen::default();
+    collect_until(&mut viewer, &mut seen, WITHIN, |s| has_line(&s.text(), "hello-pty")).await;
+
+    viewer.resize(100, 40).await;
+    viewer.send("stty size\n").await;
+    collect_until(&mut viewer, &mut seen, WITHIN, |s| has_line(&s.text(), "40 100")).await;
+    assert_eq!(close(&agent, &pty.pty_id).await.unwrap(), -1, "a running shell is killed: -1");
+}
+
+#[tokio::test]
+async fn output_survives_a_relay_restart_exactly_once_and_in_order() {
+    let (mut relay, _nats, agent) = stack().await;
+    let script = "i=1; while [ $i -le 3000 ]; do echo L$i; i=$((i+1)); sleep 0.001; done";
+    let pty = open(&agent, open_req(&["sh", "-c", script], "")).await;
+    let channel = pty.channel.expect("channel");
+    let claims = claims_for(&channel, "v1", ViewerMode::View);
+    let mut viewer = watch(&relay, &channel, &claims).await;
+    let mut seen = Seen::default();
+    collect_until(&mut viewer, &mut seen, WITHIN, |s| has_line(&s.text(), "L300")).await;
+    assert!(!has_line(&seen.text(), "L3000"), "the loop must still be running when the relay dies");
+
+    relay.kill_and_restart().await;
+    collect_until(&mut viewer, &mut seen, Duration::from_secs(60), |_| false).await;
+    let (reason, message) = seen.closed.clone().expect("closed");
+    assert_eq!(reason, pb::StreamCloseReason::ProcessExit, "{message}");
+    assert_eq!(seen.gaps, 0, "nothing was evicted, so no gap may be announced");
+    let lines: Vec<String> =
+        seen.text().split(['\r', '\n']).filter(|l| !l.is_empty()).map(str::to_owned).collect();
+    let want: Vec<String> = (1..=3000).map(|i| format!("L{i}")).collect();
+    assert_eq!(lines.len(), want.len(), "every line exactly once");
+    assert!(lines == want, "lines out of order or altered");
+    assert!(agent.log().contains("reconnecting"), "the agent's pump reconnected:\n{}", agent.log());
+}
+
+#[tokio::test]
+async fn viewers_see_identical_bytes_and_a_spectator_cannot_type() {
+    let (relay, _nats, agent) = stack().await;
+    let pty = open(&agent, open_req(&["sh"], "")).await;
+    let channel = pty.channel.expect("channel");
+    let mut typist = watch(&relay, &channel, &claims_for(&channel, "typist", ViewerMode::View)).await;
+    let mut second = watch(&relay, &channel, &claims_for(&channel, "second", ViewerMode::Control)).await;
+    let spectator_claims = tether_proto::token::ViewerClaims {
+        read_only: true,
+        ..claims_for(&channel, "spectator", ViewerMode::Control)
+    };
+    let mut spectator = watch(&relay, &channel, &spectator_claims).await;
+
+    spectator.send("echo spectator-$((40+2))\n").await;
+    typist.send("echo typed-$((6*7))\n").await;
+    let mut seen = Seen::default();
+    collect_until(&mut typist, &mut seen, WITHIN, |s| has_line(&s.text(), "typed-42")).await;
+    let dropped = relay.metric("tether_relay_input_dropped_total{reason=\"spectator\"}").await;
+    assert!(dropped >= 1, "the spectator's input is counted as dropped");
+    assert_eq!(close(&agent, &pty.pty_id).await.unwrap(), -1);
+
+    let mut views = Vec::new();
+    for (viewer, mut seen) in
+        [(&mut typist, seen), (&mut second, Seen::default()), (&mut spectator, Seen::default())]
+    {
+        collect_until(viewer, &mut seen, WITHIN, |_| false).await;
+        assert_eq!(seen.closed.as_ref().map(|c| c.0), Some(pb::StreamCloseReason::Normal));
+        views.push(seen.bytes);
+    }
+    assert!(has_line(&String::from_utf8_lossy(&views[0]), "typed-42"));
+    assert!(!has_line(&String::from_utf8_lossy(&views[0]), "spectator-42"), "spectator input never ran");
+    assert_eq!(views[0], views[1], "two viewers get byte-identical output");
+    assert_eq!(views[0], views[2], "a spectator sees the same bytes");
+}
+
+#[tokio::test]
+async fn a_scope_id_reopens_the_same_terminal_and_exit_closes_with_its_code() {
+    let (relay, _nats, agent) = stack().await;
+    let script = "echo started >> starts.log; exec sh";
+    let first = open(&agent, open_req(&["sh", "-c", script], "scope-a")).await;
+    let again = open(&agent, open_req(&["sh", "-c", script], "scope-a")).await;
+    assert_eq!(first.pty_id, again.pty_id, "same scope, same terminal");
+    assert_eq!(first.channel, again.channel);
+    let other = open(&agent, open_req(&["sh", "-c", script], "scope-b")).await;
+    assert_ne!(other.pty_id, first.pty_id);
+    let channel = first.channel.expect("channel");
+    let mut viewer = watch(&relay, &channel, &claims_for(&channel, "v", ViewerMode::View)).await;
+    viewer.send("exit 3\n").await;
+    let mut seen = Seen::default();
+    collect_until(&mut viewer, &mut seen, WITHIN, |_| false).await;
+    let (reason, message) = seen.closed.expect("closed");
+    assert_eq!(reason, pb::StreamCloseReason::ProcessExit, "{message}");
+    assert_eq!(close(&agent, &first.pty_id).await.unwrap(), 3, "pty_close reports the exit code");
+    let starts = std::fs::read_to_string(agent.root.join("starts.log")).unwrap();
+    assert_eq!(starts.lines().count(), 2, "one shell per scope, not per open: {starts:?}");
+
+    // The scope's terminal ended: a new open starts a new one.
+    let fresh = open(&agent, open_req(&["sh", "-c", script], "scope-a")).await;
+    assert_ne!(fresh.pty_id, first.pty_id);
+    let err = close(&agent, "pty-nope").await.unwrap_err();
+    assert_eq!(error_code(&err), pb::ErrorCode::NotFound);
+}
+
+#[tokio::test]
+async fn an_epoch_advance_closes_the_terminal_fenced() {
+    let (relay, _nats, agent) = stack().await;
+    let req = open_req(&["sh", "-c", "echo $$ > shell.pid; exec sleep 300"], "");
+    let pty = match agent.call_fenced(Op::PtyOpen(req), "lease-1", 1).await {
+        Ok(Reply::PtyOpen(r)) => r,
+        other => panic!("pty_open failed: {other:?}"),
+    };
+    let channel = pty.channel.expect("channel");
+    let mut viewer = watch(&relay, &channel, &claims_for(&channel, "v", ViewerMode::View)).await;
+    eventually("the shell wrote its pid", || agent.root.join("shell.pid").exists()).await;
+    let pid: i32 = std::fs::read_to_string(agent.root.join("shell.pid")).unwrap().trim().parse().unwrap();
+
+    agent.call_fenced(Op::Ping(pb::PingRequest { nonce: 1 }), "lease-1", 2).await.expect("newer epoch");
+    let mut seen = Seen::default();
+    collect_until(&mut viewer, &mut seen, WITHIN, |_| false).await;
+    assert_eq!(seen.closed.map(|c| c.0), Some(pb::StreamCloseReason::Fenced));
+    eventually("the fenced shell is gone", || !pid_alive(pid)).await;
+    let write = pb::PtyWriteRequest { pty_id: pty.pty_id.clone(), data: Bytes::from_static(b"x") };
+    let err = agent.call_fenced(Op::PtyWrite(write), "lease-1", 2).await.unwrap_err();
+    assert_eq!(error_code(&err), pb::ErrorCode::NotFound, "{}", err.message);
+}
+
+#[tokio::test]
+async fn pty_write_types_into_the_terminal_and_bad_requests_get_typed_errors() {
+    let (relay, _nats, agent) = stack().await;
+    let pty = open(&agent, open_req(&["sh"], "")).await;
+    let channel = pty.channel.expect("channel");
+    let mut viewer = watch(&relay, &channel, &claims_for(&channel, "v", ViewerMode::View)).await;
+    let typed = Bytes::from_static(b"echo via-$((2+3))\n");
+    let write = pb::PtyWriteRequest { pty_id: pty.pty_id.clone(), data: typed.clone() };
+    match agent.call(Op::PtyWrite(write)).await {
+        Ok(Reply::PtyWrite(r)) => assert_eq!(r.bytes_written, typed.len() as u64),
+        other => panic!("pty_write failed: {other:?}"),
+    }
+    let mut seen = Seen::default();
+    collect_until(&mut viewer, &mut seen, WITHIN, |s| has_line(&s.text(), "via-5")).await;
+
+    let resize = pb::PtyResizeRequest { pty_id: pty.pty_id.clone(), cols: 0, rows: 10 };
+    let err = agent.call(Op::PtyResize(resize)).await.unwrap_err();
+    assert_eq!(error_code(&err), pb::ErrorCode::Protocol);
+    let bad_cwd = pb::PtyOpenRequest { cwd: "no/such/dir".into(), ..Default::default() };
+    let err = agent.call(Op::PtyOpen(bad_cwd)).await.unwrap_err();
+    assert_eq!(error_code(&err), pb::ErrorCode::NotFound, "{}", err.message);
+    let outside = pb::PtyOpenRequest { cwd: "/etc".into(), ..Default::default() };
+    let err = agent.call(Op::PtyOpen(outside)).await.unwrap_err();
+    assert_eq!(error_code(&err), pb::ErrorCode::ConsentRequired, "{}", err.message);
+    let missing = open_req(&["/no/such/program"], "");
+    let err = agent.call(Op::PtyOpen(missing)).await.unwrap_err();
+    assert!(err.message.contains("not found"), "{}", err.message);
+    assert_eq!(close(&agent, &pty.pty_id).await.unwrap(), -1);
+}
+
+#[tokio::test]
+async fn without_a_relay_terminals_are_unsupported() {
+    let nats = Nats::start().await;
+    let agent = Agent::start(&nats).await;
+    assert!(!agent.hello.capabilities.as_ref().unwrap().pty);
+    let err = agent.call(Op::PtyOpen(pb::PtyOpenRequest::default())).await.unwrap_err();
+    assert_eq!(error_code(&err), pb::ErrorCode::Unsupported);
+    assert!(err.message.contains("--relay-url"), "{}", err.message);
+}
