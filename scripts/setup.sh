@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs what building and testing Tether needs on Debian/Ubuntu: protoc (the .proto is
-# compiled at build time) and nats-server (tests and the demo run a real one). Idempotent:
-# installs only what is missing.
+# compiled at build time), nats-server (tests and the demo run a real one) and tmux (the
+# `tetherctl shell` test types into a real terminal through it). Idempotent: installs only what
+# is missing.
 set -euo pipefail
 
 need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
+command -v tmux >/dev/null 2>&1 || need+=(tmux)
 
 if ((${#need[@]})); then
   sudo=""

@@ -5,7 +5,10 @@ mod exec;
 mod format;
 mod fs;
 mod info;
+mod mint;
 pub mod report;
+mod shell;
+mod tty;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -94,10 +97,18 @@ pub enum Command {
     Metrics,
     /// Follow the agent's hello, heartbeat and going-offline announcements until Ctrl-C.
     Events,
+    /// An interactive terminal on the agent's machine, through the relay (Ctrl-] detaches).
+    Shell(shell::ShellArgs),
+    /// Print a relay token: `producer` for an agent, `viewer` for a viewer.
+    MintToken(mint::MintArgs),
 }
 
 /// Runs one parsed command line; returns the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::MintToken(args) = cli.command {
+        mint::run(args, cli.conn.workspace_id.as_deref(), cli.conn.agent_id.as_deref())?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let client = connect::connect(&cli.conn).await?;
     let json = cli.json;
     match cli.command {
@@ -119,6 +130,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rm { recursive, path } => fs::rm(&client, &path, recursive, json).await,
         Command::Metrics => info::metrics(&client, json).await,
         Command::Events => info::events(&client, json).await,
+        Command::Shell(args) => shell::run(&client, args).await,
+        Command::MintToken(_) => unreachable!("handled before connecting"),
     }
 }
 
