@@ -53,6 +53,8 @@ pub struct RelayConfig {
     pub max_message_bytes: usize,
     /// How long shutdown waits for peers to receive their StreamClose.
     pub shutdown_grace: Duration,
+    /// Average bytes per second one producer may send (0 = unlimited); faster ones are slowed.
+    pub producer_rate: u64,
 }
 
 impl RelayConfig {
@@ -69,6 +71,7 @@ impl RelayConfig {
             reap_after: Duration::from_secs(60),
             max_message_bytes: 16 << 20,
             shutdown_grace: Duration::from_secs(5),
+            producer_rate: 32 << 20,
         }
     }
 }
@@ -110,6 +113,10 @@ pub struct Cli {
     /// How long shutdown waits for peers to take their StreamClose.
     #[arg(long, env = "TETHER_RELAY_SHUTDOWN_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+    /// Average bytes per second one producer may send (0 = unlimited); a faster one is slowed
+    /// down (its socket is read more slowly), never dropped.
+    #[arg(long, env = "TETHER_RELAY_PRODUCER_RATE", default_value = "32MiB", value_parser = parse_bytes)]
+    pub producer_rate: usize,
 }
 
 impl Cli {
@@ -140,6 +147,7 @@ impl Cli {
             reap_after: self.reap_after,
             max_message_bytes: self.max_message_bytes,
             shutdown_grace: self.shutdown_grace,
+            producer_rate: self.producer_rate as u64,
         })
     }
 }

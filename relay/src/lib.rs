@@ -7,6 +7,7 @@
 //! - `registry`: the only home of channel state (rings, cursors, floors).
 //! - `ring`: the byte-bounded replay ring.
 //! - `splice`: the per-connection pumps.
+//! - `throttle`: the producer rate limit.
 //! - `metrics`: Prometheus counters.
 
 pub mod config;
@@ -15,6 +16,7 @@ pub mod metrics;
 pub mod registry;
 pub mod ring;
 pub mod splice;
+pub mod throttle;
 
 use std::collections::HashMap;
 use std::future::Future;

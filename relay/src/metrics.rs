@@ -121,6 +121,9 @@ pub struct Metrics {
     fenced_viewers: AtomicU64,
     producers_replaced: AtomicU64,
     channels_reaped: AtomicU64,
+    producer_throttled: AtomicU64,
+    dead_peers: AtomicU64,
+    orphaned_viewers: AtomicU64,
 }
 
 /// Point-in-time values read from the registry at scrape time.
@@ -151,6 +154,9 @@ impl Default for Metrics {
             fenced_viewers: AtomicU64::new(0),
             producers_replaced: AtomicU64::new(0),
             channels_reaped: AtomicU64::new(0),
+            producer_throttled: AtomicU64::new(0),
+            dead_peers: AtomicU64::new(0),
+            orphaned_viewers: AtomicU64::new(0),
         }
     }
 }
@@ -210,6 +216,15 @@ impl Metrics {
     }
     pub fn channel_reaped(&self) {
         inc(&self.channels_reaped, 1);
+    }
+    pub fn producer_throttled(&self) {
+        inc(&self.producer_throttled, 1);
+    }
+    pub fn dead_peer(&self) {
+        inc(&self.dead_peers, 1);
+    }
+    pub fn orphaned_viewer(&self) {
+        inc(&self.orphaned_viewers, 1);
     }
 
     /// Prometheus text exposition format, version 0.0.4.
@@ -334,6 +349,24 @@ impl Metrics {
             "counter",
             "Idle channels forgotten.",
             &one(get(&self.channels_reaped)),
+        );
+        family(
+            "tether_relay_producer_throttled_total",
+            "counter",
+            "Times a producer over the rate limit was made to wait.",
+            &one(get(&self.producer_throttled)),
+        );
+        family(
+            "tether_relay_dead_peers_total",
+            "counter",
+            "Connections dropped after going silent (no data, no pong).",
+            &one(get(&self.dead_peers)),
+        );
+        family(
+            "tether_relay_orphaned_viewers_total",
+            "counter",
+            "Viewers closed because their channel had no producer for the reap timeout.",
+            &one(get(&self.orphaned_viewers)),
         );
         out
     }

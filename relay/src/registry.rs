@@ -123,9 +123,15 @@ impl Registry {
         g
     }
 
-    /// Forgets channels that have had no peer for `after`. Returns how many.
+    /// Closes viewers of channels that have had no producer for `after`, and forgets channels
+    /// that have had no peer for `after`. Returns how many channels were forgotten.
     pub fn reap(&self, now: Instant, after: Duration) -> usize {
         let mut map = self.map();
+        for chan in map.values() {
+            if chan.lock().release_orphans(now, after, &self.metrics) > 0 {
+                chan.wake_all();
+            }
+        }
         let before = map.len();
         map.retain(|_, chan| chan.lock().idle_since().is_none_or(|t| now.duration_since(t) < after));
         let reaped = before - map.len();

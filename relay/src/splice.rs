@@ -12,18 +12,22 @@ use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use tether_proto::frame::Frame;
 use tether_proto::pb;
+use tokio::time::Instant;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::Shared;
 use crate::handshake::{self, Rejection};
 use crate::metrics::{RejectReason, Role};
 use crate::registry::{Attachment, Input, Next};
+use crate::throttle::Throttle;
 
 type Sink = SplitSink<WebSocket, Message>;
 type Source = SplitStream<WebSocket>;
 
 /// How often an idle writer pings its peer (keeps proxies from closing quiet sockets).
 const PING_EVERY: Duration = Duration::from_secs(20);
+/// A peer silent this long (no data, no pong) is gone.
+const SILENCE_LIMIT: Duration = Duration::from_secs(3 * PING_EVERY.as_secs());
 /// How long a closing handshake may take before the socket is simply dropped.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
@@ -77,7 +81,7 @@ async fn pump(
         return;
     }
     tokio::select! {
-        _ = read_peer(&mut source, &att, shared.config.stall_grace) => {}
+        _ = read_peer(&mut source, &att, shared) => {}
         _ = write_peer(&mut sink, &att, shared) => {}
     }
     let _ = tokio::time::timeout(CLOSE_WAIT, sink.close()).await;
@@ -86,21 +90,35 @@ async fn pump(
 
 /// Reads the peer until it closes, feeding the registry. Stops reading while the other side
 /// is saturated (backpressure), never drops what it read.
-async fn read_peer(source: &mut Source, att: &Attachment, stall_grace: Duration) {
+async fn read_peer(source: &mut Source, att: &Attachment, shared: &Shared) {
+    let mut throttle = Throttle::new(shared.config.producer_rate, Instant::now());
     loop {
         match att.role() {
-            Role::Agent => att.wait_producer_room(stall_grace).await,
+            Role::Agent => att.wait_producer_room(shared.config.stall_grace).await,
             Role::Viewer => att.wait_viewer_room().await,
         }
-        let bytes = match source.next().await {
-            Some(Ok(Message::Binary(bytes))) => bytes,
-            Some(Ok(Message::Close(_))) | None => return,
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => {
+        // Our pings make a live peer answer at least every PING_EVERY.
+        let bytes = match tokio::time::timeout(SILENCE_LIMIT, source.next()).await {
+            Err(_) => {
+                info!(silent_for = ?SILENCE_LIMIT, "peer stopped answering; dropping it");
+                shared.metrics.dead_peer();
+                return;
+            }
+            Ok(Some(Ok(Message::Binary(bytes)))) => bytes,
+            Ok(Some(Ok(Message::Close(_))) | None) => return,
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(e))) => {
                 info!(error = %e, "socket read failed");
                 return;
             }
         };
+        if att.role() == Role::Agent {
+            let wait = throttle.charge(bytes.len(), Instant::now());
+            if !wait.is_zero() {
+                shared.metrics.producer_throttled();
+                tokio::time::sleep(wait).await;
+            }
+        }
         let frame = match Frame::decode(bytes.clone()) {
             Ok(frame) => frame,
             Err(e) => {

@@ -174,3 +174,23 @@ async fn resume_after_ring_overflow_announces_the_gap() {
     send(&mut agent, data(ch, 100, Bytes::from_static(b"live"))).await;
     assert_eq!(seqs(&recv_data(&mut view, 1).await), [100]);
 }
+
+#[tokio::test]
+async fn a_producer_over_the_rate_limit_is_slowed_not_dropped() {
+    let relay = Relay::start(&["--producer-rate", "32KiB"]).await;
+    let ch = "pty-fast";
+    let (mut agent, _) = producer(&relay, ch, 0).await;
+    let (mut view, _) = viewer(&relay, ch, &viewer_claims("v", ViewerMode::View), 0).await;
+    let frames = 24u64;
+    let body = Bytes::from(vec![b'x'; 4096]);
+    let sender = tokio::spawn(async move {
+        for seq in 0..frames {
+            send(&mut agent, data(ch, seq, body.clone())).await;
+        }
+        agent
+    });
+    let got = recv_data(&mut view, frames as usize).await;
+    assert_eq!(seqs(&got), (0..frames).collect::<Vec<_>>(), "every frame arrives, in order");
+    let _agent = sender.await.unwrap();
+    assert!(relay.metric("tether_relay_producer_throttled_total").await > 0, "the producer was held back");
+}

@@ -96,6 +96,8 @@ pub struct ChannelState {
     last_resize: Option<Bytes>,
     ended: Option<pb::StreamClose>,
     idle_since: Option<Instant>,
+    /// Since when no producer is attached (`None` while one is).
+    no_producer_since: Option<Instant>,
 }
 
 impl ChannelState {
@@ -119,6 +121,7 @@ impl ChannelState {
             last_resize: None,
             ended: None,
             idle_since: Some(now),
+            no_producer_since: Some(now),
         }
     }
 
@@ -150,6 +153,7 @@ impl ChannelState {
         self.viewers.remove(&conn);
         if self.producer.as_ref().is_some_and(|p| p.conn == conn) {
             self.producer = None;
+            self.no_producer_since = Some(Instant::now());
         }
         self.kicks.insert(conn, close);
     }
@@ -194,6 +198,7 @@ impl ChannelState {
         self.up_next = self.up_next.max(resume_from_seq);
         let cursor = self.up.pos_of_seq(resume_from_seq);
         self.producer = Some(ProducerSlot { conn, cursor, replay_end: self.up.head_pos() });
+        self.no_producer_since = None;
         if let Some(resize) = self.last_resize.clone() {
             self.up.push(self.up_next, false, resize);
         }
@@ -309,10 +314,28 @@ impl ChannelState {
         self.kicks.remove(&conn);
         if self.producer.as_ref().is_some_and(|p| p.conn == conn) {
             self.producer = None;
+            self.no_producer_since = Some(now);
         }
         if self.producer.is_none() && self.viewers.is_empty() && self.idle_since.is_none() {
             self.idle_since = Some(now);
         }
+    }
+
+    /// Viewers of a live channel that has had no producer for `after` wait for nothing: they
+    /// are closed (NORMAL, with the reason). Returns how many.
+    pub fn release_orphans(&mut self, now: Instant, after: std::time::Duration, m: &Metrics) -> usize {
+        let orphaned = self.ended.is_none()
+            && self.no_producer_since.is_some_and(|since| now.saturating_duration_since(since) >= after);
+        if !orphaned {
+            return 0;
+        }
+        let conns: Vec<ConnId> = self.viewers.keys().copied().collect();
+        for &conn in &conns {
+            m.orphaned_viewer();
+            let why = format!("no producer attached for {after:?}; the channel is presumed gone");
+            self.kick(conn, pb::StreamCloseReason::Normal, why);
+        }
+        conns.len()
     }
 
     /// Bytes produced since the viewer joined that it has not taken yet (`MAX` when its next

@@ -396,3 +396,21 @@ fn idle_since_tracks_the_last_peer() {
     c.leave(V1, Instant::now());
     assert!(c.idle_since().is_some());
 }
+
+#[test]
+fn viewers_waiting_on_a_channel_without_producer_are_released_after_the_timeout() {
+    let m = Metrics::default();
+    let t0 = Instant::now();
+    let after = std::time::Duration::from_secs(60);
+    let mut c = ChannelState::new("c", 7681, limits(), t0);
+    c.join_viewer(V1, pb::StreamKind::Pty, grant("s/a", ViewerMode::View), 0, &m).unwrap();
+    assert_eq!(c.release_orphans(t0 + after / 2, after, &m), 0, "not yet");
+    c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap();
+    assert_eq!(c.release_orphans(t0 + after * 2, after, &m), 0, "a producer is attached");
+    c.leave(P, t0 + after * 2);
+    assert_eq!(c.release_orphans(t0 + after * 2 + after / 2, after, &m), 0, "the producer only just left");
+    assert_eq!(c.release_orphans(t0 + after * 3, after, &m), 1);
+    let (_, _, close) = drain(&mut c, V1, &m);
+    assert_eq!(close.map(|c| c.reason), Some(pb::StreamCloseReason::Normal as i32));
+    assert!(m.render(Default::default()).contains("tether_relay_orphaned_viewers_total 1"));
+}
