@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Sets up, then runs the whole thing locally: a nats-server on loopback, a tether-agent that
-# lends it a scratch workspace, and a short tetherctl session against it. Everything it starts
-# is stopped when it ends (or on Ctrl-C).
+# Sets up, then runs the whole thing locally: a nats-server and a tether-relay on loopback, a
+# tether-agent that lends them a scratch workspace, and a short tetherctl session against it
+# (exec, files, a terminal through the relay). Everything it starts is stopped when it ends (or
+# on Ctrl-C).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -9,7 +10,9 @@ cargo build --workspace --bins --locked
 
 bin=target/debug
 work=$(mktemp -d -t tether-demo.XXXXXX)
-port=${DEMO_NATS_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo 14222)}
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo "$1"; }
+port=${DEMO_NATS_PORT:-$(free_port 14222)}
+relay_port=${DEMO_RELAY_PORT:-$(free_port 18443)}
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -21,8 +24,17 @@ trap cleanup EXIT
 mkdir -p "$work/root" "$work/state"
 nats-server -a 127.0.0.1 -p "$port" >"$work/nats.log" 2>&1 & pids+=($!)
 
+# Fresh relay secrets for this run; they live in this script's environment only.
+export TETHER_RELAY_PRODUCER_SECRET="$(head -c 32 /dev/urandom | base64)"
+export TETHER_RELAY_VIEWER_SECRET="$(head -c 32 /dev/urandom | base64)"
+"$bin/tether-relay" --bind "127.0.0.1:$relay_port" 2>"$work/relay.log" & pids+=($!)
+
 export TETHER_NATS_URL="nats://127.0.0.1:$port" TETHER_WORKSPACE_ID=demo TETHER_AGENT_ID=laptop
-"$bin/tether-agent" run --workspace-root "$work/root" --state-dir "$work/state" 2>"$work/agent.log" & pids+=($!)
+export TETHER_RELAY_URL="ws://127.0.0.1:$relay_port/stream"
+# The agent gets only its own producer token, never the relay's secrets.
+TETHER_RELAY_TOKEN="$("$bin/tetherctl" mint-token producer --ttl 1h)" \
+  env -u TETHER_RELAY_PRODUCER_SECRET -u TETHER_RELAY_VIEWER_SECRET \
+  "$bin/tether-agent" run --workspace-root "$work/root" --state-dir "$work/state" 2>"$work/agent.log" & pids+=($!)
 
 ctl() { printf '\n\033[1m$ tetherctl %s\033[0m\n' "$*"; "$bin/tetherctl" "$@"; }
 for _ in $(seq 1 100); do "$bin/tetherctl" ping >/dev/null 2>&1 && break; sleep 0.1; done
@@ -38,5 +50,7 @@ ctl get /workspace/docs/README.md "$work/copy.md"
 cmp README.md "$work/copy.md" && echo "round trip: byte-identical"
 ctl cat /etc/hostname || echo "(confined: the agent refused a path outside its workspace root, as it should)"
 ctl metrics
+ctl shell -- sh -c 'echo "a terminal on $(tty), $(stty size) rows/cols, through the relay"; exit 3' </dev/null \
+  || echo "(tetherctl shell exited with the remote shell's code: $?)"
 printf '\nDemo done. Agent log: last lines\n'
 tail -n 5 "$work/agent.log"

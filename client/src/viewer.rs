@@ -320,3 +320,30 @@ async fn open_viewer(config: &ViewerConfig, resume_from_seq: u64) -> Result<(Soc
         Err(ViewerError::Unreachable(format!("no StreamOpenAck within {OPEN_TIMEOUT:?}")))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn wss_urls_get_a_tls_handshake() {
+        // A server that accepts and hangs up: the TLS handshake fails, which proves there is one.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                drop(socket);
+            }
+        });
+        let config = ViewerConfig {
+            relay_url: format!("wss://{addr}/stream"),
+            channel: pb::StreamChannel::default(),
+            token: "ogs_x.y".into(),
+            resume_from_seq: 0,
+        };
+        let Err(ViewerError::Unreachable(message)) = open_viewer(&config, 0).await else {
+            panic!("a server that hangs up cannot accept a viewer");
+        };
+        assert!(!message.contains("TLS support not compiled"), "{message}");
+    }
+}

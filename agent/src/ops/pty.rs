@@ -19,6 +19,7 @@ use std::time::Duration;
 use tether_proto::pb;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use self::session::{Session, Supervision};
 use self::terminal::{Spec, Terminal};
@@ -155,7 +156,9 @@ impl Terminals {
         let endpoint = Endpoint { output, inbound: inbound_tx, end: end_rx };
         let (accepted_tx, accepted_rx) = oneshot::channel();
         let pump = Pump::new(relay, channel.clone(), endpoint, OUTBOX_BYTES);
-        tokio::spawn(tracing::Instrument::in_current_span(pump.run(accepted_tx)));
+        // The terminal outlives the request that opened it: its tasks log under their own span.
+        let span = tracing::info_span!(parent: None, "terminal", pty_id = %id);
+        tokio::spawn(pump.run(accepted_tx).instrument(span.clone()));
 
         let session = Arc::new(Session::new(id.clone(), req.scope_id.clone(), channel, master, input));
         {
@@ -176,7 +179,7 @@ impl Terminals {
             idle_timeout: self.idle_timeout,
             table: self.table.clone(),
         };
-        tokio::spawn(tracing::Instrument::in_current_span(session.clone().supervise(supervision)));
+        tokio::spawn(session.clone().supervise(supervision).instrument(span));
         tracing::info!(pty_id = %id, pid = pgid.as_raw(), "terminal started");
 
         let accepted = tokio::time::timeout(OPEN_WAIT, accepted_rx).await;
