@@ -70,7 +70,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     background.spawn(announce.clone().rehello_on_reconnect(events_rx));
     background.spawn(heartbeat(announce.clone(), dispatcher.clone(), in_flight.clone(), draining.clone()));
 
-    serve_requests(&client, requests, dispatcher, &in_flight, config.max_in_flight).await;
+    serve_requests(&client, requests, dispatcher.clone(), &in_flight, config.max_in_flight).await;
 
     draining.store(true, Ordering::Relaxed);
     in_flight.close();
@@ -81,6 +81,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(CANCEL_GRACE, in_flight.wait()).await;
     }
     shutdown.cancel();
+    dispatcher.terminals.wait_closed(CANCEL_GRACE).await;
     announce.going_offline().await;
     Ok(())
 }

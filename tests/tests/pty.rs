@@ -218,3 +218,22 @@ async fn without_a_relay_terminals_are_unsupported() {
     assert_eq!(error_code(&err), pb::ErrorCode::Unsupported);
     assert!(err.message.contains("--relay-url"), "{}", err.message);
 }
+
+#[tokio::test]
+async fn agent_shutdown_ends_terminals_and_tells_their_viewers() {
+    let (relay, _nats, mut agent) = stack().await;
+    let pty = open(&agent, open_req(&["sh", "-c", "echo $$ > shell.pid; exec sleep 300"], "")).await;
+    let channel = pty.channel.expect("channel");
+    let mut viewer = watch(&relay, &channel, &claims_for(&channel, "v", ViewerMode::View)).await;
+    eventually("the shell wrote its pid", || agent.root.join("shell.pid").exists()).await;
+    let pid: i32 = std::fs::read_to_string(agent.root.join("shell.pid")).unwrap().trim().parse().unwrap();
+
+    agent.proc.signal(nix::sys::signal::Signal::SIGTERM);
+    agent.proc.wait_exit(WITHIN).expect("agent exits on SIGTERM");
+    let mut seen = Seen::default();
+    collect_until(&mut viewer, &mut seen, WITHIN, |_| false).await;
+    let (reason, message) = seen.closed.expect("closed");
+    assert_eq!(reason, pb::StreamCloseReason::Normal);
+    assert!(message.contains("shutting down"), "{message}");
+    assert!(!pid_alive(pid), "the terminal's process is gone with the agent");
+}

@@ -19,6 +19,7 @@ use std::time::Duration;
 use tether_proto::pb;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use self::session::{Session, Supervision};
@@ -80,6 +81,8 @@ pub struct Terminals {
     /// Serialises opens so two concurrent opens of one scope_id start one shell.
     opening: tokio::sync::Mutex<()>,
     next_id: AtomicU64,
+    /// The pumps, so shutdown can let them deliver their StreamClose.
+    pumps: TaskTracker,
 }
 
 impl Terminals {
@@ -100,12 +103,22 @@ impl Terminals {
             table: Arc::default(),
             opening: tokio::sync::Mutex::new(()),
             next_id: AtomicU64::new(0),
+            pumps: TaskTracker::new(),
         }
     }
 
     /// Live terminals.
     pub fn count(&self) -> usize {
         self.lock().by_id.values().filter(|s| !s.is_ending()).count()
+    }
+
+    /// At shutdown (once the fence tokens are cancelled, which ends every terminal): waits up to
+    /// `grace` for the pumps to tell the relay their channels are closed.
+    pub async fn wait_closed(&self, grace: Duration) {
+        self.pumps.close();
+        if tokio::time::timeout(grace, self.pumps.wait()).await.is_err() {
+            tracing::warn!(left = self.pumps.len(), "some terminal channels were not closed on the relay");
+        }
     }
 
     /// pty_open: `cwd` is already resolved through the path rules.
@@ -158,7 +171,7 @@ impl Terminals {
         let pump = Pump::new(relay, channel.clone(), endpoint, OUTBOX_BYTES);
         // The terminal outlives the request that opened it: its tasks log under their own span.
         let span = tracing::info_span!(parent: None, "terminal", pty_id = %id);
-        tokio::spawn(pump.run(accepted_tx).instrument(span.clone()));
+        self.pumps.spawn(pump.run(accepted_tx).instrument(span.clone()));
 
         let session = Arc::new(Session::new(id.clone(), req.scope_id.clone(), channel, master, input));
         {
