@@ -15,6 +15,7 @@ use crate::fence::{Admission, Fence};
 use crate::ops::{exec, fs, metrics::MetricsSampler};
 use crate::paths::Paths;
 use crate::process::Launcher;
+use crate::sandbox::{CommandLimits, Sandbox};
 
 /// Bytes reserved for the envelope around an op's result (request_id aside): the oneof tag and
 /// length prefix, the error slot, and room to spare.
@@ -24,16 +25,19 @@ const ENVELOPE_OVERHEAD: usize = 64;
 pub struct Dispatcher {
     pub paths: Arc<Paths>,
     pub launcher: Arc<Launcher>,
+    /// Confinement and limits of every child; `sandbox.admit()` gates every op that starts one.
+    pub sandbox: Arc<Sandbox>,
     pub fence: Arc<Fence>,
     pub metrics: Arc<Mutex<MetricsSampler>>,
     started: Instant,
 }
 
 impl Dispatcher {
-    pub fn new(paths: Arc<Paths>, launcher: Arc<Launcher>, fence: Arc<Fence>) -> Self {
+    pub fn new(paths: Arc<Paths>, launcher: Arc<Launcher>, sandbox: Arc<Sandbox>, fence: Arc<Fence>) -> Self {
         Dispatcher {
             paths,
             launcher,
+            sandbox,
             fence,
             metrics: Arc::new(Mutex::new(MetricsSampler::new())),
             started: Instant::now(),
@@ -76,7 +80,7 @@ impl Dispatcher {
         if !mutates_briefly(&op) {
             admission.release_hold();
         }
-        match self.run(op, admission, budget).await {
+        match self.run(op, request.resource_policy, admission, budget).await {
             Err(e) if e == OpError::cancelled() && self.fence.is_stale(&scope, epoch).await => {
                 let held = self.fence.held(&scope).await;
                 Err(OpError::fenced(&scope, epoch, held).with("reason", "cancelled by an epoch advance"))
@@ -87,7 +91,13 @@ impl Dispatcher {
 
     /// Runs the op while `admission` is held: a mutation keeps the scope from advancing until
     /// it has committed.
-    async fn run(&self, op: Op, admission: Admission, budget: usize) -> OpResult<Reply> {
+    async fn run(
+        &self,
+        op: Op,
+        resources: Option<pb::OperationResourcePolicy>,
+        admission: Admission,
+        budget: usize,
+    ) -> OpResult<Reply> {
         let paths = self.paths.clone();
         Ok(match op {
             Op::Ping(ping) => Reply::Ping(pb::PingResponse {
@@ -95,8 +105,12 @@ impl Dispatcher {
                 agent_monotonic_ms: self.started.elapsed().as_millis() as u64,
             }),
             Op::Exec(req) => {
+                self.sandbox.admit()?;
                 let cwd = paths.resolve_cwd(&req.cwd)?;
-                Reply::Exec(exec::exec(&self.launcher, cwd, req, budget, admission.cancel.clone()).await?)
+                let limits = self.command_limits(resources).await?;
+                Reply::Exec(
+                    exec::exec(&self.launcher, limits, cwd, req, budget, admission.cancel.clone()).await?,
+                )
             }
             Op::FsRead(req) => Reply::FsRead(fs::read(paths, req, budget).await?),
             Op::FsWrite(req) => Reply::FsWrite(fs::write(paths, req).await?),
@@ -108,6 +122,17 @@ impl Dispatcher {
             Op::Metrics(_) => Reply::Metrics(self.sample_metrics().await?),
             other => return Err(unsupported(&other).unwrap_or_else(|| OpError::unsupported("not served"))),
         })
+    }
+
+    /// The limits of one command (its cgroup is made off the async workers).
+    async fn command_limits(
+        &self,
+        resources: Option<pb::OperationResourcePolicy>,
+    ) -> OpResult<CommandLimits> {
+        let sandbox = self.sandbox.clone();
+        tokio::task::spawn_blocking(move || sandbox.limits(resources.as_ref()))
+            .await
+            .map_err(|e| OpError::os(format!("preparing the command's limits failed: {e}")))?
     }
 
     /// One metrics sample, taken off the async workers.

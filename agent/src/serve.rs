@@ -24,6 +24,7 @@ use crate::fence::{Fence, FencePolicy};
 use crate::hello::{self, Identity};
 use crate::paths::Paths;
 use crate::process::Launcher;
+use crate::sandbox::{CommandCaps, Sandbox};
 
 /// How long the duplicate-runner probe waits for an answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -39,9 +40,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let policy = FencePolicy { strict: config.strict_fencing, enforce_unscoped: config.fence_unscoped };
     let fence = Arc::new(Fence::open(&config.state_dir, policy, shutdown.clone())?);
+    let sandbox = {
+        let (config, root) = (config.clone(), paths.workspace_root().to_owned());
+        Arc::new(tokio::task::spawn_blocking(move || Sandbox::setup(&config, &root)).await??)
+    };
     let secret_names: Vec<String> = SECRET_ENV_VARS.iter().map(|s| s.to_string()).collect();
-    let launcher = Arc::new(Launcher::from_current_env(&secret_names));
-    let dispatcher = Arc::new(Dispatcher::new(paths.clone(), launcher, fence));
+    let mut launcher = Launcher::from_current_env(&secret_names);
+    sandbox.install(&mut launcher);
+    let dispatcher = Arc::new(Dispatcher::new(paths.clone(), Arc::new(launcher), sandbox.clone(), fence));
     let identity = tokio::task::spawn_blocking(Identity::detect).await?;
 
     let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -52,9 +58,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // The server must hold our subscription before Hello tells anyone to send requests.
     client.flush().await.context("flushing the rpc subscription")?;
     tracing::info!(subject = %rpc, root = %paths.workspace_root().display(), confined = paths.confined(), "serving");
+    let commands = sandbox.capabilities();
+    tracing::info!(
+        confined = commands.confined,
+        landlock_abi = commands.landlock_abi,
+        unconfined_reason = %commands.unconfined_reason,
+        cgroups = %sandbox.describe_cgroups(),
+        max_processes = commands.max_processes,
+        "commands"
+    );
 
-    let announce =
-        Announcer { client: client.clone(), config: config.clone(), identity, paths: paths.clone() };
+    let announce = Announcer {
+        client: client.clone(),
+        config: config.clone(),
+        identity,
+        paths: paths.clone(),
+        commands,
+    };
     announce.hello().await;
     let draining = Arc::new(AtomicBool::new(false));
     let in_flight = TaskTracker::new();
@@ -74,6 +94,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     shutdown.cancel();
     announce.going_offline().await;
+    tokio::task::spawn_blocking(move || sandbox.shutdown()).await?;
     Ok(())
 }
 
@@ -214,6 +235,7 @@ struct Announcer {
     config: Config,
     identity: Identity,
     paths: Arc<Paths>,
+    commands: CommandCaps,
 }
 
 impl Announcer {
@@ -223,6 +245,7 @@ impl Announcer {
             &self.identity,
             self.paths.workspace_root(),
             self.client.max_payload(),
+            &self.commands,
         );
         self.send(self.config.subjects.hello(), hello.encode_to_vec()).await;
         tracing::info!(subject = %self.config.subjects.hello(), "hello published");

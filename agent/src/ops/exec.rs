@@ -30,6 +30,7 @@ pub use shape::shape;
 
 use crate::error::{OpError, OpResult};
 use crate::process::{Launcher, kill_group};
+use crate::sandbox::CommandLimits;
 
 /// Between SIGTERM and SIGKILL when a command times out.
 pub const TERM_GRACE: Duration = Duration::from_secs(2);
@@ -41,10 +42,12 @@ const READ_CHUNK: usize = 64 * 1024;
 /// How long a cancelled exec waits for its killed leader to be reaped.
 const REAP_WAIT: Duration = Duration::from_secs(1);
 
-/// Runs `req` in `cwd` (already resolved and checked). `budget` is the most the encoded
-/// `ExecResponse` may take. `cancel` kills the group and makes the op fail as cancelled.
+/// Runs `req` in `cwd` (already resolved and checked) under `limits` (see `sandbox`). `budget`
+/// is the most the encoded `ExecResponse` may take. `cancel` kills the group and makes the op
+/// fail as cancelled.
 pub async fn exec(
     launcher: &Launcher,
+    limits: CommandLimits,
     cwd: PathBuf,
     req: pb::ExecRequest,
     budget: usize,
@@ -56,7 +59,7 @@ pub async fn exec(
         return Err(OpError::cancelled());
     }
     let mut child = launcher
-        .command(&program, &args, &cwd, &req.env)
+        .command(&program, &args, &cwd, &req.env, &limits.hooks())
         .spawn()
         .map_err(|e| spawn_error(&e, &program, &cwd))?;
     let started = Instant::now();
@@ -78,13 +81,18 @@ pub async fn exec(
     let status = match ended? {
         Ended::Exited(status) => status,
         Ended::Cancelled => {
-            // SIGKILL was sent to the group; reap the leader so no zombie is left behind.
+            // SIGKILL was sent to the group; reap the leader so no zombie is left behind, and
+            // kill what left the group (its cgroup knows).
             if let Ok(Ok(_)) = tokio::time::timeout(REAP_WAIT, child.wait()).await {
                 guard.armed = false;
             }
+            settle(limits, true).await;
             return Err(OpError::cancelled());
         }
     };
+    // A command killed for its deadline takes everything it started with it; after a normal
+    // exit what it left running on purpose keeps running.
+    settle(limits, run.timed_out).await;
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let (exit_code, signal) = match (status.code(), status.signal()) {
         (Some(code), _) if !run.timed_out => (code, 0),
@@ -93,6 +101,18 @@ pub async fn exec(
     let base =
         pb::ExecResponse { exit_code, signal, timed_out: run.timed_out, duration_ms, ..Default::default() };
     Ok(shape(base, &run.out, &run.err, budget))
+}
+
+/// Ends the command's limits off the async workers: `kill` kills every process still in its
+/// cgroup (bounded), otherwise the cgroup is only removed once empty.
+async fn settle(limits: CommandLimits, kill: bool) {
+    if !limits.has_cgroup() {
+        return;
+    }
+    let task = tokio::task::spawn_blocking(move || if kill { limits.kill() } else { limits.release() });
+    if let Err(e) = task.await {
+        tracing::warn!(error = %e, "cleaning up a command's cgroup");
+    }
 }
 
 /// Program and arguments: argv direct, or the joined command run by the user's shell.
