@@ -148,6 +148,7 @@ pub fn setup(candidates: Vec<Candidate>, base_name: &str) -> (Vec<Hierarchy>, Ve
         if wanted.is_empty() {
             continue;
         }
+        remove_dead_agents(&candidate.own_dir);
         let result = match candidate.version {
             Version::V2 => setup_v2(&candidate.own_dir, base_name, &wanted),
             Version::V1 => setup_v1(&candidate.own_dir, base_name, &wanted),
@@ -230,6 +231,29 @@ fn move_self_to_leaf(own_dir: &Path, base_name: &str) -> io::Result<bool> {
     Ok(true)
 }
 
+/// Removes the empty cgroups agents that died without cleaning up left in `own_dir`: the
+/// `tether-<pid>-*` directories of pids that no longer run, and their empty command cgroups.
+/// A cgroup still holding processes (left running on purpose) stays.
+fn remove_dead_agents(own_dir: &Path) {
+    let Ok(entries) = fs::read_dir(own_dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = agent_pid(&name) else { continue };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if let Ok(children) = fs::read_dir(entry.path()) {
+            children.flatten().filter(|c| c.path().is_dir()).for_each(|c| drop(fs::remove_dir(c.path())));
+        }
+        let _ = fs::remove_dir(entry.path());
+    }
+}
+
+/// The agent pid in a `tether-<pid>-<name>` directory name.
+fn agent_pid(dir_name: &str) -> Option<u32> {
+    dir_name.strip_prefix("tether-")?.split('-').next()?.parse().ok()
+}
+
 fn make_base(own_dir: &Path, name: &str) -> io::Result<PathBuf> {
     let base = own_dir.join(name);
     match fs::create_dir(&base) {
@@ -299,6 +323,14 @@ mod tests {
         let got = candidates(&mounts, &members);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].own_dir, Path::new("/sys/fs/cgroup/system.slice/tether-agent.service"));
+    }
+
+    #[test]
+    fn only_tether_agent_directories_carry_a_pid() {
+        assert_eq!(agent_pid("tether-4242-ws1.agent-7"), Some(4242));
+        assert_eq!(agent_pid("tether-4242-ws1.agent-7-agent"), Some(4242));
+        assert_eq!(agent_pid("tether-agent"), None);
+        assert_eq!(agent_pid("system.slice"), None);
     }
 
     #[test]

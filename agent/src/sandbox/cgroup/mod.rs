@@ -1,8 +1,10 @@
 //! Per-command cgroups: the limits that must bind a whole process tree (a cap on processes,
 //! which root is not held to by RLIMIT_NPROC; memory; CPU) and a handle on every process a
 //! command started, even one that left its process group. Before a spawn the agent makes
-//! `<its cgroup>/tether-<agent>/cmd-<pid>-<n>` in each hierarchy it needs, writes the limits and
-//! opens `cgroup.procs`; the child joins by writing "0" to that descriptor between fork and exec.
+//! `<its cgroup>/tether-<agent pid>-<agent id>/cmd-<n>` in each hierarchy it needs, writes the
+//! limits and opens `cgroup.procs`; the child joins by writing "0" to that descriptor between
+//! fork and exec. The agent's pid in the name lets any later agent remove what a killed one
+//! left behind.
 //!
 //! When a command is killed (timeout, cancel, fence) every process of its cgroup is killed and
 //! the cgroup removed. After a normal exit the processes it left running on purpose keep
@@ -86,7 +88,6 @@ pub struct CgroupLimits {
 #[derive(Debug)]
 pub struct Cgroups {
     hierarchies: Vec<Hierarchy>,
-    prefix: String,
     next: AtomicU64,
     lingering: Mutex<Vec<PathBuf>>,
 }
@@ -98,18 +99,12 @@ impl Cgroups {
         let read = |p: &str| fs::read_to_string(p).unwrap_or_default();
         let mounts = discover::parse_mountinfo(&read("/proc/self/mountinfo"));
         let members = discover::parse_proc_cgroup(&read("/proc/self/cgroup"));
-        let base_name = format!("tether-{}", sanitize(agent_name));
+        let base_name = format!("tether-{}-{}", std::process::id(), sanitize(agent_name));
         let (hierarchies, notes) = discover::setup(discover::candidates(&mounts, &members), &base_name);
         if hierarchies.is_empty() {
             return (None, notes);
         }
-        let cgroups = Cgroups {
-            hierarchies,
-            prefix: format!("cmd-{}-", std::process::id()),
-            next: AtomicU64::new(0),
-            lingering: Mutex::new(Vec::new()),
-        };
-        cgroups.sweep_stale();
+        let cgroups = Cgroups { hierarchies, next: AtomicU64::new(0), lingering: Mutex::new(Vec::new()) };
         (Some(Arc::new(cgroups)), notes)
     }
 
@@ -145,7 +140,7 @@ impl Cgroups {
     pub fn create(self: &Arc<Self>, limits: &CgroupLimits) -> io::Result<CommandCgroup> {
         self.sweep();
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{}{n}", self.prefix);
+        let name = format!("cmd-{n}");
         let mut cgroup =
             CommandCgroup { owner: self.clone(), dirs: Vec::new(), join: Arc::new(Vec::new()), armed: true };
         let mut join = Vec::new();
@@ -179,23 +174,6 @@ impl Cgroups {
         self.sweep();
         for h in &self.hierarchies {
             let _ = fs::remove_dir(&h.base);
-        }
-    }
-
-    /// Removes empty command cgroups a dead agent process left behind.
-    fn sweep_stale(&self) {
-        for h in &self.hierarchies {
-            let Ok(entries) = fs::read_dir(&h.base) else { continue };
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let owner = name
-                    .strip_prefix("cmd-")
-                    .and_then(|r| r.split('-').next())
-                    .and_then(|p| p.parse::<u32>().ok());
-                if owner.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
-                    let _ = fs::remove_dir(entry.path());
-                }
-            }
         }
     }
 
