@@ -215,7 +215,55 @@ pub fn refuse(payload: &[u8], err: OpError, max_payload: usize) -> Bytes {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use tokio_util::sync::CancellationToken;
+
     use super::*;
+    use crate::fence::FencePolicy;
+    use crate::sandbox::{CommandPolicy, Confinement};
+
+    /// A dispatcher over temporary directories whose command policy is `policy`.
+    fn dispatcher(policy: CommandPolicy, dirs: &tempfile::TempDir) -> Dispatcher {
+        let root = dirs.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        let paths = Arc::new(Paths::new(&root, "/workspace", None, true).unwrap());
+        let fence = Fence::open(&dirs.path().join("state"), FencePolicy::default(), CancellationToken::new());
+        let launcher = Arc::new(Launcher::from_env(std::env::vars_os(), &[] as &[&str]));
+        Dispatcher::new(paths, launcher, Arc::new(Sandbox::from_policy(policy)), Arc::new(fence.unwrap()))
+    }
+
+    async fn call(d: &Dispatcher, op: Op) -> pb::ControlResponse {
+        let req = pb::ControlRequest { request_id: "r".into(), op: Some(op), ..Default::default() };
+        pb::ControlResponse::decode(d.handle(req.encode_to_vec().into(), 1 << 20).await).unwrap()
+    }
+
+    fn touch(file: &str) -> Op {
+        let command = vec!["sh".into(), "-c".into(), format!("touch {file}")];
+        Op::Exec(pb::ExecRequest { command, env: HashMap::new(), ..Default::default() })
+    }
+
+    #[tokio::test]
+    async fn without_landlock_exec_is_refused_before_anything_runs_unless_allowed() {
+        let dirs = tempfile::tempdir().unwrap();
+        let missing = Confinement::Unavailable { reason: "this kernel has no Landlock".into() };
+        let d = dispatcher(CommandPolicy { confinement: missing.clone(), allow_unconfined: false }, &dirs);
+        let resp = call(&d, touch("refused")).await;
+        let err = resp.error.expect("exec is refused");
+        assert_eq!(err.code, pb::ErrorCode::ConsentRequired as i32, "{err:?}");
+        assert!(err.message.contains("no Landlock"), "{err:?}");
+        assert!(!dirs.path().join("root/refused").exists(), "the command ran anyway");
+        assert!(
+            call(&d, Op::Ping(pb::PingRequest { nonce: 1 })).await.error.is_none(),
+            "other ops still work"
+        );
+
+        let dirs = tempfile::tempdir().unwrap();
+        let d = dispatcher(CommandPolicy { confinement: missing, allow_unconfined: true }, &dirs);
+        let resp = call(&d, touch("allowed")).await;
+        assert!(resp.error.is_none(), "{resp:?}");
+        assert!(dirs.path().join("root/allowed").exists());
+    }
 
     #[test]
     fn oversized_replies_become_payload_too_large() {
