@@ -40,6 +40,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let policy = FencePolicy { strict: config.strict_fencing, enforce_unscoped: config.fence_unscoped };
     let fence = Arc::new(Fence::open(&config.state_dir, policy, shutdown.clone())?);
+    let identity = tokio::task::spawn_blocking(Identity::detect).await?;
+
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let client = connect(&config, events_tx).await?;
+    let rpc = config.subjects.rpc();
+    refuse_if_served(&client, &rpc).await?;
+    // Only now: setting up the sandbox clears the private temp directory a running twin uses.
     let sandbox = {
         let (config, root) = (config.clone(), paths.workspace_root().to_owned());
         Arc::new(tokio::task::spawn_blocking(move || Sandbox::setup(&config, &root)).await??)
@@ -48,12 +55,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut launcher = Launcher::from_current_env(&secret_names);
     sandbox.install(&mut launcher);
     let dispatcher = Arc::new(Dispatcher::new(paths.clone(), Arc::new(launcher), sandbox.clone(), fence));
-    let identity = tokio::task::spawn_blocking(Identity::detect).await?;
-
-    let (events_tx, events_rx) = mpsc::unbounded_channel();
-    let client = connect(&config, events_tx).await?;
-    let rpc = config.subjects.rpc();
-    refuse_if_served(&client, &rpc).await?;
     let requests = client.subscribe(rpc.clone()).await.context("subscribing to the rpc subject")?;
     // The server must hold our subscription before Hello tells anyone to send requests.
     client.flush().await.context("flushing the rpc subscription")?;
