@@ -116,7 +116,7 @@ impl Sandbox {
             extra_write: config.confine.write.clone(),
             excluded,
         };
-        let rules = rules::rules(&inputs, &list_dir);
+        let rules = rules::rules(&inputs, &rules::FsView { list_dir: &list_dir, canonical: &canonical });
         sandbox.policy.confinement = match ruleset::build(&rules) {
             Ok(built) => {
                 tracing::info!(abi = built.abi, rules = built.rules_added, tmpdir = %tmpdir.display(), "commands run under Landlock");
@@ -158,7 +158,6 @@ impl Sandbox {
             launcher.set_base_env("TMPDIR", tmpdir.as_os_str().to_owned());
         }
         if let Some(path) = launcher.base_env().get(&OsString::from("PATH")).cloned() {
-            let canonical = |p: &Path| fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
             launcher.set_base_env("PATH", rules::confined_path_var(&path, &self.rules, &canonical));
         }
     }
@@ -265,7 +264,12 @@ fn private_tmpdir(state_dir: &Path) -> anyhow::Result<PathBuf> {
     }
     fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
     fs::DirBuilder::new().mode(0o700).create(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
+    // Absolute: children run in other directories than the agent.
+    dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))
+}
+
+fn canonical(path: &Path) -> PathBuf {
+    fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
 }
 
 fn list_dir(dir: &Path) -> Vec<PathBuf> {

@@ -10,7 +10,7 @@ use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 
 /// What a rule allows beneath its path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Grant {
     /// Read files, list directories, execute programs.
     ReadExec,
@@ -69,17 +69,25 @@ pub struct RuleInputs {
     pub excluded: Vec<PathBuf>,
 }
 
-/// The rules for `inputs`. `list_dir` returns the entries of a directory (empty when it cannot
-/// be read); it is only called on read-only locations that hold an excluded path, which are
-/// then granted entry by entry, leaving the excluded ones out.
-pub fn rules(inputs: &RuleInputs, list_dir: &dyn Fn(&Path) -> Vec<PathBuf>) -> Vec<Rule> {
+/// How the rule list sees the file system: a directory's entries (empty when it cannot be
+/// read) and a path with its symlinks resolved (the path itself when it cannot be resolved).
+pub struct FsView<'a> {
+    pub list_dir: &'a dyn Fn(&Path) -> Vec<PathBuf>,
+    pub canonical: &'a dyn Fn(&Path) -> PathBuf,
+}
+
+/// The rules for `inputs`. A read-only location that holds an excluded path (both compared
+/// with symlinks resolved) is granted entry by entry, leaving the excluded ones out.
+pub fn rules(inputs: &RuleInputs, fs: &FsView<'_>) -> Vec<Rule> {
+    let list_dir = fs.list_dir;
     let mut excluded: Vec<PathBuf> = SYSTEM_SECRETS.iter().map(PathBuf::from).collect();
     excluded.extend(ssh_host_keys(list_dir));
     excluded.extend(inputs.excluded.iter().cloned());
+    let excluded: Vec<PathBuf> = excluded.iter().map(|p| (fs.canonical)(p)).collect();
 
     let mut rules = Vec::new();
     let read_exec = SYSTEM_READ_EXEC.iter().map(PathBuf::from).chain(inputs.extra_read.iter().cloned());
-    for top in read_exec {
+    for top in read_exec.map(|p| (fs.canonical)(&p)) {
         for path in expand_excluding(&top, &excluded, list_dir) {
             rules.push(Rule { path, grant: Grant::ReadExec });
         }
@@ -88,6 +96,8 @@ pub fn rules(inputs: &RuleInputs, list_dir: &dyn Fn(&Path) -> Vec<PathBuf>) -> V
     rules.extend(DEVICES.iter().map(|d| Rule { path: d.into(), grant: Grant::Device }));
     let read_write = [&inputs.workspace_root, &inputs.tmpdir].into_iter().chain(&inputs.extra_write);
     rules.extend(read_write.map(|p| Rule { path: p.clone(), grant: Grant::ReadWrite }));
+    let mut seen = std::collections::HashSet::new();
+    rules.retain(|r| seen.insert((r.path.clone(), r.grant)));
     rules
 }
 
@@ -151,6 +161,21 @@ mod tests {
         names.iter().map(|n| path.join(n)).collect()
     }
 
+    /// `/bin` and `/lib` are symlinks into `/usr`, as on a merged-/usr system.
+    fn canonical(p: &Path) -> PathBuf {
+        for link in ["/bin", "/lib"] {
+            if let Ok(rest) = p.strip_prefix(link) {
+                let target = Path::new("/usr").join(&link[1..]);
+                return if rest.as_os_str().is_empty() { target } else { target.join(rest) };
+            }
+        }
+        p.to_owned()
+    }
+
+    fn view() -> FsView<'static> {
+        FsView { list_dir: &fake_fs, canonical: &canonical }
+    }
+
     fn inputs() -> RuleInputs {
         RuleInputs {
             workspace_root: "/home/me/sandbox".into(),
@@ -167,7 +192,7 @@ mod tests {
 
     #[test]
     fn the_root_and_tmpdir_are_writable_and_nothing_else_is() {
-        let rules = rules(&inputs(), &fake_fs);
+        let rules = rules(&inputs(), &view());
         assert_eq!(
             granted(&rules, Grant::ReadWrite),
             ["/home/me/sandbox", "/home/me/.local/share/tether-agent/ws.a/tmp", "/var/cache/build"]
@@ -179,10 +204,17 @@ mod tests {
 
     #[test]
     fn system_locations_are_read_exec_without_their_secrets() {
-        let read = granted(&rules(&inputs(), &fake_fs), Grant::ReadExec);
-        for kept in
-            ["/usr", "/bin", "/lib64", "/opt", "/srv/data", "/etc/passwd", "/etc/ssl", "/etc/ssh/ssh_config"]
-        {
+        let read = granted(&rules(&inputs(), &view()), Grant::ReadExec);
+        for kept in [
+            "/usr",
+            "/usr/bin",
+            "/lib64",
+            "/opt",
+            "/srv/data",
+            "/etc/passwd",
+            "/etc/ssl",
+            "/etc/ssh/ssh_config",
+        ] {
             assert!(read.contains(&kept.to_owned()), "{kept} missing from {read:?}");
         }
         assert!(read.contains(&"/etc/ssh/ssh_host_ed25519_key.pub".to_owned()));
@@ -194,12 +226,34 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_reached_through_a_symlinked_location_is_still_excluded() {
+        let list = |p: &Path| -> Vec<PathBuf> {
+            match p.to_str() {
+                Some("/usr") => vec!["/usr/lib".into(), "/usr/bin".into()],
+                Some("/usr/lib") => vec!["/usr/lib/tether".into(), "/usr/lib/python3".into()],
+                _ => fake_fs(p),
+            }
+        };
+        let fs = FsView { list_dir: &list, canonical: &canonical };
+        let inputs = RuleInputs { excluded: vec!["/lib/tether".into()], ..inputs() };
+        let read = granted(&rules(&inputs, &fs), Grant::ReadExec);
+        assert!(
+            read.contains(&"/usr/lib/python3".to_owned()) && read.contains(&"/usr/bin".to_owned()),
+            "{read:?}"
+        );
+        let covering = ["/usr", "/usr/lib", "/lib"];
+        assert!(
+            !read.iter().any(|p| covering.contains(&p.as_str()) || p.starts_with("/usr/lib/tether")),
+            "{read:?}"
+        );
+        assert_eq!(read.iter().filter(|p| *p == "/usr/bin").count(), 1, "no duplicates: {read:?}");
+    }
+
+    #[test]
     fn path_keeps_only_directories_a_confined_command_can_execute_from() {
-        let rules = rules(&inputs(), &fake_fs);
+        let rules = rules(&inputs(), &view());
         let path =
             OsStr::new("/root/.cargo/bin:/usr/local/bin:/usr/bin:/bin:/home/me/sandbox/bin:.:/snap/bin");
-        let canonical =
-            |p: &Path| if p == Path::new("/bin") { PathBuf::from("/usr/bin") } else { p.to_owned() };
         let kept = confined_path_var(path, &rules, &canonical);
         assert_eq!(kept, OsStr::new("/usr/local/bin:/usr/bin:/bin:/home/me/sandbox/bin:."));
     }
