@@ -123,6 +123,7 @@ impl Sandbox {
                 let abi = built.abi;
                 sandbox.ruleset = Some(built);
                 sandbox.tmpdir = Some(tmpdir);
+                sandbox.rules = rules;
                 Confinement::Landlock { abi }
             }
             Err(e) => {
@@ -131,7 +132,6 @@ impl Sandbox {
                 Confinement::Unavailable { reason: e.to_string() }
             }
         };
-        sandbox.rules = rules;
         Ok(sandbox)
     }
 
