@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use tether_proto::pb::control_request::Op;
 use tether_proto::pb::control_response::Result as Reply;
-use tether_tests::{Agent, AgentOpts, KillAllIn, Nats, op, pb, processes_in};
+use tether_tests::{
+    Agent, AgentOpts, KillAllIn, KillOnDrop, Nats, eventually, op, pb, pid_alive, processes_in, read_pid,
+};
 
 async fn agent_with_cap(nats: &Nats, cap: u32) -> Agent {
     let opts = AgentOpts { args: vec![format!("--max-processes={cap}")], ..Default::default() };
@@ -97,6 +99,30 @@ async fn a_fork_bomb_is_capped_killed_at_its_deadline_and_the_agent_keeps_answer
     agent.proc.stop(tether_tests::WAIT);
     let (bases, _) = agent_cgroups(pid);
     assert!(bases.is_empty(), "the agent left its cgroups behind: {bases:?}");
+}
+
+#[tokio::test]
+async fn a_fenced_exec_takes_the_processes_that_left_its_group_with_it() {
+    let nats = Nats::start().await;
+    let agent = Agent::start(&nats).await;
+    let _cleanup = KillAllIn(agent.root.clone());
+    let script = "setsid sleep 300 & echo $! > escaped.pid; echo go > started; exec sleep 60";
+    let running = agent.call_fenced(Op::Exec(op::sh(script)), "s1", 5);
+    let started = agent.root.join("started");
+    let advance = async {
+        eventually("the exec to start", || {
+            std::fs::read_to_string(&started).is_ok_and(|s| s.ends_with('\n'))
+        })
+        .await;
+        agent.call_fenced(op::ping(1), "s1", 6).await
+    };
+    let (reply, advanced) = tokio::join!(running, advance);
+    advanced.expect("epoch 6 accepted");
+    let err = reply.expect_err("the epoch-5 exec is cancelled");
+    assert_eq!(err.code, pb::ErrorCode::Fenced as i32, "{err:?}");
+    let escaped = read_pid(&agent.root.join("escaped.pid"));
+    let _kill = KillOnDrop(escaped);
+    assert!(!pid_alive(escaped), "the process that left the group outlived the fenced command");
 }
 
 #[tokio::test]

@@ -82,11 +82,12 @@ pub async fn exec(
         Ended::Exited(status) => status,
         Ended::Cancelled => {
             // SIGKILL was sent to the group; reap the leader so no zombie is left behind, and
-            // kill what left the group (its cgroup knows).
+            // kill what left the group (its cgroup knows) — unless the leader had already
+            // exited normally, leaving only what it started on purpose.
             if let Ok(Ok(_)) = tokio::time::timeout(REAP_WAIT, child.wait()).await {
                 guard.armed = false;
             }
-            settle(limits, true).await;
+            settle(limits, run.status.is_none() || run.timed_out).await;
             return Err(OpError::cancelled());
         }
     };

@@ -168,16 +168,6 @@ impl Sandbox {
         self.policy.admit()
     }
 
-    /// The command-confinement decision this sandbox was built with.
-    pub fn policy(&self) -> &CommandPolicy {
-        &self.policy
-    }
-
-    /// The rules children run under (empty when not confined).
-    pub fn rules(&self) -> &[Rule] {
-        &self.rules
-    }
-
     /// Prepares the limits of one command: the process cap and what `policy` asks for
     /// (blocking: creates the command's cgroups). Limits the machine cannot enforce are
     /// ignored, as the capabilities say.
