@@ -104,7 +104,8 @@ impl Launcher {
         extra_env: &HashMap<String, String>,
         per_spawn: &[PreExecHook],
     ) -> tokio::process::Command {
-        let mut std_cmd = self.build(program, args, cwd, extra_env, Grouping::ProcessGroup, per_spawn);
+        let mut std_cmd =
+            self.std_command_with(program, args, cwd, extra_env, Grouping::ProcessGroup, per_spawn);
         std_cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut cmd = tokio::process::Command::from(std_cmd);
         cmd.kill_on_drop(false);
@@ -122,10 +123,12 @@ impl Launcher {
         extra_env: &HashMap<String, String>,
         grouping: Grouping,
     ) -> std::process::Command {
-        self.build(program, args, cwd, extra_env, grouping, &[])
+        self.std_command_with(program, args, cwd, extra_env, grouping, &[])
     }
 
-    fn build(
+    /// [`Launcher::std_command`] with `per_spawn` hooks run before the launcher's (e.g. a PTY
+    /// shell joining the cgroup of its `sandbox::CommandLimits`).
+    pub fn std_command_with(
         &self,
         program: &OsStr,
         args: &[OsString],
