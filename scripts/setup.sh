@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Installs what building and testing Tether needs on Debian/Ubuntu: protoc (the .proto is
-# compiled at build time), nats-server (tests and the demo run a real one) and tmux (the
-# `tetherctl shell` test types into a real terminal through it). Idempotent: installs only what
-# is missing.
+# compiled at build time), nats-server (tests and the demo run a real one), tmux (the
+# `tetherctl shell` test types into a real terminal through it), and the system python3 and git
+# the confined-command tests run (a confined command sees only system locations, so a python3
+# under the home directory does not count). Idempotent: installs only what is missing.
 set -euo pipefail
 
 need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
+[ -x /usr/bin/python3 ] || need+=(python3)
+command -v git >/dev/null 2>&1 || need+=(git)
 
 if ((${#need[@]})); then
   sudo=""

@@ -59,6 +59,21 @@ pub struct RunArgs {
     /// How long shutdown waits for in-flight requests before cancelling them [default: 5s].
     #[arg(long, env = "TETHER_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Option<Duration>,
+    /// Let commands run without a kernel sandbox when this kernel has no Landlock (confined mode
+    /// only; without it such an agent refuses exec with CONSENT_REQUIRED).
+    #[arg(long, env = "TETHER_ALLOW_UNCONFINED_COMMANDS", num_args = 0..=1, default_missing_value = "true")]
+    pub allow_unconfined_commands: Option<bool>,
+    /// Extra path commands may read and execute in confined mode (repeatable, or comma-separated);
+    /// replaces `confine.read` of the config file.
+    #[arg(long = "confine-read", env = "TETHER_CONFINE_READ", value_delimiter = ',')]
+    pub confine_read: Vec<PathBuf>,
+    /// Extra path commands may read, write and create in, in confined mode (repeatable, or
+    /// comma-separated); replaces `confine.write` of the config file.
+    #[arg(long = "confine-write", env = "TETHER_CONFINE_WRITE", value_delimiter = ',')]
+    pub confine_write: Vec<PathBuf>,
+    /// Most processes one command may have at once; 0 = no cap [default: 512].
+    #[arg(long, env = "TETHER_MAX_PROCESSES")]
+    pub max_processes: Option<u32>,
     /// NATS user name (the password comes from TETHER_NATS_PASSWORD or --nats-password-file).
     #[arg(long, env = "TETHER_NATS_USER")]
     pub nats_user: Option<String>,
@@ -114,6 +129,36 @@ struct FileConfig {
     relay_token_file: Option<PathBuf>,
     #[serde(default, with = "humantime_serde_opt")]
     pty_idle_timeout: Option<Duration>,
+    #[serde(default)]
+    confine: ConfineFile,
+}
+
+/// The `[confine]` table of the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfineFile {
+    #[serde(default)]
+    read: Vec<PathBuf>,
+    #[serde(default)]
+    write: Vec<PathBuf>,
+    max_processes: Option<u32>,
+    allow_unconfined_commands: Option<bool>,
+}
+
+/// Default cap on the processes of one command: room for a parallel build, not for a fork bomb.
+pub const DEFAULT_MAX_PROCESSES: u32 = 512;
+
+/// How commands are confined (see `sandbox`). Paths are absolute, `~/` already expanded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfineConfig {
+    /// Extra paths commands may read and execute beneath.
+    pub read: Vec<PathBuf>,
+    /// Extra paths commands may read, write and create beneath.
+    pub write: Vec<PathBuf>,
+    /// Most processes per command; 0 = no cap.
+    pub max_processes: u32,
+    /// Run commands without Landlock when the kernel has none, instead of refusing them.
+    pub allow_unconfined_commands: bool,
 }
 
 /// A credential. `Debug` and `Display` print a placeholder, never the value.
@@ -170,6 +215,9 @@ pub struct Config {
     pub nats_tls_ca: Option<PathBuf>,
     pub relay: Option<RelayLink>,
     pub pty_idle_timeout: Duration,
+    pub confine: ConfineConfig,
+    /// Files holding the agent's credentials (token, password, creds): never readable by commands.
+    pub secret_files: Vec<PathBuf>,
 }
 
 impl Config {
@@ -203,23 +251,36 @@ impl Config {
             Some(dir) => dir,
             None => default_state_dir(&subjects)?,
         };
+        let token_file = args.nats_token_file.or(file.nats_token_file);
+        let password_file = args.nats_password_file.or(file.nats_password_file);
+        let creds = args.nats_creds.or(file.nats_creds);
+        let relay_token_file = args.relay_token_file.or(file.relay_token_file);
+        let secret_files =
+            [&token_file, &password_file, &creds, &relay_token_file].into_iter().flatten().cloned().collect();
         let nats_auth = nats_auth(
             env("TETHER_NATS_TOKEN"),
-            args.nats_token_file.or(file.nats_token_file),
+            token_file,
             args.nats_user.or(file.nats_user),
             env("TETHER_NATS_PASSWORD"),
-            args.nats_password_file.or(file.nats_password_file),
-            args.nats_creds.or(file.nats_creds),
+            password_file,
+            creds,
+        )?;
+        let confine = confine_config(
+            ConfineFile {
+                read: args.confine_read,
+                write: args.confine_write,
+                max_processes: args.max_processes,
+                allow_unconfined_commands: args.allow_unconfined_commands,
+            },
+            file.confine,
+            env("HOME").map(PathBuf::from),
         )?;
         let max_in_flight = args.max_in_flight.or(file.max_in_flight).unwrap_or(64);
         if max_in_flight == 0 {
             bail!("max-in-flight must be at least 1");
         }
-        let relay = relay_link(
-            args.relay_url.or(file.relay_url),
-            env("TETHER_RELAY_TOKEN"),
-            args.relay_token_file.or(file.relay_token_file),
-        )?;
+        let relay =
+            relay_link(args.relay_url.or(file.relay_url), env("TETHER_RELAY_TOKEN"), relay_token_file)?;
         Ok(Config {
             nats_urls,
             subjects,
@@ -244,8 +305,45 @@ impl Config {
                 .or(file.pty_idle_timeout)
                 .unwrap_or(Duration::from_secs(3600))
                 .max(Duration::from_secs(1)),
+            confine,
+            secret_files,
         })
     }
+}
+
+/// Merges the confinement settings: flags/env (`given`) over the file; a non-empty path list
+/// replaces the file's list, as `nats_url` does. Paths must be absolute or start with `~/`.
+fn confine_config(
+    given: ConfineFile,
+    file: ConfineFile,
+    home: Option<PathBuf>,
+) -> anyhow::Result<ConfineConfig> {
+    let pick = |given: Vec<PathBuf>, file: Vec<PathBuf>| if given.is_empty() { file } else { given };
+    let expand = |paths: Vec<PathBuf>| -> anyhow::Result<Vec<PathBuf>> {
+        paths.into_iter().map(|p| absolute_confine_path(p, home.as_deref())).collect()
+    };
+    Ok(ConfineConfig {
+        read: expand(pick(given.read, file.read))?,
+        write: expand(pick(given.write, file.write))?,
+        max_processes: given.max_processes.or(file.max_processes).unwrap_or(DEFAULT_MAX_PROCESSES),
+        allow_unconfined_commands: given
+            .allow_unconfined_commands
+            .or(file.allow_unconfined_commands)
+            .unwrap_or(false),
+    })
+}
+
+/// `~/rest` under `home`; any other path must already be absolute.
+fn absolute_confine_path(path: PathBuf, home: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Ok(rest) = path.strip_prefix("~") {
+        let home =
+            home.with_context(|| format!("confine path {} names ~ but HOME is not set", path.display()))?;
+        return Ok(home.join(rest));
+    }
+    if !path.is_absolute() {
+        bail!("confine path {} must be absolute (or start with ~/)", path.display());
+    }
+    Ok(path)
 }
 
 fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -386,6 +484,73 @@ nats_url = ["nats://a:1", "nats://b:2"]"#
         assert_eq!(c.heartbeat_interval, Duration::from_millis(250));
         assert!(!c.whole_machine, "the flag said false");
         assert_eq!(c.nats_urls, ["nats://a:1", "nats://b:2"]);
+    }
+
+    #[test]
+    fn confine_settings_merge_flags_over_the_file_and_expand_home() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            file,
+            r#"[confine]
+read = ["~/.cargo", "/srv/data"]
+write = ["/var/cache/build"]
+max_processes = 64
+allow_unconfined_commands = true"#
+        )
+        .unwrap();
+        let args = RunArgs {
+            config: Some(file.path().to_owned()),
+            confine_write: vec!["/scratch".into()],
+            nats_token_file: Some("/etc/tether/token".into()),
+            ..base_args()
+        };
+        let env = |k: &str| match k {
+            "HOME" => Some("/home/me".to_owned()),
+            _ => None,
+        };
+        let err = Config::resolve(args, env).unwrap_err().to_string();
+        assert!(err.contains("/etc/tether/token"), "the token file is read: {err}");
+
+        let args = RunArgs {
+            config: Some(file.path().to_owned()),
+            confine_write: vec!["/scratch".into()],
+            ..base_args()
+        };
+        let c = Config::resolve(args, env).unwrap();
+        assert_eq!(c.confine.read, [PathBuf::from("/home/me/.cargo"), PathBuf::from("/srv/data")]);
+        assert_eq!(c.confine.write, [PathBuf::from("/scratch")], "the flag replaces the file's list");
+        assert_eq!(c.confine.max_processes, 64);
+        assert!(c.confine.allow_unconfined_commands);
+
+        let args = RunArgs {
+            config: Some(file.path().to_owned()),
+            max_processes: Some(0),
+            allow_unconfined_commands: Some(false),
+            ..base_args()
+        };
+        let c = Config::resolve(args, env).unwrap();
+        assert_eq!(c.confine.max_processes, 0);
+        assert!(!c.confine.allow_unconfined_commands);
+    }
+
+    #[test]
+    fn confine_paths_must_be_absolute_and_default_to_nothing_extra() {
+        let c = Config::resolve(base_args(), no_env).unwrap();
+        assert_eq!(c.confine, ConfineConfig { max_processes: DEFAULT_MAX_PROCESSES, ..Default::default() });
+        let args = RunArgs { confine_read: vec!["relative/dir".into()], ..base_args() };
+        let err = Config::resolve(args, no_env).unwrap_err().to_string();
+        assert!(err.contains("relative/dir") && err.contains("absolute"), "{err}");
+        let args = RunArgs { confine_read: vec!["~/x".into()], ..base_args() };
+        assert!(Config::resolve(args, no_env).is_err(), "~ without HOME");
+    }
+
+    #[test]
+    fn secret_files_are_remembered_so_commands_cannot_read_them() {
+        let mut token = tempfile::NamedTempFile::new().unwrap();
+        writeln!(token, "tok").unwrap();
+        let args = RunArgs { nats_token_file: Some(token.path().to_owned()), ..base_args() };
+        let c = Config::resolve(args, no_env).unwrap();
+        assert_eq!(c.secret_files, [token.path().to_owned()]);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::ops::pty::{FencedBy, Terminals};
 use crate::ops::{exec, fs, metrics::MetricsSampler};
 use crate::paths::Paths;
 use crate::process::Launcher;
+use crate::sandbox::{CommandLimits, Sandbox};
 
 /// Bytes reserved for the envelope around an op's result (request_id aside): the oneof tag and
 /// length prefix, the error slot, and room to spare.
@@ -25,6 +26,8 @@ const ENVELOPE_OVERHEAD: usize = 64;
 pub struct Dispatcher {
     pub paths: Arc<Paths>,
     pub launcher: Arc<Launcher>,
+    /// Confinement and limits of every child; `sandbox.admit()` gates every op that starts one.
+    pub sandbox: Arc<Sandbox>,
     pub fence: Arc<Fence>,
     pub terminals: Arc<Terminals>,
     pub metrics: Arc<Mutex<MetricsSampler>>,
@@ -35,12 +38,14 @@ impl Dispatcher {
     pub fn new(
         paths: Arc<Paths>,
         launcher: Arc<Launcher>,
+        sandbox: Arc<Sandbox>,
         fence: Arc<Fence>,
         terminals: Arc<Terminals>,
     ) -> Self {
         Dispatcher {
             paths,
             launcher,
+            sandbox,
             fence,
             terminals,
             metrics: Arc::new(Mutex::new(MetricsSampler::new())),
@@ -84,7 +89,7 @@ impl Dispatcher {
         if !mutates_briefly(&op) {
             admission.release_hold();
         }
-        match self.run(op, admission, (&scope, epoch), budget).await {
+        match self.run(op, request.resource_policy, admission, (&scope, epoch), budget).await {
             Err(e) if e == OpError::cancelled() && self.fence.is_stale(&scope, epoch).await => {
                 let held = self.fence.held(&scope).await;
                 Err(OpError::fenced(&scope, epoch, held).with("reason", "cancelled by an epoch advance"))
@@ -98,6 +103,7 @@ impl Dispatcher {
     async fn run(
         &self,
         op: Op,
+        resources: Option<pb::OperationResourcePolicy>,
         admission: Admission,
         (scope, epoch): (&str, u32),
         budget: usize,
@@ -109,8 +115,12 @@ impl Dispatcher {
                 agent_monotonic_ms: self.started.elapsed().as_millis() as u64,
             }),
             Op::Exec(req) => {
+                self.sandbox.admit()?;
                 let cwd = paths.resolve_cwd(&req.cwd)?;
-                Reply::Exec(exec::exec(&self.launcher, cwd, req, budget, admission.cancel.clone()).await?)
+                let limits = self.command_limits(resources).await?;
+                Reply::Exec(
+                    exec::exec(&self.launcher, limits, cwd, req, budget, admission.cancel.clone()).await?,
+                )
             }
             Op::FsRead(req) => Reply::FsRead(fs::read(paths, req, budget).await?),
             Op::FsWrite(req) => Reply::FsWrite(fs::write(paths, req).await?),
@@ -121,15 +131,28 @@ impl Dispatcher {
             Op::FsRemove(req) => Reply::FsRemove(fs::remove(paths, req).await?),
             Op::Metrics(_) => Reply::Metrics(self.sample_metrics().await?),
             Op::PtyOpen(req) => {
+                self.sandbox.admit()?;
                 let cwd = paths.resolve_cwd(&req.cwd)?;
+                let limits = self.command_limits(resources).await?;
                 let fenced = FencedBy { scope: scope.to_owned(), epoch, cancel: admission.cancel.clone() };
-                Reply::PtyOpen(self.terminals.open(req, cwd, fenced).await?)
+                Reply::PtyOpen(self.terminals.open(req, cwd, limits, fenced).await?)
             }
             Op::PtyWrite(req) => Reply::PtyWrite(self.terminals.write(req).await?),
             Op::PtyResize(req) => Reply::PtyResize(self.terminals.resize(req)?),
             Op::PtyClose(req) => Reply::PtyClose(self.terminals.close(req).await?),
             other => return Err(unsupported(&other).unwrap_or_else(|| OpError::unsupported("not served"))),
         })
+    }
+
+    /// The limits of one command (its cgroup is made off the async workers).
+    async fn command_limits(
+        &self,
+        resources: Option<pb::OperationResourcePolicy>,
+    ) -> OpResult<CommandLimits> {
+        let sandbox = self.sandbox.clone();
+        tokio::task::spawn_blocking(move || sandbox.limits(resources.as_ref()))
+            .await
+            .map_err(|e| OpError::os(format!("preparing the command's limits failed: {e}")))?
     }
 
     /// One metrics sample, taken off the async workers.
@@ -211,7 +234,63 @@ pub fn refuse(payload: &[u8], err: OpError, max_payload: usize) -> Bytes {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use tokio_util::sync::CancellationToken;
+
     use super::*;
+    use crate::fence::FencePolicy;
+    use crate::sandbox::{CommandPolicy, Confinement};
+
+    /// A dispatcher over temporary directories whose command policy is `policy`.
+    fn dispatcher(policy: CommandPolicy, dirs: &tempfile::TempDir) -> Dispatcher {
+        let root = dirs.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        let paths = Arc::new(Paths::new(&root, "/workspace", None, true).unwrap());
+        let fence = Fence::open(&dirs.path().join("state"), FencePolicy::default(), CancellationToken::new());
+        let launcher = Arc::new(Launcher::from_env(std::env::vars_os(), &[] as &[&str]));
+        let fence = Arc::new(fence.unwrap());
+        let terminals = Arc::new(Terminals::new(
+            None,
+            launcher.clone(),
+            fence.clone(),
+            ("ws", "a"),
+            std::time::Duration::from_secs(60),
+        ));
+        Dispatcher::new(paths, launcher, Arc::new(Sandbox::from_policy(policy)), fence, terminals)
+    }
+
+    async fn call(d: &Dispatcher, op: Op) -> pb::ControlResponse {
+        let req = pb::ControlRequest { request_id: "r".into(), op: Some(op), ..Default::default() };
+        pb::ControlResponse::decode(d.handle(req.encode_to_vec().into(), 1 << 20).await).unwrap()
+    }
+
+    fn touch(file: &str) -> Op {
+        let command = vec!["sh".into(), "-c".into(), format!("touch {file}")];
+        Op::Exec(pb::ExecRequest { command, env: HashMap::new(), ..Default::default() })
+    }
+
+    #[tokio::test]
+    async fn without_landlock_exec_is_refused_before_anything_runs_unless_allowed() {
+        let dirs = tempfile::tempdir().unwrap();
+        let missing = Confinement::Unavailable { reason: "this kernel has no Landlock".into() };
+        let d = dispatcher(CommandPolicy { confinement: missing.clone(), allow_unconfined: false }, &dirs);
+        let resp = call(&d, touch("refused")).await;
+        let err = resp.error.expect("exec is refused");
+        assert_eq!(err.code, pb::ErrorCode::ConsentRequired as i32, "{err:?}");
+        assert!(err.message.contains("no Landlock"), "{err:?}");
+        assert!(!dirs.path().join("root/refused").exists(), "the command ran anyway");
+        assert!(
+            call(&d, Op::Ping(pb::PingRequest { nonce: 1 })).await.error.is_none(),
+            "other ops still work"
+        );
+
+        let dirs = tempfile::tempdir().unwrap();
+        let d = dispatcher(CommandPolicy { confinement: missing, allow_unconfined: true }, &dirs);
+        let resp = call(&d, touch("allowed")).await;
+        assert!(resp.error.is_none(), "{resp:?}");
+        assert!(dirs.path().join("root/allowed").exists());
+    }
 
     #[test]
     fn oversized_replies_become_payload_too_large() {

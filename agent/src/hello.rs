@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 use tether_proto::pb;
 
 use crate::config::Config;
+use crate::sandbox::CommandCaps;
 
 /// The parts of `Hello` fixed for the life of the process.
 #[derive(Debug, Clone)]
@@ -43,9 +44,15 @@ fn sha256_file(path: &Path) -> std::io::Result<String> {
     Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Builds the `Hello` for `config`, with the workspace root as resolved by the path layer and
-/// the server's negotiated `max_payload`.
-pub fn hello(config: &Config, identity: &Identity, workspace_root: &Path, max_payload: usize) -> pb::Hello {
+/// Builds the `Hello` for `config`, with the workspace root as resolved by the path layer, the
+/// server's negotiated `max_payload`, and how commands are confined and limited.
+pub fn hello(
+    config: &Config,
+    identity: &Identity,
+    workspace_root: &Path,
+    max_payload: usize,
+    commands: &CommandCaps,
+) -> pb::Hello {
     pb::Hello {
         agent_id: config.subjects.agent_id().to_owned(),
         workspace_id: config.subjects.workspace_id().to_owned(),
@@ -54,15 +61,15 @@ pub fn hello(config: &Config, identity: &Identity, workspace_root: &Path, max_pa
         arch: arch() as i32,
         machine_name: identity.machine_name.clone(),
         workspace_root: workspace_root.display().to_string(),
-        capabilities: Some(capabilities(config, max_payload)),
+        capabilities: Some(capabilities(config, max_payload, commands)),
         update_channel: String::new(),
         resume_token: String::new(),
         binary_sha256: identity.binary_sha256.clone(),
     }
 }
 
-fn capabilities(config: &Config, max_payload: usize) -> pb::Capabilities {
-    pb::Capabilities {
+fn capabilities(config: &Config, max_payload: usize, commands: &CommandCaps) -> pb::Capabilities {
+    let mut caps = pb::Capabilities {
         exec: true,
         filesystem: true,
         git: false,
@@ -75,7 +82,10 @@ fn capabilities(config: &Config, max_payload: usize) -> pb::Capabilities {
         virtual_root: config.virtual_root.clone(),
         fence_scoped: true,
         max_payload: max_payload as u64,
-    }
+        ..Default::default()
+    };
+    commands.fill(&mut caps);
+    caps
 }
 
 fn os() -> pb::Os {

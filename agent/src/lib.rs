@@ -10,6 +10,7 @@ pub mod hello;
 pub mod ops;
 pub mod paths;
 pub mod process;
+pub mod sandbox;
 pub mod serve;
 pub mod stream;
 

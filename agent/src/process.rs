@@ -1,9 +1,10 @@
 //! The one door every child process of the agent goes through. A [`Launcher`] owns what all
 //! children share: the sanitised base environment (the agent's own credentials never leak into
 //! a command), a fresh process group or session per child (so a timeout or a fence can kill
-//! the whole tree), the user's shell, and the pre-exec hooks run between fork and exec. Today
-//! there are no hooks; confined mode will add a Landlock ruleset and resource limits here, and
-//! exec and PTY pick them up without changing.
+//! the whole tree), the user's shell, and the pre-exec hooks run between fork and exec. Hooks
+//! come in two kinds: the launcher's own, run in every child (confined mode installs its
+//! Landlock ruleset here, so exec and the PTY shell both get it), and per-spawn ones a caller
+//! passes for one command (joining that command's cgroup, its rlimits), which run first.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
@@ -76,6 +77,11 @@ impl Launcher {
         self.pre_exec.push(hook);
     }
 
+    /// Sets a variable of the base environment (e.g. the sandbox's `TMPDIR` and `PATH`).
+    pub fn set_base_env(&mut self, name: &str, value: OsString) {
+        self.env.insert(OsString::from(name), value);
+    }
+
     /// The sanitised base environment every child starts from.
     pub fn base_env(&self) -> &BTreeMap<OsString, OsString> {
         &self.env
@@ -88,24 +94,27 @@ impl Launcher {
     }
 
     /// A command for `program args` in `cwd`, with the base environment plus `extra_env`, its
-    /// own process group, the pre-exec hooks, stdin/stdout/stderr piped, and no kill on drop
-    /// (the caller owns the group's lifetime through [`kill_group`]).
+    /// own process group, the `per_spawn` hooks then the launcher's, stdin/stdout/stderr piped,
+    /// and no kill on drop (the caller owns the group's lifetime through [`kill_group`]).
     pub fn command(
         &self,
         program: &OsStr,
         args: &[OsString],
         cwd: &Path,
         extra_env: &HashMap<String, String>,
+        per_spawn: &[PreExecHook],
     ) -> tokio::process::Command {
-        let mut std_cmd = self.std_command(program, args, cwd, extra_env, Grouping::ProcessGroup);
+        let mut std_cmd =
+            self.std_command_with(program, args, cwd, extra_env, Grouping::ProcessGroup, per_spawn);
         std_cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut cmd = tokio::process::Command::from(std_cmd);
         cmd.kill_on_drop(false);
         cmd
     }
 
-    /// The same, as a `std` command with stdio left to the caller (a PTY wires its own) and the
-    /// grouping chosen by the caller. Pre-exec steps the caller adds run after the hooks.
+    /// The same, as a `std` command with stdio left to the caller (a PTY wires its own), the
+    /// grouping chosen by the caller, and the launcher's hooks only. Pre-exec steps the caller
+    /// adds run after the hooks.
     pub fn std_command(
         &self,
         program: &OsStr,
@@ -114,6 +123,20 @@ impl Launcher {
         extra_env: &HashMap<String, String>,
         grouping: Grouping,
     ) -> std::process::Command {
+        self.std_command_with(program, args, cwd, extra_env, grouping, &[])
+    }
+
+    /// [`Launcher::std_command`] with `per_spawn` hooks run before the launcher's (e.g. a PTY
+    /// shell joining the cgroup of its `sandbox::CommandLimits`).
+    pub fn std_command_with(
+        &self,
+        program: &OsStr,
+        args: &[OsString],
+        cwd: &Path,
+        extra_env: &HashMap<String, String>,
+        grouping: Grouping,
+        per_spawn: &[PreExecHook],
+    ) -> std::process::Command {
         let mut cmd = std::process::Command::new(program);
         cmd.args(args).current_dir(cwd).env_clear().envs(&self.env).envs(extra_env);
         let new_session = grouping == Grouping::Session;
@@ -121,11 +144,11 @@ impl Launcher {
             // Done by std in the child (or by posix_spawn), before any pre_exec closure.
             cmd.process_group(0);
         }
-        if new_session || !self.pre_exec.is_empty() {
-            let hooks = self.pre_exec.clone();
+        let hooks: Vec<PreExecHook> = per_spawn.iter().chain(&self.pre_exec).cloned().collect();
+        if new_session || !hooks.is_empty() {
             // SAFETY: the closure runs in the child between fork and exec. It only calls
             // setsid(2) and the hooks, whose contract (`PreExecHook`) is to be
-            // async-signal-safe; iterating the Vec cloned above neither allocates nor locks.
+            // async-signal-safe; iterating the Vec built above neither allocates nor locks.
             unsafe {
                 cmd.pre_exec(move || {
                     if new_session {
@@ -263,6 +286,7 @@ mod tests {
             &["-c".into(), "cut -d' ' -f5 /proc/$$/stat; env".into()],
             Path::new("/"),
             &extra,
+            &[],
         );
         let out = cmd.into_std().output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
@@ -282,6 +306,18 @@ mod tests {
             l.std_command(OsStr::new("true"), &[], Path::new("/"), &HashMap::new(), Grouping::Session);
         let err = cmd.status().unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EPERM));
+    }
+
+    #[test]
+    fn per_spawn_hooks_run_before_the_launchers_own() {
+        let mut l = Launcher::from_env(std::env::vars_os(), &[] as &[&str]);
+        l.add_pre_exec(Arc::new(|| Err(io::Error::from_raw_os_error(libc::EACCES))));
+        let first: PreExecHook = Arc::new(|| Err(io::Error::from_raw_os_error(libc::EPERM)));
+        let cmd = l.command(OsStr::new("true"), &[], Path::new("/"), &HashMap::new(), &[first]);
+        let err = cmd.into_std().status().unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EPERM));
+        let cmd = l.command(OsStr::new("true"), &[], Path::new("/"), &HashMap::new(), &[]);
+        assert_eq!(cmd.into_std().status().unwrap_err().raw_os_error(), Some(libc::EACCES));
     }
 
     #[test]

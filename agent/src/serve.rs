@@ -25,6 +25,7 @@ use crate::hello::{self, Identity};
 use crate::ops::pty::Terminals;
 use crate::paths::Paths;
 use crate::process::Launcher;
+use crate::sandbox::{CommandCaps, Sandbox};
 
 /// How long the duplicate-runner probe waits for an answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -40,8 +41,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let policy = FencePolicy { strict: config.strict_fencing, enforce_unscoped: config.fence_unscoped };
     let fence = Arc::new(Fence::open(&config.state_dir, policy, shutdown.clone())?);
+    let identity = tokio::task::spawn_blocking(Identity::detect).await?;
+
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let client = connect(&config, events_tx).await?;
+    let rpc = config.subjects.rpc();
+    refuse_if_served(&client, &rpc).await?;
+    // Only now: setting up the sandbox clears the private temp directory a running twin uses.
+    let sandbox = {
+        let (config, root) = (config.clone(), paths.workspace_root().to_owned());
+        Arc::new(tokio::task::spawn_blocking(move || Sandbox::setup(&config, &root)).await??)
+    };
     let secret_names: Vec<String> = SECRET_ENV_VARS.iter().map(|s| s.to_string()).collect();
-    let launcher = Arc::new(Launcher::from_current_env(&secret_names));
+    let mut launcher = Launcher::from_current_env(&secret_names);
+    sandbox.install(&mut launcher);
+    let launcher = Arc::new(launcher);
     let terminals = Arc::new(Terminals::new(
         config.relay.clone(),
         launcher.clone(),
@@ -49,20 +63,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         (config.subjects.workspace_id(), config.subjects.agent_id()),
         config.pty_idle_timeout,
     ));
-    let dispatcher = Arc::new(Dispatcher::new(paths.clone(), launcher, fence, terminals));
-    let identity = tokio::task::spawn_blocking(Identity::detect).await?;
-
-    let (events_tx, events_rx) = mpsc::unbounded_channel();
-    let client = connect(&config, events_tx).await?;
-    let rpc = config.subjects.rpc();
-    refuse_if_served(&client, &rpc).await?;
+    let dispatcher = Arc::new(Dispatcher::new(paths.clone(), launcher, sandbox.clone(), fence, terminals));
     let requests = client.subscribe(rpc.clone()).await.context("subscribing to the rpc subject")?;
     // The server must hold our subscription before Hello tells anyone to send requests.
     client.flush().await.context("flushing the rpc subscription")?;
     tracing::info!(subject = %rpc, root = %paths.workspace_root().display(), confined = paths.confined(), "serving");
+    let commands = sandbox.capabilities();
+    tracing::info!(
+        confined = commands.confined,
+        landlock_abi = commands.landlock_abi,
+        unconfined_reason = %commands.unconfined_reason,
+        cgroups = %sandbox.describe_cgroups(),
+        max_processes = commands.max_processes,
+        "commands"
+    );
 
-    let announce =
-        Announcer { client: client.clone(), config: config.clone(), identity, paths: paths.clone() };
+    let announce = Announcer {
+        client: client.clone(),
+        config: config.clone(),
+        identity,
+        paths: paths.clone(),
+        commands,
+    };
     announce.hello().await;
     let draining = Arc::new(AtomicBool::new(false));
     let in_flight = TaskTracker::new();
@@ -83,6 +105,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     shutdown.cancel();
     dispatcher.terminals.wait_closed(CANCEL_GRACE).await;
     announce.going_offline().await;
+    tokio::task::spawn_blocking(move || sandbox.shutdown()).await?;
     Ok(())
 }
 
@@ -223,6 +246,7 @@ struct Announcer {
     config: Config,
     identity: Identity,
     paths: Arc<Paths>,
+    commands: CommandCaps,
 }
 
 impl Announcer {
@@ -232,6 +256,7 @@ impl Announcer {
             &self.identity,
             self.paths.workspace_root(),
             self.client.max_payload(),
+            &self.commands,
         );
         self.send(self.config.subjects.hello(), hello.encode_to_vec()).await;
         tracing::info!(subject = %self.config.subjects.hello(), "hello published");

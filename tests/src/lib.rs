@@ -87,6 +87,15 @@ impl Proc {
     pub fn try_status(&mut self) -> Option<ExitStatus> {
         self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
+
+    /// SIGTERM, then waits (bounded) for the exit; a process still running after that is
+    /// killed on drop as usual. Nothing happens once the process was reaped.
+    pub fn stop(&mut self, within: Duration) {
+        if self.child.is_some() && self.try_status().is_none() {
+            self.signal(nix::sys::signal::Signal::SIGTERM);
+            let _ = self.wait_exit(within);
+        }
+    }
 }
 
 impl Drop for Proc {
@@ -204,6 +213,14 @@ pub struct Agent {
     _dirs: Vec<tempfile::TempDir>,
 }
 
+/// An agent is stopped the way an operator stops it (SIGTERM), so it cleans up after itself
+/// (its cgroups, its private temp directory) as it would in production.
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.proc.stop(Duration::from_secs(5));
+    }
+}
+
 impl Agent {
     /// Starts an agent and waits for its Hello.
     pub async fn start(nats: &Nats) -> Agent {
@@ -280,6 +297,33 @@ impl Agent {
     /// Sends `op` unfenced (epoch 0, no scope).
     pub async fn call(&self, op: Op) -> Result<Reply, pb::AgentError> {
         self.call_fenced(op, "", 0).await
+    }
+
+    /// Sends `op` unfenced with a resource policy.
+    pub async fn call_limited(
+        &self,
+        op: Op,
+        policy: pb::OperationResourcePolicy,
+    ) -> Result<Reply, pb::AgentError> {
+        let request_id = format!("t-{}", next_id());
+        let req = pb::ControlRequest {
+            request_id: request_id.clone(),
+            resource_policy: Some(policy),
+            op: Some(op),
+            ..Default::default()
+        };
+        let resp = self.request_raw(req.encode_to_vec()).await;
+        assert_eq!(resp.request_id, request_id, "reply must echo the request id");
+        match (resp.error, resp.result) {
+            (Some(err), None) => Err(err),
+            (None, Some(result)) => Ok(result),
+            other => panic!("reply must carry exactly one of error/result: {other:?}"),
+        }
+    }
+
+    /// The capabilities the agent announced.
+    pub fn caps(&self) -> &pb::Capabilities {
+        self.hello.capabilities.as_ref().expect("Hello carries capabilities")
     }
 
     /// `tetherctl` preconfigured for this agent.
@@ -431,4 +475,29 @@ impl Drop for KillOnDrop {
 pub fn read_pid(path: &Path) -> i32 {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     text.trim().parse().unwrap_or_else(|e| panic!("{} holds {text:?}, not a pid: {e}", path.display()))
+}
+
+/// Live (not zombie) processes whose working directory is `dir` or beneath it: the processes a
+/// command run in `dir` left behind.
+pub fn processes_in(dir: &Path) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .filter(|&pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir)))
+        .filter(|&pid| pid_alive(pid))
+        .collect()
+}
+
+/// SIGKILLs, when dropped, every live process whose working directory is beneath a directory
+/// (see [`processes_in`]), so a failing test leaves none of the processes its commands started.
+pub struct KillAllIn(pub PathBuf);
+
+impl Drop for KillAllIn {
+    fn drop(&mut self) {
+        for pid in processes_in(&self.0) {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
 }

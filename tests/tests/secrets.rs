@@ -50,3 +50,28 @@ async fn a_wrong_token_is_a_clear_startup_failure() {
     assert!(stderr.to_lowercase().contains("authorization"), "says why: {stderr}");
     assert!(!stderr.contains("wrong-token-value"), "never echoes the secret: {stderr}");
 }
+
+#[tokio::test]
+async fn a_confined_command_cannot_read_the_token_file_even_beside_files_it_may_read() {
+    let nats = Nats::start_with_token(TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().canonicalize().unwrap();
+    std::fs::write(dir.join("nats.token"), TOKEN).unwrap();
+    std::fs::write(dir.join("readme"), "public").unwrap();
+    let opts = AgentOpts {
+        args: vec![
+            format!("--nats-token-file={}", dir.join("nats.token").display()),
+            format!("--confine-read={}", dir.display()),
+        ],
+        ..Default::default()
+    };
+    let agent = Agent::start_with(&nats, opts).await;
+
+    let cat = |file: &str| Op::Exec(op::exec(&["cat", &dir.join(file).display().to_string()]));
+    let Ok(Reply::Exec(out)) = agent.call(cat("readme")).await else { panic!("exec reply expected") };
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "public", "the rest of the directory is readable");
+    let Ok(Reply::Exec(out)) = agent.call(cat("nats.token")).await else { panic!("exec reply expected") };
+    assert_ne!(out.exit_code, 0);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(TOKEN), "a command read the token file");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"), "{out:?}");
+}

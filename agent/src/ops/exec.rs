@@ -31,6 +31,7 @@ pub use shape::shape;
 
 use crate::error::{OpError, OpResult};
 use crate::process::{Launcher, kill_group};
+use crate::sandbox::CommandLimits;
 
 /// Between SIGTERM and SIGKILL when a command times out.
 pub const TERM_GRACE: Duration = Duration::from_secs(2);
@@ -42,10 +43,12 @@ const READ_CHUNK: usize = 64 * 1024;
 /// How long a cancelled exec waits for its killed leader to be reaped.
 const REAP_WAIT: Duration = Duration::from_secs(1);
 
-/// Runs `req` in `cwd` (already resolved and checked). `budget` is the most the encoded
-/// `ExecResponse` may take. `cancel` kills the group and makes the op fail as cancelled.
+/// Runs `req` in `cwd` (already resolved and checked) under `limits` (see `sandbox`). `budget`
+/// is the most the encoded `ExecResponse` may take. `cancel` kills the group and makes the op
+/// fail as cancelled.
 pub async fn exec(
     launcher: &Launcher,
+    limits: CommandLimits,
     cwd: PathBuf,
     req: pb::ExecRequest,
     budget: usize,
@@ -57,7 +60,7 @@ pub async fn exec(
         return Err(OpError::cancelled());
     }
     let mut child = launcher
-        .command(&program, &args, &cwd, &req.env)
+        .command(&program, &args, &cwd, &req.env, &limits.hooks())
         .spawn()
         .map_err(|e| spawn_error(&e, &program, &cwd))?;
     let started = Instant::now();
@@ -79,13 +82,19 @@ pub async fn exec(
     let status = match ended? {
         Ended::Exited(status) => status,
         Ended::Cancelled => {
-            // SIGKILL was sent to the group; reap the leader so no zombie is left behind.
+            // SIGKILL was sent to the group; reap the leader so no zombie is left behind, and
+            // kill what left the group (its cgroup knows) — unless the leader had already
+            // exited normally, leaving only what it started on purpose.
             if let Ok(Ok(_)) = tokio::time::timeout(REAP_WAIT, child.wait()).await {
                 guard.armed = false;
             }
+            limits.settle(run.status.is_none() || run.timed_out).await;
             return Err(OpError::cancelled());
         }
     };
+    // A command killed for its deadline takes everything it started with it; after a normal
+    // exit what it left running on purpose keeps running.
+    limits.settle(run.timed_out).await;
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let (exit_code, signal) = match (status.code(), status.signal()) {
         (Some(code), _) if !run.timed_out => (code, 0),

@@ -29,6 +29,7 @@ use crate::error::{OpError, OpResult};
 use crate::fence::Fence;
 use crate::ops::exec::{check_env, spawn_error};
 use crate::process::Launcher;
+use crate::sandbox::CommandLimits;
 use crate::stream::link::LinkError;
 use crate::stream::pump::{Endpoint, Pump};
 
@@ -121,27 +122,31 @@ impl Terminals {
         }
     }
 
-    /// pty_open: `cwd` is already resolved through the path rules.
+    /// pty_open: `cwd` is already resolved through the path rules, `limits` prepared.
     pub async fn open(
         &self,
         req: pb::PtyOpenRequest,
         cwd: PathBuf,
+        limits: CommandLimits,
         fenced: FencedBy,
     ) -> OpResult<pb::PtyOpenResponse> {
-        let relay = self.relay.clone().ok_or_else(|| {
-            OpError::unsupported(
-                "terminals need a relay: start the agent with --relay-url (TETHER_RELAY_URL)",
-            )
-        })?;
-        check_env(&req.env)?;
-        let (program, args) = self.argv(&req)?;
+        let checked = self.check(&req);
         let _one_at_a_time = self.opening.lock().await;
-        if let Some(live) = self.by_scope(&req.scope_id) {
-            return Ok(live.opened());
-        }
-        if fenced.cancel.is_cancelled() {
-            return Err(OpError::cancelled());
-        }
+        let checked = match (checked, self.by_scope(&req.scope_id)) {
+            (Ok(_), Some(live)) => {
+                limits.settle(false).await;
+                return Ok(live.opened());
+            }
+            (Ok(_), None) if fenced.cancel.is_cancelled() => Err(OpError::cancelled()),
+            (checked, _) => checked,
+        };
+        let (relay, program, args) = match checked {
+            Ok(checked) => checked,
+            Err(e) => {
+                limits.settle(false).await;
+                return Err(e);
+            }
+        };
         let mut env = req.env;
         env.insert("TERM".into(), if req.term.is_empty() { DEFAULT_TERM.into() } else { req.term });
         let spec = Spec {
@@ -151,10 +156,16 @@ impl Terminals {
             env,
             cols: dimension(req.cols, DEFAULT_COLS),
             rows: dimension(req.rows, DEFAULT_ROWS),
+            hooks: limits.hooks(),
         };
         let program_name = spec.program.clone();
-        let terminal =
-            Terminal::spawn(&self.launcher, spec).map_err(|e| spawn_error(&e, &program_name, &cwd))?;
+        let terminal = match Terminal::spawn(&self.launcher, spec) {
+            Ok(terminal) => terminal,
+            Err(e) => {
+                limits.settle(true).await;
+                return Err(spawn_error(&e, &program_name, &cwd));
+            }
+        };
         let id = self.new_id();
         let channel = pb::StreamChannel {
             channel_id: id.clone(),
@@ -191,6 +202,7 @@ impl Terminals {
             fenced,
             idle_timeout: self.idle_timeout,
             table: self.table.clone(),
+            limits,
         };
         tokio::spawn(session.clone().supervise(supervision).instrument(span));
         tracing::info!(pty_id = %id, pid = pgid.as_raw(), "terminal started");
@@ -236,6 +248,18 @@ impl Terminals {
         let session = self.get(&req.pty_id)?;
         session.request_close();
         Ok(pb::PtyCloseResponse { exit_code: session.exit_code().await })
+    }
+
+    /// What pty_open needs before it spawns: a relay, an environment the OS can carry, a program.
+    fn check(&self, req: &pb::PtyOpenRequest) -> OpResult<(RelayLink, OsString, Vec<OsString>)> {
+        let relay = self.relay.clone().ok_or_else(|| {
+            OpError::unsupported(
+                "terminals need a relay: start the agent with --relay-url (TETHER_RELAY_URL)",
+            )
+        })?;
+        check_env(&req.env)?;
+        let (program, args) = self.argv(req)?;
+        Ok((relay, program, args))
     }
 
     fn argv(&self, req: &pb::PtyOpenRequest) -> OpResult<(OsString, Vec<OsString>)> {

@@ -28,7 +28,8 @@ async fn run(req: pb::ExecRequest) -> OpResult<pb::ExecResponse> {
 
 async fn run_with(req: pb::ExecRequest, budget: usize) -> OpResult<pb::ExecResponse> {
     let launcher = launcher();
-    let call = exec(&launcher, PathBuf::from("/"), req, budget, CancellationToken::new());
+    let call =
+        exec(&launcher, CommandLimits::none(), PathBuf::from("/"), req, budget, CancellationToken::new());
     tokio::time::timeout(Duration::from_secs(20), call).await.expect("exec hung")
 }
 
@@ -206,7 +207,7 @@ async fn cancel_kills_the_group() {
     let cancel = CancellationToken::new();
     let task = tokio::spawn({
         let cancel = cancel.clone();
-        async move { exec(&launcher(), PathBuf::from("/"), req, MIB, cancel).await }
+        async move { exec(&launcher(), CommandLimits::none(), PathBuf::from("/"), req, MIB, cancel).await }
     });
     let grandchild = read_pid(&pidfile).await;
     cancel.cancel();
@@ -239,7 +240,10 @@ async fn missing_program_is_named() {
 #[tokio::test]
 async fn vanished_cwd_is_not_found_not_a_missing_program() {
     let cwd = PathBuf::from("/no/such/dir/for/exec");
-    let err = exec(&launcher(), cwd, argv_req(&["true"]), MIB, CancellationToken::new()).await.unwrap_err();
+    let err =
+        exec(&launcher(), CommandLimits::none(), cwd, argv_req(&["true"]), MIB, CancellationToken::new())
+            .await
+            .unwrap_err();
     assert_eq!(err.code, ErrorCode::NotFound);
     assert!(err.message.contains("working directory"), "{}", err.message);
 }
@@ -256,7 +260,9 @@ async fn agent_secrets_never_reach_the_child() {
     let launcher = Launcher::from_env(vars, &["MY_RELAY_KEY".to_owned()]);
     let mut req = argv_req(&["env"]);
     req.env = HashMap::from([("ADDED".to_owned(), "yes".to_owned())]);
-    let r = exec(&launcher, PathBuf::from("/"), req, MIB, CancellationToken::new()).await.unwrap();
+    let r = exec(&launcher, CommandLimits::none(), PathBuf::from("/"), req, MIB, CancellationToken::new())
+        .await
+        .unwrap();
     let env = text(&r.stdout);
     assert!(env.contains("KEEP_ME=kept") && env.contains("ADDED=yes"), "{env}");
     assert!(!env.contains("secret"), "{env}");

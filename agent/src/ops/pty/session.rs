@@ -22,6 +22,7 @@ use super::{FencedBy, Table};
 use crate::error::{OpError, OpResult};
 use crate::fence::Fence;
 use crate::process::kill_group;
+use crate::sandbox::CommandLimits;
 use crate::stream::pump::Inbound;
 
 /// After the process exits, how long its last output may take to come out of the PTY.
@@ -57,6 +58,8 @@ pub struct Supervision {
     pub fenced: FencedBy,
     pub idle_timeout: Duration,
     pub table: Arc<Mutex<Table>>,
+    /// The terminal's cgroup and rlimits; settled when it ends.
+    pub limits: CommandLimits,
 }
 
 impl Session {
@@ -160,6 +163,9 @@ impl Session {
                 -1
             }
         };
+        // A terminal that was ended takes everything it started along; after its process
+        // exited on its own, what it left running on purpose keeps running.
+        std::mem::take(&mut s.limits).settle(ended.code.is_none()).await;
         tracing::info!(pty_id = %self.id, code, why = %ended.message, "terminal ended");
         self.exit.send_replace(Some(code));
         let _ = s.end.send(pb::StreamClose {

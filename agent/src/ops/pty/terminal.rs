@@ -1,6 +1,6 @@
 //! The OS side of one terminal: a pseudo-terminal pair from portable-pty, a child spawned
 //! through the agent's one [`Launcher`] (sanitised environment, a new session, the pre-exec
-//! hooks that confine it) with the PTY as its controlling terminal, and two threads that move
+//! hooks that confine and limit it) with the PTY as its controlling terminal, and two threads that move
 //! bytes between the master and async channels (PTY reads and writes block).
 //!
 //! The slave side is closed in the agent right after the spawn: if the agent kept it open, the
@@ -21,7 +21,7 @@ use portable_pty::{MasterPty, PtySize, native_pty_system};
 use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::process::{Grouping, Launcher};
+use crate::process::{Grouping, Launcher, PreExecHook};
 
 /// Largest output chunk read from the master at once.
 const READ_CHUNK: usize = 16 * 1024;
@@ -38,6 +38,8 @@ pub struct Spec<'a> {
     pub env: HashMap<String, String>,
     pub cols: u16,
     pub rows: u16,
+    /// Pre-exec steps of this terminal's limits (cgroup, rlimits), run before the launcher's.
+    pub hooks: Vec<PreExecHook>,
 }
 
 /// A running terminal: the master (for resizes), the child, and the byte channels.
@@ -63,7 +65,14 @@ impl Terminal {
             pair.master.tty_name().ok_or_else(|| io::Error::other("the new PTY has no device name"))?;
         // The child's stdio: the slave, opened without becoming the agent's controlling tty.
         let tty = OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOCTTY).open(&tty_path)?;
-        let mut cmd = launcher.std_command(&spec.program, &spec.args, spec.cwd, &spec.env, Grouping::Session);
+        let mut cmd = launcher.std_command_with(
+            &spec.program,
+            &spec.args,
+            spec.cwd,
+            &spec.env,
+            Grouping::Session,
+            &spec.hooks,
+        );
         cmd.stdin(Stdio::from(tty.try_clone()?))
             .stdout(Stdio::from(tty.try_clone()?))
             .stderr(Stdio::from(tty));

@@ -1,0 +1,373 @@
+//! Per-command cgroups: the limits that must bind a whole process tree (a cap on processes,
+//! which root is not held to by RLIMIT_NPROC; memory; CPU) and a handle on every process a
+//! command started, even one that left its process group. Before a spawn the agent makes
+//! `<its cgroup>/tether-<agent pid>-<agent id>/cmd-<n>` in each hierarchy it needs, writes the
+//! limits and opens `cgroup.procs`; the child joins by writing "0" to that descriptor between
+//! fork and exec. The agent's pid in the name lets any later agent remove what a killed one
+//! left behind.
+//!
+//! When a command is killed (timeout, cancel, fence) every process of its cgroup is killed and
+//! the cgroup removed. After a normal exit the processes it left running on purpose keep
+//! running (PROTOCOL.md §5), still under its limits; such a cgroup lingers and is removed by a
+//! later sweep once it is empty.
+
+mod discover;
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::process::PreExecHook;
+
+/// How long killing a command's cgroup may take before its leftovers are left to a sweep.
+const KILL_WAIT: Duration = Duration::from_secs(3);
+/// CFS period for CPU limits (the kernel default).
+const CPU_PERIOD_US: u64 = 100_000;
+/// The smallest CFS quota the kernel accepts.
+const CPU_MIN_QUOTA_US: u64 = 1_000;
+
+/// A cgroup controller the agent uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Controller {
+    Pids,
+    Memory,
+    Cpu,
+}
+
+impl Controller {
+    pub const ALL: [Controller; 3] = [Controller::Pids, Controller::Memory, Controller::Cpu];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Controller::Pids => "pids",
+            Controller::Memory => "memory",
+            Controller::Cpu => "cpu",
+        }
+    }
+
+    /// A file that exists in a v1 cgroup when this controller is bound to its hierarchy.
+    fn v1_probe_file(self) -> &'static str {
+        match self {
+            Controller::Pids => "pids.max",
+            Controller::Memory => "memory.limit_in_bytes",
+            Controller::Cpu => "cpu.cfs_quota_us",
+        }
+    }
+}
+
+/// Cgroup API version of a hierarchy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+/// A hierarchy where the agent makes command cgroups, under `base`.
+#[derive(Debug, Clone)]
+pub struct Hierarchy {
+    pub version: Version,
+    pub base: PathBuf,
+    pub controllers: Vec<Controller>,
+}
+
+/// The limits of one command's cgroup; `None` leaves a controller's default (no limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CgroupLimits {
+    pub pids_max: Option<u64>,
+    pub memory_max: Option<u64>,
+    pub memory_high: Option<u64>,
+    pub cpu_millicores: Option<u32>,
+}
+
+/// The agent's cgroup hierarchies and the command cgroups still waiting to be removed.
+#[derive(Debug)]
+pub struct Cgroups {
+    hierarchies: Vec<Hierarchy>,
+    next: AtomicU64,
+    lingering: Mutex<Vec<PathBuf>>,
+}
+
+impl Cgroups {
+    /// Finds and prepares the hierarchies (blocking; once at startup). `agent_name` names the
+    /// agent's base directory. Also returns notes on what could not be used.
+    pub fn discover(agent_name: &str) -> (Option<Arc<Cgroups>>, Vec<String>) {
+        let read = |p: &str| fs::read_to_string(p).unwrap_or_default();
+        let mounts = discover::parse_mountinfo(&read("/proc/self/mountinfo"));
+        let members = discover::parse_proc_cgroup(&read("/proc/self/cgroup"));
+        let base_name = format!("tether-{}-{}", std::process::id(), sanitize(agent_name));
+        let (hierarchies, notes) = discover::setup(discover::candidates(&mounts, &members), &base_name);
+        if hierarchies.is_empty() {
+            return (None, notes);
+        }
+        let cgroups = Cgroups { hierarchies, next: AtomicU64::new(0), lingering: Mutex::new(Vec::new()) };
+        (Some(Arc::new(cgroups)), notes)
+    }
+
+    /// The hierarchy hosting `controller`, if any.
+    fn hierarchy(&self, controller: Controller) -> Option<&Hierarchy> {
+        self.hierarchies.iter().find(|h| h.controllers.contains(&controller))
+    }
+
+    pub fn has(&self, controller: Controller) -> bool {
+        self.hierarchy(controller).is_some()
+    }
+
+    /// Whether `memory.high` can be set (cgroup v2 only).
+    pub fn memory_high(&self) -> bool {
+        self.hierarchy(Controller::Memory).is_some_and(|h| h.version == Version::V2)
+    }
+
+    /// Where the hierarchies are, for logs.
+    pub fn describe(&self) -> String {
+        let parts: Vec<String> = self
+            .hierarchies
+            .iter()
+            .map(|h| {
+                let names: Vec<&str> = h.controllers.iter().map(|c| c.name()).collect();
+                format!("{} ({:?}) in {}", names.join("+"), h.version, h.base.display())
+            })
+            .collect();
+        parts.join(", ")
+    }
+
+    /// Makes the cgroups of one command with `limits` (blocking; a few small sysfs writes). The
+    /// pids hierarchy is always used, so every process of the command can be found and killed.
+    pub fn create(self: &Arc<Self>, limits: &CgroupLimits) -> io::Result<CommandCgroup> {
+        self.sweep();
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let name = format!("cmd-{n}");
+        let mut cgroup =
+            CommandCgroup { owner: self.clone(), dirs: Vec::new(), join: Arc::new(Vec::new()), armed: true };
+        let mut join = Vec::new();
+        for h in self.hierarchies.iter().filter(|h| needed(h, limits)) {
+            let dir = h.base.join(&name);
+            fs::create_dir(&dir)?;
+            cgroup.dirs.push(dir.clone());
+            for (file, value) in limit_files(h, limits) {
+                fs::write(dir.join(file), &value)
+                    .map_err(|e| io::Error::new(e.kind(), format!("writing {value:?} to {file}: {e}")))?;
+            }
+            join.push(
+                fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_CLOEXEC)
+                    .open(dir.join("cgroup.procs"))?,
+            );
+        }
+        cgroup.join = Arc::new(join.into_iter().map(OwnedFd::from).collect());
+        Ok(cgroup)
+    }
+
+    /// Removes lingering command cgroups that have emptied.
+    pub fn sweep(&self) {
+        let mut lingering = self.lingering.lock().unwrap_or_else(PoisonError::into_inner);
+        lingering.retain(|dir| fs::remove_dir(dir).is_err_and(|e| e.kind() != io::ErrorKind::NotFound));
+    }
+
+    /// At shutdown: a last sweep, then the base directories if nothing is left in them.
+    pub fn shutdown(&self) {
+        self.sweep();
+        for h in &self.hierarchies {
+            let _ = fs::remove_dir(&h.base);
+        }
+    }
+
+    fn linger(&self, dir: PathBuf) {
+        self.lingering.lock().unwrap_or_else(PoisonError::into_inner).push(dir);
+    }
+}
+
+/// Whether a command with `limits` needs a cgroup in `h`.
+fn needed(h: &Hierarchy, limits: &CgroupLimits) -> bool {
+    h.controllers.iter().any(|c| match c {
+        Controller::Pids => true,
+        Controller::Memory => limits.memory_max.is_some() || limits.memory_high.is_some(),
+        Controller::Cpu => limits.cpu_millicores.is_some(),
+    })
+}
+
+/// The control files to write in a command cgroup of `h`, in order.
+fn limit_files(h: &Hierarchy, limits: &CgroupLimits) -> Vec<(&'static str, String)> {
+    let mut files = Vec::new();
+    let has = |c| h.controllers.contains(&c);
+    if has(Controller::Pids) {
+        files.push(("pids.max", limits.pids_max.map_or_else(|| "max".to_owned(), |n| n.to_string())));
+    }
+    if has(Controller::Memory) {
+        match h.version {
+            Version::V2 => {
+                files.extend(limits.memory_high.map(|b| ("memory.high", b.to_string())));
+                files.extend(limits.memory_max.map(|b| ("memory.max", b.to_string())));
+            }
+            Version::V1 => files.extend(limits.memory_max.map(|b| ("memory.limit_in_bytes", b.to_string()))),
+        }
+    }
+    if has(Controller::Cpu)
+        && let Some(millicores) = limits.cpu_millicores
+    {
+        let quota = (u64::from(millicores) * CPU_PERIOD_US / 1000).max(CPU_MIN_QUOTA_US);
+        match h.version {
+            Version::V2 => files.push(("cpu.max", format!("{quota} {CPU_PERIOD_US}"))),
+            Version::V1 => {
+                files.push(("cpu.cfs_period_us", CPU_PERIOD_US.to_string()));
+                files.push(("cpu.cfs_quota_us", quota.to_string()));
+            }
+        }
+    }
+    files
+}
+
+/// A directory name from an agent id: anything but letters, digits, `-`, `_` and `.` becomes `_`.
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
+        .collect()
+}
+
+/// The cgroups of one command. Dropped while armed (the command was not settled normally), it
+/// kills every process in them and removes them.
+#[derive(Debug)]
+pub struct CommandCgroup {
+    owner: Arc<Cgroups>,
+    dirs: Vec<PathBuf>,
+    join: Arc<Vec<OwnedFd>>,
+    armed: bool,
+}
+
+impl CommandCgroup {
+    /// The pre-exec step that moves the child into the cgroups: one `write("0")` per
+    /// pre-opened `cgroup.procs`. Async-signal-safe (see `PreExecHook`).
+    pub fn hook(&self) -> PreExecHook {
+        let fds = self.join.clone();
+        Arc::new(move || {
+            for fd in fds.iter() {
+                // SAFETY: writes one byte from a static buffer to a descriptor kept open by `fds`.
+                if unsafe { libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1) } != 1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Kills every process in the command's cgroups and waits (bounded) until they are empty.
+    /// Blocking.
+    pub fn kill(&self) {
+        for dir in &self.dirs {
+            // cgroup v2 (Linux 5.14+) kills the whole cgroup, forks in flight included.
+            let _ = fs::write(dir.join("cgroup.kill"), "1");
+        }
+        let deadline = Instant::now() + KILL_WAIT;
+        let me = std::process::id();
+        loop {
+            let pids: Vec<i32> =
+                self.dirs.iter().flat_map(|d| members(d)).filter(|&p| p > 1 && p as u32 != me).collect();
+            if pids.is_empty() {
+                return;
+            }
+            if Instant::now() > deadline {
+                tracing::warn!(left = pids.len(), "processes of a killed command outlived the kill");
+                return;
+            }
+            for pid in pids {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Removes the cgroups, or leaves the ones still holding processes to a later sweep.
+    pub fn close(mut self) {
+        self.armed = false;
+        self.remove();
+    }
+
+    fn remove(&mut self) {
+        for dir in self.dirs.drain(..) {
+            if fs::remove_dir(&dir).is_err_and(|e| e.kind() != io::ErrorKind::NotFound) {
+                self.owner.linger(dir);
+            }
+        }
+    }
+}
+
+impl Drop for CommandCgroup {
+    fn drop(&mut self) {
+        if self.armed {
+            self.kill();
+            self.remove();
+        }
+    }
+}
+
+/// The pids in cgroup `dir`.
+fn members(dir: &Path) -> Vec<i32> {
+    fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hierarchy(version: Version, controllers: &[Controller]) -> Hierarchy {
+        Hierarchy { version, base: "/sys/fs/cgroup/x".into(), controllers: controllers.to_vec() }
+    }
+
+    #[test]
+    fn limits_become_the_right_control_files_for_each_version() {
+        let limits = CgroupLimits {
+            pids_max: Some(512),
+            memory_max: Some(64 << 20),
+            memory_high: Some(48 << 20),
+            cpu_millicores: Some(250),
+        };
+        let v2 = hierarchy(Version::V2, &Controller::ALL);
+        assert_eq!(
+            limit_files(&v2, &limits),
+            [
+                ("pids.max", "512".to_owned()),
+                ("memory.high", (48u64 << 20).to_string()),
+                ("memory.max", (64u64 << 20).to_string()),
+                ("cpu.max", "25000 100000".to_owned()),
+            ]
+        );
+        let v1_mem = hierarchy(Version::V1, &[Controller::Memory]);
+        assert_eq!(limit_files(&v1_mem, &limits), [("memory.limit_in_bytes", (64u64 << 20).to_string())]);
+        let v1_cpu = hierarchy(Version::V1, &[Controller::Cpu]);
+        let tiny = CgroupLimits { cpu_millicores: Some(1), ..limits };
+        assert_eq!(
+            limit_files(&v1_cpu, &tiny),
+            [("cpu.cfs_period_us", "100000".to_owned()), ("cpu.cfs_quota_us", "1000".to_owned())]
+        );
+        let v1_pids = hierarchy(Version::V1, &[Controller::Pids]);
+        assert_eq!(limit_files(&v1_pids, &CgroupLimits::default()), [("pids.max", "max".to_owned())]);
+    }
+
+    #[test]
+    fn only_the_hierarchies_a_command_needs_get_a_cgroup() {
+        let none = CgroupLimits::default();
+        let mem = CgroupLimits { memory_max: Some(1 << 30), ..none };
+        assert!(needed(&hierarchy(Version::V1, &[Controller::Pids]), &none));
+        assert!(!needed(&hierarchy(Version::V1, &[Controller::Memory]), &none));
+        assert!(needed(&hierarchy(Version::V1, &[Controller::Memory]), &mem));
+        assert!(!needed(&hierarchy(Version::V1, &[Controller::Cpu]), &mem));
+    }
+
+    #[test]
+    fn agent_ids_cannot_climb_out_of_the_cgroup_tree() {
+        assert_eq!(sanitize("ws1.agent-7"), "ws1.agent-7");
+        assert_eq!(sanitize("../../etc x"), ".._.._etc_x");
+    }
+}

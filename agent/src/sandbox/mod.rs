@@ -1,0 +1,268 @@
+//! Confined mode for commands. File ops are confined to the workspace root by the path layer;
+//! this module confines what the agent's children do: every child (exec, the PTY shell, and
+//! whatever they start) runs under a Landlock ruleset that lets it write only beneath the
+//! workspace root and a private temp directory and read only the system's programs, libraries
+//! and configuration, and under per-command resource limits (a process cap, and the memory and
+//! CPU limits a request asks for). [`Sandbox`] is built once at startup from the configuration
+//! and what the kernel offers; it installs the static part into the [`Launcher`], decides
+//! whether a command may run at all ([`Sandbox::admit`]), prepares each command's limits, and
+//! reports truthfully in Hello what is enforced.
+
+mod cgroup;
+mod limits;
+mod policy;
+mod rules;
+mod ruleset;
+
+use std::ffi::OsString;
+use std::fs;
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tether_proto::pb;
+
+pub use cgroup::{CgroupLimits, Controller};
+pub use limits::{CommandLimits, Enforcement};
+pub use policy::{CommandPolicy, Confinement};
+pub use rules::{Grant, Rule};
+
+use crate::config::Config;
+use crate::error::{OpError, OpResult};
+use crate::process::Launcher;
+use cgroup::Cgroups;
+
+/// The name of the private temp directory inside the state directory.
+const TMP_DIR_NAME: &str = "tmp";
+
+/// What the agent reports about command confinement (Hello capabilities, EXT 103..111).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandCaps {
+    pub confined: bool,
+    pub landlock_abi: u32,
+    pub unconfined_allowed: bool,
+    pub unconfined_reason: String,
+    pub memory: Enforcement,
+    pub memory_high: bool,
+    pub cpu: bool,
+    pub max_processes: u32,
+    pub processes: Enforcement,
+}
+
+impl CommandCaps {
+    /// Writes these facts into `caps`.
+    pub fn fill(&self, caps: &mut pb::Capabilities) {
+        caps.commands_confined = self.confined;
+        caps.landlock_abi = self.landlock_abi;
+        caps.unconfined_commands_allowed = self.unconfined_allowed;
+        caps.commands_unconfined_reason = self.unconfined_reason.clone();
+        caps.memory_limit = self.memory.to_proto() as i32;
+        caps.memory_high_limit = self.memory_high;
+        caps.cpu_limit = self.cpu;
+        caps.max_processes = self.max_processes;
+        caps.process_limit = self.processes.to_proto() as i32;
+    }
+}
+
+/// Confinement of the agent's children: see the module doc.
+#[derive(Debug)]
+pub struct Sandbox {
+    policy: CommandPolicy,
+    ruleset: Option<ruleset::BuiltRuleset>,
+    rules: Vec<Rule>,
+    tmpdir: Option<PathBuf>,
+    cgroups: Option<Arc<Cgroups>>,
+    max_processes: u32,
+    /// Set RLIMIT_NPROC in children (a non-root agent without a pids cgroup).
+    nproc_rlimit: bool,
+}
+
+impl Sandbox {
+    /// Builds the sandbox for `config` (blocking; once at startup): the private temp directory,
+    /// the Landlock ruleset (confined mode only) and the cgroup hierarchies. What the kernel
+    /// cannot provide is recorded, not fatal: [`Sandbox::admit`] and the capabilities say so.
+    pub fn setup(config: &Config, workspace_root: &Path) -> anyhow::Result<Sandbox> {
+        let agent_name = format!("{}.{}", config.subjects.workspace_id(), config.subjects.agent_id());
+        let (cgroups, notes) = Cgroups::discover(&agent_name);
+        for note in &notes {
+            tracing::info!("{note}");
+        }
+        let max_processes = config.confine.max_processes;
+        let pids_cgroup = cgroups.as_ref().is_some_and(|c| c.has(Controller::Pids));
+        let nproc_rlimit = max_processes > 0 && !pids_cgroup && !nix::unistd::getuid().is_root();
+        let mut sandbox = Sandbox {
+            policy: CommandPolicy {
+                confinement: Confinement::WholeMachine,
+                allow_unconfined: config.confine.allow_unconfined_commands,
+            },
+            ruleset: None,
+            rules: Vec::new(),
+            tmpdir: None,
+            cgroups,
+            max_processes,
+            nproc_rlimit,
+        };
+        if config.whole_machine {
+            return Ok(sandbox);
+        }
+        let tmpdir = private_tmpdir(&config.state_dir)?;
+        let mut excluded = config.secret_files.clone();
+        excluded.push(config.state_dir.clone());
+        let inputs = rules::RuleInputs {
+            workspace_root: workspace_root.to_owned(),
+            tmpdir: tmpdir.clone(),
+            extra_read: config.confine.read.clone(),
+            extra_write: config.confine.write.clone(),
+            excluded,
+        };
+        let rules = rules::rules(&inputs, &rules::FsView { list_dir: &list_dir, canonical: &canonical });
+        sandbox.policy.confinement = match ruleset::build(&rules) {
+            Ok(built) => {
+                tracing::info!(abi = built.abi, rules = built.rules_added, tmpdir = %tmpdir.display(), "commands run under Landlock");
+                let abi = built.abi;
+                sandbox.ruleset = Some(built);
+                sandbox.tmpdir = Some(tmpdir);
+                sandbox.rules = rules;
+                Confinement::Landlock { abi }
+            }
+            Err(e) => {
+                let _ = fs::remove_dir_all(&tmpdir);
+                tracing::warn!(error = %e, allowed = sandbox.policy.allow_unconfined, "commands cannot be confined");
+                Confinement::Unavailable { reason: e.to_string() }
+            }
+        };
+        Ok(sandbox)
+    }
+
+    /// A sandbox that confines nothing and limits nothing, deciding admission by `policy` only
+    /// (tests and tools).
+    pub fn from_policy(policy: CommandPolicy) -> Sandbox {
+        Sandbox {
+            policy,
+            ruleset: None,
+            rules: Vec::new(),
+            tmpdir: None,
+            cgroups: None,
+            max_processes: 0,
+            nproc_rlimit: false,
+        }
+    }
+
+    /// Gives every child of `launcher` the sandbox: the Landlock pre-exec hook, `TMPDIR`, and a
+    /// `PATH` without the directories the sandbox cannot execute from.
+    pub fn install(&self, launcher: &mut Launcher) {
+        let Some(built) = &self.ruleset else { return };
+        launcher.add_pre_exec(built.hook());
+        if let Some(tmpdir) = &self.tmpdir {
+            launcher.set_base_env("TMPDIR", tmpdir.as_os_str().to_owned());
+        }
+        if let Some(path) = launcher.base_env().get(&OsString::from("PATH")).cloned() {
+            launcher.set_base_env("PATH", rules::confined_path_var(&path, &self.rules, &canonical));
+        }
+    }
+
+    /// Whether a command may start now; see [`CommandPolicy::admit`]. Every op that starts a
+    /// process (exec, pty) calls this first.
+    pub fn admit(&self) -> OpResult<()> {
+        self.policy.admit()
+    }
+
+    /// Prepares the limits of one command: the process cap and what `policy` asks for
+    /// (blocking: creates the command's cgroups). Limits the machine cannot enforce are
+    /// ignored, as the capabilities say.
+    pub fn limits(&self, policy: Option<&pb::OperationResourcePolicy>) -> OpResult<CommandLimits> {
+        let mut wanted = limits::requested(policy);
+        wanted.pids_max = (self.max_processes > 0).then_some(u64::from(self.max_processes));
+        let has = |c| self.cgroups.as_ref().is_some_and(|g| g.has(c));
+        let mut out = CommandLimits::none();
+        if !has(Controller::Memory) {
+            out.address_space = wanted.memory_max.take();
+            wanted.memory_high = None;
+        }
+        if self.nproc_rlimit
+            && let Some(cap) = wanted.pids_max
+        {
+            out.processes = Some(limits::user_task_count(nix::unistd::getuid().as_raw()) + cap);
+        }
+        if let Some(cgroups) = &self.cgroups {
+            if !cgroups.memory_high() {
+                wanted.memory_high = None;
+            }
+            let cgroup = cgroups.create(&wanted).map_err(|e| cgroup_error(&e))?;
+            out.cgroup = Some(cgroup);
+        }
+        Ok(out)
+    }
+
+    /// What Hello says about commands.
+    pub fn capabilities(&self) -> CommandCaps {
+        let has = |c| self.cgroups.as_ref().is_some_and(|g| g.has(c));
+        let processes = match (self.max_processes, has(Controller::Pids), self.nproc_rlimit) {
+            (0, ..) => Enforcement::None,
+            (_, true, _) => Enforcement::Cgroup,
+            (_, false, true) => Enforcement::Rlimit,
+            (_, false, false) => Enforcement::None,
+        };
+        CommandCaps {
+            confined: self.policy.confined(),
+            landlock_abi: self.policy.landlock_abi(),
+            unconfined_allowed: self.policy.allow_unconfined,
+            unconfined_reason: self.policy.unconfined_reason(),
+            memory: if has(Controller::Memory) { Enforcement::Cgroup } else { Enforcement::Rlimit },
+            memory_high: self.cgroups.as_ref().is_some_and(|g| g.memory_high()),
+            cpu: has(Controller::Cpu),
+            max_processes: if processes == Enforcement::None { 0 } else { self.max_processes },
+            processes,
+        }
+    }
+
+    /// Where the cgroup hierarchies are, for the startup log.
+    pub fn describe_cgroups(&self) -> String {
+        self.cgroups.as_ref().map_or_else(|| "none".to_owned(), |c| c.describe())
+    }
+
+    /// At shutdown: removes emptied cgroups and the private temp directory.
+    pub fn shutdown(&self) {
+        if let Some(cgroups) = &self.cgroups {
+            cgroups.shutdown();
+        }
+        if let Some(tmpdir) = &self.tmpdir
+            && let Err(e) = fs::remove_dir_all(tmpdir)
+        {
+            tracing::debug!(error = %e, "removing the private temp directory");
+        }
+    }
+}
+
+fn cgroup_error(err: &io::Error) -> OpError {
+    let e = OpError::os(format!("cannot set up the command's cgroup: {err}"));
+    match err.raw_os_error() {
+        Some(errno) => e.with("errno", errno),
+        None => e,
+    }
+}
+
+/// `<state_dir>/tmp`, emptied of what an earlier run left and made private (0700).
+fn private_tmpdir(state_dir: &Path) -> anyhow::Result<PathBuf> {
+    use anyhow::Context;
+    let dir = state_dir.join(TMP_DIR_NAME);
+    match fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("clearing {}", dir.display())),
+    }
+    fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
+    fs::DirBuilder::new().mode(0o700).create(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // Absolute: children run in other directories than the agent.
+    dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))
+}
+
+fn canonical(path: &Path) -> PathBuf {
+    fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
+}
+
+fn list_dir(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
+    entries.flatten().map(|e| e.path()).collect()
+}

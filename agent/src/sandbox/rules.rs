@@ -1,0 +1,260 @@
+//! What a confined command may touch, as a plain list of (path, grant) rules: the workspace root
+//! and the agent's private temp directory read-write; the system's programs, libraries and
+//! configuration read-and-execute, minus the credential files a root-run agent could otherwise
+//! hand out (`/etc/shadow`, SSH host keys, the agent's own secrets); `/proc` read-only; a few
+//! harmless devices. Everything else, the user's home first of all, is out of reach. Kept pure
+//! (directory listings come in through a function) so the policy can be read and tested without
+//! a kernel; `ruleset` turns the list into Landlock rules.
+
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+
+/// What a rule allows beneath its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Grant {
+    /// Read files, list directories, execute programs.
+    ReadExec,
+    /// Read files and list directories only (`/proc`).
+    ReadOnly,
+    /// Read and write an existing device file, including its ioctls (terminals).
+    Device,
+    /// Everything except creating device nodes: read, write, create, remove, rename, execute.
+    ReadWrite,
+}
+
+/// One rule: `grant` beneath `path` (the path itself when it is a file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub path: PathBuf,
+    pub grant: Grant,
+}
+
+/// Where the system keeps programs, libraries and configuration. Missing ones are skipped.
+pub const SYSTEM_READ_EXEC: &[&str] =
+    &["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt", "/etc"];
+
+/// Devices a shell and ordinary programs open by name.
+pub const DEVICES: &[&str] = &[
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+    "/dev/tty",
+    "/dev/ptmx",
+    "/dev/pts",
+];
+
+/// System files holding credentials, never readable by a confined command (root could).
+const SYSTEM_SECRETS: &[&str] = &[
+    "/etc/shadow",
+    "/etc/shadow-",
+    "/etc/gshadow",
+    "/etc/gshadow-",
+    "/etc/sudoers",
+    "/etc/sudoers.d",
+    "/etc/security/opasswd",
+];
+
+/// The inputs of the rule list, gathered by the caller.
+#[derive(Debug, Clone, Default)]
+pub struct RuleInputs {
+    pub workspace_root: PathBuf,
+    /// The agent's private temp directory (the children's TMPDIR).
+    pub tmpdir: PathBuf,
+    /// Operator additions (`confine.read`, `confine.write`).
+    pub extra_read: Vec<PathBuf>,
+    pub extra_write: Vec<PathBuf>,
+    /// Files no read rule may cover: the agent's credentials, its state directory.
+    pub excluded: Vec<PathBuf>,
+}
+
+/// How the rule list sees the file system: a directory's entries (empty when it cannot be
+/// read) and a path with its symlinks resolved (the path itself when it cannot be resolved).
+pub struct FsView<'a> {
+    pub list_dir: &'a dyn Fn(&Path) -> Vec<PathBuf>,
+    pub canonical: &'a dyn Fn(&Path) -> PathBuf,
+}
+
+/// The rules for `inputs`. A read-only location that holds an excluded path (both compared
+/// with symlinks resolved) is granted entry by entry, leaving the excluded ones out.
+pub fn rules(inputs: &RuleInputs, fs: &FsView<'_>) -> Vec<Rule> {
+    let list_dir = fs.list_dir;
+    let mut excluded: Vec<PathBuf> = SYSTEM_SECRETS.iter().map(PathBuf::from).collect();
+    excluded.extend(ssh_host_keys(list_dir));
+    excluded.extend(inputs.excluded.iter().cloned());
+    let excluded: Vec<PathBuf> = excluded.iter().map(|p| (fs.canonical)(p)).collect();
+
+    let mut rules = Vec::new();
+    let read_exec = SYSTEM_READ_EXEC.iter().map(PathBuf::from).chain(inputs.extra_read.iter().cloned());
+    for top in read_exec.map(|p| (fs.canonical)(&p)) {
+        for path in expand_excluding(&top, &excluded, list_dir) {
+            rules.push(Rule { path, grant: Grant::ReadExec });
+        }
+    }
+    rules.push(Rule { path: "/proc".into(), grant: Grant::ReadOnly });
+    rules.extend(DEVICES.iter().map(|d| Rule { path: d.into(), grant: Grant::Device }));
+    let read_write = [&inputs.workspace_root, &inputs.tmpdir].into_iter().chain(&inputs.extra_write);
+    rules.extend(read_write.map(|p| Rule { path: p.clone(), grant: Grant::ReadWrite }));
+    let mut seen = std::collections::HashSet::new();
+    rules.retain(|r| seen.insert((r.path.clone(), r.grant)));
+    rules
+}
+
+/// `top` as one path when nothing excluded lies beneath it; otherwise its entries, recursively,
+/// without the excluded ones.
+fn expand_excluding(
+    top: &Path,
+    excluded: &[PathBuf],
+    list_dir: &dyn Fn(&Path) -> Vec<PathBuf>,
+) -> Vec<PathBuf> {
+    if excluded.iter().any(|e| e == top) {
+        return Vec::new();
+    }
+    if !excluded.iter().any(|e| e.starts_with(top)) {
+        return vec![top.to_owned()];
+    }
+    list_dir(top).iter().flat_map(|entry| expand_excluding(entry, excluded, list_dir)).collect()
+}
+
+/// The SSH daemon's private host keys (`/etc/ssh/ssh_host_*_key`; the `.pub` halves stay readable).
+fn ssh_host_keys(list_dir: &dyn Fn(&Path) -> Vec<PathBuf>) -> Vec<PathBuf> {
+    list_dir(Path::new("/etc/ssh"))
+        .into_iter()
+        .filter(|p| {
+            let name = p.file_name().map(OsStr::to_string_lossy).unwrap_or_default();
+            name.starts_with("ssh_host_") && name.ends_with("_key")
+        })
+        .collect()
+}
+
+/// `PATH` for confined children: the entries a confined command could not execute from (not
+/// beneath a read-exec or read-write rule, e.g. `~/.cargo/bin`) are dropped, so a shell finds
+/// the system's `python3` instead of failing on a shim in the home directory. Relative
+/// entries (the working directory) stay. `canonical` resolves symlinks (`/bin` -> `/usr/bin`).
+pub fn confined_path_var(path: &OsStr, rules: &[Rule], canonical: &dyn Fn(&Path) -> PathBuf) -> OsString {
+    let usable: Vec<PathBuf> = rules
+        .iter()
+        .filter(|r| matches!(r.grant, Grant::ReadExec | Grant::ReadWrite))
+        .map(|r| canonical(&r.path))
+        .collect();
+    let kept = std::env::split_paths(path).filter(|entry| {
+        entry.is_relative() || {
+            let entry = canonical(entry);
+            usable.iter().any(|u| entry.starts_with(u))
+        }
+    });
+    std::env::join_paths(kept).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_fs(path: &Path) -> Vec<PathBuf> {
+        let names: &[&str] = match path.to_str() {
+            Some("/etc") => &["passwd", "shadow", "gshadow", "ssh", "ssl", "sudoers", "tether"],
+            Some("/etc/ssh") => &["ssh_config", "ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"],
+            Some("/etc/tether") => &["agent.toml", "nats.token"],
+            _ => &[],
+        };
+        names.iter().map(|n| path.join(n)).collect()
+    }
+
+    /// `/bin` and `/lib` are symlinks into `/usr`, as on a merged-/usr system.
+    fn canonical(p: &Path) -> PathBuf {
+        for link in ["/bin", "/lib"] {
+            if let Ok(rest) = p.strip_prefix(link) {
+                let target = Path::new("/usr").join(&link[1..]);
+                return if rest.as_os_str().is_empty() { target } else { target.join(rest) };
+            }
+        }
+        p.to_owned()
+    }
+
+    fn view() -> FsView<'static> {
+        FsView { list_dir: &fake_fs, canonical: &canonical }
+    }
+
+    fn inputs() -> RuleInputs {
+        RuleInputs {
+            workspace_root: "/home/me/sandbox".into(),
+            tmpdir: "/home/me/.local/share/tether-agent/ws.a/tmp".into(),
+            extra_read: vec!["/srv/data".into()],
+            extra_write: vec!["/var/cache/build".into()],
+            excluded: vec!["/etc/tether/nats.token".into()],
+        }
+    }
+
+    fn granted(rules: &[Rule], grant: Grant) -> Vec<String> {
+        rules.iter().filter(|r| r.grant == grant).map(|r| r.path.display().to_string()).collect()
+    }
+
+    #[test]
+    fn the_root_and_tmpdir_are_writable_and_nothing_else_is() {
+        let rules = rules(&inputs(), &view());
+        assert_eq!(
+            granted(&rules, Grant::ReadWrite),
+            ["/home/me/sandbox", "/home/me/.local/share/tether-agent/ws.a/tmp", "/var/cache/build"]
+        );
+        assert_eq!(granted(&rules, Grant::ReadOnly), ["/proc"]);
+        assert_eq!(granted(&rules, Grant::Device).len(), DEVICES.len());
+        assert!(!rules.iter().any(|r| r.path == Path::new("/home/me") || r.path == Path::new("/tmp")));
+    }
+
+    #[test]
+    fn system_locations_are_read_exec_without_their_secrets() {
+        let read = granted(&rules(&inputs(), &view()), Grant::ReadExec);
+        for kept in [
+            "/usr",
+            "/usr/bin",
+            "/lib64",
+            "/opt",
+            "/srv/data",
+            "/etc/passwd",
+            "/etc/ssl",
+            "/etc/ssh/ssh_config",
+        ] {
+            assert!(read.contains(&kept.to_owned()), "{kept} missing from {read:?}");
+        }
+        assert!(read.contains(&"/etc/ssh/ssh_host_ed25519_key.pub".to_owned()));
+        assert!(read.contains(&"/etc/tether/agent.toml".to_owned()));
+        for secret in ["/etc", "/etc/shadow", "/etc/gshadow", "/etc/sudoers", "/etc/ssh", "/etc/tether"] {
+            assert!(!read.contains(&secret.to_owned()), "{secret} must not be granted: {read:?}");
+        }
+        assert!(!read.iter().any(|p| p.ends_with("_key") || p.ends_with("nats.token")), "{read:?}");
+    }
+
+    #[test]
+    fn a_secret_reached_through_a_symlinked_location_is_still_excluded() {
+        let list = |p: &Path| -> Vec<PathBuf> {
+            match p.to_str() {
+                Some("/usr") => vec!["/usr/lib".into(), "/usr/bin".into()],
+                Some("/usr/lib") => vec!["/usr/lib/tether".into(), "/usr/lib/python3".into()],
+                _ => fake_fs(p),
+            }
+        };
+        let fs = FsView { list_dir: &list, canonical: &canonical };
+        let inputs = RuleInputs { excluded: vec!["/lib/tether".into()], ..inputs() };
+        let read = granted(&rules(&inputs, &fs), Grant::ReadExec);
+        assert!(
+            read.contains(&"/usr/lib/python3".to_owned()) && read.contains(&"/usr/bin".to_owned()),
+            "{read:?}"
+        );
+        let covering = ["/usr", "/usr/lib", "/lib"];
+        assert!(
+            !read.iter().any(|p| covering.contains(&p.as_str()) || p.starts_with("/usr/lib/tether")),
+            "{read:?}"
+        );
+        assert_eq!(read.iter().filter(|p| *p == "/usr/bin").count(), 1, "no duplicates: {read:?}");
+    }
+
+    #[test]
+    fn path_keeps_only_directories_a_confined_command_can_execute_from() {
+        let rules = rules(&inputs(), &view());
+        let path =
+            OsStr::new("/root/.cargo/bin:/usr/local/bin:/usr/bin:/bin:/home/me/sandbox/bin:.:/snap/bin");
+        let kept = confined_path_var(path, &rules, &canonical);
+        assert_eq!(kept, OsStr::new("/usr/local/bin:/usr/bin:/bin:/home/me/sandbox/bin:."));
+    }
+}

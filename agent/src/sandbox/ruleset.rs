@@ -1,0 +1,182 @@
+//! The kernel half of confinement: the rule list becomes one Landlock ruleset, built once at
+//! startup in the agent (opening every path, which allocates and may fail), and applied in each
+//! child between fork and exec by two plain system calls on the ruleset's file descriptor. A
+//! ruleset can restrict any number of processes, so the one descriptor serves every spawn.
+//!
+//! The ruleset handles every file-system right this build knows (Landlock ABI 10) in
+//! best-effort mode: on an older kernel the rights it does not know are simply not handled,
+//! and [`kernel_abi`] tells which ABI that leaves in force.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+
+use landlock::{
+    ABI, Access, AccessFs, BitFlags, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr,
+    make_bitflags,
+};
+
+use super::rules::{Grant, Rule};
+use crate::process::PreExecHook;
+
+/// The newest Landlock ABI this build handles.
+pub const TARGET_ABI: ABI = ABI::V10;
+const TARGET_ABI_VERSION: u32 = 10;
+
+/// A built ruleset, ready to restrict children.
+#[derive(Debug, Clone)]
+pub struct BuiltRuleset {
+    fd: Arc<OwnedFd>,
+    /// The ABI in force: the kernel's, capped at what this build handles.
+    pub abi: u32,
+    /// Rules actually added (paths that exist).
+    pub rules_added: usize,
+}
+
+impl BuiltRuleset {
+    /// The pre-exec step that confines a child: `PR_SET_NO_NEW_PRIVS`, then
+    /// `landlock_restrict_self`. Only system calls on values captured here: no allocation, no
+    /// lock (see `PreExecHook`). Any failure aborts the spawn: a child never runs unconfined
+    /// by accident.
+    pub fn hook(&self) -> PreExecHook {
+        let fd = self.fd.clone();
+        Arc::new(move || restrict_self(fd.as_raw_fd()))
+    }
+}
+
+/// Why a ruleset could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum RulesetBuildError {
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("building the Landlock ruleset failed: {0}")]
+    Landlock(#[from] landlock::RulesetError),
+}
+
+/// The Landlock ABI the running kernel offers, or why it offers none.
+pub fn kernel_abi() -> Result<u32, String> {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: with a null attribute pointer, size 0 and the VERSION flag the call only returns
+    // the ABI version (or an error); it reads and writes no memory.
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    if v > 0 {
+        return Ok(u32::try_from(v).unwrap_or(u32::MAX));
+    }
+    Err(match io::Error::last_os_error().raw_os_error() {
+        Some(libc::EOPNOTSUPP) => {
+            "Landlock is built into this kernel but disabled at boot (see the lsm= kernel parameter)"
+                .to_owned()
+        }
+        Some(libc::ENOSYS) => {
+            "this kernel has no Landlock (Linux 5.13 or later with CONFIG_SECURITY_LANDLOCK is needed)"
+                .to_owned()
+        }
+        _ => format!("the Landlock version query failed: {}", io::Error::last_os_error()),
+    })
+}
+
+/// Builds the ruleset for `rules`. Paths that do not exist are skipped (logged at debug).
+pub fn build(rules: &[Rule]) -> Result<BuiltRuleset, RulesetBuildError> {
+    let abi = kernel_abi().map_err(RulesetBuildError::Unavailable)?.min(TARGET_ABI_VERSION);
+    let handled = AccessFs::from_all(TARGET_ABI);
+    let mut ruleset = Ruleset::default().handle_access(handled)?.create()?;
+    let mut rules_added = 0;
+    for rule in rules {
+        let Some((fd, is_dir)) = open_path(&rule.path) else { continue };
+        let mut access = grant_access(rule.grant) & handled;
+        if !is_dir {
+            access &= AccessFs::from_file(TARGET_ABI);
+        }
+        ruleset = ruleset.add_rule(PathBeneath::new(fd, access))?;
+        rules_added += 1;
+    }
+    let fd: Option<OwnedFd> = ruleset.into();
+    let fd = fd.ok_or_else(|| {
+        RulesetBuildError::Unavailable("the kernel did not create a Landlock ruleset".into())
+    })?;
+    Ok(BuiltRuleset { fd: Arc::new(fd), abi, rules_added })
+}
+
+/// The Landlock rights of a grant.
+pub fn grant_access(grant: Grant) -> BitFlags<AccessFs> {
+    match grant {
+        Grant::ReadExec => AccessFs::from_read(TARGET_ABI),
+        Grant::ReadOnly => make_bitflags!(AccessFs::{ReadFile | ReadDir}),
+        Grant::Device => make_bitflags!(AccessFs::{ReadFile | WriteFile | Truncate | IoctlDev}),
+        // Device nodes made inside the workspace would reach raw disks and memory: never granted.
+        Grant::ReadWrite => {
+            AccessFs::from_all(TARGET_ABI) & !make_bitflags!(AccessFs::{MakeChar | MakeBlock})
+        }
+    }
+}
+
+/// An `O_PATH` descriptor of `path` (symlinks followed) and whether it is a directory.
+fn open_path(path: &Path) -> Option<(PathFd, bool)> {
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) => {
+            tracing::debug!(path = %path.display(), error = %e, "confine rule skipped");
+            return None;
+        }
+    };
+    match PathFd::new(path) {
+        Ok(fd) => Some((fd, meta.is_dir())),
+        Err(e) => {
+            tracing::debug!(path = %path.display(), error = %e, "confine rule skipped");
+            None
+        }
+    }
+}
+
+/// Runs in the forked child: see [`BuiltRuleset::hook`].
+fn restrict_self(ruleset_fd: libc::c_int) -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only changes this (child) process's flag.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: landlock_restrict_self takes a descriptor the child inherited (kept open by the
+    // `Arc<OwnedFd>` the hook holds) and flags 0; it touches no memory of ours.
+    if unsafe { libc::syscall(libc::SYS_landlock_restrict_self, ruleset_fd, 0u32) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grants_never_allow_device_nodes_and_read_grants_never_write() {
+        for grant in [Grant::ReadExec, Grant::ReadOnly, Grant::Device, Grant::ReadWrite] {
+            let access = grant_access(grant);
+            assert!(
+                !access.contains(AccessFs::MakeChar) && !access.contains(AccessFs::MakeBlock),
+                "{grant:?}"
+            );
+            assert_eq!(
+                access & handled_subset(),
+                access,
+                "{grant:?} grants a right the ruleset does not handle"
+            );
+        }
+        for grant in [Grant::ReadExec, Grant::ReadOnly] {
+            assert!((grant_access(grant) & AccessFs::from_write(TARGET_ABI)).is_empty(), "{grant:?}");
+        }
+        assert!(
+            grant_access(Grant::ReadWrite).contains(AccessFs::MakeReg | AccessFs::Execute | AccessFs::Refer)
+        );
+    }
+
+    fn handled_subset() -> BitFlags<AccessFs> {
+        AccessFs::from_all(TARGET_ABI)
+    }
+}
