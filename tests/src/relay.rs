@@ -350,3 +350,10 @@ pub async fn collect_until(
         }
     }
 }
+
+/// Whether a terminal's `text` shows `output` as a line of output: a line ending with it that is
+/// not the echo of a typed command. A shell may print its prompt after the terminal echoed early
+/// typing, so an output line can start with the prompt ("# output").
+pub fn shows_line(text: &str, output: &str) -> bool {
+    text.split(['\r', '\n']).any(|l| l.ends_with(output) && !l.contains("echo "))
+}

@@ -219,7 +219,7 @@ async fn whole_machine_commands_reach_what_the_user_can() {
 /// Types `line` into a fresh PTY shell of `agent` and returns the terminal's output up to the
 /// marker the line prints last.
 async fn in_a_terminal(relay: &tether_tests::relay::Relay, agent: &Agent, line: &str) -> String {
-    use tether_tests::relay::{Seen, claims_for, collect_until, watch};
+    use tether_tests::relay::{Seen, claims_for, collect_until, shows_line, watch};
     let req = pb::PtyOpenRequest { command: vec!["sh".into()], ..Default::default() };
     let pty = match agent.call(Op::PtyOpen(req)).await {
         Ok(Reply::PtyOpen(r)) => r,
@@ -231,8 +231,7 @@ async fn in_a_terminal(relay: &tether_tests::relay::Relay, agent: &Agent, line: 
     viewer.send(format!("{line}; echo; echo end-of-$((20+1))\n")).await;
     let mut seen = Seen::default();
     let within = std::time::Duration::from_secs(20);
-    collect_until(&mut viewer, &mut seen, within, |s| s.text().split(['\r', '\n']).any(|l| l == "end-of-21"))
-        .await;
+    collect_until(&mut viewer, &mut seen, within, |s| shows_line(&s.text(), "end-of-21")).await;
     seen.text()
 }
 

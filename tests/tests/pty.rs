@@ -44,11 +44,6 @@ async fn close(agent: &Agent, pty_id: &str) -> Result<i32, pb::AgentError> {
     }
 }
 
-/// Whether `text` has a line that is exactly `line` (the typed command's echo is not one).
-fn has_line(text: &str, line: &str) -> bool {
-    text.split(['\r', '\n']).any(|l| l == line)
-}
-
 #[tokio::test]
 async fn typed_command_output_and_viewer_resize_reach_the_viewer() {
     let (relay, _nats, agent) = stack().await;
@@ -60,11 +55,11 @@ async fn typed_command_output_and_viewer_resize_reach_the_viewer() {
     let mut viewer = watch(&relay, &channel, &claims_for(&channel, "v1", ViewerMode::View)).await;
     viewer.send("echo hello-pty\n").await;
     let mut seen = Seen::default();
-    collect_until(&mut viewer, &mut seen, WITHIN, |s| has_line(&s.text(), "hello-pty")).await;
+    collect_until(&mut viewer, &mut seen, WITHIN, |s| shows_line(&s.text(), "hello-pty")).await;
 
     viewer.resize(100, 40).await;
     viewer.send("stty size\n").await;
-    collect_until(&mut viewer, &mut seen, WITHIN, |s| has_line(&s.text(), "40 100")).await;
+    collect_until(&mut viewer, &mut seen, WITHIN, |s| shows_line(&s.text(), "40 100")).await;
     assert_eq!(close(&agent, &pty.pty_id).await.unwrap(), -1, "a running shell is killed: -1");
 }
 
@@ -77,8 +72,8 @@ async fn output_survives_a_relay_restart_exactly_once_and_in_order() {
     let claims = claims_for(&channel, "v1", ViewerMode::View);
     let mut viewer = watch(&relay, &channel, &claims).await;
     let mut seen = Seen::default();
-    collect_until(&mut viewer, &mut seen, WITHIN, |s| has_line(&s.text(), "L300")).await;
-    assert!(!has_line(&seen.text(), "L3000"), "the loop must still be running when the relay dies");
+    collect_until(&mut viewer, &mut seen, WITHIN, |s| shows_line(&s.text(), "L300")).await;
+    assert!(!shows_line(&seen.text(), "L3000"), "the loop must still be running when the relay dies");
 
     relay.kill_and_restart().await;
     collect_until(&mut viewer, &mut seen, Duration::from_secs(60), |_| false).await;
@@ -109,7 +104,7 @@ async fn viewers_see_identical_bytes_and_a_spectator_cannot_type() {
     spectator.send("echo spectator-$((40+2))\n").await;
     typist.send("echo typed-$((6*7))\n").await;
     let mut seen = Seen::default();
-    collect_until(&mut typist, &mut seen, WITHIN, |s| has_line(&s.text(), "typed-42")).await;
+    collect_until(&mut typist, &mut seen, WITHIN, |s| shows_line(&s.text(), "typed-42")).await;
     let dropped = relay.metric("tether_relay_input_dropped_total{reason=\"spectator\"}").await;
     assert!(dropped >= 1, "the spectator's input is counted as dropped");
     assert_eq!(close(&agent, &pty.pty_id).await.unwrap(), -1);
@@ -122,8 +117,8 @@ async fn viewers_see_identical_bytes_and_a_spectator_cannot_type() {
         assert_eq!(seen.closed.as_ref().map(|c| c.0), Some(pb::StreamCloseReason::Normal));
         views.push(seen.bytes);
     }
-    assert!(has_line(&String::from_utf8_lossy(&views[0]), "typed-42"));
-    assert!(!has_line(&String::from_utf8_lossy(&views[0]), "spectator-42"), "spectator input never ran");
+    assert!(shows_line(&String::from_utf8_lossy(&views[0]), "typed-42"));
+    assert!(!shows_line(&String::from_utf8_lossy(&views[0]), "spectator-42"), "spectator input never ran");
     assert_eq!(views[0], views[1], "two viewers get byte-identical output");
     assert_eq!(views[0], views[2], "a spectator sees the same bytes");
 }
@@ -192,7 +187,7 @@ async fn pty_write_types_into_the_terminal_and_bad_requests_get_typed_errors() {
         other => panic!("pty_write failed: {other:?}"),
     }
     let mut seen = Seen::default();
-    collect_until(&mut viewer, &mut seen, WITHIN, |s| has_line(&s.text(), "via-5")).await;
+    collect_until(&mut viewer, &mut seen, WITHIN, |s| shows_line(&s.text(), "via-5")).await;
 
     let resize = pb::PtyResizeRequest { pty_id: pty.pty_id.clone(), cols: 0, rows: 10 };
     let err = agent.call(Op::PtyResize(resize)).await.unwrap_err();

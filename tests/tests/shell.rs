@@ -88,7 +88,7 @@ async fn shell_under_tmux_runs_a_command_and_leaves_the_terminal_sane() {
     for _ in 0..60 {
         tmux.type_line("echo shown-$((6*7))");
         tokio::time::sleep(Duration::from_millis(500)).await;
-        if tmux.screen().lines().any(|l| l.trim() == "shown-42") {
+        if shows_line(&tmux.screen(), "shown-42") {
             shown = true;
             break;
         }
