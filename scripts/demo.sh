@@ -36,7 +36,14 @@ TETHER_RELAY_TOKEN="$("$bin/tetherctl" mint-token producer --ttl 1h)" \
   env -u TETHER_RELAY_PRODUCER_SECRET -u TETHER_RELAY_VIEWER_SECRET \
   "$bin/tether-agent" run --workspace-root "$work/root" --state-dir "$work/state" 2>"$work/agent.log" & pids+=($!)
 
-ctl() { printf '\n\033[1m$ tetherctl %s\033[0m\n' "$*"; "$bin/tetherctl" "$@"; }
+# Echo each command as a user would type it (arguments with spaces in single quotes), then run it.
+shown() {
+  local a
+  for a in "$@"; do
+    if [[ $a =~ ^[A-Za-z0-9_./:=@+-]+$ ]]; then printf ' %s' "$a"; else printf " '%s'" "${a//\'/\'\\\'\'}"; fi
+  done
+}
+ctl() { printf '\n\033[1m$ tetherctl%s\033[0m\n' "$(shown "$@")"; "$bin/tetherctl" "$@"; }
 for _ in $(seq 1 100); do "$bin/tetherctl" ping >/dev/null 2>&1 && break; sleep 0.1; done
 
 ctl ping
