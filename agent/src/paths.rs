@@ -6,16 +6,27 @@
 //! a symlink pointing out — even one swapped in between check and use — fails in the kernel
 //! (EXDEV) instead of escaping. Whole-machine mode uses the same code with `/` as the base
 //! and no RESOLVE_BENEATH, so there is one code path.
+//!
+//! RESOLVE_BENEATH refuses every absolute symlink, even one naming a place inside the root,
+//! which §4 allows. So a confined EXDEV is retried by `walk_beneath`: one component at a time
+//! from the root's descriptor with O_NOFOLLOW, each symlink read through the descriptor it was
+//! found by, absolute targets re-anchored at the root only when they name a place under it.
+//! Every open is one name, O_NOFOLLOW, relative to a descriptor already beneath the root, so a
+//! component swapped for a link mid-walk is read as that link and checked, never followed.
 
+use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
-use nix::sys::stat::Mode;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat, openat2};
+use nix::sys::stat::{FileStat, Mode, SFlag, fstat};
 
 use crate::error::{OpError, OpResult};
+
+/// Symlinks one resolution may follow before it is ELOOP, as the kernel's MAXSYMLINKS.
+const MAX_HOPS: u32 = 40;
 
 /// The agent's view of the filesystem: where the workspace is and what it may touch.
 #[derive(Debug)]
@@ -122,7 +133,101 @@ impl Paths {
     /// Opens `rel` (relative to the base) beneath the base. Symlinks are followed only while
     /// they stay beneath it.
     fn open_rel(&self, rel: &Path, flags: OFlag, mode: Mode, abs: &Path) -> OpResult<OwnedFd> {
-        openat2(self.base_fd.as_fd(), rel, self.how(flags, mode)).map_err(|e| self.errno(e, "open", abs))
+        self.open_beneath(rel, flags, mode).map_err(|e| self.errno(e, "open", abs))
+    }
+
+    /// The kernel's resolution first; a confined EXDEV (an absolute symlink, or a real escape)
+    /// is decided by `walk_beneath`.
+    fn open_beneath(&self, rel: &Path, flags: OFlag, mode: Mode) -> Result<OwnedFd, Errno> {
+        match openat2(self.base_fd.as_fd(), rel, self.how(flags, mode)) {
+            Err(Errno::EXDEV) if self.confined => self.walk_beneath(rel, flags, mode),
+            other => other,
+        }
+    }
+
+    /// Resolves `rel` by hand beneath the root, one component at a time (see the module doc).
+    /// `..` pops the directories walked (never above the root), so every descriptor was
+    /// reached from the root by single-name O_NOFOLLOW opens. An escape is EXDEV.
+    fn walk_beneath(&self, rel: &Path, flags: OFlag, mode: Mode) -> Result<OwnedFd, Errno> {
+        let mut todo: VecDeque<OsString> = VecDeque::new();
+        push_front(&mut todo, rel);
+        let mut walked: Vec<OwnedFd> = Vec::new();
+        let mut hops = 0;
+        while let Some(name) = todo.pop_front() {
+            if name == ".." {
+                walked.pop().ok_or(Errno::EXDEV)?;
+                continue;
+            }
+            let dir = walked.last().map_or(self.base_fd.as_fd(), AsFd::as_fd);
+            let last = todo.is_empty();
+            let probe_flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+            let (probe, st) = match openat(dir, name.as_os_str(), probe_flags, Mode::empty()) {
+                Ok(probe) => {
+                    let st = fstat(probe.as_fd())?;
+                    (probe, st)
+                }
+                Err(Errno::ENOENT) if last => match open_final(dir, &name, flags, mode, None) {
+                    // Something appeared under us (a symlink, say): look again.
+                    Err(Errno::EAGAIN) if hops < MAX_HOPS => {
+                        hops += 1;
+                        todo.push_front(name);
+                        continue;
+                    }
+                    opened => return opened,
+                },
+                Err(e) => return Err(e),
+            };
+            let follow = !(last && flags.contains(OFlag::O_NOFOLLOW));
+            if is(&st, SFlag::S_IFLNK) && follow {
+                hops += 1;
+                if hops > MAX_HOPS {
+                    return Err(Errno::ELOOP);
+                }
+                if last && flags.contains(OFlag::O_CREAT | OFlag::O_EXCL) {
+                    return Err(Errno::EEXIST);
+                }
+                let target = nix::fcntl::readlinkat(probe.as_fd(), "")?;
+                if self.push_link(Path::new(&target), &mut todo)? {
+                    walked.clear();
+                }
+            } else if last {
+                match open_final(dir, &name, flags, mode, Some(&st)) {
+                    Err(Errno::EAGAIN) if hops < MAX_HOPS => {
+                        hops += 1;
+                        todo.push_front(name);
+                    }
+                    opened => return opened,
+                }
+            } else if is(&st, SFlag::S_IFDIR) {
+                walked.push(probe);
+            } else {
+                return Err(Errno::ENOTDIR);
+            }
+        }
+        // The path ended at a directory walked (the root, or after `..`).
+        let dir = walked.last().map_or(self.base_fd.as_fd(), AsFd::as_fd);
+        openat(dir, ".", flags | OFlag::O_CLOEXEC, mode)
+    }
+
+    /// Queues a symlink's target in front of what is left of the walk. An absolute target
+    /// must name the root or a place under it (true: the walk restarts at the root); anything
+    /// else is EXDEV.
+    fn push_link(&self, target: &Path, todo: &mut VecDeque<OsString>) -> Result<bool, Errno> {
+        if target.as_os_str().is_empty() {
+            return Err(Errno::ENOENT); // as the kernel says of an empty link
+        }
+        if !target.is_absolute() {
+            push_front(todo, target);
+            return Ok(false);
+        }
+        let mut parts = target.components().filter(|c| !matches!(c, Component::RootDir | Component::CurDir));
+        for want in self.root.components().filter(|c| matches!(c, Component::Normal(_))) {
+            if parts.next() != Some(want) {
+                return Err(Errno::EXDEV);
+            }
+        }
+        push_front(todo, &parts.collect::<PathBuf>());
+        Ok(true)
     }
 
     /// Opens the resolved path itself, following symlinks that stay inside the consent.
@@ -168,11 +273,7 @@ impl Paths {
     /// a directory (a missing cwd is NOT_FOUND naming it, never "executable not found").
     pub fn resolve_cwd(&self, raw: &str) -> OpResult<PathBuf> {
         let r = self.resolve(raw)?;
-        match openat2(
-            self.base_fd.as_fd(),
-            &r.rel,
-            self.how(OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()),
-        ) {
+        match self.open_beneath(&r.rel, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()) {
             Ok(_) => Ok(r.abs),
             Err(Errno::ENOENT) => Err(OpError::not_found("working directory", &r.abs)),
             Err(Errno::ENOTDIR) => {
@@ -191,6 +292,43 @@ impl Paths {
             return OpError::consent_required(path).with("reason", "a symlink along the path leads outside");
         }
         OpError::from_io(&std::io::Error::from(e), action, path)
+    }
+}
+
+/// Opens the final, non-symlink component of a manual walk without following anything. When
+/// it was probed (`seen`), what is opened must be the same inode, else EAGAIN: look again.
+fn open_final(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    flags: OFlag,
+    mode: Mode,
+    seen: Option<&FileStat>,
+) -> Result<OwnedFd, Errno> {
+    let fd = match openat(dir, name, flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, mode) {
+        Err(Errno::ELOOP) if !flags.contains(OFlag::O_NOFOLLOW) => return Err(Errno::EAGAIN),
+        opened => opened?,
+    };
+    match seen {
+        Some(seen) => {
+            let now = fstat(fd.as_fd())?;
+            if (now.st_dev, now.st_ino) == (seen.st_dev, seen.st_ino) { Ok(fd) } else { Err(Errno::EAGAIN) }
+        }
+        None => Ok(fd),
+    }
+}
+
+fn is(st: &FileStat, kind: SFlag) -> bool {
+    st.st_mode & SFlag::S_IFMT.bits() == kind.bits()
+}
+
+/// Queues `path`'s components (`..` kept, `.` dropped) in front of `todo`, in order.
+fn push_front(todo: &mut VecDeque<OsString>, path: &Path) {
+    for part in path.components().rev() {
+        match part {
+            Component::Normal(name) => todo.push_front(name.to_owned()),
+            Component::ParentDir => todo.push_front("..".into()),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
     }
 }
 
@@ -289,6 +427,55 @@ mod tests {
         let p = paths(&root, true);
         let r = p.resolve("alias/f").unwrap();
         p.open(&r, OFlag::O_RDONLY, Mode::empty()).unwrap();
+    }
+
+    #[test]
+    fn absolute_symlinks_are_followed_only_while_they_stay_inside() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), "s").unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        std::fs::create_dir_all(root.join("real/deep")).unwrap();
+        std::fs::write(root.join("real/f"), "x").unwrap();
+        symlink(root.join("real"), root.join("abs")).unwrap();
+        symlink(root.join("real/f"), root.join("abs-file")).unwrap();
+        symlink("../../abs/f", root.join("real/deep/rel-to-abs")).unwrap();
+        symlink(&root, root.join("real/to-root")).unwrap();
+        symlink(root.join("../nowhere/../").join(root.file_name().unwrap()), root.join("dotdot-in")).unwrap();
+        symlink(outside.path().join("secret"), root.join("abs-out")).unwrap();
+        symlink(root.join("real/.."), root.join("up")).unwrap();
+        symlink(root.join("loop"), root.join("loop")).unwrap();
+        symlink("to-root/../x", root.join("real/esc")).unwrap();
+        let p = paths(&root, true);
+        let open = |raw: &str, flags: OFlag| {
+            let mode =
+                if flags.contains(OFlag::O_CREAT) { Mode::from_bits_truncate(0o644) } else { Mode::empty() };
+            p.open(&p.resolve(raw).unwrap(), flags, mode)
+        };
+        let read = |raw: &str| {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::fs::File::from(open(raw, OFlag::O_RDONLY)?), &mut s)
+                .unwrap();
+            Ok::<_, OpError>(s)
+        };
+
+        for raw in ["abs/f", "abs-file", "real/deep/rel-to-abs", "abs/to-root/abs/f", "up/real/f"] {
+            assert_eq!(read(raw).unwrap(), "x", "{raw}");
+        }
+        open("abs/new", OFlag::O_WRONLY | OFlag::O_CREAT).unwrap();
+        assert!(root.join("real/new").is_file());
+        let (parent, name) = p.open_parent(&p.resolve("abs/deep/x").unwrap()).unwrap();
+        assert_eq!(name, "x");
+        let deep = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(root.join("real/deep")).unwrap());
+        assert_eq!(nix::sys::stat::fstat(parent).unwrap().st_ino, deep);
+        assert_eq!(p.resolve_cwd("abs/deep").unwrap(), root.join("abs/deep"));
+        let exists = open("abs-file", OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL).unwrap_err();
+        assert_eq!(exists.detail.get("errno"), Some(&(Errno::EEXIST as i32).to_string()), "{exists:?}");
+
+        for raw in ["abs-out", "dotdot-in/real/f", "abs/esc"] {
+            assert_eq!(read(raw).unwrap_err().code, ErrorCode::ConsentRequired, "{raw}");
+        }
+        assert_eq!(read("loop").unwrap_err().code, ErrorCode::Os);
     }
 
     #[test]

@@ -201,3 +201,98 @@ async fn whole_machine_consent_lifts_confinement() {
     assert!(matches!(reply, Ok(Reply::FsWrite(_))), "{reply:?}");
     assert_eq!(std::fs::read(&target).unwrap(), b"allowed");
 }
+
+/// PROTOCOL §4 allows a path whose every symlink, resolved, stays inside the root: a link
+/// spelled with an absolute target inside the root is such a path (RESOLVE_BENEATH alone
+/// refuses every absolute link); one whose absolute target leaves is still refused.
+#[tokio::test]
+async fn a_confined_agent_follows_an_absolute_symlink_that_stays_inside_its_root() {
+    let nats = Nats::start().await;
+    let agent = Agent::start(&nats).await;
+    let outside = Outside::beside(&agent);
+    let root = &agent.root;
+    std::fs::create_dir(root.join("sub")).unwrap();
+    std::fs::write(root.join("sub/f.txt"), b"inside").unwrap();
+    std::os::unix::fs::symlink(root.join("sub"), root.join("abs-dir")).unwrap();
+    std::os::unix::fs::symlink(root.join("sub/f.txt"), root.join("abs-file")).unwrap();
+    std::os::unix::fs::symlink(root.join("../").join(&outside.name).join("secret.txt"), root.join("abs-out"))
+        .unwrap();
+
+    for path in ["abs-file", "/workspace/abs-dir/f.txt"] {
+        let reply = agent.call(op::read(path)).await;
+        assert!(
+            matches!(reply, Ok(Reply::FsRead(ref r)) if &r.content[..] == b"inside"),
+            "{path}: {reply:?}"
+        );
+    }
+    let reply = agent.call(write_op("abs-dir/deep/new.txt", b"new", true)).await;
+    assert!(matches!(reply, Ok(Reply::FsWrite(_))), "{reply:?}\n{}", agent.log());
+    assert_eq!(std::fs::read(root.join("sub/deep/new.txt")).unwrap(), b"new");
+    let reply = agent.call(write_op("abs-file", b"rewritten", false)).await;
+    assert!(matches!(reply, Ok(Reply::FsWrite(_))), "{reply:?}");
+    assert_eq!(std::fs::read(root.join("sub/f.txt")).unwrap(), b"rewritten");
+    assert!(std::fs::symlink_metadata(root.join("abs-file")).unwrap().file_type().is_symlink());
+    let list = Op::FsList(pb::FsListRequest { path: "abs-dir".into(), ..Default::default() });
+    let reply = agent.call(list).await;
+    assert!(matches!(reply, Ok(Reply::FsList(ref l)) if l.entries.len() == 2), "{reply:?}");
+    let exec = pb::ExecRequest { cwd: "abs-dir".into(), ..op::sh("cat f.txt") };
+    let reply = agent.call(Op::Exec(exec)).await;
+    assert!(matches!(reply, Ok(Reply::Exec(ref e)) if &e.stdout[..] == b"rewritten"), "{reply:?}");
+
+    assert_refused("read abs-out", agent.call(op::read("abs-out")).await, &agent);
+    assert_refused("write abs-out", agent.call(write_op("abs-out", b"x", false)).await, &agent);
+    outside.assert_untouched();
+}
+
+/// A tmpfs mounted at `dir` for the life of the value (unmounted lazily on drop).
+struct Mount(PathBuf);
+
+impl Mount {
+    fn tmpfs(dir: PathBuf) -> Option<Mount> {
+        std::fs::create_dir(&dir).expect("mount point");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=16m", "tether-test"])
+            .arg(&dir)
+            .stderr(std::process::Stdio::null())
+            .status();
+        match status {
+            Ok(s) if s.success() => Some(Mount(dir)),
+            other => {
+                eprintln!("skipped: cannot mount a tmpfs inside the root here ({other:?})");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A move onto another filesystem inside the root (a mount) falls back to copying; the copy
+/// must replace a symlink at the target, never write through it to a file outside the root.
+#[tokio::test]
+async fn a_confined_move_across_a_mount_never_writes_through_a_symlink_out_of_the_root() {
+    let nats = Nats::start().await;
+    let agent = Agent::start(&nats).await;
+    let outside = Outside::beside(&agent);
+    let Some(mount) = Mount::tmpfs(agent.root.join("mnt")) else { return };
+    std::os::unix::fs::symlink(outside.secret(), mount.0.join("target")).unwrap();
+    std::fs::create_dir(mount.0.join("tree-target")).unwrap();
+    std::os::unix::fs::symlink(outside.dir.path(), mount.0.join("tree-target/sub")).unwrap();
+    std::fs::write(agent.root.join("mine.txt"), b"mine").unwrap();
+    std::fs::create_dir_all(agent.root.join("tree/sub")).unwrap();
+    std::fs::write(agent.root.join("tree/sub/planted.txt"), b"planted").unwrap();
+
+    let mv = |from: &str, to: &str| {
+        Op::FsMove(pb::FsMoveRequest { from: from.into(), to: to.into(), overwrite: true })
+    };
+    let _ = agent.call(mv("mine.txt", "mnt/target")).await;
+    let _ = agent.call(mv("tree", "mnt/tree-target")).await;
+    outside.assert_untouched();
+    let target = std::fs::symlink_metadata(mount.0.join("target")).unwrap();
+    assert!(target.is_file(), "the symlink at the target was replaced by the moved file");
+    assert_eq!(std::fs::read(mount.0.join("target")).unwrap(), b"mine");
+}

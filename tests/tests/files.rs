@@ -326,24 +326,37 @@ async fn a_twenty_megabyte_file_round_trips_through_put_and_get() {
     same_bytes(&copy, &data);
 }
 
+/// A directory on another filesystem than the agent's root (in /dev/shm), or None with the
+/// reason printed when this machine has no second filesystem there.
+fn second_filesystem(agent: &Agent) -> Option<tempfile::TempDir> {
+    use std::os::unix::fs::MetadataExt;
+    let shm = Path::new("/dev/shm");
+    let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+    if !shm.is_dir() || dev(shm) == dev(&agent.root) {
+        eprintln!("skipped: /dev/shm is not a second filesystem here");
+        return None;
+    }
+    Some(tempfile::tempdir_in(shm).expect("a tempdir in /dev/shm"))
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("list the directory")
+        .map(|e| e.expect("a directory entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 #[tokio::test]
 async fn a_move_across_filesystems_copies_the_tree_then_removes_the_source() {
-    let shm = Path::new("/dev/shm");
-    let same_fs = |a: &Path, b: &Path| {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(a).unwrap().dev() == std::fs::metadata(b).unwrap().dev()
-    };
     let nats = Nats::start().await;
     let opts = AgentOpts { args: vec!["--whole-machine".into()], ..Default::default() };
     let agent = Agent::start_with(&nats, opts).await;
-    if !shm.is_dir() || same_fs(shm, &agent.root) {
-        eprintln!("skipped: /dev/shm is not a second filesystem here");
-        return;
-    }
+    let Some(target) = second_filesystem(&agent) else { return };
     std::fs::create_dir_all(agent.root.join("tree/sub")).unwrap();
     std::fs::write(agent.root.join("tree/sub/f.txt"), b"payload").unwrap();
     std::os::unix::fs::symlink("sub/f.txt", agent.root.join("tree/link")).unwrap();
-    let target = tempfile::tempdir_in(shm).unwrap();
     let to = target.path().join("moved");
     let mv = Op::FsMove(pb::FsMoveRequest {
         from: "/workspace/tree".into(),
@@ -354,6 +367,79 @@ async fn a_move_across_filesystems_copies_the_tree_then_removes_the_source() {
     assert!(!agent.root.join("tree").exists(), "the source is gone");
     assert_eq!(std::fs::read(to.join("sub/f.txt")).unwrap(), b"payload");
     assert_eq!(std::fs::read_link(to.join("link")).unwrap(), Path::new("sub/f.txt"), "links stay links");
+}
+
+/// The copy fallback behaves like rename(2): what is at the target is replaced (a symlink
+/// there is replaced, never written through), a non-empty directory is not, and nothing is
+/// left behind when it refuses.
+#[tokio::test]
+async fn a_move_across_filesystems_replaces_the_target_and_never_writes_through_it() {
+    let nats = Nats::start().await;
+    let opts = AgentOpts { args: vec!["--whole-machine".into()], ..Default::default() };
+    let agent = Agent::start_with(&nats, opts).await;
+    let Some(shm) = second_filesystem(&agent) else { return };
+    let shm = shm.path();
+    let victim = tempfile::tempdir().unwrap();
+    std::fs::write(victim.path().join("victim.txt"), b"victim").unwrap();
+    std::fs::create_dir(victim.path().join("vdir")).unwrap();
+    let to = |name: &str| shm.join(name).display().to_string();
+
+    // A file moved over a symlink replaces the link; the link's target is untouched.
+    std::os::unix::fs::symlink(victim.path().join("victim.txt"), shm.join("file-target")).unwrap();
+    std::fs::write(agent.root.join("new.txt"), b"payload").unwrap();
+    ok(&agent, mv("new.txt", &to("file-target"), true)).await;
+    assert_eq!(std::fs::read(victim.path().join("victim.txt")).unwrap(), b"victim", "wrote through the link");
+    assert!(std::fs::symlink_metadata(shm.join("file-target")).unwrap().is_file(), "the link was replaced");
+    assert_eq!(std::fs::read(shm.join("file-target")).unwrap(), b"payload");
+    assert!(!agent.root.join("new.txt").exists(), "the source is gone");
+
+    // A tree over a non-empty directory holding a symlink out: refused, nothing written.
+    std::fs::create_dir_all(agent.root.join("tree/sub")).unwrap();
+    std::fs::write(agent.root.join("tree/sub/f.txt"), b"tree").unwrap();
+    std::fs::create_dir(shm.join("dir-target")).unwrap();
+    std::os::unix::fs::symlink(victim.path().join("vdir"), shm.join("dir-target/sub")).unwrap();
+    let err = agent.call(mv("tree", &to("dir-target"), true)).await.expect_err("a non-empty directory");
+    assert_eq!(error_code(&err), pb::ErrorCode::Os, "{err:?}");
+    assert!(names_in(&victim.path().join("vdir")).is_empty(), "wrote through a link inside the target");
+    assert_eq!(std::fs::read(agent.root.join("tree/sub/f.txt")).unwrap(), b"tree", "the source stays");
+    assert_eq!(names_in(shm), ["dir-target", "file-target"], "no temp copy left behind");
+
+    // Without overwrite an existing target is refused; an empty directory is replaced with it.
+    let err = agent.call(mv("tree", &to("file-target"), false)).await.expect_err("the target exists");
+    assert_eq!(error_code(&err), pb::ErrorCode::Os, "{err:?}");
+    assert_eq!(std::fs::read(shm.join("file-target")).unwrap(), b"payload");
+    std::fs::create_dir(shm.join("empty")).unwrap();
+    ok(&agent, mv("tree", &to("empty"), true)).await;
+    assert_eq!(std::fs::read(shm.join("empty/sub/f.txt")).unwrap(), b"tree");
+    assert!(!agent.root.join("tree").exists());
+    assert_eq!(names_in(shm), ["dir-target", "empty", "file-target"]);
+}
+
+/// A new file gets the mode any program creating it would (0o666 less the umask), and
+/// learning the umask never changes it for the rest of the process.
+#[tokio::test]
+async fn a_new_file_gets_the_mode_the_umask_allows() {
+    use nix::sys::stat::{Mode, umask};
+    let nats = Nats::start().await;
+    // The agent inherits the umask it is started with.
+    let before = umask(Mode::from_bits_truncate(0o002));
+    let agent = Agent::start(&nats).await;
+    umask(before);
+    let mode = |name: &str| std::fs::metadata(agent.root.join(name)).unwrap().permissions().mode() & 0o777;
+
+    ok(&agent, op::write("fresh.txt", b"new")).await;
+    assert_eq!(mode("fresh.txt"), 0o664, "an atomic write of a new file");
+    let append = pb::FsWriteRequest {
+        path: "appended.txt".into(),
+        content: b"x".to_vec().into(),
+        append: true,
+        ..Default::default()
+    };
+    ok(&agent, Op::FsWrite(append)).await;
+    assert_eq!(mode("appended.txt"), 0o664, "an append creating the file");
+    let exec = ok(&agent, Op::Exec(op::sh("umask"))).await;
+    let Reply::Exec(out) = exec else { panic!("expected Exec, got {exec:?}") };
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0002", "a command still sees the agent's umask");
 }
 
 #[tokio::test]

@@ -22,6 +22,13 @@ use tether_proto::pb;
 use crate::error::{OpError, OpResult};
 use crate::paths::{Paths, Resolved, via_fd};
 
+mod xdev;
+
+/// The mode asked for a new file when the request leaves it 0: the kernel takes the umask
+/// (or a default ACL) off it, as for any program creating a file. Reading the umask instead
+/// means setting it, process-wide, under every other thread's feet.
+const NEW_FILE_MODE: u32 = 0o666;
+
 /// Bytes a read reply spends besides the content: field tags, length prefixes, total_size.
 const READ_OVERHEAD: usize = 32;
 
@@ -145,7 +152,7 @@ fn write_in_place(paths: &Paths, r: &Resolved, req: &pb::FsWriteRequest) -> OpRe
     if req.append && !req.use_offset {
         flags |= OFlag::O_APPEND;
     }
-    let file = File::from(paths.open(r, flags, mode_or(req.mode, 0o644))?);
+    let file = File::from(paths.open(r, flags, mode_or(req.mode, NEW_FILE_MODE))?);
     let io = |e: std::io::Error| OpError::from_io(&e, "write", &r.abs);
     if req.use_offset {
         file.write_all_at(&req.content, req.offset).map_err(io)?;
@@ -164,17 +171,19 @@ fn write_atomically(paths: &Paths, r: &Resolved, req: &pb::FsWriteRequest) -> Op
     if existing.as_ref().is_some_and(|st| kind_of(st) == pb::FsEntryKind::Directory) {
         return Err(OpError::from_io(&Errno::EISDIR.into(), "write", &target.abs));
     }
+    // A mode to set exactly (kept or asked for), or None: the kernel's default for a new file.
+    // The temp file starts 0600 when its content may be more private than a new file's.
     let mode = match (req.mode, &existing) {
-        (0, Some(st)) => Mode::from_bits_truncate(st.st_mode & 0o7777),
-        (0, None) => Mode::from_bits_truncate(0o644 & !current_umask()),
-        (m, _) => Mode::from_bits_truncate(m),
+        (0, Some(st)) => Some(Mode::from_bits_truncate(st.st_mode & 0o7777)),
+        (0, None) => None,
+        (m, _) => Some(Mode::from_bits_truncate(m)),
     };
     let tmp_name = temp_name(&name);
     let tmp = nix::fcntl::openat(
         dir.as_fd(),
         tmp_name.as_os_str(),
         OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::from_bits_truncate(0o600),
+        Mode::from_bits_truncate(if mode.is_some() { 0o600 } else { NEW_FILE_MODE }),
     )
     .map_err(|e| paths.errno(e, "create temp file beside", &target.abs))?;
     let committed = fill_and_rename(File::from(tmp), &req.content, mode, dir.as_fd(), &tmp_name, &name);
@@ -188,17 +197,30 @@ fn write_atomically(paths: &Paths, r: &Resolved, req: &pb::FsWriteRequest) -> Op
 fn fill_and_rename(
     mut file: File,
     content: &[u8],
-    mode: Mode,
+    mode: Option<Mode>,
     dir: BorrowedFd<'_>,
     tmp: &OsStr,
     name: &OsStr,
 ) -> std::io::Result<()> {
     file.write_all(content)?;
-    nix::sys::stat::fchmod(file.as_fd(), mode)?;
+    if let Some(mode) = mode {
+        nix::sys::stat::fchmod(file.as_fd(), mode)?;
+    }
     file.sync_all()?;
     nix::fcntl::renameat(dir, tmp, dir, name)?;
-    let _ = nix::unistd::fsync(dir); // O_PATH fds may refuse fsync; the data itself is synced.
-    Ok(())
+    sync_dir(dir)
+}
+
+/// Makes a rename or unlink in `dir` durable. `dir` is usually an O_PATH descriptor, which
+/// fsync refuses (EBADF), so the directory is opened for reading through it first. EINVAL: a
+/// filesystem that cannot sync directories; there is nothing more to do.
+fn sync_dir(dir: BorrowedFd<'_>) -> std::io::Result<()> {
+    let readable =
+        nix::fcntl::openat(dir, ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+    match nix::unistd::fsync(readable.as_fd()) {
+        Ok(()) | Err(Errno::EINVAL) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// A final symlink is written through only when its target stays inside the consent; the
@@ -223,13 +245,6 @@ fn temp_name(name: &OsStr) -> OsString {
     tmp.push(name);
     tmp.push(format!(".tether-{}-{nanos:x}.tmp", std::process::id()));
     tmp
-}
-
-fn current_umask() -> u32 {
-    // umask can only be read by setting it; put the old value straight back.
-    let old = nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
-    nix::sys::stat::umask(old);
-    old.bits()
 }
 
 // ------------------------------------------------------------------ list / stat
@@ -374,18 +389,17 @@ pub async fn rename(paths: Arc<Paths>, req: pb::FsMoveRequest) -> OpResult<pb::F
             flags,
         );
         match moved {
-            Ok(()) => {}
-            Err(Errno::EXDEV) => copy_then_remove(
-                &via_fd(from_dir.as_fd(), &from_name),
-                &via_fd(to_dir.as_fd(), &to_name),
-                req.overwrite,
-            )
-            .map_err(|e| OpError::from_io(&e, "move across filesystems", &from.abs))?,
-            Err(Errno::EEXIST) => {
-                return Err(OpError::os(format!("{} exists; set overwrite to replace it", to.abs.display()))
-                    .with("path", to.abs.display())
-                    .with("errno", Errno::EEXIST as i32));
+            Ok(()) => sync_dir(to_dir.as_fd())
+                .and_then(|()| sync_dir(from_dir.as_fd()))
+                .map_err(|e| OpError::from_io(&e, "sync the move to", &to.abs))?,
+            Err(Errno::EXDEV) => {
+                xdev::move_across(from_dir.as_fd(), &from_name, to_dir.as_fd(), &to_name, req.overwrite)
+                    .map_err(|e| match e.raw_os_error().map(Errno::from_raw) {
+                        Some(Errno::EEXIST) => exists(&to.abs),
+                        _ => OpError::from_io(&e, "move across filesystems", &from.abs),
+                    })?
             }
+            Err(Errno::EEXIST) => return Err(exists(&to.abs)),
             Err(e) => return Err(paths.errno(e, "move", &from.abs)),
         }
         Ok(pb::FsMoveResponse {})
@@ -393,30 +407,10 @@ pub async fn rename(paths: Arc<Paths>, req: pb::FsMoveRequest) -> OpResult<pb::F
     .await
 }
 
-/// The EXDEV fallback: copy the tree (symlinks as symlinks), then remove the source.
-fn copy_then_remove(from: &Path, to: &Path, overwrite: bool) -> std::io::Result<()> {
-    if !overwrite && to.symlink_metadata().is_ok() {
-        return Err(Errno::EEXIST.into());
-    }
-    copy_tree(from, to)?;
-    if from.symlink_metadata()?.is_dir() { std::fs::remove_dir_all(from) } else { std::fs::remove_file(from) }
-}
-
-fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    let meta = from.symlink_metadata()?;
-    if meta.file_type().is_symlink() {
-        std::os::unix::fs::symlink(std::fs::read_link(from)?, to)
-    } else if meta.is_dir() {
-        std::fs::create_dir_all(to)?;
-        std::fs::set_permissions(to, meta.permissions())?;
-        for child in std::fs::read_dir(from)? {
-            let child = child?;
-            copy_tree(&child.path(), &to.join(child.file_name()))?;
-        }
-        Ok(())
-    } else {
-        std::fs::copy(from, to).map(drop)
-    }
+fn exists(to: &Path) -> OpError {
+    OpError::os(format!("{} exists; set overwrite to replace it", to.display()))
+        .with("path", to.display())
+        .with("errno", Errno::EEXIST as i32)
 }
 
 pub async fn remove(paths: Arc<Paths>, req: pb::FsRemoveRequest) -> OpResult<pb::FsRemoveResponse> {
@@ -441,4 +435,20 @@ pub async fn remove(paths: Arc<Paths>, req: pb::FsRemoveRequest) -> OpResult<pb:
         removed.map(|()| pb::FsRemoveResponse {})
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use super::*;
+
+    #[test]
+    fn a_directory_reached_by_an_o_path_descriptor_can_be_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let fd = nix::fcntl::open(dir.path(), OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+        // What the write path used to do, silently failing: fsync refuses an O_PATH descriptor.
+        assert_eq!(nix::unistd::fsync(fd.as_fd()), Err(Errno::EBADF));
+        sync_dir(fd.as_fd()).unwrap();
+    }
 }

@@ -1,0 +1,143 @@
+//! fs_move across filesystems, where rename(2) says EXDEV (`PROTOCOL.md` §5: copy + remove).
+//!
+//! Why it is not a plain recursive copy onto the target: the target may already hold a
+//! symlink (at its name or anywhere inside a directory there), and a copy that opens paths
+//! follows it, possibly out of the root. So the tree is copied into a fresh temp sibling of
+//! the target, only ever creating entries (O_EXCL, O_NOFOLLOW, `*at` calls on descriptors),
+//! synced, and then renamed over the target with rename's own rules: a symlink there is
+//! replaced, a non-empty directory is refused, and without overwrite nothing is replaced.
+//! The source is read the same way (descriptors, O_NOFOLLOW), so it cannot be swapped for a
+//! link to a file outside either. Only then is the source removed.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, RenameFlags, openat};
+use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstat, fstatat, mkdirat};
+use nix::unistd::UnlinkatFlags;
+
+use super::{sync_dir, temp_name};
+use crate::paths::via_fd;
+
+/// Moves `from_name` in `from_dir` to `to_name` in `to_dir`, which lie on different
+/// filesystems. Errors are the OS's; on one, the target and the source are as they were.
+pub(super) fn move_across(
+    from_dir: BorrowedFd<'_>,
+    from_name: &OsStr,
+    to_dir: BorrowedFd<'_>,
+    to_name: &OsStr,
+    overwrite: bool,
+) -> io::Result<()> {
+    // Not worth copying a tree only to be refused (the rename below still decides, atomically).
+    if !overwrite && fstatat(to_dir, to_name, AtFlags::AT_SYMLINK_NOFOLLOW).is_ok() {
+        return Err(Errno::EEXIST.into());
+    }
+    let tmp = temp_name(to_name);
+    let placed = copy_entry(from_dir, from_name, to_dir, &tmp).and_then(|()| {
+        let flags = if overwrite { RenameFlags::empty() } else { RenameFlags::RENAME_NOREPLACE };
+        Ok(nix::fcntl::renameat2(to_dir, tmp.as_os_str(), to_dir, to_name, flags)?)
+    });
+    if let Err(e) = placed {
+        remove_entry(to_dir, &tmp);
+        return Err(e);
+    }
+    sync_dir(to_dir)?;
+    let st = fstatat(from_dir, from_name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+    if is(&st, SFlag::S_IFDIR) {
+        // std walks with O_NOFOLLOW and unlinkat: links inside are removed, never followed.
+        std::fs::remove_dir_all(via_fd(from_dir, from_name))?;
+    } else {
+        nix::unistd::unlinkat(from_dir, from_name, UnlinkatFlags::NoRemoveDir)?;
+    }
+    sync_dir(from_dir)
+}
+
+/// Best-effort removal of a half-made temp copy.
+fn remove_entry(dir: BorrowedFd<'_>, name: &OsStr) {
+    if nix::unistd::unlinkat(dir, name, UnlinkatFlags::NoRemoveDir) == Err(Errno::EISDIR) {
+        let _ = std::fs::remove_dir_all(via_fd(dir, name));
+    }
+}
+
+fn is(st: &FileStat, kind: SFlag) -> bool {
+    st.st_mode & SFlag::S_IFMT.bits() == kind.bits()
+}
+
+/// Copies one entry as what it is (a symlink stays a symlink), creating `to_name` in `to_dir`
+/// and never opening anything that was there before.
+fn copy_entry(
+    from_dir: BorrowedFd<'_>,
+    from_name: &OsStr,
+    to_dir: BorrowedFd<'_>,
+    to_name: &OsStr,
+) -> io::Result<()> {
+    let st = fstatat(from_dir, from_name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+    if is(&st, SFlag::S_IFLNK) {
+        let target = nix::fcntl::readlinkat(from_dir, from_name)?;
+        Ok(nix::unistd::symlinkat(target.as_os_str(), to_dir, to_name)?)
+    } else if is(&st, SFlag::S_IFDIR) {
+        copy_dir(from_dir, from_name, to_dir, to_name)
+    } else {
+        copy_file(from_dir, from_name, to_dir, to_name)
+    }
+}
+
+fn open_dir(dir: BorrowedFd<'_>, name: &OsStr) -> nix::Result<OwnedFd> {
+    openat(
+        dir,
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+fn copy_dir(
+    from_dir: BorrowedFd<'_>,
+    from_name: &OsStr,
+    to_dir: BorrowedFd<'_>,
+    to_name: &OsStr,
+) -> io::Result<()> {
+    let src = open_dir(from_dir, from_name)?;
+    let mode = fstat(src.as_fd())?.st_mode & 0o7777;
+    mkdirat(to_dir, to_name, Mode::from_bits_truncate(0o700))?;
+    let dst = open_dir(to_dir, to_name)?;
+    let mut listing = nix::dir::Dir::from_fd(src.try_clone()?)?;
+    let names: Vec<OsString> = listing
+        .iter()
+        .map(|e| e.map(|e| OsStr::from_bytes(e.file_name().to_bytes()).to_owned()))
+        .collect::<nix::Result<_>>()?;
+    for name in names.iter().filter(|n| *n != "." && *n != "..") {
+        copy_entry(src.as_fd(), name, dst.as_fd(), name)?;
+    }
+    fchmod(dst.as_fd(), Mode::from_bits_truncate(mode))?;
+    Ok(nix::unistd::fsync(dst.as_fd())?)
+}
+
+/// A regular file's bytes and permission bits. Anything else that is not a directory or a
+/// symlink (a FIFO, a socket, a device) is refused rather than read.
+fn copy_file(
+    from_dir: BorrowedFd<'_>,
+    from_name: &OsStr,
+    to_dir: BorrowedFd<'_>,
+    to_name: &OsStr,
+) -> io::Result<()> {
+    // O_NONBLOCK: a FIFO swapped in must not hang the copy; it is refused just below.
+    let read = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    let src = File::from(openat(from_dir, from_name, read, Mode::empty())?);
+    let st = fstat(src.as_fd())?;
+    if !is(&st, SFlag::S_IFREG) {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("{} is not a regular file, directory or symlink", from_name.to_string_lossy()),
+        ));
+    }
+    let write = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mut dst = File::from(openat(to_dir, to_name, write, Mode::from_bits_truncate(0o600))?);
+    io::copy(&mut &src, &mut dst)?;
+    fchmod(dst.as_fd(), Mode::from_bits_truncate(st.st_mode & 0o7777))?;
+    dst.sync_all()
+}
