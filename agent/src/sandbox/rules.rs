@@ -76,8 +76,10 @@ pub struct FsView<'a> {
     pub canonical: &'a dyn Fn(&Path) -> PathBuf,
 }
 
-/// The rules for `inputs`. A read-only location that holds an excluded path (both compared
-/// with symlinks resolved) is granted entry by entry, leaving the excluded ones out.
+/// The rules for `inputs`. A read-only location that holds an excluded path is granted entry
+/// by entry, leaving the excluded ones out. Every path is compared with its symlinks resolved,
+/// at every depth: Landlock follows a symlink to the inode it names, so a link to a directory
+/// holding a secret (`current -> releases/1.2`) must be split like the directory itself.
 pub fn rules(inputs: &RuleInputs, fs: &FsView<'_>) -> Vec<Rule> {
     let list_dir = fs.list_dir;
     let mut excluded: Vec<PathBuf> = SYSTEM_SECRETS.iter().map(PathBuf::from).collect();
@@ -86,9 +88,10 @@ pub fn rules(inputs: &RuleInputs, fs: &FsView<'_>) -> Vec<Rule> {
     let excluded: Vec<PathBuf> = excluded.iter().map(|p| (fs.canonical)(p)).collect();
 
     let mut rules = Vec::new();
+    let mut split = std::collections::HashSet::new();
     let read_exec = SYSTEM_READ_EXEC.iter().map(PathBuf::from).chain(inputs.extra_read.iter().cloned());
-    for top in read_exec.map(|p| (fs.canonical)(&p)) {
-        for path in expand_excluding(&top, &excluded, list_dir) {
+    for top in read_exec {
+        for path in expand_excluding(&top, &excluded, fs, &mut split) {
             rules.push(Rule { path, grant: Grant::ReadExec });
         }
     }
@@ -101,20 +104,27 @@ pub fn rules(inputs: &RuleInputs, fs: &FsView<'_>) -> Vec<Rule> {
     rules
 }
 
-/// `top` as one path when nothing excluded lies beneath it; otherwise its entries, recursively,
-/// without the excluded ones.
+/// `path` (symlinks resolved) as one path when nothing excluded lies beneath it; otherwise its
+/// entries, each resolved and expanded the same way, without the excluded ones. `split` holds
+/// the directories already expanded, so a symlink loop or a second route to one directory
+/// ends there.
 fn expand_excluding(
-    top: &Path,
+    path: &Path,
     excluded: &[PathBuf],
-    list_dir: &dyn Fn(&Path) -> Vec<PathBuf>,
+    fs: &FsView<'_>,
+    split: &mut std::collections::HashSet<PathBuf>,
 ) -> Vec<PathBuf> {
-    if excluded.iter().any(|e| e == top) {
+    let path = (fs.canonical)(path);
+    if excluded.contains(&path) {
         return Vec::new();
     }
-    if !excluded.iter().any(|e| e.starts_with(top)) {
-        return vec![top.to_owned()];
+    if !excluded.iter().any(|e| e.starts_with(&path)) {
+        return vec![path];
     }
-    list_dir(top).iter().flat_map(|entry| expand_excluding(entry, excluded, list_dir)).collect()
+    if !split.insert(path.clone()) {
+        return Vec::new();
+    }
+    (fs.list_dir)(&path).iter().flat_map(|entry| expand_excluding(entry, excluded, fs, split)).collect()
 }
 
 /// The SSH daemon's private host keys (`/etc/ssh/ssh_host_*_key`; the `.pub` halves stay readable).
@@ -247,6 +257,39 @@ mod tests {
             "{read:?}"
         );
         assert_eq!(read.iter().filter(|p| *p == "/usr/bin").count(), 1, "no duplicates: {read:?}");
+    }
+
+    /// A real tree where the token sits behind a symlinked release directory, the way a
+    /// versioned install lays it out: `opt/tether/current -> releases/1.2` holds `token`, and a
+    /// `self -> .` loop hangs beside it.
+    #[test]
+    fn a_secret_behind_a_symlinked_subdirectory_is_not_granted_through_the_link() {
+        use std::os::unix::fs::symlink;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let top = tmp.path().canonicalize().expect("canonical tempdir");
+        let opt = top.join("opt");
+        let release = opt.join("tether/releases/1.2");
+        std::fs::create_dir_all(release.join("bin")).expect("mkdir");
+        std::fs::create_dir_all(opt.join("other")).expect("mkdir");
+        std::fs::write(release.join("token"), "secret").expect("token");
+        symlink("releases/1.2", opt.join("tether/current")).expect("symlink");
+        symlink(".", opt.join("tether/self")).expect("symlink");
+        let fs = FsView { list_dir: &crate::sandbox::list_dir, canonical: &crate::sandbox::canonical };
+        let inputs = RuleInputs {
+            extra_read: vec![opt.clone()],
+            excluded: vec![opt.join("tether/current/token")],
+            ..inputs()
+        };
+        let read: Vec<PathBuf> =
+            rules(&inputs, &fs).into_iter().filter(|r| r.grant == Grant::ReadExec).map(|r| r.path).collect();
+        let token = release.join("token");
+        let covering: Vec<&PathBuf> =
+            read.iter().filter(|p| token.starts_with(crate::sandbox::canonical(p))).collect();
+        assert!(covering.is_empty(), "rules reaching the token: {covering:?}");
+        for kept in [release.join("bin"), opt.join("other")] {
+            let reached = read.iter().any(|p| kept.starts_with(crate::sandbox::canonical(p)));
+            assert!(reached, "{} missing from {read:?}", kept.display());
+        }
     }
 
     #[test]
