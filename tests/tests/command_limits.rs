@@ -2,7 +2,8 @@
 //! fork bomb (root included, which RLIMIT_NPROC would not hold) while the agent keeps answering,
 //! and a killed command takes every process it started with it, even those that left its
 //! process group; the request's resource policy limits memory and CPU; every per-command cgroup
-//! is gone once its command is. Hello says which limits are enforced and how.
+//! is gone once its command is; a memory limit leaves no room in swap. Hello says which limits
+//! are enforced and how, exactly as the machine offers them.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -186,4 +187,48 @@ async fn cpu_max_from_the_resource_policy_throttles_a_busy_loop() {
     let cpu: f64 = text(&r.stdout).trim().parse().expect("cpu seconds");
     println!("1.5 s of wall time under 100 millicores used {cpu:.2} s of CPU");
     assert!(cpu < 0.6, "100 millicores allow ~0.15 s of CPU in 1.5 s, the loop used {cpu:.2} s");
+}
+
+/// While a command with a memory limit runs, its memory cgroup bounds swap too (v2: no swap at
+/// all; v1: memory plus swap by the same number), where the kernel accounts swap.
+#[tokio::test]
+async fn a_memory_limit_leaves_no_room_in_swap() {
+    const LIMIT: u64 = 64 << 20;
+    let nats = Nats::start().await;
+    let agent = Agent::start(&nats).await;
+    if agent.caps().memory_limit != pb::LimitEnforcement::Cgroup as i32 {
+        println!("memory is limited by RLIMIT_AS here (see the test above): no cgroup to inspect");
+        return;
+    }
+    let policy = pb::OperationResourcePolicy { memory_max_bytes: Some(LIMIT), ..Default::default() };
+    let script = "echo go > started; exec sleep 3";
+    let req = Op::Exec(pb::ExecRequest { timeout_ms: 30_000, ..op::sh(script) });
+    let running = agent.call_limited(req, policy);
+    let inspect = async {
+        eventually("the command to start", || agent.root.join("started").exists()).await;
+        let (_, commands) = agent_cgroups(agent.proc.pid());
+        let memory = commands
+            .iter()
+            .find(|d| d.join("memory.max").exists() || d.join("memory.limit_in_bytes").exists());
+        let dir = memory.unwrap_or_else(|| panic!("no memory cgroup among {commands:?}")).clone();
+        let read = |file: &str| std::fs::read_to_string(dir.join(file)).ok().map(|s| s.trim().to_owned());
+        match (read("memory.max"), read("memory.limit_in_bytes")) {
+            (Some(max), _) => {
+                assert_eq!(max, LIMIT.to_string());
+                (read("memory.swap.max"), "0".to_owned())
+            }
+            (None, Some(max)) => {
+                assert_eq!(max, LIMIT.to_string());
+                (read("memory.memsw.limit_in_bytes"), LIMIT.to_string())
+            }
+            (None, None) => unreachable!("found by one of the two files"),
+        }
+    };
+    let (reply, (swap, expected)) = tokio::join!(running, inspect);
+    let r = exec_reply("sleep", &agent, reply);
+    assert_eq!(r.exit_code, 0, "{}", text(&r.stderr));
+    match swap {
+        Some(swap) => assert_eq!(swap, expected, "the swap bound of a {LIMIT}-byte limit"),
+        None => println!("this kernel does not account swap per cgroup: nothing to bound"),
+    }
 }

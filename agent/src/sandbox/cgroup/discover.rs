@@ -161,7 +161,9 @@ pub fn setup(candidates: Vec<Candidate>, base_name: &str) -> (Vec<Hierarchy>, Ve
                     continue;
                 }
                 taken.extend(&controllers);
-                hierarchies.push(Hierarchy { version: candidate.version, base, controllers });
+                let swap = controllers.contains(&Controller::Memory)
+                    && base.join(Hierarchy::swap_file(candidate.version)).exists();
+                hierarchies.push(Hierarchy { version: candidate.version, base, controllers, swap });
             }
             Err(e) => notes.push(format!("cgroup {}: {e}", candidate.own_dir.display())),
         }

@@ -73,6 +73,19 @@ pub struct Hierarchy {
     pub version: Version,
     pub base: PathBuf,
     pub controllers: Vec<Controller>,
+    /// Its memory controller accounts swap (`memory.swap.max`, v1 `memory.memsw.limit_in_bytes`;
+    /// absent when the kernel does not account swap), so a memory limit can include swap.
+    pub swap: bool,
+}
+
+impl Hierarchy {
+    /// The control file that bounds swap in this hierarchy's version.
+    pub fn swap_file(version: Version) -> &'static str {
+        match version {
+            Version::V2 => "memory.swap.max",
+            Version::V1 => "memory.memsw.limit_in_bytes",
+        }
+    }
 }
 
 /// The limits of one command's cgroup; `None` leaves a controller's default (no limit).
@@ -122,14 +135,19 @@ impl Cgroups {
         self.hierarchy(Controller::Memory).is_some_and(|h| h.version == Version::V2)
     }
 
-    /// Where the hierarchies are, for logs.
+    /// Where the hierarchies are, and whether memory limits include swap, for logs.
     pub fn describe(&self) -> String {
         let parts: Vec<String> = self
             .hierarchies
             .iter()
             .map(|h| {
                 let names: Vec<&str> = h.controllers.iter().map(|c| c.name()).collect();
-                format!("{} ({:?}) in {}", names.join("+"), h.version, h.base.display())
+                let swap = match (h.controllers.contains(&Controller::Memory), h.swap) {
+                    (false, _) => "",
+                    (true, true) => ", memory limits include swap",
+                    (true, false) => ", memory limits do not bound swap (no swap accounting)",
+                };
+                format!("{} ({:?}) in {}{swap}", names.join("+"), h.version, h.base.display())
             })
             .collect();
         parts.join(", ")
@@ -199,12 +217,20 @@ fn limit_files(h: &Hierarchy, limits: &CgroupLimits) -> Vec<(&'static str, Strin
         files.push(("pids.max", limits.pids_max.map_or_else(|| "max".to_owned(), |n| n.to_string())));
     }
     if has(Controller::Memory) {
+        // A memory limit that swap could dodge is not one: with swap accounted, v2 allows no
+        // swap at all, and v1 bounds memory plus swap by the same number (written after
+        // memory.limit_in_bytes, which it may never be below).
+        let swap_file = h.swap.then(|| Hierarchy::swap_file(h.version));
         match h.version {
             Version::V2 => {
                 files.extend(limits.memory_high.map(|b| ("memory.high", b.to_string())));
                 files.extend(limits.memory_max.map(|b| ("memory.max", b.to_string())));
+                files.extend(limits.memory_max.and(swap_file).map(|f| (f, "0".to_owned())));
             }
-            Version::V1 => files.extend(limits.memory_max.map(|b| ("memory.limit_in_bytes", b.to_string()))),
+            Version::V1 => {
+                files.extend(limits.memory_max.map(|b| ("memory.limit_in_bytes", b.to_string())));
+                files.extend(swap_file.zip(limits.memory_max).map(|(f, b)| (f, b.to_string())));
+            }
         }
     }
     if has(Controller::Cpu)
@@ -322,7 +348,7 @@ mod tests {
     use super::*;
 
     fn hierarchy(version: Version, controllers: &[Controller]) -> Hierarchy {
-        Hierarchy { version, base: "/sys/fs/cgroup/x".into(), controllers: controllers.to_vec() }
+        Hierarchy { version, base: "/sys/fs/cgroup/x".into(), controllers: controllers.to_vec(), swap: false }
     }
 
     #[test]
@@ -333,18 +359,28 @@ mod tests {
             memory_high: Some(48 << 20),
             cpu_millicores: Some(250),
         };
-        let v2 = hierarchy(Version::V2, &Controller::ALL);
+        let v2 = Hierarchy { swap: true, ..hierarchy(Version::V2, &Controller::ALL) };
         assert_eq!(
             limit_files(&v2, &limits),
             [
                 ("pids.max", "512".to_owned()),
                 ("memory.high", (48u64 << 20).to_string()),
                 ("memory.max", (64u64 << 20).to_string()),
+                ("memory.swap.max", "0".to_owned()),
                 ("cpu.max", "25000 100000".to_owned()),
             ]
         );
-        let v1_mem = hierarchy(Version::V1, &[Controller::Memory]);
-        assert_eq!(limit_files(&v1_mem, &limits), [("memory.limit_in_bytes", (64u64 << 20).to_string())]);
+        let high_only = CgroupLimits { memory_max: None, ..limits };
+        assert!(!limit_files(&v2, &high_only).iter().any(|(f, _)| *f == "memory.swap.max"));
+        let v1_mem = Hierarchy { swap: true, ..hierarchy(Version::V1, &[Controller::Memory]) };
+        let mem = (64u64 << 20).to_string();
+        assert_eq!(
+            limit_files(&v1_mem, &limits),
+            [("memory.limit_in_bytes", mem.clone()), ("memory.memsw.limit_in_bytes", mem.clone())]
+        );
+        // Without swap accounting the file is absent and not written.
+        let v1_no_swap = hierarchy(Version::V1, &[Controller::Memory]);
+        assert_eq!(limit_files(&v1_no_swap, &limits), [("memory.limit_in_bytes", mem)]);
         let v1_cpu = hierarchy(Version::V1, &[Controller::Cpu]);
         let tiny = CgroupLimits { cpu_millicores: Some(1), ..limits };
         assert_eq!(
