@@ -54,6 +54,22 @@ fn agent_cgroups(agent_pid: i32) -> (Vec<PathBuf>, Vec<PathBuf>) {
     (bases, commands)
 }
 
+/// The cgroup version a controller is bound to on this machine, read from /sys/fs/cgroup the
+/// way an operator would: a v1 hierarchy mounted for it, else its name in the v2 hierarchy's
+/// `cgroup.controllers` (pure v2, or the `unified` mount of a hybrid machine). The agent's
+/// cgroup must be delegated on v2 (README), as it is for the tests.
+fn offered(controller: &str, v1_probe: &str) -> Option<u32> {
+    let root = Path::new("/sys/fs/cgroup");
+    if root.join(controller).join(v1_probe).exists() {
+        return Some(1);
+    }
+    let listed = |dir: PathBuf| {
+        std::fs::read_to_string(dir.join("cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|name| name == controller))
+    };
+    (listed(root.to_owned()) || listed(root.join("unified"))).then_some(2)
+}
+
 #[tokio::test]
 async fn a_fork_bomb_is_capped_killed_at_its_deadline_and_the_agent_keeps_answering() {
     const CAP: u32 = 64;
@@ -149,7 +165,11 @@ async fn a_command_cannot_fork_past_the_process_cap() {
 async fn memory_max_from_the_resource_policy_fails_a_larger_allocation() {
     let nats = Nats::start().await;
     let agent = Agent::start(&nats).await;
-    assert_ne!(agent.caps().memory_limit, pb::LimitEnforcement::None as i32);
+    let memory = offered("memory", "memory.limit_in_bytes");
+    let expected = if memory.is_some() { pb::LimitEnforcement::Cgroup } else { pb::LimitEnforcement::Rlimit };
+    let caps = agent.caps();
+    assert_eq!(caps.memory_limit, expected as i32, "memory controller: cgroup v{memory:?}; {caps:?}");
+    assert_eq!(caps.memory_high_limit, memory == Some(2), "memory.high needs cgroup v2: {caps:?}");
     let policy = pb::OperationResourcePolicy { memory_max_bytes: Some(64 << 20), ..Default::default() };
     let alloc = |mib: u32| {
         let script = format!("b = bytearray({mib} * 1024 * 1024); print('allocated', len(b) >> 20)");
@@ -174,8 +194,10 @@ async fn memory_max_from_the_resource_policy_fails_a_larger_allocation() {
 async fn cpu_max_from_the_resource_policy_throttles_a_busy_loop() {
     let nats = Nats::start().await;
     let agent = Agent::start(&nats).await;
-    if !agent.caps().cpu_limit {
-        println!("this machine cannot limit CPU per command (capabilities say so); nothing to measure");
+    let cpu = offered("cpu", "cpu.cfs_quota_us");
+    assert_eq!(agent.caps().cpu_limit, cpu.is_some(), "cpu controller: cgroup v{cpu:?}");
+    if cpu.is_none() {
+        println!("this machine has no cpu controller, as the capabilities say; nothing to measure");
         return;
     }
     let policy = pb::OperationResourcePolicy { cpu_max_millicores: Some(100), ..Default::default() };
