@@ -2,7 +2,8 @@
 //! fork bomb (root included, which RLIMIT_NPROC would not hold) while the agent keeps answering,
 //! and a killed command takes every process it started with it, even those that left its
 //! process group; the request's resource policy limits memory and CPU; every per-command cgroup
-//! is gone once its command is. Hello says which limits are enforced and how.
+//! is gone once its command is; a memory limit leaves no room in swap. Hello says which limits
+//! are enforced and how, exactly as the machine offers them.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -51,6 +52,22 @@ fn agent_cgroups(agent_pid: i32) -> (Vec<PathBuf>, Vec<PathBuf>) {
         .filter(|p| p.is_dir() && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("cmd-")))
         .collect();
     (bases, commands)
+}
+
+/// The cgroup version a controller is bound to on this machine, read from /sys/fs/cgroup the
+/// way an operator would: a v1 hierarchy mounted for it, else its name in the v2 hierarchy's
+/// `cgroup.controllers` (pure v2, or the `unified` mount of a hybrid machine). The agent's
+/// cgroup must be delegated on v2 (README), as it is for the tests.
+fn offered(controller: &str, v1_probe: &str) -> Option<u32> {
+    let root = Path::new("/sys/fs/cgroup");
+    if root.join(controller).join(v1_probe).exists() {
+        return Some(1);
+    }
+    let listed = |dir: PathBuf| {
+        std::fs::read_to_string(dir.join("cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|name| name == controller))
+    };
+    (listed(root.to_owned()) || listed(root.join("unified"))).then_some(2)
 }
 
 #[tokio::test]
@@ -148,7 +165,11 @@ async fn a_command_cannot_fork_past_the_process_cap() {
 async fn memory_max_from_the_resource_policy_fails_a_larger_allocation() {
     let nats = Nats::start().await;
     let agent = Agent::start(&nats).await;
-    assert_ne!(agent.caps().memory_limit, pb::LimitEnforcement::None as i32);
+    let memory = offered("memory", "memory.limit_in_bytes");
+    let expected = if memory.is_some() { pb::LimitEnforcement::Cgroup } else { pb::LimitEnforcement::Rlimit };
+    let caps = agent.caps();
+    assert_eq!(caps.memory_limit, expected as i32, "memory controller: cgroup v{memory:?}; {caps:?}");
+    assert_eq!(caps.memory_high_limit, memory == Some(2), "memory.high needs cgroup v2: {caps:?}");
     let policy = pb::OperationResourcePolicy { memory_max_bytes: Some(64 << 20), ..Default::default() };
     let alloc = |mib: u32| {
         let script = format!("b = bytearray({mib} * 1024 * 1024); print('allocated', len(b) >> 20)");
@@ -173,8 +194,10 @@ async fn memory_max_from_the_resource_policy_fails_a_larger_allocation() {
 async fn cpu_max_from_the_resource_policy_throttles_a_busy_loop() {
     let nats = Nats::start().await;
     let agent = Agent::start(&nats).await;
-    if !agent.caps().cpu_limit {
-        println!("this machine cannot limit CPU per command (capabilities say so); nothing to measure");
+    let cpu = offered("cpu", "cpu.cfs_quota_us");
+    assert_eq!(agent.caps().cpu_limit, cpu.is_some(), "cpu controller: cgroup v{cpu:?}");
+    if cpu.is_none() {
+        println!("this machine has no cpu controller, as the capabilities say; nothing to measure");
         return;
     }
     let policy = pb::OperationResourcePolicy { cpu_max_millicores: Some(100), ..Default::default() };
@@ -186,4 +209,48 @@ async fn cpu_max_from_the_resource_policy_throttles_a_busy_loop() {
     let cpu: f64 = text(&r.stdout).trim().parse().expect("cpu seconds");
     println!("1.5 s of wall time under 100 millicores used {cpu:.2} s of CPU");
     assert!(cpu < 0.6, "100 millicores allow ~0.15 s of CPU in 1.5 s, the loop used {cpu:.2} s");
+}
+
+/// While a command with a memory limit runs, its memory cgroup bounds swap too (v2: no swap at
+/// all; v1: memory plus swap by the same number), where the kernel accounts swap.
+#[tokio::test]
+async fn a_memory_limit_leaves_no_room_in_swap() {
+    const LIMIT: u64 = 64 << 20;
+    let nats = Nats::start().await;
+    let agent = Agent::start(&nats).await;
+    if agent.caps().memory_limit != pb::LimitEnforcement::Cgroup as i32 {
+        println!("memory is limited by RLIMIT_AS here (see the test above): no cgroup to inspect");
+        return;
+    }
+    let policy = pb::OperationResourcePolicy { memory_max_bytes: Some(LIMIT), ..Default::default() };
+    let script = "echo go > started; exec sleep 3";
+    let req = Op::Exec(pb::ExecRequest { timeout_ms: 30_000, ..op::sh(script) });
+    let running = agent.call_limited(req, policy);
+    let inspect = async {
+        eventually("the command to start", || agent.root.join("started").exists()).await;
+        let (_, commands) = agent_cgroups(agent.proc.pid());
+        let memory = commands
+            .iter()
+            .find(|d| d.join("memory.max").exists() || d.join("memory.limit_in_bytes").exists());
+        let dir = memory.unwrap_or_else(|| panic!("no memory cgroup among {commands:?}")).clone();
+        let read = |file: &str| std::fs::read_to_string(dir.join(file)).ok().map(|s| s.trim().to_owned());
+        match (read("memory.max"), read("memory.limit_in_bytes")) {
+            (Some(max), _) => {
+                assert_eq!(max, LIMIT.to_string());
+                (read("memory.swap.max"), "0".to_owned())
+            }
+            (None, Some(max)) => {
+                assert_eq!(max, LIMIT.to_string());
+                (read("memory.memsw.limit_in_bytes"), LIMIT.to_string())
+            }
+            (None, None) => unreachable!("found by one of the two files"),
+        }
+    };
+    let (reply, (swap, expected)) = tokio::join!(running, inspect);
+    let r = exec_reply("sleep", &agent, reply);
+    assert_eq!(r.exit_code, 0, "{}", text(&r.stderr));
+    match swap {
+        Some(swap) => assert_eq!(swap, expected, "the swap bound of a {LIMIT}-byte limit"),
+        None => println!("this kernel does not account swap per cgroup: nothing to bound"),
+    }
 }

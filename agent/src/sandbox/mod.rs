@@ -116,7 +116,8 @@ impl Sandbox {
             extra_write: config.confine.write.clone(),
             excluded,
         };
-        let rules = rules::rules(&inputs, &rules::FsView { list_dir: &list_dir, canonical: &canonical });
+        let fs = rules::FsView { list_dir: &list_dir, canonical: &canonical, readable: &readable };
+        let rules = rules::rules(&inputs, &fs);
         sandbox.policy.confinement = match ruleset::build(&rules) {
             Ok(built) => {
                 tracing::info!(abi = built.abi, rules = built.rules_added, tmpdir = %tmpdir.display(), "commands run under Landlock");
@@ -260,6 +261,17 @@ fn private_tmpdir(state_dir: &Path) -> anyhow::Result<PathBuf> {
 
 fn canonical(path: &Path) -> PathBuf {
     fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
+}
+
+/// Whether the agent's children could read `path` (a directory: list or search it) under plain
+/// file permissions. They run with the agent's uid and gids, and keep only the capabilities it
+/// made ambient; `AT_EACCESS` checks the agent's effective ids and capabilities, so where the
+/// two differ this errs towards "readable", which only splits more.
+fn readable(path: &Path) -> bool {
+    use nix::fcntl::{AT_FDCWD, AtFlags};
+    use nix::unistd::{AccessFlags, faccessat};
+    let can = |mode| faccessat(AT_FDCWD, path, mode, AtFlags::AT_EACCESS).is_ok();
+    can(AccessFlags::R_OK) || (path.is_dir() && can(AccessFlags::X_OK))
 }
 
 fn list_dir(dir: &Path) -> Vec<PathBuf> {

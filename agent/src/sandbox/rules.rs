@@ -1,10 +1,17 @@
 //! What a confined command may touch, as a plain list of (path, grant) rules: the workspace root
 //! and the agent's private temp directory read-write; the system's programs, libraries and
-//! configuration read-and-execute, minus the credential files a root-run agent could otherwise
-//! hand out (`/etc/shadow`, SSH host keys, the agent's own secrets); `/proc` read-only; a few
-//! harmless devices. Everything else, the user's home first of all, is out of reach. Kept pure
-//! (directory listings come in through a function) so the policy can be read and tested without
-//! a kernel; `ruleset` turns the list into Landlock rules.
+//! configuration read-and-execute, minus the credential files the agent's user could otherwise
+//! hand out (`/etc/shadow` to a root agent, SSH host keys, the agent's own secrets); `/proc`
+//! read-only; a few harmless devices. Everything else, the user's home first of all, is out of
+//! reach. Kept pure (directory listings, symlinks and permissions come in through functions) so
+//! the policy can be read and tested without a kernel; `ruleset` turns the list into Landlock
+//! rules.
+//!
+//! Landlock cannot deny beneath a grant, so a directory holding a secret is granted entry by
+//! entry, and rules attach to the inodes present at startup: a file there replaced later by a
+//! rename (`/etc/resolv.conf`, `/etc/hosts`) becomes unreadable. So only a secret the agent's
+//! user can really read splits its directory: for an unprivileged agent `/etc/shadow` is closed
+//! by its permissions already, and `/etc` stays one rule.
 
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
@@ -70,25 +77,33 @@ pub struct RuleInputs {
 }
 
 /// How the rule list sees the file system: a directory's entries (empty when it cannot be
-/// read) and a path with its symlinks resolved (the path itself when it cannot be resolved).
+/// read), a path with its symlinks resolved (the path itself when it cannot be resolved), and
+/// whether the agent's children could read a path (a directory: list or search it) if no
+/// Landlock rule stood in the way.
 pub struct FsView<'a> {
     pub list_dir: &'a dyn Fn(&Path) -> Vec<PathBuf>,
     pub canonical: &'a dyn Fn(&Path) -> PathBuf,
+    pub readable: &'a dyn Fn(&Path) -> bool,
 }
 
-/// The rules for `inputs`. A read-only location that holds an excluded path (both compared
-/// with symlinks resolved) is granted entry by entry, leaving the excluded ones out.
+/// The rules for `inputs`. A read-only location that holds an excluded path the children could
+/// read is granted entry by entry, leaving the excluded ones out; one they could not read
+/// anyway splits nothing. Every path is compared with its symlinks resolved,
+/// at every depth: Landlock follows a symlink to the inode it names, so a link to a directory
+/// holding a secret (`current -> releases/1.2`) must be split like the directory itself.
 pub fn rules(inputs: &RuleInputs, fs: &FsView<'_>) -> Vec<Rule> {
     let list_dir = fs.list_dir;
     let mut excluded: Vec<PathBuf> = SYSTEM_SECRETS.iter().map(PathBuf::from).collect();
     excluded.extend(ssh_host_keys(list_dir));
     excluded.extend(inputs.excluded.iter().cloned());
-    let excluded: Vec<PathBuf> = excluded.iter().map(|p| (fs.canonical)(p)).collect();
+    let excluded: Vec<PathBuf> =
+        excluded.iter().filter(|p| (fs.readable)(p)).map(|p| (fs.canonical)(p)).collect();
 
     let mut rules = Vec::new();
+    let mut split = std::collections::HashSet::new();
     let read_exec = SYSTEM_READ_EXEC.iter().map(PathBuf::from).chain(inputs.extra_read.iter().cloned());
-    for top in read_exec.map(|p| (fs.canonical)(&p)) {
-        for path in expand_excluding(&top, &excluded, list_dir) {
+    for top in read_exec {
+        for path in expand_excluding(&top, &excluded, fs, &mut split) {
             rules.push(Rule { path, grant: Grant::ReadExec });
         }
     }
@@ -101,20 +116,27 @@ pub fn rules(inputs: &RuleInputs, fs: &FsView<'_>) -> Vec<Rule> {
     rules
 }
 
-/// `top` as one path when nothing excluded lies beneath it; otherwise its entries, recursively,
-/// without the excluded ones.
+/// `path` (symlinks resolved) as one path when nothing excluded lies beneath it; otherwise its
+/// entries, each resolved and expanded the same way, without the excluded ones. `split` holds
+/// the directories already expanded, so a symlink loop or a second route to one directory
+/// ends there.
 fn expand_excluding(
-    top: &Path,
+    path: &Path,
     excluded: &[PathBuf],
-    list_dir: &dyn Fn(&Path) -> Vec<PathBuf>,
+    fs: &FsView<'_>,
+    split: &mut std::collections::HashSet<PathBuf>,
 ) -> Vec<PathBuf> {
-    if excluded.iter().any(|e| e == top) {
+    let path = (fs.canonical)(path);
+    if excluded.contains(&path) {
         return Vec::new();
     }
-    if !excluded.iter().any(|e| e.starts_with(top)) {
-        return vec![top.to_owned()];
+    if !excluded.iter().any(|e| e.starts_with(&path)) {
+        return vec![path];
     }
-    list_dir(top).iter().flat_map(|entry| expand_excluding(entry, excluded, list_dir)).collect()
+    if !split.insert(path.clone()) {
+        return Vec::new();
+    }
+    (fs.list_dir)(&path).iter().flat_map(|entry| expand_excluding(entry, excluded, fs, split)).collect()
 }
 
 /// The SSH daemon's private host keys (`/etc/ssh/ssh_host_*_key`; the `.pub` halves stay readable).
@@ -172,8 +194,9 @@ mod tests {
         p.to_owned()
     }
 
+    /// As a root agent sees it: everything readable.
     fn view() -> FsView<'static> {
-        FsView { list_dir: &fake_fs, canonical: &canonical }
+        FsView { list_dir: &fake_fs, canonical: &canonical, readable: &|_| true }
     }
 
     fn inputs() -> RuleInputs {
@@ -226,6 +249,25 @@ mod tests {
     }
 
     #[test]
+    fn an_unprivileged_agent_gets_etc_whole_and_a_readable_token_splits_only_its_way_down() {
+        let none = |_: &Path| false;
+        let fs = FsView { list_dir: &fake_fs, canonical: &canonical, readable: &none };
+        let read = granted(&rules(&inputs(), &fs), Grant::ReadExec);
+        assert!(read.contains(&"/etc".to_owned()), "{read:?}");
+        assert!(!read.iter().any(|p| p.starts_with("/etc/")), "/etc is one rule: {read:?}");
+
+        let token_only = |p: &Path| p == Path::new("/etc/tether/nats.token");
+        let fs = FsView { list_dir: &fake_fs, canonical: &canonical, readable: &token_only };
+        let read = granted(&rules(&inputs(), &fs), Grant::ReadExec);
+        for kept in ["/etc/passwd", "/etc/shadow", "/etc/ssh", "/etc/sudoers", "/etc/tether/agent.toml"] {
+            assert!(read.contains(&kept.to_owned()), "{kept} missing from {read:?}");
+        }
+        for split in ["/etc", "/etc/tether", "/etc/tether/nats.token"] {
+            assert!(!read.contains(&split.to_owned()), "{split} must not be granted: {read:?}");
+        }
+    }
+
+    #[test]
     fn a_secret_reached_through_a_symlinked_location_is_still_excluded() {
         let list = |p: &Path| -> Vec<PathBuf> {
             match p.to_str() {
@@ -234,7 +276,7 @@ mod tests {
                 _ => fake_fs(p),
             }
         };
-        let fs = FsView { list_dir: &list, canonical: &canonical };
+        let fs = FsView { list_dir: &list, canonical: &canonical, readable: &|_| true };
         let inputs = RuleInputs { excluded: vec!["/lib/tether".into()], ..inputs() };
         let read = granted(&rules(&inputs, &fs), Grant::ReadExec);
         assert!(
@@ -247,6 +289,43 @@ mod tests {
             "{read:?}"
         );
         assert_eq!(read.iter().filter(|p| *p == "/usr/bin").count(), 1, "no duplicates: {read:?}");
+    }
+
+    /// A real tree where the token sits behind a symlinked release directory, the way a
+    /// versioned install lays it out: `opt/tether/current -> releases/1.2` holds `token`, and a
+    /// `self -> .` loop hangs beside it.
+    #[test]
+    fn a_secret_behind_a_symlinked_subdirectory_is_not_granted_through_the_link() {
+        use std::os::unix::fs::symlink;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let top = tmp.path().canonicalize().expect("canonical tempdir");
+        let opt = top.join("opt");
+        let release = opt.join("tether/releases/1.2");
+        std::fs::create_dir_all(release.join("bin")).expect("mkdir");
+        std::fs::create_dir_all(opt.join("other")).expect("mkdir");
+        std::fs::write(release.join("token"), "secret").expect("token");
+        symlink("releases/1.2", opt.join("tether/current")).expect("symlink");
+        symlink(".", opt.join("tether/self")).expect("symlink");
+        let fs = FsView {
+            list_dir: &crate::sandbox::list_dir,
+            canonical: &crate::sandbox::canonical,
+            readable: &|_| true,
+        };
+        let inputs = RuleInputs {
+            extra_read: vec![opt.clone()],
+            excluded: vec![opt.join("tether/current/token")],
+            ..inputs()
+        };
+        let read: Vec<PathBuf> =
+            rules(&inputs, &fs).into_iter().filter(|r| r.grant == Grant::ReadExec).map(|r| r.path).collect();
+        let token = release.join("token");
+        let covering: Vec<&PathBuf> =
+            read.iter().filter(|p| token.starts_with(crate::sandbox::canonical(p))).collect();
+        assert!(covering.is_empty(), "rules reaching the token: {covering:?}");
+        for kept in [release.join("bin"), opt.join("other")] {
+            let reached = read.iter().any(|p| kept.starts_with(crate::sandbox::canonical(p)));
+            assert!(reached, "{} missing from {read:?}", kept.display());
+        }
     }
 
     #[test]

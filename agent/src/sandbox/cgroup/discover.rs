@@ -9,6 +9,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use super::leaf::{self, AgentLeaf};
 use super::{Controller, Hierarchy, Version};
 
 /// One cgroup file system mount.
@@ -134,10 +135,20 @@ fn own_dir(mount: &Mount, path: &str) -> Option<PathBuf> {
     Some(mount.mount_point.join(rel.trim_start_matches('/')))
 }
 
+/// What [`setup`] prepared.
+#[derive(Debug, Default)]
+pub struct Setup {
+    pub hierarchies: Vec<Hierarchy>,
+    /// Notes on what could not be used.
+    pub notes: Vec<String>,
+    /// The v2 leaf the agent moved itself into, if it did.
+    pub leaf: Option<AgentLeaf>,
+}
+
 /// Makes `<own_dir>/<base_name>` in each candidate and keeps the controllers that can be
-/// configured there. Returns the usable hierarchies and notes on what could not be used.
-pub fn setup(candidates: Vec<Candidate>, base_name: &str) -> (Vec<Hierarchy>, Vec<String>) {
-    let (mut hierarchies, mut notes) = (Vec::new(), Vec::new());
+/// configured there.
+pub fn setup(candidates: Vec<Candidate>, base_name: &str) -> Setup {
+    let (mut hierarchies, mut notes, mut agent_leaf) = (Vec::new(), Vec::new(), None);
     let mut taken: Vec<Controller> = Vec::new();
     // v2 first: on a hybrid machine a controller bound to v1 is absent from cgroup.controllers.
     let mut candidates = candidates;
@@ -150,7 +161,7 @@ pub fn setup(candidates: Vec<Candidate>, base_name: &str) -> (Vec<Hierarchy>, Ve
         }
         remove_dead_agents(&candidate.own_dir);
         let result = match candidate.version {
-            Version::V2 => setup_v2(&candidate.own_dir, base_name, &wanted),
+            Version::V2 => setup_v2(&candidate.own_dir, base_name, &wanted, &mut agent_leaf),
             Version::V1 => setup_v1(&candidate.own_dir, base_name, &wanted),
         };
         match result {
@@ -161,12 +172,14 @@ pub fn setup(candidates: Vec<Candidate>, base_name: &str) -> (Vec<Hierarchy>, Ve
                     continue;
                 }
                 taken.extend(&controllers);
-                hierarchies.push(Hierarchy { version: candidate.version, base, controllers });
+                let swap = controllers.contains(&Controller::Memory)
+                    && base.join(Hierarchy::swap_file(candidate.version)).exists();
+                hierarchies.push(Hierarchy { version: candidate.version, base, controllers, swap });
             }
             Err(e) => notes.push(format!("cgroup {}: {e}", candidate.own_dir.display())),
         }
     }
-    (hierarchies, notes)
+    Setup { hierarchies, notes, leaf: agent_leaf }
 }
 
 type SetupResult = io::Result<(PathBuf, Vec<Controller>, Vec<String>)>;
@@ -180,8 +193,13 @@ fn setup_v1(own_dir: &Path, base_name: &str, wanted: &[Controller]) -> SetupResu
 /// In v2 a controller reaches our command cgroups only if it is enabled in the subtree of the
 /// agent's cgroup and of the base. The first is refused (EBUSY) while the agent's cgroup holds
 /// processes; when it holds only the agent (a service with `Delegate=yes`), the agent moves
-/// itself into a leaf beside the base and tries again.
-fn setup_v2(own_dir: &Path, base_name: &str, wanted: &[Controller]) -> SetupResult {
+/// itself into a leaf beside the base (recorded in `agent_leaf`) and tries again.
+fn setup_v2(
+    own_dir: &Path,
+    base_name: &str,
+    wanted: &[Controller],
+    agent_leaf: &mut Option<AgentLeaf>,
+) -> SetupResult {
     let offered = fs::read_to_string(own_dir.join("cgroup.controllers"))?;
     let offered: Vec<Controller> =
         wanted.iter().copied().filter(|c| offered.split_whitespace().any(|o| o == c.name())).collect();
@@ -195,8 +213,12 @@ fn setup_v2(own_dir: &Path, base_name: &str, wanted: &[Controller]) -> SetupResu
     for c in offered {
         let mut result = enable(own_dir, c);
         if result.as_ref().is_err_and(|e| e.raw_os_error() == Some(libc::EBUSY))
-            && move_self_to_leaf(own_dir, base_name)?
+            && let Some(moved) = leaf::enter(own_dir, base_name, std::process::id())?
         {
+            if agent_leaf.is_none() {
+                tracing::info!(leaf = %moved.dir.display(), "moved the agent into a leaf cgroup to delegate controllers to commands");
+            }
+            *agent_leaf = Some(moved);
             result = enable(own_dir, c);
         }
         match result {
@@ -218,22 +240,10 @@ fn setup_v2(own_dir: &Path, base_name: &str, wanted: &[Controller]) -> SetupResu
     Ok((base, usable, notes))
 }
 
-/// Moves the agent into `<own_dir>/<base_name>-agent` when it is alone in `own_dir`.
-fn move_self_to_leaf(own_dir: &Path, base_name: &str) -> io::Result<bool> {
-    let me = std::process::id().to_string();
-    let procs = fs::read_to_string(own_dir.join("cgroup.procs"))?;
-    if procs.split_whitespace().any(|p| p != me) {
-        return Ok(false);
-    }
-    let leaf = make_base(own_dir, &format!("{base_name}-agent"))?;
-    fs::write(leaf.join("cgroup.procs"), &me)?;
-    tracing::info!(leaf = %leaf.display(), "moved the agent into a leaf cgroup to delegate controllers to commands");
-    Ok(true)
-}
-
 /// Removes the empty cgroups agents that died without cleaning up left in `own_dir`: the
-/// `tether-<pid>-*` directories of pids that no longer run, and their empty command cgroups.
-/// A cgroup still holding processes (left running on purpose) stays.
+/// `tether-<pid>-*` directories of pids that no longer run (the base and, on v2, the agent's
+/// own leaf `tether-<pid>-*-agent`), and their empty command cgroups. A cgroup still holding
+/// processes (left running on purpose) stays.
 fn remove_dead_agents(own_dir: &Path) {
     let Ok(entries) = fs::read_dir(own_dir) else { return };
     for entry in entries.flatten() {
@@ -331,6 +341,47 @@ mod tests {
         assert_eq!(agent_pid("tether-4242-ws1.agent-7-agent"), Some(4242));
         assert_eq!(agent_pid("tether-agent"), None);
         assert_eq!(agent_pid("system.slice"), None);
+    }
+
+    /// A later agent removes what a killed one left in its cgroup: its base with the command
+    /// cgroups that emptied, and its v2 leaf; a running agent's directories stay, and so does a
+    /// command cgroup still holding processes (here: a file inside stands for them).
+    #[test]
+    fn a_dead_agents_base_and_leaf_are_removed_and_a_live_ones_stay() {
+        let own = tempfile::tempdir().expect("tempdir");
+        let mut child = std::process::Command::new("true").spawn().expect("true runs");
+        let dead = child.id();
+        child.wait().expect("reaped");
+        let me = std::process::id();
+        let dirs = [
+            format!("tether-{dead}-ws1.a/cmd-0"),
+            format!("tether-{dead}-ws1.a/cmd-1"),
+            leaf::leaf_name(&format!("tether-{dead}-ws1.a")),
+            format!("tether-{dead}-ws1.b/cmd-2"),
+            format!("tether-{me}-ws1.c/cmd-0"),
+            leaf::leaf_name(&format!("tether-{me}-ws1.c")),
+            "system.slice".to_owned(),
+        ];
+        for dir in &dirs {
+            fs::create_dir_all(own.path().join(dir)).expect("mkdir");
+        }
+        fs::write(own.path().join(format!("tether-{dead}-ws1.b/cmd-2/busy")), "").expect("busy");
+        remove_dead_agents(own.path());
+        let mut left: Vec<String> = fs::read_dir(own.path())
+            .expect("list")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut expected = [
+            format!("tether-{dead}-ws1.b"),
+            format!("tether-{me}-ws1.c"),
+            format!("tether-{me}-ws1.c-agent"),
+            "system.slice".to_owned(),
+        ];
+        expected.sort();
+        assert_eq!(left, expected);
+        assert!(own.path().join(format!("tether-{me}-ws1.c/cmd-0")).exists());
     }
 
     #[test]

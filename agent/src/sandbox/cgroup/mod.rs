@@ -9,23 +9,28 @@
 //! When a command is killed (timeout, cancel, fence) every process of its cgroup is killed and
 //! the cgroup removed. After a normal exit the processes it left running on purpose keep
 //! running (PROTOCOL.md §5), still under its limits; such a cgroup lingers and is removed by a
-//! later sweep once it is empty.
+//! later sweep once it is empty. A command's cgroup dropped unsettled (its request's future
+//! dropped) is killed and removed on a blocking thread, never on an async worker, and the
+//! agent's shutdown waits for that before removing its own directories.
 
+mod command;
 mod discover;
+mod leaf;
 
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Duration;
 
-use crate::process::PreExecHook;
+pub use command::CommandCgroup;
 
-/// How long killing a command's cgroup may take before its leftovers are left to a sweep.
-const KILL_WAIT: Duration = Duration::from_secs(3);
+/// How long shutdown waits for the teardowns of dropped command cgroups (each bounded by
+/// `command::KILL_WAIT`, all running at once).
+const TEARDOWN_WAIT: Duration = Duration::from_secs(4);
 /// CFS period for CPU limits (the kernel default).
 const CPU_PERIOD_US: u64 = 100_000;
 /// The smallest CFS quota the kernel accepts.
@@ -73,6 +78,19 @@ pub struct Hierarchy {
     pub version: Version,
     pub base: PathBuf,
     pub controllers: Vec<Controller>,
+    /// Its memory controller accounts swap (`memory.swap.max`, v1 `memory.memsw.limit_in_bytes`;
+    /// absent when the kernel does not account swap), so a memory limit can include swap.
+    pub swap: bool,
+}
+
+impl Hierarchy {
+    /// The control file that bounds swap in this hierarchy's version.
+    pub fn swap_file(version: Version) -> &'static str {
+        match version {
+            Version::V2 => "memory.swap.max",
+            Version::V1 => "memory.memsw.limit_in_bytes",
+        }
+    }
 }
 
 /// The limits of one command's cgroup; `None` leaves a controller's default (no limit).
@@ -88,8 +106,13 @@ pub struct CgroupLimits {
 #[derive(Debug)]
 pub struct Cgroups {
     hierarchies: Vec<Hierarchy>,
+    /// The v2 leaf the agent moved itself into at startup, left at shutdown.
+    leaf: Option<leaf::AgentLeaf>,
     next: AtomicU64,
     lingering: Mutex<Vec<PathBuf>>,
+    /// Teardowns of dropped command cgroups not finished yet, and their signal.
+    teardowns: Mutex<usize>,
+    torn_down: Condvar,
 }
 
 impl Cgroups {
@@ -100,12 +123,24 @@ impl Cgroups {
         let mounts = discover::parse_mountinfo(&read("/proc/self/mountinfo"));
         let members = discover::parse_proc_cgroup(&read("/proc/self/cgroup"));
         let base_name = format!("tether-{}-{}", std::process::id(), sanitize(agent_name));
-        let (hierarchies, notes) = discover::setup(discover::candidates(&mounts, &members), &base_name);
-        if hierarchies.is_empty() {
-            return (None, notes);
+        let setup = discover::setup(discover::candidates(&mounts, &members), &base_name);
+        if setup.hierarchies.is_empty() {
+            let cgroups = Cgroups::new(Vec::new(), setup.leaf);
+            cgroups.leave_leaf();
+            return (None, setup.notes);
         }
-        let cgroups = Cgroups { hierarchies, next: AtomicU64::new(0), lingering: Mutex::new(Vec::new()) };
-        (Some(Arc::new(cgroups)), notes)
+        (Some(Arc::new(Cgroups::new(setup.hierarchies, setup.leaf))), setup.notes)
+    }
+
+    fn new(hierarchies: Vec<Hierarchy>, leaf: Option<leaf::AgentLeaf>) -> Cgroups {
+        Cgroups {
+            hierarchies,
+            leaf,
+            next: AtomicU64::new(0),
+            lingering: Mutex::new(Vec::new()),
+            teardowns: Mutex::new(0),
+            torn_down: Condvar::new(),
+        }
     }
 
     /// The hierarchy hosting `controller`, if any.
@@ -122,14 +157,19 @@ impl Cgroups {
         self.hierarchy(Controller::Memory).is_some_and(|h| h.version == Version::V2)
     }
 
-    /// Where the hierarchies are, for logs.
+    /// Where the hierarchies are, and whether memory limits include swap, for logs.
     pub fn describe(&self) -> String {
         let parts: Vec<String> = self
             .hierarchies
             .iter()
             .map(|h| {
                 let names: Vec<&str> = h.controllers.iter().map(|c| c.name()).collect();
-                format!("{} ({:?}) in {}", names.join("+"), h.version, h.base.display())
+                let swap = match (h.controllers.contains(&Controller::Memory), h.swap) {
+                    (false, _) => "",
+                    (true, true) => ", memory limits include swap",
+                    (true, false) => ", memory limits do not bound swap (no swap accounting)",
+                };
+                format!("{} ({:?}) in {}{swap}", names.join("+"), h.version, h.base.display())
             })
             .collect();
         parts.join(", ")
@@ -141,13 +181,12 @@ impl Cgroups {
         self.sweep();
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let name = format!("cmd-{n}");
-        let mut cgroup =
-            CommandCgroup { owner: self.clone(), dirs: Vec::new(), join: Arc::new(Vec::new()), armed: true };
+        let mut cgroup = CommandCgroup::new(self.clone());
         let mut join = Vec::new();
         for h in self.hierarchies.iter().filter(|h| needed(h, limits)) {
             let dir = h.base.join(&name);
             fs::create_dir(&dir)?;
-            cgroup.dirs.push(dir.clone());
+            cgroup.add(dir.clone());
             for (file, value) in limit_files(h, limits) {
                 fs::write(dir.join(file), &value)
                     .map_err(|e| io::Error::new(e.kind(), format!("writing {value:?} to {file}: {e}")))?;
@@ -159,7 +198,7 @@ impl Cgroups {
                     .open(dir.join("cgroup.procs"))?,
             );
         }
-        cgroup.join = Arc::new(join.into_iter().map(OwnedFd::from).collect());
+        cgroup.set_join(join.into_iter().map(OwnedFd::from).collect());
         Ok(cgroup)
     }
 
@@ -169,16 +208,47 @@ impl Cgroups {
         lingering.retain(|dir| fs::remove_dir(dir).is_err_and(|e| e.kind() != io::ErrorKind::NotFound));
     }
 
-    /// At shutdown: a last sweep, then the base directories if nothing is left in them.
+    /// At shutdown (blocking): waits for the teardowns of dropped command cgroups, sweeps, then
+    /// removes the base directories if nothing is left in them and leaves the v2 leaf.
     pub fn shutdown(&self) {
+        let pending = self.teardowns.lock().unwrap_or_else(PoisonError::into_inner);
+        let (pending, wait) = self
+            .torn_down
+            .wait_timeout_while(pending, TEARDOWN_WAIT, |n| *n > 0)
+            .unwrap_or_else(PoisonError::into_inner);
+        if wait.timed_out() {
+            tracing::warn!(left = *pending, "dropped commands' cgroups were still being killed at shutdown");
+        }
+        drop(pending);
         self.sweep();
         for h in &self.hierarchies {
             let _ = fs::remove_dir(&h.base);
+        }
+        self.leave_leaf();
+    }
+
+    /// Moves the agent out of its v2 leaf and removes it; when that cannot be done now, the
+    /// next agent's sweep of dead agents removes it (see `leaf`).
+    fn leave_leaf(&self) {
+        let Some(agent_leaf) = &self.leaf else { return };
+        match leaf::leave(agent_leaf, std::process::id()) {
+            Ok(()) => tracing::debug!(leaf = %agent_leaf.dir.display(), "left the agent's leaf cgroup"),
+            Err(e) => tracing::info!(error = %e, "the agent's leaf cgroup stays until the next agent starts"),
         }
     }
 
     fn linger(&self, dir: PathBuf) {
         self.lingering.lock().unwrap_or_else(PoisonError::into_inner).push(dir);
+    }
+
+    fn teardown_started(&self) {
+        *self.teardowns.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+    }
+
+    fn teardown_finished(&self) {
+        let mut pending = self.teardowns.lock().unwrap_or_else(PoisonError::into_inner);
+        *pending = pending.saturating_sub(1);
+        self.torn_down.notify_all();
     }
 }
 
@@ -199,12 +269,20 @@ fn limit_files(h: &Hierarchy, limits: &CgroupLimits) -> Vec<(&'static str, Strin
         files.push(("pids.max", limits.pids_max.map_or_else(|| "max".to_owned(), |n| n.to_string())));
     }
     if has(Controller::Memory) {
+        // A memory limit that swap could dodge is not one: with swap accounted, v2 allows no
+        // swap at all, and v1 bounds memory plus swap by the same number (written after
+        // memory.limit_in_bytes, which it may never be below).
+        let swap_file = h.swap.then(|| Hierarchy::swap_file(h.version));
         match h.version {
             Version::V2 => {
                 files.extend(limits.memory_high.map(|b| ("memory.high", b.to_string())));
                 files.extend(limits.memory_max.map(|b| ("memory.max", b.to_string())));
+                files.extend(limits.memory_max.and(swap_file).map(|f| (f, "0".to_owned())));
             }
-            Version::V1 => files.extend(limits.memory_max.map(|b| ("memory.limit_in_bytes", b.to_string()))),
+            Version::V1 => {
+                files.extend(limits.memory_max.map(|b| ("memory.limit_in_bytes", b.to_string())));
+                files.extend(swap_file.zip(limits.memory_max).map(|(f, b)| (f, b.to_string())));
+            }
         }
     }
     if has(Controller::Cpu)
@@ -229,100 +307,12 @@ fn sanitize(name: &str) -> String {
         .collect()
 }
 
-/// The cgroups of one command. Dropped while armed (the command was not settled normally), it
-/// kills every process in them and removes them.
-#[derive(Debug)]
-pub struct CommandCgroup {
-    owner: Arc<Cgroups>,
-    dirs: Vec<PathBuf>,
-    join: Arc<Vec<OwnedFd>>,
-    armed: bool,
-}
-
-impl CommandCgroup {
-    /// The pre-exec step that moves the child into the cgroups: one `write("0")` per
-    /// pre-opened `cgroup.procs`. Async-signal-safe (see `PreExecHook`).
-    pub fn hook(&self) -> PreExecHook {
-        let fds = self.join.clone();
-        Arc::new(move || {
-            for fd in fds.iter() {
-                // SAFETY: writes one byte from a static buffer to a descriptor kept open by `fds`.
-                if unsafe { libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1) } != 1 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        })
-    }
-
-    /// Kills every process in the command's cgroups and waits (bounded) until they are empty.
-    /// Blocking.
-    pub fn kill(&self) {
-        for dir in &self.dirs {
-            // cgroup v2 (Linux 5.14+) kills the whole cgroup, forks in flight included.
-            let _ = fs::write(dir.join("cgroup.kill"), "1");
-        }
-        let deadline = Instant::now() + KILL_WAIT;
-        let me = std::process::id();
-        loop {
-            let pids: Vec<i32> =
-                self.dirs.iter().flat_map(|d| members(d)).filter(|&p| p > 1 && p as u32 != me).collect();
-            if pids.is_empty() {
-                return;
-            }
-            if Instant::now() > deadline {
-                tracing::warn!(left = pids.len(), "processes of a killed command outlived the kill");
-                return;
-            }
-            for pid in pids {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Removes the cgroups, or leaves the ones still holding processes to a later sweep.
-    pub fn close(mut self) {
-        self.armed = false;
-        self.remove();
-    }
-
-    fn remove(&mut self) {
-        for dir in self.dirs.drain(..) {
-            if fs::remove_dir(&dir).is_err_and(|e| e.kind() != io::ErrorKind::NotFound) {
-                self.owner.linger(dir);
-            }
-        }
-    }
-}
-
-impl Drop for CommandCgroup {
-    fn drop(&mut self) {
-        if self.armed {
-            self.kill();
-            self.remove();
-        }
-    }
-}
-
-/// The pids in cgroup `dir`.
-fn members(dir: &Path) -> Vec<i32> {
-    fs::read_to_string(dir.join("cgroup.procs"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn hierarchy(version: Version, controllers: &[Controller]) -> Hierarchy {
-        Hierarchy { version, base: "/sys/fs/cgroup/x".into(), controllers: controllers.to_vec() }
+        Hierarchy { version, base: "/sys/fs/cgroup/x".into(), controllers: controllers.to_vec(), swap: false }
     }
 
     #[test]
@@ -333,18 +323,28 @@ mod tests {
             memory_high: Some(48 << 20),
             cpu_millicores: Some(250),
         };
-        let v2 = hierarchy(Version::V2, &Controller::ALL);
+        let v2 = Hierarchy { swap: true, ..hierarchy(Version::V2, &Controller::ALL) };
         assert_eq!(
             limit_files(&v2, &limits),
             [
                 ("pids.max", "512".to_owned()),
                 ("memory.high", (48u64 << 20).to_string()),
                 ("memory.max", (64u64 << 20).to_string()),
+                ("memory.swap.max", "0".to_owned()),
                 ("cpu.max", "25000 100000".to_owned()),
             ]
         );
-        let v1_mem = hierarchy(Version::V1, &[Controller::Memory]);
-        assert_eq!(limit_files(&v1_mem, &limits), [("memory.limit_in_bytes", (64u64 << 20).to_string())]);
+        let high_only = CgroupLimits { memory_max: None, ..limits };
+        assert!(!limit_files(&v2, &high_only).iter().any(|(f, _)| *f == "memory.swap.max"));
+        let v1_mem = Hierarchy { swap: true, ..hierarchy(Version::V1, &[Controller::Memory]) };
+        let mem = (64u64 << 20).to_string();
+        assert_eq!(
+            limit_files(&v1_mem, &limits),
+            [("memory.limit_in_bytes", mem.clone()), ("memory.memsw.limit_in_bytes", mem.clone())]
+        );
+        // Without swap accounting the file is absent and not written.
+        let v1_no_swap = hierarchy(Version::V1, &[Controller::Memory]);
+        assert_eq!(limit_files(&v1_no_swap, &limits), [("memory.limit_in_bytes", mem)]);
         let v1_cpu = hierarchy(Version::V1, &[Controller::Cpu]);
         let tiny = CgroupLimits { cpu_millicores: Some(1), ..limits };
         assert_eq!(
