@@ -82,6 +82,11 @@ impl Launcher {
         self.env.insert(OsString::from(name), value);
     }
 
+    /// Removes a variable from the base environment (a request may still set it).
+    pub fn remove_base_env(&mut self, name: &str) {
+        self.env.remove(OsStr::new(name));
+    }
+
     /// The sanitised base environment every child starts from.
     pub fn base_env(&self) -> &BTreeMap<OsString, OsString> {
         &self.env

@@ -4,7 +4,8 @@
 //! workspace root and a private temp directory and read only the system's programs, libraries
 //! and configuration, and under per-command resource limits (a process cap, and the memory and
 //! CPU limits a request asks for). It may signal, and connect to the Unix sockets of, only the
-//! processes of its own command (where the kernel allows: see `ruleset` and `seccomp`).
+//! processes of its own command (where the kernel allows: see `ruleset` and `seccomp`), and it
+//! does not inherit the addresses of the user's sockets (`SSH_AUTH_SOCK`, D-Bus, X11, ...).
 //! [`Sandbox`] is built once at startup from the configuration and what the kernel offers; it
 //! installs the static part into the [`Launcher`], decides whether a command may run at all
 //! ([`Sandbox::admit`]), prepares each command's limits, and reports truthfully in Hello what
@@ -39,6 +40,26 @@ use seccomp::UnixSocketFilter;
 
 /// The name of the private temp directory inside the state directory.
 const TMP_DIR_NAME: &str = "tmp";
+
+/// Variables naming the user's sockets (agents, buses, displays, container engines, the
+/// service manager's notify socket), removed from a confined command's environment: they point
+/// at what it may not reach (and, where a Unix socket is allowed, should not find by name).
+const SOCKET_ADDRESS_VARS: &[&str] = &[
+    "SSH_AUTH_SOCK",
+    "SSH_AGENT_PID",
+    "GPG_AGENT_INFO",
+    "DBUS_SESSION_BUS_ADDRESS",
+    "DBUS_SYSTEM_BUS_ADDRESS",
+    "XDG_RUNTIME_DIR",
+    "DISPLAY",
+    "WAYLAND_DISPLAY",
+    "XAUTHORITY",
+    "PULSE_SERVER",
+    "DOCKER_HOST",
+    "CONTAINER_HOST",
+    "TMUX",
+    "NOTIFY_SOCKET",
+];
 
 /// How a confined command is kept from named Unix sockets; mirrors `pb::UnixSocketConfinement`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,10 +208,14 @@ impl Sandbox {
     }
 
     /// Gives every child of `launcher` the sandbox: the Landlock (and seccomp) pre-exec hook,
-    /// `TMPDIR`, and a `PATH` without the directories the sandbox cannot execute from.
+    /// `TMPDIR`, a `PATH` without the directories the sandbox cannot execute from, and no
+    /// socket addresses.
     pub fn install(&self, launcher: &mut Launcher) {
         let Some(built) = &self.ruleset else { return };
         launcher.add_pre_exec(built.hook(self.socket_filter.clone()));
+        for name in SOCKET_ADDRESS_VARS {
+            launcher.remove_base_env(name);
+        }
         if let Some(tmpdir) = &self.tmpdir {
             launcher.set_base_env("TMPDIR", tmpdir.as_os_str().to_owned());
         }
