@@ -7,9 +7,9 @@
 //! processes of its own command (where the kernel allows: see `ruleset` and `seccomp`), and it
 //! does not inherit the addresses of the user's sockets (`SSH_AUTH_SOCK`, D-Bus, X11, ...).
 //! [`Sandbox`] is built once at startup from the configuration and what the kernel offers; it
-//! installs the static part into the [`Launcher`], decides whether a command may run at all
-//! ([`Sandbox::admit`]), prepares each command's limits, and reports truthfully in Hello what
-//! is enforced.
+//! installs the static part into the [`Launcher`] (and what a terminal's own ruleset is built
+//! from), decides whether a command may run at all ([`Sandbox::admit`]), prepares each
+//! command's limits, and reports truthfully in Hello what is enforced.
 
 mod cgroup;
 mod limits;
@@ -34,7 +34,7 @@ pub use rules::{Grant, Rule};
 
 use crate::config::Config;
 use crate::error::{OpError, OpResult};
-use crate::process::Launcher;
+use crate::process::{Launcher, TerminalConfinement};
 use cgroup::Cgroups;
 use seccomp::UnixSocketFilter;
 
@@ -207,12 +207,20 @@ impl Sandbox {
         }
     }
 
-    /// Gives every child of `launcher` the sandbox: the Landlock (and seccomp) pre-exec hook,
-    /// `TMPDIR`, a `PATH` without the directories the sandbox cannot execute from, and no
-    /// socket addresses.
+    /// Gives every child of `launcher` the sandbox: the Landlock (and seccomp) pre-exec hook —
+    /// for a terminal's shell one that also grants its terminal device —, `TMPDIR`, a `PATH`
+    /// without the directories the sandbox cannot execute from, and no socket addresses.
     pub fn install(&self, launcher: &mut Launcher) {
         let Some(built) = &self.ruleset else { return };
-        launcher.add_pre_exec(built.hook(self.socket_filter.clone()));
+        let (rules, filter) = (self.rules.clone(), self.socket_filter.clone());
+        let terminal: TerminalConfinement = Arc::new(move |tty: &Path| {
+            let mut rules = rules.clone();
+            rules.push(Rule { path: tty.to_owned(), grant: Grant::Device });
+            let built = ruleset::build(&rules)
+                .map_err(|e| io::Error::other(format!("confining the terminal's shell: {e}")))?;
+            Ok(built.hook(filter.clone()))
+        });
+        launcher.set_confinement(built.hook(self.socket_filter.clone()), terminal);
         for name in SOCKET_ADDRESS_VARS {
             launcher.remove_base_env(name);
         }
