@@ -2,9 +2,10 @@
 //! children share: the sanitised base environment (the agent's own credentials never leak into
 //! a command), a fresh process group or session per child (so a timeout or a fence can kill
 //! the whole tree), the user's shell, and the pre-exec hooks run between fork and exec. Hooks
-//! come in two kinds: the launcher's own, run in every child (confined mode installs its
-//! Landlock ruleset here, so exec and the PTY shell both get it), and per-spawn ones a caller
-//! passes for one command (joining that command's cgroup, its rlimits), which run first.
+//! come in three kinds, run in this order: per-spawn ones a caller passes for one command
+//! (joining that command's cgroup, its rlimits), the launcher's own, and last the confinement
+//! (confined mode's Landlock ruleset and seccomp filter), so exec and the PTY shell both get
+//! it. A terminal's shell gets its own confinement, which also lets it open its terminal.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
@@ -26,6 +27,10 @@ use nix::unistd::Pid;
 /// everything it needs (rulesets, file descriptors, values) before spawning. An `Err` aborts
 /// the spawn and is returned by `spawn()`.
 pub type PreExecHook = Arc<dyn Fn() -> io::Result<()> + Send + Sync>;
+
+/// Prepares, before the spawn (it may block and allocate), the confinement of a terminal's shell
+/// whose terminal device is the path given; the hook replaces the launcher's confinement.
+pub type TerminalConfinement = Arc<dyn Fn(&Path) -> io::Result<PreExecHook> + Send + Sync>;
 
 /// Fallback shell when neither `$SHELL` nor the passwd entry names a usable one.
 const FALLBACK_SHELL: &str = "/bin/sh";
@@ -49,6 +54,7 @@ pub struct Launcher {
     env: BTreeMap<OsString, OsString>,
     shell: PathBuf,
     pre_exec: Vec<PreExecHook>,
+    confinement: Option<(PreExecHook, TerminalConfinement)>,
 }
 
 impl Launcher {
@@ -68,7 +74,7 @@ impl Launcher {
         let env: BTreeMap<OsString, OsString> =
             vars.into_iter().filter(|(name, value)| !is_secret(name, value, secret_names)).collect();
         let shell = login_shell(env.get(OsStr::new("SHELL")).map(OsString::as_os_str));
-        Self { env, shell, pre_exec: Vec::new() }
+        Self { env, shell, pre_exec: Vec::new(), confinement: None }
     }
 
     /// Adds a hook run in every child between fork and exec, after the process group or session
@@ -77,9 +83,20 @@ impl Launcher {
         self.pre_exec.push(hook);
     }
 
+    /// Confines every child: `every` runs last in each child, except a terminal's shell, which
+    /// runs what `terminal` prepares for its terminal instead.
+    pub fn set_confinement(&mut self, every: PreExecHook, terminal: TerminalConfinement) {
+        self.confinement = Some((every, terminal));
+    }
+
     /// Sets a variable of the base environment (e.g. the sandbox's `TMPDIR` and `PATH`).
     pub fn set_base_env(&mut self, name: &str, value: OsString) {
         self.env.insert(OsString::from(name), value);
+    }
+
+    /// Removes a variable from the base environment (a request may still set it).
+    pub fn remove_base_env(&mut self, name: &str) {
+        self.env.remove(OsStr::new(name));
     }
 
     /// The sanitised base environment every child starts from.
@@ -94,7 +111,8 @@ impl Launcher {
     }
 
     /// A command for `program args` in `cwd`, with the base environment plus `extra_env`, its
-    /// own process group, the `per_spawn` hooks then the launcher's, stdin/stdout/stderr piped,
+    /// own process group, the `per_spawn` hooks then the launcher's (its confinement last),
+    /// stdin/stdout/stderr piped,
     /// and no kill on drop (the caller owns the group's lifetime through [`kill_group`]).
     pub fn command(
         &self,
@@ -126,8 +144,7 @@ impl Launcher {
         self.std_command_with(program, args, cwd, extra_env, grouping, &[])
     }
 
-    /// [`Launcher::std_command`] with `per_spawn` hooks run before the launcher's (e.g. a PTY
-    /// shell joining the cgroup of its `sandbox::CommandLimits`).
+    /// [`Launcher::std_command`] with `per_spawn` hooks run before the launcher's.
     pub fn std_command_with(
         &self,
         program: &OsStr,
@@ -137,6 +154,44 @@ impl Launcher {
         grouping: Grouping,
         per_spawn: &[PreExecHook],
     ) -> std::process::Command {
+        let confine = self.confinement.as_ref().map(|(every, _)| every.clone());
+        self.build(program, args, cwd, extra_env, grouping, self.hooks(per_spawn, confine))
+    }
+
+    /// The command of a terminal's shell, whose terminal device is `tty`: a new session, the
+    /// `per_spawn` hooks (the cgroup of its `sandbox::CommandLimits`), the launcher's, and the
+    /// confinement prepared for this terminal (blocking: it builds a ruleset). Stdio is left to
+    /// the caller.
+    pub fn terminal_command(
+        &self,
+        program: &OsStr,
+        args: &[OsString],
+        cwd: &Path,
+        extra_env: &HashMap<String, String>,
+        tty: &Path,
+        per_spawn: &[PreExecHook],
+    ) -> io::Result<std::process::Command> {
+        let confine = match &self.confinement {
+            Some((_, terminal)) => Some(terminal(tty)?),
+            None => None,
+        };
+        Ok(self.build(program, args, cwd, extra_env, Grouping::Session, self.hooks(per_spawn, confine)))
+    }
+
+    /// The hooks of one child, in the order they run.
+    fn hooks(&self, per_spawn: &[PreExecHook], confine: Option<PreExecHook>) -> Vec<PreExecHook> {
+        per_spawn.iter().chain(&self.pre_exec).cloned().chain(confine).collect()
+    }
+
+    fn build(
+        &self,
+        program: &OsStr,
+        args: &[OsString],
+        cwd: &Path,
+        extra_env: &HashMap<String, String>,
+        grouping: Grouping,
+        hooks: Vec<PreExecHook>,
+    ) -> std::process::Command {
         let mut cmd = std::process::Command::new(program);
         cmd.args(args).current_dir(cwd).env_clear().envs(&self.env).envs(extra_env);
         let new_session = grouping == Grouping::Session;
@@ -144,7 +199,6 @@ impl Launcher {
             // Done by std in the child (or by posix_spawn), before any pre_exec closure.
             cmd.process_group(0);
         }
-        let hooks: Vec<PreExecHook> = per_spawn.iter().chain(&self.pre_exec).cloned().collect();
         if new_session || !hooks.is_empty() {
             // SAFETY: the closure runs in the child between fork and exec. It only calls
             // setsid(2) and the hooks, whose contract (`PreExecHook`) is to be
@@ -169,6 +223,7 @@ impl fmt::Debug for Launcher {
             .field("env_vars", &self.env.len())
             .field("shell", &self.shell)
             .field("pre_exec_hooks", &self.pre_exec.len())
+            .field("confined", &self.confinement.is_some())
             .finish()
     }
 }
@@ -318,6 +373,27 @@ mod tests {
         assert_eq!(err.raw_os_error(), Some(libc::EPERM));
         let cmd = l.command(OsStr::new("true"), &[], Path::new("/"), &HashMap::new(), &[]);
         assert_eq!(cmd.into_std().status().unwrap_err().raw_os_error(), Some(libc::EACCES));
+    }
+
+    #[test]
+    fn a_terminal_gets_the_confinement_prepared_for_its_device_instead_of_the_common_one() {
+        let mut l = Launcher::from_env(std::env::vars_os(), &[] as &[&str]);
+        let seen = Arc::new(std::sync::Mutex::new(PathBuf::new()));
+        let seen_by_terminal = seen.clone();
+        l.set_confinement(
+            Arc::new(|| Err(io::Error::from_raw_os_error(libc::EACCES))),
+            Arc::new(move |tty: &Path| {
+                *seen_by_terminal.lock().unwrap() = tty.to_owned();
+                Ok(Arc::new(|| Err(io::Error::from_raw_os_error(libc::EPERM))))
+            }),
+        );
+        let none = HashMap::new();
+        let mut cmd = l.std_command(OsStr::new("true"), &[], Path::new("/"), &none, Grouping::Session);
+        assert_eq!(cmd.status().unwrap_err().raw_os_error(), Some(libc::EACCES));
+        let tty = Path::new("/dev/pts/7");
+        let mut cmd = l.terminal_command(OsStr::new("true"), &[], Path::new("/"), &none, tty, &[]).unwrap();
+        assert_eq!(cmd.status().unwrap_err().raw_os_error(), Some(libc::EPERM));
+        assert_eq!(*seen.lock().unwrap(), tty);
     }
 
     #[test]

@@ -14,8 +14,9 @@ use crate::error::ClientError;
 /// One announcement of the agent.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AgentMessage {
-    /// Published on `agent.<ws>.<id>.hello` on every (re)connect.
-    Hello(pb::Hello),
+    /// Published on `agent.<ws>.<id>.hello` on every (re)connect. Boxed: a Hello is many
+    /// times the size of an event.
+    Hello(Box<pb::Hello>),
     /// Published on `agent.<ws>.<id>.events`: heartbeat or going_offline.
     Event(pb::AgentEvent),
 }
@@ -68,7 +69,7 @@ pub(crate) fn decode_message(subject: &str, payload: &[u8], leaf: &str) -> Resul
     let undecodable =
         |e: prost::DecodeError| ClientError::Protocol(format!("undecodable message on {subject}: {e}"));
     match leaf {
-        "hello" => pb::Hello::decode(payload).map(AgentMessage::Hello).map_err(undecodable),
+        "hello" => pb::Hello::decode(payload).map(|h| AgentMessage::Hello(Box::new(h))).map_err(undecodable),
         _ => pb::AgentEvent::decode(payload).map(AgentMessage::Event).map_err(undecodable),
     }
 }
@@ -81,7 +82,7 @@ mod tests {
     fn decodes_by_subject_kind() {
         let hello = pb::Hello { agent_id: "a".into(), ..Default::default() };
         let got = decode_message("agent.w.a.hello", &hello.encode_to_vec(), "hello").unwrap();
-        assert_eq!(got, AgentMessage::Hello(hello));
+        assert_eq!(got, AgentMessage::Hello(Box::new(hello)));
 
         let event = pb::AgentEvent {
             agent_id: "a".into(),

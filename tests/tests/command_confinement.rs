@@ -1,7 +1,9 @@
 //! Confined mode confines commands too, end to end through NATS: a command run by exec in a
 //! confined agent is held by Landlock to the workspace root and its private TMPDIR (it cannot
 //! read a key in a fake home directory, nor write beside the root or in /tmp), while the
-//! ordinary tools (ls, sh, python3, git) work inside the root; Hello says so truthfully; with
+//! ordinary tools (ls, sh, python3, git) work inside the root; it cannot signal the agent,
+//! connect to a Unix socket outside the root, nor open a terminal that is not its own, and
+//! does not inherit the addresses of the user's sockets; Hello says so truthfully; with
 //! `--whole-machine` the same commands reach what the user can.
 
 use std::os::unix::fs::PermissionsExt;
@@ -212,6 +214,14 @@ async fn whole_machine_commands_reach_what_the_user_can() {
     )
     .await;
     assert_eq!(text(&r.stdout), "1\n1\ngit\n", "{}", text(&r.stderr));
+    let elsewhere = tempfile::tempdir().expect("a directory outside the root");
+    let repo = elsewhere.path().join("repo");
+    let script = format!("git init -q '{0}' && printf 'written outside' > '{0}/notes.txt'", repo.display());
+    let r = run(&agent, op::sh(&script)).await;
+    assert_eq!(r.exit_code, 0, "git init and a write outside the root: {}", text(&r.stderr));
+    assert!(repo.join(".git/HEAD").is_file(), "git init made no repository in {}", repo.display());
+    let written = std::fs::read_to_string(repo.join("notes.txt")).expect("the file written outside the root");
+    assert_eq!(written, "written outside");
     let r = run(&agent, op::sh("printf %s \"${TMPDIR-}\"")).await;
     assert!(!Path::new(&text(&r.stdout)).starts_with(&agent.state_dir), "no private TMPDIR: {r:?}");
 }
@@ -251,4 +261,171 @@ async fn a_confined_terminal_cannot_read_the_home_directory_either() {
     let agent = Agent::start_with(&nats, with_relay(&["--whole-machine"])).await;
     let shown = in_a_terminal(&relay, &agent, &format!("cat '{}'", home.key().display())).await;
     assert!(shown.contains(KEY), "with --whole-machine the terminal reads what the user can: {shown}");
+}
+
+/// Runs `script` with `sh -c` in `agent`, as exec does with `shell`.
+async fn sh(agent: &Agent, script: &str) -> pb::ExecResponse {
+    run(agent, op::sh(script)).await
+}
+
+#[tokio::test]
+async fn a_confined_command_cannot_signal_the_agent_but_can_signal_its_own_children() {
+    let nats = Nats::start().await;
+    let home = FakeHome::new();
+    let agent = Agent::start_with(&nats, home.opts(&[])).await;
+    assert!(kernel_landlock_abi() >= 6, "this machine is expected to offer Landlock scopes (ABI 6)");
+    assert!(agent.caps().commands_scoped, "{:?}", agent.caps());
+
+    let kill_agent = format!("kill -0 {}", agent.proc.pid());
+    let r = sh(&agent, &kill_agent).await;
+    assert_ne!(r.exit_code, 0, "a confined command signalled the agent: {r:?}");
+    assert!(text(&r.stderr).contains("Operation not permitted"), "stderr {:?}", text(&r.stderr));
+    let r = sh(&agent, "sleep 30 & kill $! && wait $!; echo status=$?").await;
+    assert_eq!(text(&r.stdout), format!("status={}\n", 128 + libc::SIGTERM), "{}", text(&r.stderr));
+
+    let whole = Agent::start_with(&nats, home.opts(&["--whole-machine"])).await;
+    assert!(!whole.caps().commands_scoped, "{:?}", whole.caps());
+    let r = sh(&whole, &format!("kill -0 {}", whole.proc.pid())).await;
+    assert_eq!(r.exit_code, 0, "with --whole-machine a command signals what the user can: {r:?}");
+}
+
+/// A Unix socket listening in a directory outside any agent's root, accepting in a thread and
+/// counting the connections it accepted.
+struct Listening {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Listening {
+    fn new() -> Listening {
+        let dir = tempfile::tempdir().expect("socket dir");
+        let path = dir.path().canonicalize().expect("canonical").join("agent.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind the Unix socket");
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if conn.is_ok() {
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        });
+        Listening { _dir: dir, path, accepted }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[tokio::test]
+async fn a_confined_command_cannot_reach_a_unix_socket_outside_the_root_nor_find_its_address() {
+    let nats = Nats::start().await;
+    let home = FakeHome::new();
+    let socket = Listening::new();
+    let address = socket.path.display().to_string();
+    let with_sockets = |args: &[&str]| {
+        let mut opts = home.opts(args);
+        opts.env.push(("SSH_AUTH_SOCK".into(), address.clone()));
+        opts.env.push(("DBUS_SESSION_BUS_ADDRESS".into(), format!("unix:path={address}")));
+        opts
+    };
+    let connect = format!(
+        "python3 -c \"import socket; s = socket.socket(socket.AF_UNIX); s.connect('{address}'); print('connected')\""
+    );
+    let pair = "python3 -c \"import socket; a, b = socket.socketpair(); a.sendall(b'through the pair'); print(b.recv(64).decode())\"";
+    let addresses = "env | grep -E '^(SSH_AUTH_SOCK|DBUS_SESSION_BUS_ADDRESS)=' | cut -d= -f1 | sort";
+
+    let agent = Agent::start_with(&nats, with_sockets(&[])).await;
+    let expected = if kernel_landlock_abi() >= 9 {
+        pb::UnixSocketConfinement::Landlock
+    } else {
+        pb::UnixSocketConfinement::Seccomp
+    };
+    assert_eq!(agent.caps().unix_sockets, expected as i32, "{:?}", agent.caps());
+    let r = sh(&agent, &connect).await;
+    assert_denied("connecting to a Unix socket outside the root", &r);
+    assert!(!text(&r.stdout).contains("connected"), "{r:?}");
+    let r = sh(&agent, pair).await;
+    assert_eq!((r.exit_code, text(&r.stdout)), (0, "through the pair\n".to_owned()), "{}", text(&r.stderr));
+    let r = sh(&agent, addresses).await;
+    assert_eq!(text(&r.stdout), "", "socket addresses reached a confined command");
+    assert_eq!(socket.accepted(), 0, "a confined command connected to the socket");
+
+    let whole = Agent::start_with(&nats, with_sockets(&["--whole-machine"])).await;
+    assert_eq!(whole.caps().unix_sockets, pb::UnixSocketConfinement::None as i32, "{:?}", whole.caps());
+    let r = sh(&whole, &connect).await;
+    assert_eq!((r.exit_code, text(&r.stdout)), (0, "connected\n".to_owned()), "{}", text(&r.stderr));
+    let r = sh(&whole, addresses).await;
+    assert_eq!(text(&r.stdout), "DBUS_SESSION_BUS_ADDRESS\nSSH_AUTH_SOCK\n", "{}", text(&r.stderr));
+    tether_tests::eventually("the whole-machine connection is accepted", || socket.accepted() == 1).await;
+}
+
+/// A terminal the test holds open, as a user's shell would: its master and its device path.
+struct OtherTerminal {
+    master: std::os::fd::OwnedFd,
+    _slave: std::os::fd::OwnedFd,
+    path: String,
+}
+
+impl OtherTerminal {
+    fn open() -> OtherTerminal {
+        let pty = nix::pty::openpty(None, None).expect("openpty");
+        let path = nix::unistd::ttyname(&pty.slave).expect("ttyname").display().to_string();
+        let flags = nix::fcntl::OFlag::from_bits_truncate(
+            nix::fcntl::fcntl(&pty.master, nix::fcntl::FcntlArg::F_GETFL).expect("F_GETFL"),
+        );
+        nix::fcntl::fcntl(&pty.master, nix::fcntl::FcntlArg::F_SETFL(flags | nix::fcntl::OFlag::O_NONBLOCK))
+            .expect("O_NONBLOCK");
+        OtherTerminal { master: pty.master, _slave: pty.slave, path }
+    }
+
+    /// What reached the terminal so far.
+    fn shown(&self) -> String {
+        let mut buf = [0u8; 4096];
+        match nix::unistd::read(&self.master, &mut buf) {
+            Ok(n) => text(&buf[..n]),
+            Err(_) => String::new(),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_confined_command_cannot_open_another_terminal() {
+    let nats = Nats::start().await;
+    let home = FakeHome::new();
+    let other = OtherTerminal::open();
+    let write = format!("echo typed-by-a-command > {}", other.path);
+
+    let agent = Agent::start_with(&nats, home.opts(&[])).await;
+    let r = sh(&agent, &write).await;
+    assert_denied("writing to another terminal", &r);
+    let r = sh(&agent, &format!("head -c 1 {}", other.path)).await;
+    assert_denied("reading another terminal", &r);
+    assert!(!other.shown().contains("typed-by-a-command"), "a confined command wrote to the terminal");
+
+    let whole = Agent::start_with(&nats, home.opts(&["--whole-machine"])).await;
+    let r = sh(&whole, &write).await;
+    assert_eq!(r.exit_code, 0, "with --whole-machine a command opens the user's terminals: {r:?}");
+    assert!(other.shown().contains("typed-by-a-command"), "the write reached the terminal");
+}
+
+#[tokio::test]
+async fn a_confined_terminal_can_open_its_own_device_and_no_other() {
+    let relay = tether_tests::relay::Relay::start(&[]).await;
+    let nats = Nats::start().await;
+    let home = FakeHome::new();
+    let other = OtherTerminal::open();
+    let opts = AgentOpts { relay_url: Some(relay.stream_url()), ..home.opts(&[]) };
+    let agent = Agent::start_with(&nats, opts).await;
+
+    let line = format!(
+        "echo own-$((1+1))-ok > $(tty); echo typed-by-a-terminal > {} || echo other-$((2+2))-refused",
+        other.path
+    );
+    let shown = in_a_terminal(&relay, &agent, &line).await;
+    assert!(shown.contains("own-2-ok"), "the shell could not open its own terminal: {shown}");
+    assert!(shown.contains("other-4-refused") && shown.contains("Permission denied"), "{shown}");
+    assert!(!other.shown().contains("typed-by-a-terminal"), "a confined terminal wrote to another");
 }

@@ -3,16 +3,20 @@
 //! whatever they start) runs under a Landlock ruleset that lets it write only beneath the
 //! workspace root and a private temp directory and read only the system's programs, libraries
 //! and configuration, and under per-command resource limits (a process cap, and the memory and
-//! CPU limits a request asks for). [`Sandbox`] is built once at startup from the configuration
-//! and what the kernel offers; it installs the static part into the [`Launcher`], decides
-//! whether a command may run at all ([`Sandbox::admit`]), prepares each command's limits, and
-//! reports truthfully in Hello what is enforced.
+//! CPU limits a request asks for). It may signal, and connect to the Unix sockets of, only the
+//! processes of its own command (where the kernel allows: see `ruleset` and `seccomp`), and it
+//! does not inherit the addresses of the user's sockets (`SSH_AUTH_SOCK`, D-Bus, X11, ...).
+//! [`Sandbox`] is built once at startup from the configuration and what the kernel offers; it
+//! installs the static part into the [`Launcher`] (and what a terminal's own ruleset is built
+//! from), decides whether a command may run at all ([`Sandbox::admit`]), prepares each
+//! command's limits, and reports truthfully in Hello what is enforced.
 
 mod cgroup;
 mod limits;
 mod policy;
 mod rules;
 mod ruleset;
+mod seccomp;
 
 use std::ffi::OsString;
 use std::fs;
@@ -30,13 +34,55 @@ pub use rules::{Grant, Rule};
 
 use crate::config::Config;
 use crate::error::{OpError, OpResult};
-use crate::process::Launcher;
+use crate::process::{Launcher, TerminalConfinement};
 use cgroup::Cgroups;
+use seccomp::UnixSocketFilter;
 
 /// The name of the private temp directory inside the state directory.
 const TMP_DIR_NAME: &str = "tmp";
 
-/// What the agent reports about command confinement (Hello capabilities, EXT 103..111).
+/// Variables naming the user's sockets (agents, buses, displays, container engines, the
+/// service manager's notify socket), removed from a confined command's environment: they point
+/// at what it may not reach (and, where a Unix socket is allowed, should not find by name).
+const SOCKET_ADDRESS_VARS: &[&str] = &[
+    "SSH_AUTH_SOCK",
+    "SSH_AGENT_PID",
+    "GPG_AGENT_INFO",
+    "DBUS_SESSION_BUS_ADDRESS",
+    "DBUS_SYSTEM_BUS_ADDRESS",
+    "XDG_RUNTIME_DIR",
+    "DISPLAY",
+    "WAYLAND_DISPLAY",
+    "XAUTHORITY",
+    "PULSE_SERVER",
+    "DOCKER_HOST",
+    "CONTAINER_HOST",
+    "TMUX",
+    "NOTIFY_SOCKET",
+];
+
+/// How a confined command is kept from named Unix sockets; mirrors `pb::UnixSocketConfinement`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnixSockets {
+    /// Not kept (commands are not confined, or the machine offers neither way).
+    Open,
+    /// Landlock (ABI 9): only sockets beneath the writable paths.
+    Landlock,
+    /// seccomp: no Unix socket can be created, only stream and seqpacket pairs.
+    Seccomp,
+}
+
+impl UnixSockets {
+    pub fn to_proto(self) -> pb::UnixSocketConfinement {
+        match self {
+            UnixSockets::Open => pb::UnixSocketConfinement::None,
+            UnixSockets::Landlock => pb::UnixSocketConfinement::Landlock,
+            UnixSockets::Seccomp => pb::UnixSocketConfinement::Seccomp,
+        }
+    }
+}
+
+/// What the agent reports about command confinement (Hello capabilities, EXT 103..113).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandCaps {
     pub confined: bool,
@@ -48,6 +94,9 @@ pub struct CommandCaps {
     pub cpu: bool,
     pub max_processes: u32,
     pub processes: Enforcement,
+    /// Signals and abstract Unix sockets reach only the command's own processes.
+    pub scoped: bool,
+    pub unix_sockets: UnixSockets,
 }
 
 impl CommandCaps {
@@ -62,6 +111,8 @@ impl CommandCaps {
         caps.cpu_limit = self.cpu;
         caps.max_processes = self.max_processes;
         caps.process_limit = self.processes.to_proto() as i32;
+        caps.commands_scoped = self.scoped;
+        caps.unix_sockets = self.unix_sockets.to_proto() as i32;
     }
 }
 
@@ -70,6 +121,8 @@ impl CommandCaps {
 pub struct Sandbox {
     policy: CommandPolicy,
     ruleset: Option<ruleset::BuiltRuleset>,
+    /// The Unix socket filter, where Landlock cannot confine Unix sockets itself.
+    socket_filter: Option<Arc<UnixSocketFilter>>,
     rules: Vec<Rule>,
     tmpdir: Option<PathBuf>,
     cgroups: Option<Arc<Cgroups>>,
@@ -97,6 +150,7 @@ impl Sandbox {
                 allow_unconfined: config.confine.allow_unconfined_commands,
             },
             ruleset: None,
+            socket_filter: None,
             rules: Vec::new(),
             tmpdir: None,
             cgroups,
@@ -120,8 +174,11 @@ impl Sandbox {
         let rules = rules::rules(&inputs, &fs);
         sandbox.policy.confinement = match ruleset::build(&rules) {
             Ok(built) => {
-                tracing::info!(abi = built.abi, rules = built.rules_added, tmpdir = %tmpdir.display(), "commands run under Landlock");
+                tracing::info!(abi = built.abi, rules = built.rules_added, scoped = built.scoped(), tmpdir = %tmpdir.display(), "commands run under Landlock");
                 let abi = built.abi;
+                if !built.confines_unix_sockets() {
+                    sandbox.socket_filter = unix_socket_filter();
+                }
                 sandbox.ruleset = Some(built);
                 sandbox.tmpdir = Some(tmpdir);
                 sandbox.rules = rules;
@@ -142,6 +199,7 @@ impl Sandbox {
         Sandbox {
             policy,
             ruleset: None,
+            socket_filter: None,
             rules: Vec::new(),
             tmpdir: None,
             cgroups: None,
@@ -150,11 +208,23 @@ impl Sandbox {
         }
     }
 
-    /// Gives every child of `launcher` the sandbox: the Landlock pre-exec hook, `TMPDIR`, and a
-    /// `PATH` without the directories the sandbox cannot execute from.
+    /// Gives every child of `launcher` the sandbox: the Landlock (and seccomp) pre-exec hook —
+    /// for a terminal's shell one that also grants its terminal device —, `TMPDIR`, a `PATH`
+    /// without the directories the sandbox cannot execute from, and no socket addresses.
     pub fn install(&self, launcher: &mut Launcher) {
         let Some(built) = &self.ruleset else { return };
-        launcher.add_pre_exec(built.hook());
+        let (rules, filter) = (self.rules.clone(), self.socket_filter.clone());
+        let terminal: TerminalConfinement = Arc::new(move |tty: &Path| {
+            let mut rules = rules.clone();
+            rules.push(Rule { path: tty.to_owned(), grant: Grant::Device });
+            let built = ruleset::build(&rules)
+                .map_err(|e| io::Error::other(format!("confining the terminal's shell: {e}")))?;
+            Ok(built.hook(filter.clone()))
+        });
+        launcher.set_confinement(built.hook(self.socket_filter.clone()), terminal);
+        for name in SOCKET_ADDRESS_VARS {
+            launcher.remove_base_env(name);
+        }
         if let Some(tmpdir) = &self.tmpdir {
             launcher.set_base_env("TMPDIR", tmpdir.as_os_str().to_owned());
         }
@@ -205,7 +275,14 @@ impl Sandbox {
             (_, false, true) => Enforcement::Rlimit,
             (_, false, false) => Enforcement::None,
         };
+        let unix_sockets = match &self.ruleset {
+            Some(built) if built.confines_unix_sockets() => UnixSockets::Landlock,
+            Some(_) if self.socket_filter.is_some() => UnixSockets::Seccomp,
+            _ => UnixSockets::Open,
+        };
         CommandCaps {
+            scoped: self.ruleset.as_ref().is_some_and(ruleset::BuiltRuleset::scoped),
+            unix_sockets,
             confined: self.policy.confined(),
             landlock_abi: self.policy.landlock_abi(),
             unconfined_allowed: self.policy.allow_unconfined,
@@ -232,6 +309,22 @@ impl Sandbox {
             && let Err(e) = fs::remove_dir_all(tmpdir)
         {
             tracing::debug!(error = %e, "removing the private temp directory");
+        }
+    }
+}
+
+/// The seccomp filter for Unix sockets, or none (logged) where the machine cannot take it.
+fn unix_socket_filter() -> Option<Arc<UnixSocketFilter>> {
+    match UnixSocketFilter::new() {
+        Ok(filter) => {
+            tracing::info!(
+                "this Landlock cannot confine Unix sockets: commands may not create any (seccomp)"
+            );
+            Some(Arc::new(filter))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "confined commands can connect to any named Unix socket they can reach");
+            None
         }
     }
 }

@@ -49,7 +49,7 @@ pub const DEVICES: &[&str] = &[
     "/dev/urandom",
     "/dev/tty",
     "/dev/ptmx",
-    "/dev/pts",
+    // Not /dev/pts, every terminal of the machine: a terminal's shell gets its own (Sandbox::install).
 ];
 
 /// System files holding credentials, never readable by a confined command (root could).

@@ -5,7 +5,11 @@
 //!
 //! The ruleset handles every file-system right this build knows (Landlock ABI 10) in
 //! best-effort mode: on an older kernel the rights it does not know are simply not handled,
-//! and [`kernel_abi`] tells which ABI that leaves in force.
+//! and [`kernel_abi`] tells which ABI that leaves in force. It also scopes signals and abstract
+//! Unix sockets (ABI 6): a confined command can signal, and connect to abstract sockets of,
+//! only the processes of its own command, never the agent, the user's other processes (X11,
+//! an abstract D-Bus) or another command. From ABI 9 the file rights include connecting to a
+//! named Unix socket, granted only beneath the writable paths; before that `seccomp` steps in.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -13,16 +17,21 @@ use std::path::Path;
 use std::sync::Arc;
 
 use landlock::{
-    ABI, Access, AccessFs, BitFlags, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr,
+    ABI, Access, AccessFs, BitFlags, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr, Scope,
     make_bitflags,
 };
 
 use super::rules::{Grant, Rule};
+use super::seccomp::UnixSocketFilter;
 use crate::process::PreExecHook;
 
 /// The newest Landlock ABI this build handles.
 pub const TARGET_ABI: ABI = ABI::V10;
 const TARGET_ABI_VERSION: u32 = 10;
+/// The first ABI with scopes (signals, abstract Unix sockets).
+pub const SCOPES_ABI: u32 = 6;
+/// The first ABI that confines connecting to named Unix sockets (`AccessFs::ResolveUnix`).
+pub const RESOLVE_UNIX_ABI: u32 = 9;
 
 /// A built ruleset, ready to restrict children.
 #[derive(Debug, Clone)]
@@ -36,12 +45,25 @@ pub struct BuiltRuleset {
 
 impl BuiltRuleset {
     /// The pre-exec step that confines a child: `PR_SET_NO_NEW_PRIVS`, then
-    /// `landlock_restrict_self`. Only system calls on values captured here: no allocation, no
-    /// lock (see `PreExecHook`). Any failure aborts the spawn: a child never runs unconfined
-    /// by accident.
-    pub fn hook(&self) -> PreExecHook {
+    /// `landlock_restrict_self`, then `filter` when there is one. Only system calls on values
+    /// captured here: no allocation, no lock (see `PreExecHook`). Any failure aborts the spawn:
+    /// a child never runs unconfined by accident.
+    pub fn hook(&self, filter: Option<Arc<UnixSocketFilter>>) -> PreExecHook {
         let fd = self.fd.clone();
-        Arc::new(move || restrict_self(fd.as_raw_fd()))
+        Arc::new(move || {
+            restrict_self(fd.as_raw_fd())?;
+            filter.as_ref().map_or(Ok(()), |f| f.apply())
+        })
+    }
+
+    /// Whether children are held to their own processes for signals and abstract sockets.
+    pub fn scoped(&self) -> bool {
+        self.abi >= SCOPES_ABI
+    }
+
+    /// Whether Landlock itself confines connecting to named Unix sockets.
+    pub fn confines_unix_sockets(&self) -> bool {
+        self.abi >= RESOLVE_UNIX_ABI
     }
 }
 
@@ -87,7 +109,9 @@ pub fn kernel_abi() -> Result<u32, String> {
 pub fn build(rules: &[Rule]) -> Result<BuiltRuleset, RulesetBuildError> {
     let abi = kernel_abi().map_err(RulesetBuildError::Unavailable)?.min(TARGET_ABI_VERSION);
     let handled = AccessFs::from_all(TARGET_ABI);
-    let mut ruleset = Ruleset::default().handle_access(handled)?.create()?;
+    // Best effort: a kernel before ABI 6 leaves the scopes out (`BuiltRuleset::scoped`).
+    let mut ruleset =
+        Ruleset::default().handle_access(handled)?.scope(Scope::from_all(TARGET_ABI))?.create()?;
     let mut rules_added = 0;
     for rule in rules {
         let Some((fd, is_dir)) = open_path(&rule.path) else { continue };
@@ -174,6 +198,15 @@ mod tests {
         assert!(
             grant_access(Grant::ReadWrite).contains(AccessFs::MakeReg | AccessFs::Execute | AccessFs::Refer)
         );
+    }
+
+    #[test]
+    fn named_unix_sockets_are_handled_and_reachable_only_beneath_writable_paths() {
+        assert!(handled_subset().contains(AccessFs::ResolveUnix), "ABI 9 socket connects are handled");
+        assert!(grant_access(Grant::ReadWrite).contains(AccessFs::ResolveUnix));
+        for grant in [Grant::ReadExec, Grant::ReadOnly, Grant::Device] {
+            assert!(!grant_access(grant).contains(AccessFs::ResolveUnix), "{grant:?}");
+        }
     }
 
     fn handled_subset() -> BitFlags<AccessFs> {

@@ -1,7 +1,9 @@
 //! The OS side of one terminal: a pseudo-terminal pair from portable-pty, a child spawned
 //! through the agent's one [`Launcher`] (sanitised environment, a new session, the pre-exec
 //! hooks that confine and limit it) with the PTY as its controlling terminal, and two threads that move
-//! bytes between the master and async channels (PTY reads and writes block).
+//! bytes between the master and async channels (PTY reads and writes block). In confined mode
+//! the shell may open its own terminal device by name (`/dev/pts/N`), no other: the launcher
+//! prepares a confinement for this terminal before the spawn.
 //!
 //! The slave side is closed in the agent right after the spawn: if the agent kept it open, the
 //! master would never report EOF when the shell exits.
@@ -21,7 +23,7 @@ use portable_pty::{MasterPty, PtySize, native_pty_system};
 use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::process::{Grouping, Launcher, PreExecHook};
+use crate::process::{Launcher, PreExecHook};
 
 /// Largest output chunk read from the master at once.
 const READ_CHUNK: usize = 16 * 1024;
@@ -65,14 +67,14 @@ impl Terminal {
             pair.master.tty_name().ok_or_else(|| io::Error::other("the new PTY has no device name"))?;
         // The child's stdio: the slave, opened without becoming the agent's controlling tty.
         let tty = OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOCTTY).open(&tty_path)?;
-        let mut cmd = launcher.std_command_with(
+        let mut cmd = launcher.terminal_command(
             &spec.program,
             &spec.args,
             spec.cwd,
             &spec.env,
-            Grouping::Session,
+            Path::new(&tty_path),
             &spec.hooks,
-        );
+        )?;
         cmd.stdin(Stdio::from(tty.try_clone()?))
             .stdout(Stdio::from(tty.try_clone()?))
             .stderr(Stdio::from(tty));
