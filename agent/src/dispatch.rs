@@ -274,7 +274,9 @@ mod tests {
     async fn without_landlock_exec_is_refused_before_anything_runs_unless_allowed() {
         let dirs = tempfile::tempdir().unwrap();
         let missing = Confinement::Unavailable { reason: "this kernel has no Landlock".into() };
-        let d = dispatcher(CommandPolicy { confinement: missing.clone(), allow_unconfined: false }, &dirs);
+        let refusing = CommandPolicy { confinement: missing.clone(), allow_unconfined: false };
+        assert!(!Sandbox::from_policy(refusing.clone()).capabilities().admitted, "Hello must not offer exec");
+        let d = dispatcher(refusing, &dirs);
         let resp = call(&d, touch("refused")).await;
         let err = resp.error.expect("exec is refused");
         assert_eq!(err.code, pb::ErrorCode::ConsentRequired as i32, "{err:?}");
@@ -286,7 +288,9 @@ mod tests {
         );
 
         let dirs = tempfile::tempdir().unwrap();
-        let d = dispatcher(CommandPolicy { confinement: missing, allow_unconfined: true }, &dirs);
+        let allowing = CommandPolicy { confinement: missing, allow_unconfined: true };
+        assert!(Sandbox::from_policy(allowing.clone()).capabilities().admitted);
+        let d = dispatcher(allowing, &dirs);
         let resp = call(&d, touch("allowed")).await;
         assert!(resp.error.is_none(), "{resp:?}");
         assert!(dirs.path().join("root/allowed").exists());

@@ -70,10 +70,10 @@ pub fn hello(
 
 fn capabilities(config: &Config, max_payload: usize, commands: &CommandCaps) -> pb::Capabilities {
     let mut caps = pb::Capabilities {
-        exec: true,
+        exec: commands.admitted,
         filesystem: true,
         git: false,
-        pty: config.relay.is_some(),
+        pty: commands.admitted && config.relay.is_some(),
         desktop: false,
         consented_whole_machine: config.whole_machine,
         consented_screen_control: false,

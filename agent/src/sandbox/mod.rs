@@ -85,6 +85,9 @@ impl UnixSockets {
 /// What the agent reports about command confinement (Hello capabilities, EXT 103..113).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandCaps {
+    /// Commands may run at all (false: confined mode cannot be honoured and the operator did
+    /// not allow unconfined commands, so exec and pty_open answer CONSENT_REQUIRED).
+    pub admitted: bool,
     pub confined: bool,
     pub landlock_abi: u32,
     pub unconfined_allowed: bool,
@@ -285,6 +288,7 @@ impl Sandbox {
             unix_sockets,
             confined: self.policy.confined(),
             landlock_abi: self.policy.landlock_abi(),
+            admitted: self.policy.admit().is_ok(),
             unconfined_allowed: self.policy.allow_unconfined,
             unconfined_reason: self.policy.unconfined_reason(),
             memory: if has(Controller::Memory) { Enforcement::Cgroup } else { Enforcement::Rlimit },
