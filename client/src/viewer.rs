@@ -64,6 +64,14 @@ pub enum ViewerEvent {
     Closed { reason: pb::StreamCloseReason, message: String },
 }
 
+/// A fresh `viewerId` claim for a viewer token, `<prefix>-<16 hex digits>`. The relay tells
+/// viewers apart (and drops one viewer's repeated input after it resumes) by the token's
+/// sessionId/viewerId, so two live viewers must never share one: a pid would repeat across
+/// machines and containers, 64 random bits do not in practice.
+pub fn new_viewer_id(prefix: &str) -> String {
+    format!("{prefix}-{:016x}", crate::unique::random_u64())
+}
+
 /// Why the first connection failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ViewerError {
@@ -329,6 +337,15 @@ async fn open_viewer(config: &ViewerConfig, resume_from_seq: u64) -> Result<(Soc
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn viewer_ids_are_fresh_and_named() {
+        let a = new_viewer_id("tetherctl");
+        let b = new_viewer_id("tetherctl");
+        assert_ne!(a, b);
+        let digits = a.strip_prefix("tetherctl-").expect("prefix kept");
+        assert!(digits.len() == 16 && digits.chars().all(|c| c.is_ascii_hexdigit()), "{a}");
+    }
 
     #[tokio::test]
     async fn wss_urls_get_a_tls_handshake() {

@@ -1,9 +1,12 @@
-//! `tetherctl` as a user runs it: exit codes, error names, JSON output, following events.
+//! `tetherctl` as a user runs it: exit codes, error names, JSON output, following events, minting
+//! relay tokens.
 
-use std::process::Stdio;
+use std::process::{Command, Output, Stdio};
 
 use nix::sys::signal::Signal;
-use tether_tests::{Agent, Nats, Proc, eventually, read_log};
+use tether_proto::token::{self, ViewerMode};
+use tether_tests::relay::{PRODUCER_SECRET, VIEWER_SECRET, now_unix};
+use tether_tests::{Agent, Nats, Proc, bin, eventually, read_log, tetherctl, without_tether_env};
 
 #[tokio::test]
 async fn exec_passes_output_and_exit_code_through() {
@@ -56,4 +59,136 @@ async fn events_follows_heartbeats_and_going_offline() {
     eventually("a heartbeat line", || read_log(&log).contains("\"type\":\"heartbeat\"")).await;
     agent.proc.signal(Signal::SIGTERM);
     eventually("a going_offline line", || read_log(&log).contains("\"type\":\"going_offline\"")).await;
+}
+
+/// `tetherctl mint-token` for agent `laptop-9` of workspace `ws9`, with only `env` set.
+fn mint(args: &[&str], env: &[(&str, &str)]) -> Output {
+    tetherctl()
+        .args(["--workspace-id", "ws9", "--agent-id", "laptop-9", "mint-token"])
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("tetherctl runs")
+}
+
+/// The one token line a successful mint printed.
+fn printed_token(out: &Output) -> String {
+    assert!(out.status.success(), "mint-token failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout.clone()).expect("a token is ASCII");
+    assert_eq!(text.lines().count(), 1, "exactly one line: {text:?}");
+    text.trim().to_owned()
+}
+
+/// `exp` is now + ttl, give or take the seconds a test run may take.
+fn assert_expires_in(exp: u64, ttl_secs: u64) {
+    let want = now_unix() + ttl_secs;
+    assert!(exp.abs_diff(want) <= 10, "exp {exp}, expected about {want}");
+}
+
+#[test]
+fn mint_token_producer_signs_the_agents_claims() {
+    let out = mint(&["producer", "--ttl", "2h"], &[("TETHER_RELAY_PRODUCER_SECRET", PRODUCER_SECRET)]);
+    let token = printed_token(&out);
+    assert!(token.starts_with(token::PRODUCER_PREFIX), "{token}");
+    let claims = token::verify_producer(PRODUCER_SECRET.as_bytes(), &token, now_unix()).unwrap();
+    assert_eq!((claims.workspace_id.as_str(), claims.agent_id.as_str()), ("ws9", "laptop-9"));
+    assert_expires_in(claims.exp, 2 * 3600);
+    assert!(token::verify_producer(VIEWER_SECRET.as_bytes(), &token, now_unix()).is_err(), "other secret");
+}
+
+#[test]
+fn mint_token_viewer_signs_the_requested_claims() {
+    let env = [("TETHER_RELAY_VIEWER_SECRET", VIEWER_SECRET)];
+    let token = printed_token(&mint(&["viewer", "--ttl", "30m"], &env));
+    assert!(token.starts_with(token::VIEWER_PREFIX), "{token}");
+    let claims = token::verify_viewer(VIEWER_SECRET.as_bytes(), &token, now_unix()).unwrap();
+    assert_eq!(claims.workspace_id, "ws9");
+    assert_eq!(claims.agent_id.as_deref(), Some("laptop-9"));
+    assert_eq!((claims.port, claims.mode), (tether_proto::PTY_PORT, ViewerMode::Control), "defaults");
+    assert_eq!((claims.session_id.as_str(), claims.lease_epoch), ("tetherctl", 0));
+    assert_eq!((claims.channel_id, claims.read_only), (None, false));
+    assert_expires_in(claims.exp, 30 * 60);
+
+    let args = [
+        "viewer",
+        "--port",
+        "6080",
+        "--mode",
+        "view",
+        "--read-only",
+        "--channel",
+        "ch-1",
+        "--session",
+        "sess-7",
+        "--lease-epoch",
+        "3",
+        "--ttl",
+        "1h",
+    ];
+    let token = printed_token(&mint(&args, &env));
+    let claims = token::verify_viewer(VIEWER_SECRET.as_bytes(), &token, now_unix()).unwrap();
+    assert_eq!((claims.port, claims.mode, claims.read_only), (6080, ViewerMode::View, true));
+    assert_eq!((claims.channel_id.as_deref(), claims.session_id.as_str()), (Some("ch-1"), "sess-7"));
+    assert_eq!(claims.lease_epoch, 3);
+    assert_expires_in(claims.exp, 3600);
+}
+
+/// The relay tells live viewers apart by sessionId/viewerId: two tokens must never share an
+/// identity, not even when minted by processes with the same pid (two containers, two
+/// machines), which each run in its own PID namespace reproduces.
+#[test]
+fn every_viewer_token_gets_its_own_viewer_id() {
+    let viewer_id = |cmd: &mut Command| {
+        let out = cmd.env("TETHER_RELAY_VIEWER_SECRET", VIEWER_SECRET).output().unwrap();
+        let claims =
+            token::verify_viewer(VIEWER_SECRET.as_bytes(), &printed_token(&out), now_unix()).unwrap();
+        claims.viewer_id
+    };
+    let minting = |cmd: &mut Command| {
+        cmd.args(["--workspace-id", "ws9", "--agent-id", "laptop-9", "mint-token", "viewer"]);
+    };
+    let in_a_row: Vec<String> = (0..2)
+        .map(|_| {
+            let mut cmd = tetherctl();
+            minting(&mut cmd);
+            viewer_id(&mut cmd)
+        })
+        .collect();
+    assert_ne!(in_a_row[0], in_a_row[1], "two tokens minted in a row");
+
+    let probe = Command::new("unshare").args(["--pid", "--fork", "true"]).status();
+    assert!(
+        probe.is_ok_and(|s| s.success()),
+        "`unshare --pid --fork` must work (root, util-linux) to give two mints the same pid"
+    );
+    let same_pid: Vec<String> = (0..2)
+        .map(|_| {
+            let mut cmd = Command::new("unshare");
+            without_tether_env(cmd.args(["--pid", "--fork"]).arg(bin("tetherctl")));
+            minting(&mut cmd);
+            viewer_id(&mut cmd)
+        })
+        .collect();
+    assert_ne!(same_pid[0], same_pid[1], "two tokens minted by processes with the same pid");
+    for id in in_a_row.iter().chain(&same_pid) {
+        assert!(id.starts_with("tetherctl-"), "{id}");
+    }
+}
+
+#[test]
+fn mint_token_without_its_secret_fails_naming_it() {
+    for (kind, secret_env) in
+        [("producer", "TETHER_RELAY_PRODUCER_SECRET"), ("viewer", "TETHER_RELAY_VIEWER_SECRET")]
+    {
+        for env in [&[][..], &[(secret_env, "")][..]] {
+            let out = mint(&[kind], env);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{kind} with {env:?}: {stderr}");
+            assert!(out.stdout.is_empty(), "no token printed");
+            assert!(stderr.contains(secret_env), "{kind}: the error names {secret_env}: {stderr}");
+        }
+    }
+    // The other kind's secret is no substitute.
+    let out = mint(&["viewer"], &[("TETHER_RELAY_PRODUCER_SECRET", PRODUCER_SECRET)]);
+    assert_eq!(out.status.code(), Some(1));
 }

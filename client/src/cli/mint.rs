@@ -1,12 +1,15 @@
 //! `tetherctl mint-token`: producer (`ogr_`) and viewer (`ogs_`) tokens for operators, signed
 //! with the relay's secrets from the environment, and the viewer token `tetherctl shell` mints
-//! for itself. The format is `tether_proto::token`'s, the one the relay verifies.
+//! for itself. The format is `tether_proto::token`'s, the one the relay verifies. Every viewer
+//! token gets a fresh viewerId: the relay tells live viewers apart by sessionId/viewerId, and of
+//! two viewers sharing one, one would have its input dropped as a repeat.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use tether_client::pb;
+use tether_client::viewer::new_viewer_id;
 use tether_proto::token::{self, ProducerClaims, ViewerClaims, ViewerMode};
 
 /// Environment variable with the relay's producer secret.
@@ -89,12 +92,13 @@ pub fn viewer_token_for(
     Ok(token::mint_viewer(&secret(VIEWER_SECRET_ENV)?, &claims))
 }
 
-/// A control viewer of any channel of `agent` on `port`, valid for `ttl`.
+/// A control viewer of any channel of `agent` on `port`, valid for `ttl`, with a viewerId of its
+/// own (the relay tells live viewers apart by sessionId/viewerId).
 fn viewer_claims(ws: &str, agent: &str, port: u32, session_id: &str, ttl: Duration) -> ViewerClaims {
     ViewerClaims {
         workspace_id: ws.into(),
         session_id: session_id.into(),
-        viewer_id: format!("tetherctl-{}", std::process::id()),
+        viewer_id: new_viewer_id("tetherctl"),
         lease_epoch: 0,
         mode: ViewerMode::Control,
         port,
