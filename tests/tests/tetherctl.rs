@@ -1,12 +1,18 @@
 //! `tetherctl` as a user runs it: exit codes, error names, JSON output, following events, minting
-//! relay tokens.
+//! relay tokens, and where `tetherctl shell` takes its viewer token from.
 
 use std::process::{Command, Output, Stdio};
 
+use futures::StreamExt;
 use nix::sys::signal::Signal;
-use tether_proto::token::{self, ViewerMode};
-use tether_tests::relay::{PRODUCER_SECRET, VIEWER_SECRET, now_unix};
-use tether_tests::{Agent, Nats, Proc, bin, eventually, read_log, tetherctl, without_tether_env};
+use prost::Message;
+use tether_proto::token::{self, ViewerClaims, ViewerMode};
+use tether_tests::relay::{
+    PRODUCER_SECRET, Relay, VIEWER_SECRET, now_unix, producer_token_for, shows_line, viewer_token,
+};
+use tether_tests::{
+    Agent, AgentOpts, Nats, Proc, WAIT, bin, eventually, pb, read_log, tetherctl, without_tether_env,
+};
 
 #[tokio::test]
 async fn exec_passes_output_and_exit_code_through() {
@@ -191,4 +197,102 @@ fn mint_token_without_its_secret_fails_naming_it() {
     // The other kind's secret is no substitute.
     let out = mint(&["viewer"], &[("TETHER_RELAY_PRODUCER_SECRET", PRODUCER_SECRET)]);
     assert_eq!(out.status.code(), Some(1));
+}
+
+/// A terminal agent and `tetherctl shell` pointed at its relay.
+async fn terminal_agent() -> (Relay, Nats, Agent) {
+    let relay = Relay::start(&[]).await;
+    let nats = Nats::start().await;
+    let agent =
+        Agent::start_with(&nats, AgentOpts { relay_url: Some(relay.stream_url()), ..Default::default() })
+            .await;
+    (relay, nats, agent)
+}
+
+/// The terminals the agent counts in its next two heartbeats (published after this call).
+async fn terminals_in_heartbeats(agent: &Agent) -> Vec<u32> {
+    let subject = format!("agent.{}.{}.events", agent.ws, agent.id);
+    let mut events = agent.nc.subscribe(subject).await.expect("subscribe to events");
+    agent.nc.flush().await.expect("flush");
+    let mut counts = Vec::new();
+    while counts.len() < 2 {
+        let msg = tokio::time::timeout(WAIT, events.next()).await.expect("a heartbeat in time");
+        let event = pb::AgentEvent::decode(msg.expect("subscribed").payload).expect("an AgentEvent");
+        if let Some(pb::agent_event::Event::Heartbeat(beat)) = event.event {
+            counts.push(beat.active_sessions);
+        }
+    }
+    counts
+}
+
+#[tokio::test]
+async fn shell_without_a_usable_viewer_credential_fails_before_opening_a_terminal() {
+    let (relay, nats, agent) = terminal_agent().await;
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-token");
+    let producer_token = dir.path().join("producer-token");
+    std::fs::write(&producer_token, producer_token_for(&agent.ws, &agent.id)).unwrap();
+    let cases: [(&[&str], &str); 3] = [
+        (&[], "TETHER_RELAY_VIEWER_SECRET"),
+        (&["--token-file", missing.to_str().unwrap()], "no-such-token"),
+        (&["--token-file", producer_token.to_str().unwrap()], "ogs_"),
+    ];
+    for (flags, named) in cases {
+        let out = agent
+            .tetherctl(&nats)
+            .args(["shell", "--relay-url", &relay.stream_url()])
+            .args(flags)
+            .args(["--", "sleep", "30"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{flags:?}: {stderr}");
+        assert_eq!(terminals_in_heartbeats(&agent).await, [0, 0], "{flags:?}: no terminal left open");
+        assert!(stderr.contains(named), "{flags:?}: the error names {named}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn shell_takes_its_token_from_a_file_or_the_environment() {
+    let (relay, nats, agent) = terminal_agent().await;
+    let claims = ViewerClaims {
+        workspace_id: agent.ws.clone(),
+        session_id: "sess-file".into(),
+        viewer_id: "operator".into(),
+        lease_epoch: 0,
+        mode: ViewerMode::View,
+        port: tether_proto::PTY_PORT,
+        exp: now_unix() + 600,
+        subject_id: None,
+        authority_epoch: None,
+        agent_id: Some(agent.id.clone()),
+        channel_id: None,
+        read_only: false,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, format!("{}\n", viewer_token(&claims))).unwrap();
+    let script = "echo via-$((6*7)); exit 5";
+    let by_file = agent
+        .tetherctl(&nats)
+        .args(["shell", "--relay-url", &relay.stream_url(), "--token-file"])
+        .arg(&file)
+        .args(["--", "sh", "-c", script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let by_env = agent
+        .tetherctl(&nats)
+        .env("TETHER_RELAY_VIEWER_TOKEN", viewer_token(&claims))
+        .args(["shell", "--relay-url", &relay.stream_url(), "--", "sh", "-c", script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    for (how, out) in [("--token-file", by_file), ("TETHER_RELAY_VIEWER_TOKEN", by_env)] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(shows_line(&String::from_utf8_lossy(&out.stdout), "via-42"), "{how}: {out:?}");
+        assert_eq!(out.status.code(), Some(5), "{how}: the remote exit code; {stderr}");
+        assert!(!stderr.contains("warning"), "{how}: no warning for a secret kept off argv: {stderr}");
+    }
 }

@@ -78,18 +78,18 @@ pub fn run(args: MintArgs, workspace_id: Option<&str>, agent_id: Option<&str>) -
     Ok(())
 }
 
-/// A control viewer token for exactly `channel`, valid for `ttl`, signed with the viewer
-/// secret from the environment.
-pub fn viewer_token_for(
+/// A control viewer token for exactly `channel`, valid for `ttl`, signed with `secret`.
+pub fn channel_viewer_token(
+    secret: &[u8],
     channel: &pb::StreamChannel,
     session_id: &str,
     ttl: Duration,
-) -> anyhow::Result<String> {
+) -> String {
     let claims = ViewerClaims {
         channel_id: Some(channel.channel_id.clone()),
         ..viewer_claims(&channel.workspace_id, &channel.agent_id, channel.port, session_id, ttl)
     };
-    Ok(token::mint_viewer(&secret(VIEWER_SECRET_ENV)?, &claims))
+    token::mint_viewer(secret, &claims)
 }
 
 /// A control viewer of any channel of `agent` on `port`, valid for `ttl`, with a viewerId of its
