@@ -2,6 +2,7 @@
 //! relay tokens, and where `tetherctl shell` takes its viewer token from.
 
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use futures::StreamExt;
 use nix::sys::signal::Signal;
@@ -295,4 +296,32 @@ async fn shell_takes_its_token_from_a_file_or_the_environment() {
         assert_eq!(out.status.code(), Some(5), "{how}: the remote exit code; {stderr}");
         assert!(!stderr.contains("warning"), "{how}: no warning for a secret kept off argv: {stderr}");
     }
+}
+
+/// CPU seconds (user + system) `pid` has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the process is alive");
+    // "pid (comm) S ppid ...": utime and stime are fields 14 and 15, the 12th and 13th after ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')').expect("a stat line").1.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    // SAFETY: sysconf only reads a system constant.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+    ticks as f64 / per_second as f64
+}
+
+#[tokio::test]
+async fn shell_with_its_input_at_end_of_file_waits_without_spinning() {
+    let (relay, nats, agent) = terminal_agent().await;
+    let mut cmd = agent.tetherctl(&nats);
+    cmd.env("TETHER_RELAY_VIEWER_SECRET", VIEWER_SECRET)
+        .args(["shell", "--relay-url", &relay.stream_url(), "--", "sh", "-c", "sleep 3; exit 4"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    let mut shell = Proc::spawn("tetherctl shell", &mut cmd).expect("tetherctl starts");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = cpu_seconds(shell.pid() as u32);
+    // Waiting for output is idle; a loop polling a closed stdin burns a whole core.
+    assert!(used < 0.5, "tetherctl used {used:.2} s of CPU in 2 s while waiting");
+    let status = shell.wait_exit(WAIT).expect("tetherctl exits after the remote command");
+    assert_eq!(status.code(), Some(4));
 }

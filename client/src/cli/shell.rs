@@ -136,6 +136,7 @@ impl Session<'_> {
 /// Keys -> viewer, output -> stdout, window changes -> resize, until the end.
 async fn interact(mut viewer: Viewer, raw: &RawMode) -> anyhow::Result<Ended> {
     let mut keys = read_stdin();
+    let mut stdin_open = true;
     let mut winch = signal(SignalKind::window_change()).context("watching window size changes")?;
     let mut hangup = signal(SignalKind::hangup()).context("watching SIGHUP")?;
     let mut terminate = signal(SignalKind::terminate()).context("watching SIGTERM")?;
@@ -153,7 +154,7 @@ async fn interact(mut viewer: Viewer, raw: &RawMode) -> anyhow::Result<Ended> {
                 Some(ViewerEvent::Resumed) => notice(raw, "reconnected"),
                 None => anyhow::bail!("the viewer stopped unexpectedly"),
             },
-            key = keys.recv() => match key {
+            key = keys.recv(), if stdin_open => match key {
                 Some(data) => match data.iter().position(|b| *b == DETACH) {
                     Some(at) => {
                         viewer.send(data.slice(..at)).await;
@@ -162,7 +163,7 @@ async fn interact(mut viewer: Viewer, raw: &RawMode) -> anyhow::Result<Ended> {
                     None => viewer.send(data).await,
                 },
                 // Input ended (a pipe): keep showing output until the process exits.
-                None => keys = mpsc::channel(1).1,
+                None => stdin_open = false,
             },
             _ = winch.recv() => {
                 if let Some((cols, rows)) = window_size() {
