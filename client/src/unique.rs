@@ -1,7 +1,7 @@
-//! Identifiers that only need to be unique, not secret: request ids, default fence scopes and
-//! temporary upload names. std's randomly keyed hasher gives us enough randomness without a
-//! random-number dependency; a process-wide counter and the clock make collisions impossible in
-//! practice even between clients created in the same nanosecond.
+//! Identifiers that only need to be unique, not secret: request ids, default fence scopes,
+//! temporary upload names and viewer ids. std's randomly keyed hasher gives us enough randomness
+//! without a random-number dependency; a process-wide counter and the clock make collisions
+//! impossible in practice even between clients created in the same nanosecond.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};

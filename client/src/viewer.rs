@@ -3,6 +3,9 @@
 //! relay says TRANSPORT_ERROR, resumes from that cursor, and drops any frame below it, so the
 //! output it hands out has no repeats; a gap the relay announces is reported, never hidden.
 //! Input typed while disconnected waits in a queue and goes out on reconnect.
+//!
+//! Keystrokes and resizes share that one queue: the user's order (resize, then type a command
+//! that reads the size) is the order the relay, and so the agent's PTY, sees them in.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -61,6 +64,14 @@ pub enum ViewerEvent {
     Closed { reason: pb::StreamCloseReason, message: String },
 }
 
+/// A fresh `viewerId` claim for a viewer token, `<prefix>-<16 hex digits>`. The relay tells
+/// viewers apart (and drops one viewer's repeated input after it resumes) by the token's
+/// sessionId/viewerId, so two live viewers must never share one: a pid would repeat across
+/// machines and containers, 64 random bits do not in practice.
+pub fn new_viewer_id(prefix: &str) -> String {
+    format!("{prefix}-{:016x}", crate::unique::random_u64())
+}
+
 /// Why the first connection failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ViewerError {
@@ -73,8 +84,14 @@ pub enum ViewerError {
 /// A connected viewer; dropping it disconnects.
 pub struct Viewer {
     events: mpsc::Receiver<ViewerEvent>,
-    input: mpsc::Sender<Bytes>,
-    resize: mpsc::Sender<(u32, u32)>,
+    input: mpsc::Sender<Input>,
+}
+
+/// What the viewer sends towards the agent, queued in the order it was produced.
+#[derive(Debug)]
+enum Input {
+    Data(Bytes),
+    Resize { cols: u32, rows: u32 },
 }
 
 impl Viewer {
@@ -83,7 +100,6 @@ impl Viewer {
         let (socket, ack) = open_viewer(&config, config.resume_from_seq).await?;
         let (events_tx, events) = mpsc::channel(256);
         let (input, input_rx) = mpsc::channel(256);
-        let (resize, resize_rx) = mpsc::channel(16);
         let mut follower = Follower {
             config,
             next_seq: 0,
@@ -91,13 +107,12 @@ impl Viewer {
             pending: VecDeque::new(),
             events: events_tx,
             input: input_rx,
-            resize: resize_rx,
             last_size: None,
         };
         follower.next_seq = follower.config.resume_from_seq;
         follower.note_ack(ack).await;
         tokio::spawn(follower.run(socket));
-        Ok(Viewer { events, input, resize })
+        Ok(Viewer { events, input })
     }
 
     /// The next event; `None` after `Closed` (or if the viewer task ended).
@@ -107,12 +122,13 @@ impl Viewer {
 
     /// Types into the channel (queued while reconnecting).
     pub async fn send(&self, data: impl Into<Bytes>) {
-        let _ = self.input.send(data.into()).await;
+        let _ = self.input.send(Input::Data(data.into())).await;
     }
 
-    /// Asks the agent to resize the terminal (the last size is re-sent after a reconnect).
+    /// Asks the agent to resize the terminal, after any input sent before (the last size is
+    /// re-sent after a reconnect).
     pub async fn resize(&self, cols: u32, rows: u32) {
-        let _ = self.resize.send((cols, rows)).await;
+        let _ = self.input.send(Input::Resize { cols, rows }).await;
     }
 }
 
@@ -126,8 +142,8 @@ struct Follower {
     /// Input not yet written to a connection.
     pending: VecDeque<Message>,
     events: mpsc::Sender<ViewerEvent>,
-    input: mpsc::Receiver<Bytes>,
-    resize: mpsc::Receiver<(u32, u32)>,
+    /// Keystrokes and resizes, in the order the user produced them.
+    input: mpsc::Receiver<Input>,
     last_size: Option<(u32, u32)>,
 }
 
@@ -205,12 +221,9 @@ impl Follower {
                     Some(stretch) => return stretch,
                     None => continue,
                 },
-                data = self.input.recv() => match data {
-                    Some(data) => self.input_message(data),
-                    None => return self.hang_up(socket).await,
-                },
-                size = self.resize.recv() => match size {
-                    Some((cols, rows)) => {
+                input = self.input.recv() => match input {
+                    Some(Input::Data(data)) => self.input_message(data),
+                    Some(Input::Resize { cols, rows }) => {
                         self.last_size = Some((cols, rows));
                         resize_message(cols, rows)
                     }
@@ -325,6 +338,15 @@ async fn open_viewer(config: &ViewerConfig, resume_from_seq: u64) -> Result<(Soc
 mod tests {
     use super::*;
 
+    #[test]
+    fn viewer_ids_are_fresh_and_named() {
+        let a = new_viewer_id("tetherctl");
+        let b = new_viewer_id("tetherctl");
+        assert_ne!(a, b);
+        let digits = a.strip_prefix("tetherctl-").expect("prefix kept");
+        assert!(digits.len() == 16 && digits.chars().all(|c| c.is_ascii_hexdigit()), "{a}");
+    }
+
     #[tokio::test]
     async fn wss_urls_get_a_tls_handshake() {
         // A server that accepts and hangs up: the TLS handshake fails, which proves there is one.
@@ -345,5 +367,62 @@ mod tests {
             panic!("a server that hangs up cannot accept a viewer");
         };
         assert!(!message.contains("TLS support not compiled"), "{message}");
+    }
+
+    /// A stand-in relay: accepts one viewer, acks its StreamOpen, and hands every frame the
+    /// viewer sends after that to the test, in the order they arrived.
+    async fn recording_relay() -> (String, mpsc::UnboundedReceiver<Frame>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            let _open = ws.next().await;
+            let ack = pb::StreamOpenAck { accepted: true, error: None, resume_from_seq: 0 };
+            ws.send(Message::Binary(Frame::OpenAck(ack).encode())).await.unwrap();
+            while let Some(Ok(Message::Binary(bytes))) = ws.next().await {
+                if tx.send(Frame::decode(bytes).unwrap()).is_err() {
+                    return;
+                }
+            }
+        });
+        (format!("ws://{addr}/stream"), rx)
+    }
+
+    async fn next_frame(frames: &mut mpsc::UnboundedReceiver<Frame>) -> Frame {
+        let next = tokio::time::timeout(Duration::from_secs(10), frames.recv()).await;
+        next.expect("the viewer sends within 10 s").expect("the relay stand-in is running")
+    }
+
+    #[tokio::test]
+    async fn keystrokes_and_resizes_leave_in_the_order_they_were_given() {
+        let (relay_url, mut frames) = recording_relay().await;
+        let config = ViewerConfig {
+            relay_url,
+            channel: pb::StreamChannel::default(),
+            token: "ogs_x.y".into(),
+            resume_from_seq: 0,
+        };
+        let viewer = Viewer::connect(config).await.unwrap();
+        // Both kinds queued back to back before the viewer task runs: a task choosing between
+        // two queues would reorder some of them.
+        for i in 0..50u32 {
+            viewer.resize(100 + i, 40).await;
+            viewer.send(format!("k{i}")).await;
+        }
+        for i in 0..50u32 {
+            match next_frame(&mut frames).await {
+                Frame::PtyResize(r) => assert_eq!((r.cols, r.rows), (100 + i, 40), "resize {i}"),
+                other => panic!("resize {i} expected, got {other:?}"),
+            }
+            match next_frame(&mut frames).await {
+                Frame::Data(f) => {
+                    assert_eq!(f.data, format!("k{i}").as_bytes(), "keystroke {i}");
+                    assert_eq!(f.seq, u64::from(i), "input seq {i}");
+                }
+                other => panic!("keystroke {i} expected, got {other:?}"),
+            }
+        }
     }
 }

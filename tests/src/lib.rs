@@ -328,13 +328,30 @@ impl Agent {
 
     /// `tetherctl` preconfigured for this agent.
     pub fn tetherctl(&self, nats: &Nats) -> Command {
-        let mut cmd = Command::new(bin("tetherctl"));
+        let mut cmd = tetherctl();
         cmd.env("TETHER_NATS_URL", &nats.url)
             .env("TETHER_WORKSPACE_ID", &self.ws)
-            .env("TETHER_AGENT_ID", &self.id)
-            .env_remove("TETHER_NATS_TOKEN");
+            .env("TETHER_AGENT_ID", &self.id);
         cmd
     }
+}
+
+/// `tetherctl` inheriting none of the `TETHER_*` settings and secrets of the environment the
+/// tests run in: each test sets exactly what its story needs.
+pub fn tetherctl() -> Command {
+    let mut cmd = Command::new(bin("tetherctl"));
+    without_tether_env(&mut cmd);
+    cmd
+}
+
+/// Keeps the `TETHER_*` variables of the test environment from `cmd`.
+pub fn without_tether_env(cmd: &mut Command) -> &mut Command {
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("TETHER_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
 }
 
 fn spawn_agent(

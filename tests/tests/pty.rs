@@ -64,6 +64,33 @@ async fn typed_command_output_and_viewer_resize_reach_the_viewer() {
 }
 
 #[tokio::test]
+async fn a_resize_applies_before_the_keystrokes_typed_after_it() {
+    let (relay, _nats, agent) = stack().await;
+    let pty = open(&agent, open_req(&["sh"], "")).await;
+    let channel = pty.channel.expect("channel");
+    let mut viewer = watch(&relay, &channel, &claims_for(&channel, "v1", ViewerMode::View)).await;
+    viewer.send("echo ready-$((6*7))\n").await;
+    let mut seen = Seen::default();
+    collect_until(&mut viewer, &mut seen, WITHIN, |s| shows_line(&s.text(), "ready-42")).await;
+    // Each round resizes and at once types a command that reads the size: the viewer must not
+    // let the keystrokes overtake the resize (nor a resize overtake earlier keystrokes).
+    for round in 0..10u32 {
+        let (cols, rows) = (90 + round, 30 + round);
+        viewer.resize(cols, rows).await;
+        viewer.send(format!("stty size; echo done-{round}\n")).await;
+        let mut seen = Seen::default();
+        let done = format!("done-{round}");
+        collect_until(&mut viewer, &mut seen, WITHIN, |s| shows_line(&s.text(), &done)).await;
+        assert!(
+            shows_line(&seen.text(), &format!("{rows} {cols}")),
+            "round {round}: `stty size` must report {rows} {cols}; saw:\n{}",
+            seen.text()
+        );
+    }
+    assert_eq!(close(&agent, &pty.pty_id).await.unwrap(), -1);
+}
+
+#[tokio::test]
 async fn output_survives_a_relay_restart_exactly_once_and_in_order() {
     let (mut relay, _nats, agent) = stack().await;
     let script = "i=1; while [ $i -le 3000 ]; do echo L$i; i=$((i+1)); sleep 0.001; done";

@@ -1,12 +1,15 @@
 //! `tetherctl mint-token`: producer (`ogr_`) and viewer (`ogs_`) tokens for operators, signed
 //! with the relay's secrets from the environment, and the viewer token `tetherctl shell` mints
-//! for itself. The format is `tether_proto::token`'s, the one the relay verifies.
+//! for itself. The format is `tether_proto::token`'s, the one the relay verifies. Every viewer
+//! token gets a fresh viewerId: the relay tells live viewers apart by sessionId/viewerId, and of
+//! two viewers sharing one, one would have its input dropped as a repeat.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use tether_client::pb;
+use tether_client::viewer::new_viewer_id;
 use tether_proto::token::{self, ProducerClaims, ViewerClaims, ViewerMode};
 
 /// Environment variable with the relay's producer secret.
@@ -75,26 +78,27 @@ pub fn run(args: MintArgs, workspace_id: Option<&str>, agent_id: Option<&str>) -
     Ok(())
 }
 
-/// A control viewer token for exactly `channel`, valid for `ttl`, signed with the viewer
-/// secret from the environment.
-pub fn viewer_token_for(
+/// A control viewer token for exactly `channel`, valid for `ttl`, signed with `secret`.
+pub fn channel_viewer_token(
+    secret: &[u8],
     channel: &pb::StreamChannel,
     session_id: &str,
     ttl: Duration,
-) -> anyhow::Result<String> {
+) -> String {
     let claims = ViewerClaims {
         channel_id: Some(channel.channel_id.clone()),
         ..viewer_claims(&channel.workspace_id, &channel.agent_id, channel.port, session_id, ttl)
     };
-    Ok(token::mint_viewer(&secret(VIEWER_SECRET_ENV)?, &claims))
+    token::mint_viewer(secret, &claims)
 }
 
-/// A control viewer of any channel of `agent` on `port`, valid for `ttl`.
+/// A control viewer of any channel of `agent` on `port`, valid for `ttl`, with a viewerId of its
+/// own (the relay tells live viewers apart by sessionId/viewerId).
 fn viewer_claims(ws: &str, agent: &str, port: u32, session_id: &str, ttl: Duration) -> ViewerClaims {
     ViewerClaims {
         workspace_id: ws.into(),
         session_id: session_id.into(),
-        viewer_id: format!("tetherctl-{}", std::process::id()),
+        viewer_id: new_viewer_id("tetherctl"),
         lease_epoch: 0,
         mode: ViewerMode::Control,
         port,

@@ -1,6 +1,7 @@
 //! The command line: global flags, subcommands, and the dispatch from one to the other.
 
 mod connect;
+mod credential;
 mod exec;
 mod format;
 mod fs;

@@ -3,6 +3,9 @@
 //! the local terminal in raw mode, and forwards keystrokes and window resizes until the remote
 //! process exits or the user detaches with Ctrl-]. The local terminal is restored on every way
 //! out; a relay restart shows a one-line notice and the session carries on where it was.
+//!
+//! The viewer credential is settled before the PTY is opened, and once it is open every way out
+//! but a detach from a `--scope` session closes it: a failed attach leaves no remote shell behind.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -15,7 +18,7 @@ use tether_client::{Client, Viewer, ViewerConfig, ViewerEvent, pb};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
-use super::mint::viewer_token_for;
+use super::credential::{EnvSecrets, TokenArgs, ViewerCredential};
 use super::tty::{RawMode, window_size};
 
 /// Ctrl-]: leave the remote shell (it keeps running when it has a --scope).
@@ -28,9 +31,8 @@ pub struct ShellArgs {
     /// The relay's /stream URL, e.g. ws://127.0.0.1:8443/stream.
     #[arg(long, env = "TETHER_RELAY_URL")]
     relay_url: String,
-    /// A viewer (ogs_) token; by default one is minted from TETHER_RELAY_VIEWER_SECRET.
-    #[arg(long, env = "TETHER_RELAY_VIEWER_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    #[command(flatten)]
+    pub token: TokenArgs,
     /// Reattachable session name: the same scope reattaches to the same shell, and detaching
     /// (Ctrl-]) leaves it running.
     #[arg(long)]
@@ -45,6 +47,7 @@ pub struct ShellArgs {
 
 /// Runs the session; the exit code is the remote process's when it exited.
 pub async fn run(client: &Client, args: ShellArgs) -> anyhow::Result<ExitCode> {
+    let credential = ViewerCredential::resolve(&args.token, EnvSecrets::from_env())?;
     let (cols, rows) = window_size().unwrap_or((80, 24));
     let request = pb::PtyOpenRequest {
         command: args.command,
@@ -56,24 +59,32 @@ pub async fn run(client: &Client, args: ShellArgs) -> anyhow::Result<ExitCode> {
         ..Default::default()
     };
     let opened = client.pty_open(request).await.context("opening a terminal")?;
-    let channel = opened.channel.context("the agent named no channel for the terminal")?;
     let session = Session { client, pty_id: opened.pty_id, keep: args.scope.is_some() };
-    let token = match args.token {
-        Some(token) => token,
-        None => viewer_token_for(&channel, &session.pty_id, TOKEN_TTL)?,
-    };
-    let config = ViewerConfig { relay_url: args.relay_url, channel, token, resume_from_seq: 0 };
-    let viewer = match Viewer::connect(config).await {
-        Ok(viewer) => viewer,
+    match attach(&session, opened.channel, &credential, args.relay_url).await {
+        Ok(ended) => session.finish(ended).await,
         Err(e) => {
             session.abandon().await;
-            return Err(e).context("connecting to the relay");
+            Err(e)
         }
-    };
+    }
+}
+
+/// From the opened terminal to the end of the interactive part; on an error the caller
+/// abandons the session.
+async fn attach(
+    session: &Session<'_>,
+    channel: Option<pb::StreamChannel>,
+    credential: &ViewerCredential,
+    relay_url: String,
+) -> anyhow::Result<Ended> {
+    let channel = channel.context("the agent named no channel for the terminal")?;
+    let token = credential.token_for(&channel, &session.pty_id, TOKEN_TTL);
+    let config = ViewerConfig { relay_url, channel, token, resume_from_seq: 0 };
+    let viewer = Viewer::connect(config).await.context("connecting to the relay")?;
     let raw = RawMode::enter().context("switching the terminal to raw mode")?;
     let ended = interact(viewer, &raw).await;
     drop(raw);
-    session.finish(ended?).await
+    ended
 }
 
 /// How the interactive part ended.
@@ -91,6 +102,7 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
+    /// Closes the terminal after a failed attach, unless it is a scoped one meant to outlive us.
     async fn abandon(&self) {
         if !self.keep {
             let _ = self.client.pty_close(&self.pty_id).await;
@@ -124,6 +136,7 @@ impl Session<'_> {
 /// Keys -> viewer, output -> stdout, window changes -> resize, until the end.
 async fn interact(mut viewer: Viewer, raw: &RawMode) -> anyhow::Result<Ended> {
     let mut keys = read_stdin();
+    let mut stdin_open = true;
     let mut winch = signal(SignalKind::window_change()).context("watching window size changes")?;
     let mut hangup = signal(SignalKind::hangup()).context("watching SIGHUP")?;
     let mut terminate = signal(SignalKind::terminate()).context("watching SIGTERM")?;
@@ -141,7 +154,7 @@ async fn interact(mut viewer: Viewer, raw: &RawMode) -> anyhow::Result<Ended> {
                 Some(ViewerEvent::Resumed) => notice(raw, "reconnected"),
                 None => anyhow::bail!("the viewer stopped unexpectedly"),
             },
-            key = keys.recv() => match key {
+            key = keys.recv(), if stdin_open => match key {
                 Some(data) => match data.iter().position(|b| *b == DETACH) {
                     Some(at) => {
                         viewer.send(data.slice(..at)).await;
@@ -150,7 +163,7 @@ async fn interact(mut viewer: Viewer, raw: &RawMode) -> anyhow::Result<Ended> {
                     None => viewer.send(data).await,
                 },
                 // Input ended (a pipe): keep showing output until the process exits.
-                None => keys = mpsc::channel(1).1,
+                None => stdin_open = false,
             },
             _ = winch.recv() => {
                 if let Some((cols, rows)) = window_size() {
