@@ -220,7 +220,9 @@ impl ChannelState {
                 *msg = Frame::Data(f).encode();
             }
             *seq = next;
-            next += 1;
+            // Only a producer claiming a cursor at the very end of the seq space gets here;
+            // its first input then hits the exhausted check in `viewer_input`.
+            next = next.saturating_add(1);
         });
         self.up_next = next;
         self.up_base_known = true;
@@ -364,6 +366,14 @@ impl ChannelState {
         }
     }
 
+    /// A peer used the last seq there is (`u64::MAX`): nothing could follow it, so the stream
+    /// cannot go on. A protocol error of that peer: it is closed, the frame is dropped.
+    fn kick_for_seq(&mut self, conn: ConnId, seq: u64, m: &Metrics) {
+        m.protocol_violation();
+        let why = format!("protocol error: seq {seq} leaves no next seq");
+        self.kick(conn, pb::StreamCloseReason::TransportError, why);
+    }
+
     fn kick_slow(&mut self, conn: ConnId, m: &Metrics) {
         m.slow_viewer();
         let why = format!(
@@ -383,9 +393,12 @@ impl ChannelState {
             Some(next) if seq > next => m.producer_gap(),
             _ => {}
         }
+        let Some(after) = seq.checked_add(1) else {
+            return self.kick_for_seq(conn, seq, m);
+        };
         m.received(Dir::Down, msg.len());
         m.evicted(Dir::Down, self.down.push(seq, true, msg));
-        self.down_next = Some(seq + 1);
+        self.down_next = Some(after);
         // A viewer still replaying from before it joined can be overtaken by eviction.
         let first = self.down.first_pos();
         let evicted: Vec<ConnId> =
@@ -520,13 +533,24 @@ impl ChannelState {
                     m.duplicate(Dir::Up);
                     return m.input_dropped(DropReason::Repeat);
                 }
-                self.input_cursors.insert(identity.clone(), f.seq + 1);
-                f.seq = self.up_next;
+                let Some(after) = f.seq.checked_add(1) else {
+                    return self.kick_for_seq(conn, f.seq, m);
+                };
+                let seq = self.up_next;
+                let Some(up_after) = seq.checked_add(1) else {
+                    // The producer announced a cursor at the end of the seq space.
+                    if let Some(producer) = self.producer.as_ref().map(|p| p.conn) {
+                        self.kick_for_seq(producer, seq, m);
+                    }
+                    return;
+                };
+                self.input_cursors.insert(identity.clone(), after);
+                f.seq = seq;
                 f.channel_id = self.channel_id.clone();
-                self.up_next += 1;
+                self.up_next = up_after;
                 let msg = Frame::Data(f).encode();
                 m.received(Dir::Up, msg.len());
-                m.evicted(Dir::Up, self.up.push(self.up_next - 1, true, msg));
+                m.evicted(Dir::Up, self.up.push(seq, true, msg));
             }
             Input::Resize(msg) => {
                 self.last_resize = Some(msg.clone());

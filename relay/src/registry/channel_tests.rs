@@ -414,3 +414,30 @@ fn viewers_waiting_on_a_channel_without_producer_are_released_after_the_timeout(
     assert_eq!(close.map(|c| c.reason), Some(pb::StreamCloseReason::Normal as i32));
     assert!(m.render(Default::default()).contains("tether_relay_orphaned_viewers_total 1"));
 }
+
+#[test]
+fn a_seq_of_u64_max_is_a_protocol_error_of_the_peer_that_sent_it() {
+    let m = Metrics::default();
+    let mut c = chan(7681);
+    c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap();
+    c.join_viewer(V1, pb::StreamKind::Pty, grant("s/a", ViewerMode::View), 0, &m).unwrap();
+    c.join_viewer(V2, pb::StreamKind::Pty, grant("s/b", ViewerMode::View), 0, &m).unwrap();
+    // A viewer's own seq: the viewer goes, its frame is not forwarded, the channel goes on.
+    c.viewer_input(V1, input(u64::MAX, b"boom"), &m);
+    assert!(c.is_kicked(V1));
+    c.viewer_input(V2, input(0, b"ok"), &m);
+    assert_eq!(drain(&mut c, P, &m).0, [(0, b"ok".to_vec())]);
+    // The producer's seq: the producer goes, nothing is stored.
+    c.producer_frame(P, u64::MAX, data(u64::MAX, b"boom"), &m);
+    assert!(c.is_kicked(P));
+    assert!(c.down.is_empty());
+    let close = drain(&mut c, P, &m).2.expect("the producer is closed");
+    assert_eq!(close.reason, pb::StreamCloseReason::TransportError as i32);
+    assert!(close.message.contains("protocol error"), "{}", close.message);
+    // A producer announcing the last viewer-to-agent seq there is cannot take input.
+    c.join_producer(P + 100, pb::StreamKind::Pty, u64::MAX, &m).unwrap();
+    c.viewer_input(V2, input(1, b"x"), &m);
+    assert!(c.is_kicked(P + 100));
+    let text = m.render(Default::default());
+    assert!(text.contains("tether_relay_protocol_violations_total 3"), "{text}");
+}
