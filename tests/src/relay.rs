@@ -226,8 +226,21 @@ pub async fn send(ws: &mut Ws, frame: Frame) {
     ws.send(Message::Binary(frame.encode())).await.expect("send");
 }
 
-/// The next relay frame, or `None` when the socket closed. Panics after 20 s of silence.
+/// The next relay frame other than a ViewerPresence (a producer gets one whenever the viewer
+/// count changes; [`recv_any`] sees those), or `None` when the socket closed. Panics after 20 s
+/// of silence.
 pub async fn recv(ws: &mut Ws) -> Option<Frame> {
+    loop {
+        match recv_any(ws).await {
+            Some(Frame::ViewerPresence(_)) => continue,
+            other => return other,
+        }
+    }
+}
+
+/// The next relay frame of any kind, or `None` when the socket closed. Panics after 20 s of
+/// silence.
+pub async fn recv_any(ws: &mut Ws) -> Option<Frame> {
     loop {
         let msg =
             tokio::time::timeout(Duration::from_secs(20), ws.next()).await.expect("relay answered in time");

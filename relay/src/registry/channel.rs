@@ -7,6 +7,11 @@
 //! and desktop input carry no seq, so they are delivered live only and never replayed (a
 //! replayed click could land twice); the last resize is re-sent to a (re)joining producer
 //! because applying it again is harmless.
+//!
+//! The producer is also told how many viewers the channel has (ViewerPresence): first thing
+//! after its OpenAck, then whenever the count changes. It is state, not an event, so it is
+//! never queued: each producer connection remembers the count it was last told and gets the
+//! current one when they differ. The agent needs it to tell a watched terminal from an idle one.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -69,6 +74,8 @@ struct ProducerSlot {
     conn: ConnId,
     cursor: u64,
     replay_end: u64,
+    /// The viewer count last sent to this connection (`None` before the first ViewerPresence).
+    told_viewers: Option<u32>,
 }
 
 /// Everything the relay knows about one channel.
@@ -197,7 +204,8 @@ impl ChannelState {
         }
         self.up_next = self.up_next.max(resume_from_seq);
         let cursor = self.up.pos_of_seq(resume_from_seq);
-        self.producer = Some(ProducerSlot { conn, cursor, replay_end: self.up.head_pos() });
+        let replay_end = self.up.head_pos();
+        self.producer = Some(ProducerSlot { conn, cursor, replay_end, told_viewers: None });
         self.no_producer_since = None;
         if let Some(resize) = self.last_resize.clone() {
             self.up.push(self.up_next, false, resize);
@@ -474,6 +482,7 @@ impl ChannelState {
         }
         let first = self.up.first_pos();
         let head = self.up.head_pos();
+        let viewers = u32::try_from(self.viewers.len()).unwrap_or(u32::MAX);
         let Some(p) = self.producer.as_mut().filter(|p| p.conn == conn) else {
             return match &self.ended {
                 Some(close) => Next::Close(close.clone()),
@@ -481,6 +490,14 @@ impl ChannelState {
             };
         };
         let (mut out, mut bytes, mut replayed) = (Vec::new(), 0, 0);
+        // First after the OpenAck, then on every change: the producer's idle reaping needs it.
+        if p.told_viewers != Some(viewers) {
+            p.told_viewers = Some(viewers);
+            let presence = pb::ViewerPresence { channel_id: self.channel_id.clone(), viewers };
+            let msg = Frame::ViewerPresence(presence).encode();
+            bytes += msg.len();
+            out.push(msg);
+        }
         let mut pos = p.cursor.max(first);
         while pos < head && bytes < max_bytes {
             let Some(e) = self.up.get(pos) else { break };
