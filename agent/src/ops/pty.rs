@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tether_proto::pb;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -177,7 +177,8 @@ impl Terminals {
         let Terminal { master, child, pgid, output, input, drained } = terminal;
         let (inbound_tx, inbound_rx) = mpsc::channel(256);
         let (end_tx, end_rx) = oneshot::channel();
-        let endpoint = Endpoint { output, inbound: inbound_tx, end: end_rx };
+        let (viewers_tx, viewers_rx) = watch::channel(0);
+        let endpoint = Endpoint { output, inbound: inbound_tx, end: end_rx, viewers: viewers_tx };
         let (accepted_tx, accepted_rx) = oneshot::channel();
         let pump = Pump::new(relay, channel.clone(), endpoint, OUTBOX_BYTES);
         // The terminal outlives the request that opened it: its tasks log under their own span.
@@ -198,6 +199,7 @@ impl Terminals {
             drained,
             end: end_tx,
             inbound: inbound_rx,
+            viewers: viewers_rx,
             fence: self.fence.clone(),
             fenced,
             idle_timeout: self.idle_timeout,
