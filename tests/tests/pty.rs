@@ -316,3 +316,32 @@ async fn a_terminal_watched_through_a_relay_that_went_away_is_reaped() {
     eventually("the terminal was reaped with its relay gone", || a_terminal_ended(&agent)).await;
     assert!(gone.elapsed() >= IDLE, "the idle clock started when the relay link dropped");
 }
+
+#[tokio::test]
+async fn reopening_a_scope_under_a_newer_epoch_starts_a_fresh_terminal() {
+    let (relay, _nats, agent) = stack().await;
+    // The old shell ignores SIGHUP, so it lingers for the whole hang-up grace after the fence:
+    // the reopen lands while it is dying.
+    let req = || Op::PtyOpen(open_req(&["sh", "-c", "trap '' HUP; exec sh"], "scope-r"));
+    let opened = |reply| match reply {
+        Ok(Reply::PtyOpen(r)) => r,
+        other => panic!("pty_open failed: {other:?}"),
+    };
+    let old = opened(agent.call_fenced(req(), "lease-r", 1).await);
+    let old_channel = old.channel.clone().expect("channel");
+    let mut old_viewer = watch(&relay, &old_channel, &claims_for(&old_channel, "v", ViewerMode::View)).await;
+
+    let new = opened(agent.call_fenced(req(), "lease-r", 2).await);
+    assert_ne!(new.pty_id, old.pty_id, "the fenced terminal is not handed out again");
+    let new_channel = new.channel.expect("channel");
+    assert_ne!(new_channel.channel_id, old_channel.channel_id);
+    let mut seen = Seen::default();
+    collect_until(&mut old_viewer, &mut seen, WITHIN, |_| false).await;
+    assert_eq!(seen.closed.map(|c| c.0), Some(pb::StreamCloseReason::Fenced));
+
+    let mut viewer = watch(&relay, &new_channel, &claims_for(&new_channel, "v", ViewerMode::View)).await;
+    viewer.send("echo fresh-$((6*7))\n").await;
+    let mut seen = Seen::default();
+    collect_until(&mut viewer, &mut seen, WITHIN, |s| shows_line(&s.text(), "fresh-42")).await;
+    assert!(seen.closed.is_none(), "the new terminal lives: {:?}", seen.closed);
+}

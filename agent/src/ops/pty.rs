@@ -185,7 +185,9 @@ impl Terminals {
         let span = tracing::info_span!(parent: None, "terminal", pty_id = %id);
         self.pumps.spawn(pump.run(accepted_tx).instrument(span.clone()));
 
-        let session = Arc::new(Session::new(id.clone(), req.scope_id.clone(), channel, master, input));
+        let fence_token = fenced.cancel.clone();
+        let session =
+            Arc::new(Session::new(id.clone(), req.scope_id.clone(), channel, master, input, fence_token));
         {
             let mut table = self.lock();
             table.by_id.insert(id.clone(), session.clone());

@@ -45,6 +45,8 @@ pub struct Session {
     input: mpsc::Sender<Bytes>,
     /// Cancelled by pty_close (or a failed open).
     close: CancellationToken,
+    /// The fence token of the open that started it: cancelled by an epoch advance (or shutdown).
+    fenced: CancellationToken,
     /// The end: `None` while running, then the exit code (-1 when killed).
     exit: watch::Sender<Option<i32>>,
     /// Since when the idle clock runs: the last input or resize, or the last viewer leaving.
@@ -75,6 +77,7 @@ impl Session {
         channel: pb::StreamChannel,
         master: Box<dyn MasterPty + Send>,
         input: mpsc::Sender<Bytes>,
+        fenced: CancellationToken,
     ) -> Self {
         Session {
             id,
@@ -83,6 +86,7 @@ impl Session {
             master: Mutex::new(Some(master)),
             input,
             close: CancellationToken::new(),
+            fenced,
             exit: watch::Sender::new(None),
             idle_since: Mutex::new(Instant::now()),
         }
@@ -93,9 +97,11 @@ impl Session {
         pb::PtyOpenResponse { pty_id: self.id.clone(), channel: Some(self.channel.clone()) }
     }
 
-    /// True once the terminal is on its way out (a reopen of its scope starts a new one).
+    /// True once the terminal is on its way out (a reopen of its scope starts a new one). A
+    /// fenced terminal is: its supervisor may still be hanging it up, but its channel is
+    /// about to close FENCED, so it must never be handed out again.
     pub fn is_ending(&self) -> bool {
-        self.close.is_cancelled() || self.exit.borrow().is_some()
+        self.close.is_cancelled() || self.fenced.is_cancelled() || self.exit.borrow().is_some()
     }
 
     pub fn request_close(&self) {
