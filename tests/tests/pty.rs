@@ -318,6 +318,38 @@ async fn a_terminal_watched_through_a_relay_that_went_away_is_reaped() {
 }
 
 #[tokio::test]
+async fn reopening_a_live_scope_does_not_wait_behind_an_unrelated_open() {
+    let relay = Relay::start(&[]).await;
+    let proxy = StallingProxy::start(relay.addr).await;
+    let nats = Nats::start().await;
+    let opts = AgentOpts { relay_url: Some(proxy.stream_url()), ..AgentOpts::default() };
+    let agent = Agent::start_with(&nats, opts).await;
+    let live = open(&agent, open_req(&["sh"], "scope-live")).await;
+
+    // Another terminal's channel hangs at the relay (pty_open waits up to 15 s for it).
+    proxy.stall();
+    let unrelated = agent.call(Op::PtyOpen(open_req(&["sh"], "scope-other")));
+    tokio::pin!(unrelated);
+    let reached_the_relay = async {
+        while proxy.held() == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::select! {
+        r = &mut unrelated => panic!("the unrelated open should hang, got {r:?}"),
+        waited = tokio::time::timeout(WITHIN, reached_the_relay) => waited.expect("the unrelated open dialled"),
+    }
+
+    let started = Instant::now();
+    let again = tokio::select! {
+        again = open(&agent, open_req(&["sh"], "scope-live")) => again,
+        r = &mut unrelated => panic!("the reopen waited for the unrelated open to give up ({r:?})"),
+    };
+    assert_eq!(again.pty_id, live.pty_id, "the live scope's terminal");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+}
+
+#[tokio::test]
 async fn reopening_a_scope_under_a_newer_epoch_starts_a_fresh_terminal() {
     let (relay, _nats, agent) = stack().await;
     // The old shell ignores SIGHUP, so it lingers for the whole hang-up grace after the fence:

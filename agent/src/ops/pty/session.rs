@@ -47,6 +47,8 @@ pub struct Session {
     close: CancellationToken,
     /// The fence token of the open that started it: cancelled by an epoch advance (or shutdown).
     fenced: CancellationToken,
+    /// How the relay took the channel: `None` while pty_open still waits for it.
+    accepted: watch::Sender<Option<OpResult<()>>>,
     /// The end: `None` while running, then the exit code (-1 when killed).
     exit: watch::Sender<Option<i32>>,
     /// Since when the idle clock runs: the last input or resize, or the last viewer leaving.
@@ -87,6 +89,7 @@ impl Session {
             input,
             close: CancellationToken::new(),
             fenced,
+            accepted: watch::Sender::new(None),
             exit: watch::Sender::new(None),
             idle_since: Mutex::new(Instant::now()),
         }
@@ -102,6 +105,26 @@ impl Session {
     /// about to close FENCED, so it must never be handed out again.
     pub fn is_ending(&self) -> bool {
         self.close.is_cancelled() || self.fenced.is_cancelled() || self.exit.borrow().is_some()
+    }
+
+    /// Records how the relay took the channel; reopens of the scope wait for it.
+    pub fn set_accepted(&self, outcome: OpResult<()>) {
+        self.accepted.send_replace(Some(outcome));
+    }
+
+    /// Waits, at most `within`, until the relay holds the channel (pty_open returns only then).
+    pub async fn wait_accepted(&self, within: Duration) -> OpResult<()> {
+        let mut rx = self.accepted.subscribe();
+        match tokio::time::timeout(within, rx.wait_for(Option::is_some)).await {
+            Ok(Ok(outcome)) => outcome.clone().unwrap_or(Ok(())),
+            // The sender lives in `self`: it cannot be gone while we wait.
+            Ok(Err(_)) => Ok(()),
+            Err(_) => Err(OpError::new(
+                pb::ErrorCode::Stream,
+                format!("the relay did not accept the terminal's channel within {within:?}"),
+            )
+            .retryable()),
+        }
     }
 
     pub fn request_close(&self) {
