@@ -96,7 +96,8 @@ pub struct RunArgs {
     /// File holding the relay producer (`ogr_`) token.
     #[arg(long, env = "TETHER_RELAY_TOKEN_FILE")]
     pub relay_token_file: Option<PathBuf>,
-    /// A terminal nobody typed into (pty_write or a viewer) for this long is closed [default: 1h].
+    /// A terminal with no viewer attached and no input (pty_write, viewer typing or resize) for
+    /// this long is closed; the clock restarts when its last viewer leaves [default: 1h, min 1s].
     #[arg(long, env = "TETHER_PTY_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
     pub pty_idle_timeout: Option<Duration>,
 }

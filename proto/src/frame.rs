@@ -16,6 +16,8 @@ pub enum Frame {
     DesktopInput(pb::DesktopInput),
     /// EXT: viewer -> agent terminal resize.
     PtyResize(pb::PtyResize),
+    /// EXT: relay -> producer, the channel's viewer count (sent after the OpenAck and on change).
+    ViewerPresence(pb::ViewerPresence),
 }
 
 /// Why bytes are not a relay frame.
@@ -36,6 +38,7 @@ impl Frame {
     pub const TAG_CLOSE: u8 = 4;
     pub const TAG_DESKTOP_INPUT: u8 = 5;
     pub const TAG_PTY_RESIZE: u8 = 6;
+    pub const TAG_VIEWER_PRESENCE: u8 = 7;
 
     pub fn tag(&self) -> u8 {
         match self {
@@ -45,6 +48,7 @@ impl Frame {
             Frame::Close(_) => Self::TAG_CLOSE,
             Frame::DesktopInput(_) => Self::TAG_DESKTOP_INPUT,
             Frame::PtyResize(_) => Self::TAG_PTY_RESIZE,
+            Frame::ViewerPresence(_) => Self::TAG_VIEWER_PRESENCE,
         }
     }
 
@@ -57,6 +61,7 @@ impl Frame {
             Frame::Close(m) => m.encoded_len(),
             Frame::DesktopInput(m) => m.encoded_len(),
             Frame::PtyResize(m) => m.encoded_len(),
+            Frame::ViewerPresence(m) => m.encoded_len(),
         };
         let mut buf = BytesMut::with_capacity(1 + body_len);
         buf.put_u8(self.tag());
@@ -68,6 +73,7 @@ impl Frame {
             Frame::Close(m) => m.encode(&mut buf),
             Frame::DesktopInput(m) => m.encode(&mut buf),
             Frame::PtyResize(m) => m.encode(&mut buf),
+            Frame::ViewerPresence(m) => m.encode(&mut buf),
         };
         debug_assert!(encoded.is_ok());
         buf.freeze()
@@ -88,6 +94,7 @@ impl Frame {
             Self::TAG_CLOSE => Frame::Close(Message::decode(body).map_err(wrap)?),
             Self::TAG_DESKTOP_INPUT => Frame::DesktopInput(Message::decode(body).map_err(wrap)?),
             Self::TAG_PTY_RESIZE => Frame::PtyResize(Message::decode(body).map_err(wrap)?),
+            Self::TAG_VIEWER_PRESENCE => Frame::ViewerPresence(Message::decode(body).map_err(wrap)?),
             other => return Err(FrameError::UnknownTag(other)),
         })
     }
@@ -137,6 +144,7 @@ mod tests {
                 })),
             }),
             Frame::PtyResize(pb::PtyResize { cols: 100, rows: 40 }),
+            Frame::ViewerPresence(pb::ViewerPresence { channel_id: "c1".into(), viewers: 2 }),
         ];
         for (i, frame) in frames.into_iter().enumerate() {
             let bytes = frame.encode();

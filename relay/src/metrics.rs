@@ -124,6 +124,7 @@ pub struct Metrics {
     producer_throttled: AtomicU64,
     dead_peers: AtomicU64,
     orphaned_viewers: AtomicU64,
+    protocol_violations: AtomicU64,
 }
 
 /// Point-in-time values read from the registry at scrape time.
@@ -157,6 +158,7 @@ impl Default for Metrics {
             producer_throttled: AtomicU64::new(0),
             dead_peers: AtomicU64::new(0),
             orphaned_viewers: AtomicU64::new(0),
+            protocol_violations: AtomicU64::new(0),
         }
     }
 }
@@ -225,6 +227,9 @@ impl Metrics {
     }
     pub fn orphaned_viewer(&self) {
         inc(&self.orphaned_viewers, 1);
+    }
+    pub fn protocol_violation(&self) {
+        inc(&self.protocol_violations, 1);
     }
 
     /// Prometheus text exposition format, version 0.0.4.
@@ -367,6 +372,12 @@ impl Metrics {
             "counter",
             "Viewers closed because their channel had no producer for the reap timeout.",
             &one(get(&self.orphaned_viewers)),
+        );
+        family(
+            "tether_relay_protocol_violations_total",
+            "counter",
+            "Peers closed for breaking the protocol (a frame seq of u64::MAX, which nothing can follow).",
+            &one(get(&self.protocol_violations)),
         );
         out
     }

@@ -226,8 +226,21 @@ pub async fn send(ws: &mut Ws, frame: Frame) {
     ws.send(Message::Binary(frame.encode())).await.expect("send");
 }
 
-/// The next relay frame, or `None` when the socket closed. Panics after 20 s of silence.
+/// The next relay frame other than a ViewerPresence (a producer gets one whenever the viewer
+/// count changes; [`recv_any`] sees those), or `None` when the socket closed. Panics after 20 s
+/// of silence.
 pub async fn recv(ws: &mut Ws) -> Option<Frame> {
+    loop {
+        match recv_any(ws).await {
+            Some(Frame::ViewerPresence(_)) => continue,
+            other => return other,
+        }
+    }
+}
+
+/// The next relay frame of any kind, or `None` when the socket closed. Panics after 20 s of
+/// silence.
+pub async fn recv_any(ws: &mut Ws) -> Option<Frame> {
     loop {
         let msg =
             tokio::time::timeout(Duration::from_secs(20), ws.next()).await.expect("relay answered in time");
@@ -356,4 +369,62 @@ pub async fn collect_until(
 /// typing, so an output line can start with the prompt ("# output").
 pub fn shows_line(text: &str, output: &str) -> bool {
     text.split(['\r', '\n']).any(|l| l.ends_with(output) && !l.contains("echo "))
+}
+
+/// A TCP forwarder in front of a relay that can stop serving: once stalled, new connections
+/// are accepted and then left unanswered (held open), like a relay too busy to take a channel,
+/// while connections made before keep flowing.
+pub struct StallingProxy {
+    pub addr: SocketAddr,
+    stalled: Arc<std::sync::atomic::AtomicBool>,
+    held: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StallingProxy {
+    pub async fn start(target: SocketAddr) -> StallingProxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let held = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (stall, count) = (stalled.clone(), held.clone());
+        let task = tokio::spawn(async move {
+            let mut unanswered = Vec::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if stall.load(Ordering::SeqCst) {
+                    unanswered.push(inbound);
+                    count.fetch_add(1, Ordering::SeqCst);
+                    continue;
+                }
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        StallingProxy { addr, stalled, held, task }
+    }
+
+    /// The `/stream` URL through this proxy.
+    pub fn stream_url(&self) -> String {
+        format!("ws://{}/stream", self.addr)
+    }
+
+    /// From now on, new connections hang.
+    pub fn stall(&self) {
+        self.stalled.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Connections left hanging so far.
+    pub fn held(&self) -> usize {
+        self.held.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for StallingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

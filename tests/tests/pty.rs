@@ -1,7 +1,7 @@
 //! Terminals end to end: a real agent opens real PTYs whose bytes stream through the real relay
 //! to viewers (the client library's reconnecting viewer) over real websockets.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tether_proto::pb::control_request::Op;
@@ -14,9 +14,18 @@ const WITHIN: Duration = Duration::from_secs(20);
 
 /// A relay, NATS, and an agent streaming terminals through that relay.
 async fn stack() -> (Relay, Nats, Agent) {
+    stack_with(&[]).await
+}
+
+/// [`stack`] with extra agent flags.
+async fn stack_with(agent_args: &[&str]) -> (Relay, Nats, Agent) {
     let relay = Relay::start(&[]).await;
     let nats = Nats::start().await;
-    let opts = AgentOpts { relay_url: Some(relay.stream_url()), ..AgentOpts::default() };
+    let opts = AgentOpts {
+        relay_url: Some(relay.stream_url()),
+        args: agent_args.iter().map(|s| s.to_string()).collect(),
+        ..AgentOpts::default()
+    };
     let agent = Agent::start_with(&nats, opts).await;
     (relay, nats, agent)
 }
@@ -58,8 +67,19 @@ async fn typed_command_output_and_viewer_resize_reach_the_viewer() {
     collect_until(&mut viewer, &mut seen, WITHIN, |s| shows_line(&s.text(), "hello-pty")).await;
 
     viewer.resize(100, 40).await;
-    viewer.send("stty size\n").await;
-    collect_until(&mut viewer, &mut seen, WITHIN, |s| shows_line(&s.text(), "40 100")).await;
+    // The viewer queues typing and resizes apart and may send either first when both are
+    // waiting, so `stty size` can overtake the resize: ask again until it shows (bounded).
+    let mut shown = false;
+    for _ in 0..10 {
+        viewer.send("stty size\n").await;
+        let sized = |s: &Seen| shows_line(&s.text(), "40 100");
+        let asked = collect_until(&mut viewer, &mut seen, WITHIN, sized);
+        if tokio::time::timeout(Duration::from_secs(2), asked).await.is_ok() {
+            shown = true;
+            break;
+        }
+    }
+    assert!(shown, "the viewer's resize never reached the terminal; saw:\n{}", seen.text());
     assert_eq!(close(&agent, &pty.pty_id).await.unwrap(), -1, "a running shell is killed: -1");
 }
 
@@ -258,4 +278,140 @@ async fn agent_shutdown_ends_terminals_and_tells_their_viewers() {
     assert_eq!(reason, pb::StreamCloseReason::Normal);
     assert!(message.contains("shutting down"), "{message}");
     assert!(!pid_alive(pid), "the terminal's process is gone with the agent");
+}
+
+async fn write(agent: &Agent, pty_id: &str, data: &'static [u8]) -> Result<u64, pb::AgentError> {
+    let req = pb::PtyWriteRequest { pty_id: pty_id.into(), data: Bytes::from_static(data) };
+    match agent.call(Op::PtyWrite(req)).await {
+        Ok(Reply::PtyWrite(r)) => Ok(r.bytes_written),
+        Ok(other) => panic!("unexpected reply {other:?}"),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the agent logged the end of a terminal (the only one of the test).
+fn a_terminal_ended(agent: &Agent) -> bool {
+    agent.log().contains("terminal ended")
+}
+
+/// A viewer that comes after the end still learns how the channel ended: returns that reason.
+async fn late_close(relay: &Relay, channel: &pb::StreamChannel) -> (pb::StreamCloseReason, String) {
+    let mut viewer = watch(relay, channel, &claims_for(channel, "late", ViewerMode::View)).await;
+    let mut seen = Seen::default();
+    collect_until(&mut viewer, &mut seen, WITHIN, |_| false).await;
+    seen.closed.expect("closed")
+}
+
+#[tokio::test]
+async fn an_unwatched_terminal_nobody_types_into_is_closed_after_the_idle_time() {
+    let (relay, _nats, agent) = stack_with(&["--pty-idle-timeout", "1s"]).await;
+    let opened = Instant::now();
+    let pty = open(&agent, open_req(&["sh"], "")).await;
+    eventually("the idle terminal was reaped", || a_terminal_ended(&agent)).await;
+    assert!(opened.elapsed() >= Duration::from_secs(1), "not before the idle time");
+    let err = write(&agent, &pty.pty_id, b"echo too late\n").await.unwrap_err();
+    assert_eq!(error_code(&err), pb::ErrorCode::NotFound, "{}", err.message);
+    let (reason, message) = late_close(&relay, &pty.channel.expect("channel")).await;
+    assert_eq!(reason, pb::StreamCloseReason::Normal, "{message}");
+    assert!(message.contains("idle"), "{message}");
+}
+
+#[tokio::test]
+async fn a_watched_terminal_outlives_the_idle_time_and_is_reaped_once_its_viewer_leaves() {
+    const IDLE: Duration = Duration::from_secs(2);
+    let (relay, _nats, agent) = stack_with(&["--pty-idle-timeout", "2s"]).await;
+    let pty = open(&agent, open_req(&["sh"], "")).await;
+    let channel = pty.channel.expect("channel");
+    let viewer = watch(&relay, &channel, &claims_for(&channel, "watcher", ViewerMode::View)).await;
+    // Nobody types for three idle periods; somebody is watching (a `tail -f`, a long build).
+    tokio::time::sleep(IDLE * 3).await;
+    assert!(!a_terminal_ended(&agent), "a watched terminal is not idle:\n{}", agent.log());
+    assert_eq!(write(&agent, &pty.pty_id, b"echo still-here\n").await, Ok(16));
+
+    let left = Instant::now();
+    drop(viewer);
+    eventually("the terminal was reaped after its viewer left", || a_terminal_ended(&agent)).await;
+    assert!(left.elapsed() >= IDLE, "the idle clock restarted when the last viewer left");
+    let err = write(&agent, &pty.pty_id, b"x").await.unwrap_err();
+    assert_eq!(error_code(&err), pb::ErrorCode::NotFound, "{}", err.message);
+    let (reason, message) = late_close(&relay, &channel).await;
+    assert_eq!(reason, pb::StreamCloseReason::Normal, "{message}");
+}
+
+#[tokio::test]
+async fn a_terminal_watched_through_a_relay_that_went_away_is_reaped() {
+    const IDLE: Duration = Duration::from_secs(2);
+    let (relay, _nats, agent) = stack_with(&["--pty-idle-timeout", "2s"]).await;
+    let pty = open(&agent, open_req(&["sh"], "")).await;
+    let channel = pty.channel.expect("channel");
+    let _viewer = watch(&relay, &channel, &claims_for(&channel, "watcher", ViewerMode::View)).await;
+    tokio::time::sleep(IDLE * 2).await;
+    assert!(!a_terminal_ended(&agent), "watched through a live relay: not idle:\n{}", agent.log());
+
+    // Its viewers went with the relay: from then on the terminal counts as unwatched.
+    let gone = Instant::now();
+    assert!(relay.terminate().await.success());
+    eventually("the terminal was reaped with its relay gone", || a_terminal_ended(&agent)).await;
+    assert!(gone.elapsed() >= IDLE, "the idle clock started when the relay link dropped");
+}
+
+#[tokio::test]
+async fn reopening_a_live_scope_does_not_wait_behind_an_unrelated_open() {
+    let relay = Relay::start(&[]).await;
+    let proxy = StallingProxy::start(relay.addr).await;
+    let nats = Nats::start().await;
+    let opts = AgentOpts { relay_url: Some(proxy.stream_url()), ..AgentOpts::default() };
+    let agent = Agent::start_with(&nats, opts).await;
+    let live = open(&agent, open_req(&["sh"], "scope-live")).await;
+
+    // Another terminal's channel hangs at the relay (pty_open waits up to 15 s for it).
+    proxy.stall();
+    let unrelated = agent.call(Op::PtyOpen(open_req(&["sh"], "scope-other")));
+    tokio::pin!(unrelated);
+    let reached_the_relay = async {
+        while proxy.held() == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::select! {
+        r = &mut unrelated => panic!("the unrelated open should hang, got {r:?}"),
+        waited = tokio::time::timeout(WITHIN, reached_the_relay) => waited.expect("the unrelated open dialled"),
+    }
+
+    let started = Instant::now();
+    let again = tokio::select! {
+        again = open(&agent, open_req(&["sh"], "scope-live")) => again,
+        r = &mut unrelated => panic!("the reopen waited for the unrelated open to give up ({r:?})"),
+    };
+    assert_eq!(again.pty_id, live.pty_id, "the live scope's terminal");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn reopening_a_scope_under_a_newer_epoch_starts_a_fresh_terminal() {
+    let (relay, _nats, agent) = stack().await;
+    // The old shell ignores SIGHUP, so it lingers for the whole hang-up grace after the fence:
+    // the reopen lands while it is dying.
+    let req = || Op::PtyOpen(open_req(&["sh", "-c", "trap '' HUP; exec sh"], "scope-r"));
+    let opened = |reply| match reply {
+        Ok(Reply::PtyOpen(r)) => r,
+        other => panic!("pty_open failed: {other:?}"),
+    };
+    let old = opened(agent.call_fenced(req(), "lease-r", 1).await);
+    let old_channel = old.channel.clone().expect("channel");
+    let mut old_viewer = watch(&relay, &old_channel, &claims_for(&old_channel, "v", ViewerMode::View)).await;
+
+    let new = opened(agent.call_fenced(req(), "lease-r", 2).await);
+    assert_ne!(new.pty_id, old.pty_id, "the fenced terminal is not handed out again");
+    let new_channel = new.channel.expect("channel");
+    assert_ne!(new_channel.channel_id, old_channel.channel_id);
+    let mut seen = Seen::default();
+    collect_until(&mut old_viewer, &mut seen, WITHIN, |_| false).await;
+    assert_eq!(seen.closed.map(|c| c.0), Some(pb::StreamCloseReason::Fenced));
+
+    let mut viewer = watch(&relay, &new_channel, &claims_for(&new_channel, "v", ViewerMode::View)).await;
+    viewer.send("echo fresh-$((6*7))\n").await;
+    let mut seen = Seen::default();
+    collect_until(&mut viewer, &mut seen, WITHIN, |s| shows_line(&s.text(), "fresh-42")).await;
+    assert!(seen.closed.is_none(), "the new terminal lives: {:?}", seen.closed);
 }

@@ -151,3 +151,40 @@ async fn producer_close_reaches_viewers_late_viewers_get_the_buffer_and_idle_cha
     assert_eq!(relay.metric("tether_relay_channels_reaped_total").await, 1);
     assert_eq!(relay.metric("tether_relay_channels").await, 0);
 }
+
+/// The next ViewerPresence count the producer gets, skipping anything else it is sent.
+async fn next_presence(agent: &mut Ws) -> u32 {
+    loop {
+        match recv_any(agent).await {
+            Some(Frame::ViewerPresence(p)) => return p.viewers,
+            Some(_) => continue,
+            None => panic!("the producer's socket closed while waiting for a ViewerPresence"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_producer_is_told_how_many_viewers_watch_as_they_come_and_go() {
+    let relay = Relay::start(&[]).await;
+    let (mut early, _) = viewer(&relay, "pty-who", &viewer_claims("early", ViewerMode::View), 0).await;
+    let (mut agent, _) = producer(&relay, "pty-who", 0).await;
+    assert_eq!(next_presence(&mut agent).await, 1, "first thing after the OpenAck");
+    let (second, _) = viewer(&relay, "pty-who", &viewer_claims("second", ViewerMode::View), 0).await;
+    assert_eq!(next_presence(&mut agent).await, 2);
+    drop(second);
+    assert_eq!(next_presence(&mut agent).await, 1, "a viewer that goes away is counted out");
+    // A viewer with a newer lease epoch fences the older one: the relay kicks it.
+    let newer = ViewerClaims { lease_epoch: 2, ..viewer_claims("newer", ViewerMode::View) };
+    let (newer, _) = viewer(&relay, "pty-who", &newer, 0).await;
+    match recv(&mut early).await {
+        Some(Frame::Close(c)) => assert_eq!(c.reason, pb::StreamCloseReason::Fenced as i32),
+        other => panic!("the older viewer expected a FENCED close, got {other:?}"),
+    }
+    drop(newer);
+    // The fenced viewer was counted out as the newer one came in: at most one at any time.
+    let mut counts = vec![next_presence(&mut agent).await];
+    while counts.last() != Some(&0) {
+        counts.push(next_presence(&mut agent).await);
+    }
+    assert!(counts.iter().all(|&n| n <= 1), "one viewer at a time after the fence: {counts:?}");
+}

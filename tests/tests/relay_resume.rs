@@ -86,6 +86,8 @@ async fn read_until_end(ws: &mut Ws) -> Vec<u64> {
 }
 
 const END: &[u8] = b"END";
+/// The slow-viewer test's producing phase takes a few stall graces (2 s) when the relay works.
+const PRODUCE_WITHIN: Duration = Duration::from_secs(60);
 
 #[tokio::test]
 async fn a_slow_viewer_is_disconnected_while_a_fast_one_keeps_everything() {
@@ -109,20 +111,28 @@ async fn a_slow_viewer_is_disconnected_while_a_fast_one_keeps_everything() {
 
     // Produce until the relay gives up on the viewer that does not read: once its socket
     // buffers and queue are full it holds the producer back for the stall grace, then goes.
+    // If the relay never gave up on it, a send would block for good on the held-back producer
+    // socket: the whole phase has a deadline, so that regression fails instead of hanging.
     let slow_metric = "tether_relay_slow_viewer_disconnects_total";
-    let mut seq = 0;
-    while seq < 4096 {
-        send(&mut agent, data(ch, seq, body.clone())).await;
-        seq += 1;
-        if seq % 64 == 0 && relay.metric(slow_metric).await > 0 {
-            break;
+    let produce = async {
+        let mut seq = 0;
+        while seq < 4096 {
+            send(&mut agent, data(ch, seq, body.clone())).await;
+            seq += 1;
+            if seq % 64 == 0 && relay.metric(slow_metric).await > 0 {
+                break;
+            }
         }
-    }
-    for _ in 0..64 {
-        send(&mut agent, data(ch, seq, body.clone())).await;
-        seq += 1;
-    }
-    send(&mut agent, data(ch, seq, Bytes::from_static(END))).await;
+        for _ in 0..64 {
+            send(&mut agent, data(ch, seq, body.clone())).await;
+            seq += 1;
+        }
+        send(&mut agent, data(ch, seq, Bytes::from_static(END))).await;
+        seq
+    };
+    let seq = tokio::time::timeout(PRODUCE_WITHIN, produce).await.unwrap_or_else(|_| {
+        panic!("the producer was held back for {PRODUCE_WITHIN:?}: the slow viewer was never disconnected")
+    });
     let n = seq + 1;
     assert_eq!(reader.await.unwrap(), (0..n).collect::<Vec<_>>(), "the fast viewer got everything");
     assert_eq!(relay.metric(slow_metric).await, 1);

@@ -4,7 +4,10 @@
 //! pty_close, on an epoch advance of its fence scope, on agent shutdown, or when idle.
 //!
 //! A non-empty scope_id makes pty_open idempotent: while that scope's terminal lives, the same
-//! pty_id and channel come back and no second shell starts.
+//! pty_id and channel come back and no second shell starts. Opens are serialised only while
+//! they look up the scope and register a new terminal, not while they wait for the relay to
+//! accept its channel (up to `OPEN_WAIT`): a reopen of a live scope waits for that terminal's
+//! own acceptance, never behind an unrelated open.
 
 mod session;
 pub mod terminal;
@@ -17,7 +20,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tether_proto::pb;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -79,7 +82,8 @@ pub struct Terminals {
     agent_id: String,
     idle_timeout: Duration,
     table: Arc<Mutex<Table>>,
-    /// Serialises opens so two concurrent opens of one scope_id start one shell.
+    /// Held from a scope lookup to the registration of the terminal it starts, so two
+    /// concurrent opens of one scope_id start one shell.
     opening: tokio::sync::Mutex<()>,
     next_id: AtomicU64,
     /// The pumps, so shutdown can let them deliver their StreamClose.
@@ -131,10 +135,12 @@ impl Terminals {
         fenced: FencedBy,
     ) -> OpResult<pb::PtyOpenResponse> {
         let checked = self.check(&req);
-        let _one_at_a_time = self.opening.lock().await;
+        let one_at_a_time = self.opening.lock().await;
         let checked = match (checked, self.by_scope(&req.scope_id)) {
             (Ok(_), Some(live)) => {
+                drop(one_at_a_time);
                 limits.settle(false).await;
+                live.wait_accepted(OPEN_WAIT).await?;
                 return Ok(live.opened());
             }
             (Ok(_), None) if fenced.cancel.is_cancelled() => Err(OpError::cancelled()),
@@ -143,6 +149,7 @@ impl Terminals {
         let (relay, program, args) = match checked {
             Ok(checked) => checked,
             Err(e) => {
+                drop(one_at_a_time);
                 limits.settle(false).await;
                 return Err(e);
             }
@@ -162,6 +169,7 @@ impl Terminals {
         let terminal = match Terminal::spawn(&self.launcher, spec) {
             Ok(terminal) => terminal,
             Err(e) => {
+                drop(one_at_a_time);
                 limits.settle(true).await;
                 return Err(spawn_error(&e, &program_name, &cwd));
             }
@@ -177,14 +185,17 @@ impl Terminals {
         let Terminal { master, child, pgid, output, input, drained } = terminal;
         let (inbound_tx, inbound_rx) = mpsc::channel(256);
         let (end_tx, end_rx) = oneshot::channel();
-        let endpoint = Endpoint { output, inbound: inbound_tx, end: end_rx };
+        let (viewers_tx, viewers_rx) = watch::channel(0);
+        let endpoint = Endpoint { output, inbound: inbound_tx, end: end_rx, viewers: viewers_tx };
         let (accepted_tx, accepted_rx) = oneshot::channel();
         let pump = Pump::new(relay, channel.clone(), endpoint, OUTBOX_BYTES);
         // The terminal outlives the request that opened it: its tasks log under their own span.
         let span = tracing::info_span!(parent: None, "terminal", pty_id = %id);
         self.pumps.spawn(pump.run(accepted_tx).instrument(span.clone()));
 
-        let session = Arc::new(Session::new(id.clone(), req.scope_id.clone(), channel, master, input));
+        let fence_token = fenced.cancel.clone();
+        let session =
+            Arc::new(Session::new(id.clone(), req.scope_id.clone(), channel, master, input, fence_token));
         {
             let mut table = self.lock();
             table.by_id.insert(id.clone(), session.clone());
@@ -192,12 +203,15 @@ impl Terminals {
                 table.by_scope.insert(req.scope_id, id.clone());
             }
         }
+        // Registered: a reopen of the scope finds this terminal and waits for its acceptance.
+        drop(one_at_a_time);
         let supervision = Supervision {
             child,
             pgid,
             drained,
             end: end_tx,
             inbound: inbound_rx,
+            viewers: viewers_rx,
             fence: self.fence.clone(),
             fenced,
             idle_timeout: self.idle_timeout,
@@ -207,9 +221,8 @@ impl Terminals {
         tokio::spawn(session.clone().supervise(supervision).instrument(span));
         tracing::info!(pty_id = %id, pid = pgid.as_raw(), "terminal started");
 
-        let accepted = tokio::time::timeout(OPEN_WAIT, accepted_rx).await;
-        match accepted {
-            Ok(Ok(Ok(()))) => Ok(session.opened()),
+        let accepted = match tokio::time::timeout(OPEN_WAIT, accepted_rx).await {
+            Ok(Ok(Ok(()))) => Ok(()),
             failed => {
                 session.request_close();
                 let message = match failed {
@@ -221,7 +234,9 @@ impl Terminals {
                 };
                 Err(OpError::new(pb::ErrorCode::Stream, message).retryable())
             }
-        }
+        };
+        session.set_accepted(accepted.clone());
+        accepted.map(|()| session.opened())
     }
 
     /// pty_write: the bytes are queued for the terminal in order; returns how many.

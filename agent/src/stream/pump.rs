@@ -6,16 +6,21 @@
 //! never stops that process's output from flowing.
 //!
 //! The endpoint (a PTY today) talks to the pump through channels only: output chunks in,
-//! [`Inbound`] messages out, and one final StreamClose that ends the channel.
+//! [`Inbound`] messages out, the channel's viewer count out, and one final StreamClose that
+//! ends the channel.
+//!
+//! The viewer count is what the relay last said (ViewerPresence) while connected, and zero from
+//! the moment the connection is lost: viewers reach the channel through that relay, so a relay
+//! that died took them along, and a crashed relay must not keep a terminal alive forever.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
-use tether_proto::frame::Frame;
+use tether_proto::frame::{Frame, FrameError};
 use tether_proto::pb;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info, warn};
@@ -50,6 +55,9 @@ pub struct Endpoint {
     pub inbound: mpsc::Sender<Inbound>,
     /// Fires once with the reason the channel ends.
     pub end: oneshot::Receiver<pb::StreamClose>,
+    /// How many viewers the channel has (see the module doc). Changed only when it changes,
+    /// so a change that ends at zero means a viewer was there since the endpoint last looked.
+    pub viewers: watch::Sender<u32>,
 }
 
 /// A channel's pump; see the module doc.
@@ -75,6 +83,7 @@ struct Incoming {
     /// Next viewer-to-agent seq wanted: the resume point told to the relay.
     next_seq: u64,
     inbound: mpsc::Sender<Inbound>,
+    viewers: watch::Sender<u32>,
 }
 
 /// How a connected stretch ended.
@@ -100,7 +109,8 @@ impl Pump {
             end: Some(endpoint.end),
             closing: None,
         };
-        Pump { relay, channel, out, inc: Incoming { next_seq: 0, inbound: endpoint.inbound } }
+        let inc = Incoming { next_seq: 0, inbound: endpoint.inbound, viewers: endpoint.viewers };
+        Pump { relay, channel, out, inc }
     }
 
     /// Runs until the channel's StreamClose is delivered (or undeliverable). `accepted` learns
@@ -126,7 +136,9 @@ impl Pump {
                         let _ = tx.send(Ok(()));
                     }
                     backoff = MIN_BACKOFF;
-                    match self.serve(socket, ack).await {
+                    let served = self.serve(socket, ack).await;
+                    self.inc.set_viewers(0);
+                    match served {
                         Served::Closed => return,
                         Served::Lost(why) => info!(why, "relay connection lost; reconnecting"),
                     }
@@ -273,8 +285,15 @@ impl Incoming {
                     if frame.seq < self.next_seq {
                         continue; // a replay of input already delivered
                     }
-                    self.next_seq = frame.seq + 1;
+                    let Some(next_seq) = frame.seq.checked_add(1) else {
+                        return format!("protocol error: the relay sent input seq {}", frame.seq);
+                    };
+                    self.next_seq = next_seq;
                     Inbound::Data(frame.data)
+                }
+                Ok(Frame::ViewerPresence(presence)) => {
+                    self.set_viewers(presence.viewers);
+                    continue;
                 }
                 Ok(Frame::PtyResize(r)) => {
                     Inbound::Resize { cols: clamp_u16(r.cols), rows: clamp_u16(r.rows) }
@@ -285,6 +304,10 @@ impl Incoming {
                     debug!(tag = other.tag(), "ignoring a relay message a producer does not expect");
                     continue;
                 }
+                Err(FrameError::UnknownTag(tag)) => {
+                    debug!(tag, "ignoring a relay message of a kind this agent does not know");
+                    continue;
+                }
                 Err(e) => {
                     warn!(error = %e, "ignoring an undecodable relay message");
                     continue;
@@ -293,6 +316,15 @@ impl Incoming {
             // When the endpoint is gone its input has nowhere to go; keep reading until closed.
             let _ = self.inbound.send(inbound).await;
         }
+    }
+
+    /// Tells the endpoint the viewer count, if it changed.
+    fn set_viewers(&self, viewers: u32) {
+        self.viewers.send_if_modified(|known| {
+            let changed = *known != viewers;
+            *known = viewers;
+            changed
+        });
     }
 }
 

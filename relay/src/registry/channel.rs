@@ -7,6 +7,11 @@
 //! and desktop input carry no seq, so they are delivered live only and never replayed (a
 //! replayed click could land twice); the last resize is re-sent to a (re)joining producer
 //! because applying it again is harmless.
+//!
+//! The producer is also told how many viewers the channel has (ViewerPresence): first thing
+//! after its OpenAck, then whenever the count changes. It is state, not an event, so it is
+//! never queued: each producer connection remembers the count it was last told and gets the
+//! current one when they differ. The agent needs it to tell a watched terminal from an idle one.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -69,6 +74,8 @@ struct ProducerSlot {
     conn: ConnId,
     cursor: u64,
     replay_end: u64,
+    /// The viewer count last sent to this connection (`None` before the first ViewerPresence).
+    told_viewers: Option<u32>,
 }
 
 /// Everything the relay knows about one channel.
@@ -197,7 +204,8 @@ impl ChannelState {
         }
         self.up_next = self.up_next.max(resume_from_seq);
         let cursor = self.up.pos_of_seq(resume_from_seq);
-        self.producer = Some(ProducerSlot { conn, cursor, replay_end: self.up.head_pos() });
+        let replay_end = self.up.head_pos();
+        self.producer = Some(ProducerSlot { conn, cursor, replay_end, told_viewers: None });
         self.no_producer_since = None;
         if let Some(resize) = self.last_resize.clone() {
             self.up.push(self.up_next, false, resize);
@@ -220,7 +228,9 @@ impl ChannelState {
                 *msg = Frame::Data(f).encode();
             }
             *seq = next;
-            next += 1;
+            // Only a producer claiming a cursor at the very end of the seq space gets here;
+            // its first input then hits the exhausted check in `viewer_input`.
+            next = next.saturating_add(1);
         });
         self.up_next = next;
         self.up_base_known = true;
@@ -364,6 +374,14 @@ impl ChannelState {
         }
     }
 
+    /// A peer used the last seq there is (`u64::MAX`): nothing could follow it, so the stream
+    /// cannot go on. A protocol error of that peer: it is closed, the frame is dropped.
+    fn kick_for_seq(&mut self, conn: ConnId, seq: u64, m: &Metrics) {
+        m.protocol_violation();
+        let why = format!("protocol error: seq {seq} leaves no next seq");
+        self.kick(conn, pb::StreamCloseReason::TransportError, why);
+    }
+
     fn kick_slow(&mut self, conn: ConnId, m: &Metrics) {
         m.slow_viewer();
         let why = format!(
@@ -383,9 +401,12 @@ impl ChannelState {
             Some(next) if seq > next => m.producer_gap(),
             _ => {}
         }
+        let Some(after) = seq.checked_add(1) else {
+            return self.kick_for_seq(conn, seq, m);
+        };
         m.received(Dir::Down, msg.len());
         m.evicted(Dir::Down, self.down.push(seq, true, msg));
-        self.down_next = Some(seq + 1);
+        self.down_next = Some(after);
         // A viewer still replaying from before it joined can be overtaken by eviction.
         let first = self.down.first_pos();
         let evicted: Vec<ConnId> =
@@ -461,6 +482,7 @@ impl ChannelState {
         }
         let first = self.up.first_pos();
         let head = self.up.head_pos();
+        let viewers = u32::try_from(self.viewers.len()).unwrap_or(u32::MAX);
         let Some(p) = self.producer.as_mut().filter(|p| p.conn == conn) else {
             return match &self.ended {
                 Some(close) => Next::Close(close.clone()),
@@ -468,6 +490,14 @@ impl ChannelState {
             };
         };
         let (mut out, mut bytes, mut replayed) = (Vec::new(), 0, 0);
+        // First after the OpenAck, then on every change: the producer's idle reaping needs it.
+        if p.told_viewers != Some(viewers) {
+            p.told_viewers = Some(viewers);
+            let presence = pb::ViewerPresence { channel_id: self.channel_id.clone(), viewers };
+            let msg = Frame::ViewerPresence(presence).encode();
+            bytes += msg.len();
+            out.push(msg);
+        }
         let mut pos = p.cursor.max(first);
         while pos < head && bytes < max_bytes {
             let Some(e) = self.up.get(pos) else { break };
@@ -520,13 +550,24 @@ impl ChannelState {
                     m.duplicate(Dir::Up);
                     return m.input_dropped(DropReason::Repeat);
                 }
-                self.input_cursors.insert(identity.clone(), f.seq + 1);
-                f.seq = self.up_next;
+                let Some(after) = f.seq.checked_add(1) else {
+                    return self.kick_for_seq(conn, f.seq, m);
+                };
+                let seq = self.up_next;
+                let Some(up_after) = seq.checked_add(1) else {
+                    // The producer announced a cursor at the end of the seq space.
+                    if let Some(producer) = self.producer.as_ref().map(|p| p.conn) {
+                        self.kick_for_seq(producer, seq, m);
+                    }
+                    return;
+                };
+                self.input_cursors.insert(identity.clone(), after);
+                f.seq = seq;
                 f.channel_id = self.channel_id.clone();
-                self.up_next += 1;
+                self.up_next = up_after;
                 let msg = Frame::Data(f).encode();
                 m.received(Dir::Up, msg.len());
-                m.evicted(Dir::Up, self.up.push(self.up_next - 1, true, msg));
+                m.evicted(Dir::Up, self.up.push(seq, true, msg));
             }
             Input::Resize(msg) => {
                 self.last_resize = Some(msg.clone());

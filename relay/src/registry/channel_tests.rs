@@ -159,7 +159,7 @@ fn returning_producer_gets_input_it_missed_exactly_once() {
     c.join_producer(P + 100, pb::StreamKind::Pty, 1, &m).unwrap();
     let (frames, tags, _) = drain(&mut c, P + 100, &m);
     assert_eq!(seqs(&frames), [1, 2]);
-    assert_eq!(tags, [Frame::TAG_PTY_RESIZE], "last resize re-sent once");
+    assert_eq!(tags, [Frame::TAG_VIEWER_PRESENCE, Frame::TAG_PTY_RESIZE], "last resize re-sent once");
 }
 
 #[test]
@@ -323,7 +323,7 @@ fn input_rules_follow_mode_read_only_and_channel_kind() {
     pty.viewer_input(V2, resize(10), &m);
     let (frames, tags, _) = drain(&mut pty, P, &m);
     assert_eq!(frames, [(0, b"ls\n".to_vec())], "a view token types on a terminal");
-    assert_eq!(tags, [Frame::TAG_PTY_RESIZE]);
+    assert_eq!(tags, [Frame::TAG_VIEWER_PRESENCE, Frame::TAG_PTY_RESIZE]);
 
     let mut desk = chan(6080);
     desk.join_producer(P, pb::StreamKind::Desktop, 0, &m).unwrap();
@@ -413,4 +413,82 @@ fn viewers_waiting_on_a_channel_without_producer_are_released_after_the_timeout(
     let (_, _, close) = drain(&mut c, V1, &m);
     assert_eq!(close.map(|c| c.reason), Some(pb::StreamCloseReason::Normal as i32));
     assert!(m.render(Default::default()).contains("tether_relay_orphaned_viewers_total 1"));
+}
+
+/// The ViewerPresence counts queued for the producer `conn`, in order.
+fn presence(c: &mut ChannelState, conn: ConnId, m: &Metrics) -> Vec<u32> {
+    let mut counts = Vec::new();
+    while let Next::Send(batch) = c.next_for_producer(conn, 64, m) {
+        for msg in batch {
+            if let Ok(Frame::ViewerPresence(p)) = Frame::decode(msg) {
+                assert_eq!(p.channel_id, "c");
+                counts.push(p.viewers);
+            }
+        }
+    }
+    counts
+}
+
+#[test]
+fn the_producer_hears_the_viewer_count_after_its_ack_and_on_every_change() {
+    let m = Metrics::default();
+    let mut c = chan(7681);
+    c.join_viewer(V1, pb::StreamKind::Pty, grant("s/a", ViewerMode::View), 0, &m).unwrap();
+    c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap();
+    assert_eq!(presence(&mut c, P, &m), [1], "told first, with the viewer already there");
+    assert!(presence(&mut c, P, &m).is_empty(), "nothing changed: nothing more");
+    c.join_viewer(V2, pb::StreamKind::Pty, grant("s/b", ViewerMode::View), 0, &m).unwrap();
+    assert_eq!(presence(&mut c, P, &m), [2]);
+    c.leave(V1, Instant::now());
+    assert_eq!(presence(&mut c, P, &m), [1]);
+    // A viewer with a newer epoch fences V2 (kicked) and joins: still one, nothing to tell.
+    let newer = ViewerGrant { lease_epoch: 2, ..grant("s/c", ViewerMode::View) };
+    c.join_viewer(V2 + 1, pb::StreamKind::Pty, newer, 0, &m).unwrap();
+    assert!(presence(&mut c, P, &m).is_empty());
+    c.leave(V2 + 1, Instant::now());
+    assert_eq!(presence(&mut c, P, &m), [0], "the last viewer left");
+    // A returning producer connection is told afresh.
+    c.leave(P, Instant::now());
+    c.join_producer(P + 100, pb::StreamKind::Pty, 0, &m).unwrap();
+    assert_eq!(presence(&mut c, P + 100, &m), [0]);
+}
+
+#[test]
+fn a_stalled_viewer_kicked_for_slowness_no_longer_counts() {
+    let m = Metrics::default();
+    let mut c =
+        ChannelState::new("c", 7681, Limits { ring_bytes: 1 << 20, viewer_queue_bytes: 8 }, Instant::now());
+    c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap();
+    c.join_viewer(V1, pb::StreamKind::Pty, grant("s/a", ViewerMode::View), 0, &m).unwrap();
+    assert_eq!(presence(&mut c, P, &m), [1]);
+    c.producer_frame(P, 0, data(0, b"more than eight bytes"), &m);
+    c.kick_stalled(&m);
+    assert_eq!(presence(&mut c, P, &m), [0]);
+}
+
+#[test]
+fn a_seq_of_u64_max_is_a_protocol_error_of_the_peer_that_sent_it() {
+    let m = Metrics::default();
+    let mut c = chan(7681);
+    c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap();
+    c.join_viewer(V1, pb::StreamKind::Pty, grant("s/a", ViewerMode::View), 0, &m).unwrap();
+    c.join_viewer(V2, pb::StreamKind::Pty, grant("s/b", ViewerMode::View), 0, &m).unwrap();
+    // A viewer's own seq: the viewer goes, its frame is not forwarded, the channel goes on.
+    c.viewer_input(V1, input(u64::MAX, b"boom"), &m);
+    assert!(c.is_kicked(V1));
+    c.viewer_input(V2, input(0, b"ok"), &m);
+    assert_eq!(drain(&mut c, P, &m).0, [(0, b"ok".to_vec())]);
+    // The producer's seq: the producer goes, nothing is stored.
+    c.producer_frame(P, u64::MAX, data(u64::MAX, b"boom"), &m);
+    assert!(c.is_kicked(P));
+    assert!(c.down.is_empty());
+    let close = drain(&mut c, P, &m).2.expect("the producer is closed");
+    assert_eq!(close.reason, pb::StreamCloseReason::TransportError as i32);
+    assert!(close.message.contains("protocol error"), "{}", close.message);
+    // A producer announcing the last viewer-to-agent seq there is cannot take input.
+    c.join_producer(P + 100, pb::StreamKind::Pty, u64::MAX, &m).unwrap();
+    c.viewer_input(V2, input(1, b"x"), &m);
+    assert!(c.is_kicked(P + 100));
+    let text = m.render(Default::default());
+    assert!(text.contains("tether_relay_protocol_violations_total 3"), "{text}");
 }

@@ -2,6 +2,10 @@
 //! resizes to the PTY, watches for the end (process exit, pty_close, fence, shutdown, idle),
 //! then kills what is left, records the exit code for pty_close, tells the pump how the channel
 //! ends, and drops the terminal from the table.
+//!
+//! Idle means unwatched and untouched (`PROTOCOL.md` §5): the clock runs only while the channel
+//! has no viewer, and restarts on every pty_write, viewer input or resize, and when the last
+//! viewer leaves. A `tail -f` somebody watches is not idle; a shell everybody forgot is.
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -41,10 +45,14 @@ pub struct Session {
     input: mpsc::Sender<Bytes>,
     /// Cancelled by pty_close (or a failed open).
     close: CancellationToken,
+    /// The fence token of the open that started it: cancelled by an epoch advance (or shutdown).
+    fenced: CancellationToken,
+    /// How the relay took the channel: `None` while pty_open still waits for it.
+    accepted: watch::Sender<Option<OpResult<()>>>,
     /// The end: `None` while running, then the exit code (-1 when killed).
     exit: watch::Sender<Option<i32>>,
-    /// Last time somebody typed or resized, for idle reaping.
-    last_input: Mutex<Instant>,
+    /// Since when the idle clock runs: the last input or resize, or the last viewer leaving.
+    idle_since: Mutex<Instant>,
 }
 
 /// What the supervisor owns.
@@ -54,6 +62,8 @@ pub struct Supervision {
     pub drained: oneshot::Receiver<()>,
     pub end: oneshot::Sender<pb::StreamClose>,
     pub inbound: mpsc::Receiver<Inbound>,
+    /// The channel's viewer count, from the pump.
+    pub viewers: watch::Receiver<u32>,
     pub fence: Arc<Fence>,
     pub fenced: FencedBy,
     pub idle_timeout: Duration,
@@ -69,6 +79,7 @@ impl Session {
         channel: pb::StreamChannel,
         master: Box<dyn MasterPty + Send>,
         input: mpsc::Sender<Bytes>,
+        fenced: CancellationToken,
     ) -> Self {
         Session {
             id,
@@ -77,8 +88,10 @@ impl Session {
             master: Mutex::new(Some(master)),
             input,
             close: CancellationToken::new(),
+            fenced,
+            accepted: watch::Sender::new(None),
             exit: watch::Sender::new(None),
-            last_input: Mutex::new(Instant::now()),
+            idle_since: Mutex::new(Instant::now()),
         }
     }
 
@@ -87,9 +100,31 @@ impl Session {
         pb::PtyOpenResponse { pty_id: self.id.clone(), channel: Some(self.channel.clone()) }
     }
 
-    /// True once the terminal is on its way out (a reopen of its scope starts a new one).
+    /// True once the terminal is on its way out (a reopen of its scope starts a new one). A
+    /// fenced terminal is: its supervisor may still be hanging it up, but its channel is
+    /// about to close FENCED, so it must never be handed out again.
     pub fn is_ending(&self) -> bool {
-        self.close.is_cancelled() || self.exit.borrow().is_some()
+        self.close.is_cancelled() || self.fenced.is_cancelled() || self.exit.borrow().is_some()
+    }
+
+    /// Records how the relay took the channel; reopens of the scope wait for it.
+    pub fn set_accepted(&self, outcome: OpResult<()>) {
+        self.accepted.send_replace(Some(outcome));
+    }
+
+    /// Waits, at most `within`, until the relay holds the channel (pty_open returns only then).
+    pub async fn wait_accepted(&self, within: Duration) -> OpResult<()> {
+        let mut rx = self.accepted.subscribe();
+        match tokio::time::timeout(within, rx.wait_for(Option::is_some)).await {
+            Ok(Ok(outcome)) => outcome.clone().unwrap_or(Ok(())),
+            // The sender lives in `self`: it cannot be gone while we wait.
+            Ok(Err(_)) => Ok(()),
+            Err(_) => Err(OpError::new(
+                pb::ErrorCode::Stream,
+                format!("the relay did not accept the terminal's channel within {within:?}"),
+            )
+            .retryable()),
+        }
     }
 
     pub fn request_close(&self) {
@@ -129,12 +164,13 @@ impl Session {
             .with("pty_id", &self.id)
     }
 
+    /// Restarts the idle clock.
     fn touch(&self) {
-        *self.last_input.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        *self.idle_since.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
     }
 
     fn idle_deadline(&self, idle_timeout: Duration) -> Instant {
-        *self.last_input.lock().unwrap_or_else(PoisonError::into_inner) + idle_timeout
+        *self.idle_since.lock().unwrap_or_else(PoisonError::into_inner) + idle_timeout
     }
 
     /// Runs the terminal to its end; see the module doc.
@@ -154,7 +190,7 @@ impl Session {
                 }
             }
             never = self.forward_input(&mut s.inbound) => match never {},
-            () = self.idle(s.idle_timeout) => Ended::killed(pb::StreamCloseReason::Normal, "nobody typed into the terminal for the idle timeout"),
+            () = self.idle(s.idle_timeout, &mut s.viewers) => Ended::killed(pb::StreamCloseReason::Normal, "idle: no viewer and no input for the idle timeout"),
         };
         let code = match ended.code {
             Some(code) => code,
@@ -202,14 +238,29 @@ impl Session {
         std::future::pending().await
     }
 
-    /// Resolves once nobody typed or resized for `idle_timeout`.
-    async fn idle(&self, idle_timeout: Duration) {
+    /// Resolves once the terminal has had no viewer, input or resize for `idle_timeout`.
+    async fn idle(&self, idle_timeout: Duration, viewers: &mut watch::Receiver<u32>) {
+        // False once the pump is gone: nobody can watch any more.
+        let mut reported = true;
         loop {
+            let watched = reported && *viewers.borrow_and_update() > 0;
             let deadline = self.idle_deadline(idle_timeout);
-            if deadline <= Instant::now() {
+            if !watched && deadline <= Instant::now() {
                 return;
             }
-            tokio::time::sleep_until(deadline).await;
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline), if !watched => {}
+                changed = viewers.changed(), if reported => match changed {
+                    // The pump reports real changes only: landing on zero means somebody was
+                    // watching since the last look and has left (or the relay link dropped).
+                    Ok(()) => {
+                        if *viewers.borrow() == 0 {
+                            self.touch();
+                        }
+                    }
+                    Err(_) => reported = false,
+                },
+            }
         }
     }
 }

@@ -1,0 +1,207 @@
+//! `tetherctl shell`: an interactive terminal on the agent's machine. Opens a PTY over NATS,
+//! watches its channel through the relay with the client library's reconnecting viewer, puts
+//! the local terminal in raw mode, and forwards keystrokes and window resizes until the remote
+//! process exits or the user detaches with Ctrl-]. The local terminal is restored on every way
+//! out; a relay restart shows a one-line notice and the session carries on where it was.
+//!
+//! The viewer credential is settled before the PTY is opened, and once it is open every way out
+//! but a detach from a `--scope` session closes it: a failed attach leaves no remote shell behind.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::Args;
+use tether_client::{Client, Viewer, ViewerConfig, ViewerEvent, pb};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+use super::credential::{EnvSecrets, TokenArgs, ViewerCredential};
+use super::tty::{RawMode, window_size};
+
+/// Ctrl-]: leave the remote shell (it keeps running when it has a --scope).
+const DETACH: u8 = 0x1d;
+/// How long a token minted for this session is valid.
+const TOKEN_TTL: Duration = Duration::from_secs(12 * 3600);
+
+#[derive(Debug, Args)]
+pub struct ShellArgs {
+    /// The relay's /stream URL, e.g. ws://127.0.0.1:8443/stream.
+    #[arg(long, env = "TETHER_RELAY_URL")]
+    relay_url: String,
+    #[command(flatten)]
+    pub token: TokenArgs,
+    /// Reattachable session name: the same scope reattaches to the same shell, and detaching
+    /// (Ctrl-]) leaves it running.
+    #[arg(long)]
+    scope: Option<String>,
+    /// Working directory on the agent (default: the workspace root).
+    #[arg(long)]
+    cwd: Option<String>,
+    /// Program and arguments to run instead of the login shell.
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+/// Runs the session; the exit code is the remote process's when it exited.
+pub async fn run(client: &Client, args: ShellArgs) -> anyhow::Result<ExitCode> {
+    let credential = ViewerCredential::resolve(&args.token, EnvSecrets::from_env())?;
+    let (cols, rows) = window_size().unwrap_or((80, 24));
+    let request = pb::PtyOpenRequest {
+        command: args.command,
+        cwd: args.cwd.unwrap_or_default(),
+        cols: cols.into(),
+        rows: rows.into(),
+        term: std::env::var("TERM").unwrap_or_default(),
+        scope_id: args.scope.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    let opened = client.pty_open(request).await.context("opening a terminal")?;
+    let session = Session { client, pty_id: opened.pty_id, keep: args.scope.is_some() };
+    match attach(&session, opened.channel, &credential, args.relay_url).await {
+        Ok(ended) => session.finish(ended).await,
+        Err(e) => {
+            session.abandon().await;
+            Err(e)
+        }
+    }
+}
+
+/// From the opened terminal to the end of the interactive part; on an error the caller
+/// abandons the session.
+async fn attach(
+    session: &Session<'_>,
+    channel: Option<pb::StreamChannel>,
+    credential: &ViewerCredential,
+    relay_url: String,
+) -> anyhow::Result<Ended> {
+    let channel = channel.context("the agent named no channel for the terminal")?;
+    let token = credential.token_for(&channel, &session.pty_id, TOKEN_TTL);
+    let config = ViewerConfig { relay_url, channel, token, resume_from_seq: 0 };
+    let viewer = Viewer::connect(config).await.context("connecting to the relay")?;
+    let raw = RawMode::enter().context("switching the terminal to raw mode")?;
+    let ended = interact(viewer, &raw).await;
+    drop(raw);
+    ended
+}
+
+/// How the interactive part ended.
+enum Ended {
+    Detached,
+    Closed { reason: pb::StreamCloseReason, message: String },
+}
+
+/// The open terminal and what to do with it at the end.
+struct Session<'a> {
+    client: &'a Client,
+    pty_id: String,
+    /// A scoped terminal outlives a detach.
+    keep: bool,
+}
+
+impl Session<'_> {
+    /// Closes the terminal after a failed attach, unless it is a scoped one meant to outlive us.
+    async fn abandon(&self) {
+        if !self.keep {
+            let _ = self.client.pty_close(&self.pty_id).await;
+        }
+    }
+
+    async fn finish(self, ended: Ended) -> anyhow::Result<ExitCode> {
+        match ended {
+            Ended::Detached if self.keep => {
+                eprintln!("tetherctl: detached; the shell keeps running (same --scope reattaches)");
+                Ok(ExitCode::SUCCESS)
+            }
+            Ended::Detached => {
+                let code = self.client.pty_close(&self.pty_id).await?;
+                eprintln!("tetherctl: detached; the shell was closed");
+                Ok(exit_code(code))
+            }
+            Ended::Closed { reason: pb::StreamCloseReason::ProcessExit, .. } => {
+                // The agent keeps an ended terminal's exit code for pty_close for a while.
+                let code = self.client.pty_close(&self.pty_id).await.unwrap_or(-1);
+                Ok(exit_code(code))
+            }
+            Ended::Closed { reason, message } => {
+                eprintln!("tetherctl: the terminal was closed ({}): {message}", reason.as_str_name());
+                Ok(ExitCode::FAILURE)
+            }
+        }
+    }
+}
+
+/// Keys -> viewer, output -> stdout, window changes -> resize, until the end.
+async fn interact(mut viewer: Viewer, raw: &RawMode) -> anyhow::Result<Ended> {
+    let mut keys = read_stdin();
+    let mut stdin_open = true;
+    let mut winch = signal(SignalKind::window_change()).context("watching window size changes")?;
+    let mut hangup = signal(SignalKind::hangup()).context("watching SIGHUP")?;
+    let mut terminate = signal(SignalKind::terminate()).context("watching SIGTERM")?;
+    let mut stdout = std::io::stdout();
+    loop {
+        tokio::select! {
+            event = viewer.next() => match event {
+                Some(ViewerEvent::Output(data)) => {
+                    stdout.write_all(&data)?;
+                    stdout.flush()?;
+                }
+                Some(ViewerEvent::Closed { reason, message }) => return Ok(Ended::Closed { reason, message }),
+                Some(ViewerEvent::Gap { from, to }) => notice(raw, &format!("output {from}..{to} was lost by the relay")),
+                Some(ViewerEvent::Reconnecting(why)) => notice(raw, &format!("relay connection lost ({why}); reconnecting")),
+                Some(ViewerEvent::Resumed) => notice(raw, "reconnected"),
+                None => anyhow::bail!("the viewer stopped unexpectedly"),
+            },
+            key = keys.recv(), if stdin_open => match key {
+                Some(data) => match data.iter().position(|b| *b == DETACH) {
+                    Some(at) => {
+                        viewer.send(data.slice(..at)).await;
+                        return Ok(Ended::Detached);
+                    }
+                    None => viewer.send(data).await,
+                },
+                // Input ended (a pipe): keep showing output until the process exits.
+                None => stdin_open = false,
+            },
+            _ = winch.recv() => {
+                if let Some((cols, rows)) = window_size() {
+                    viewer.resize(cols.into(), rows.into()).await;
+                }
+            }
+            _ = hangup.recv() => return Ok(Ended::Detached),
+            _ = terminate.recv() => return Ok(Ended::Detached),
+        }
+    }
+}
+
+/// Stdin on a plain thread (a blocking read must not keep the runtime from exiting).
+fn read_stdin() -> mpsc::Receiver<Bytes> {
+    let (tx, rx) = mpsc::channel(64);
+    let _ = std::thread::Builder::new().name("stdin".into()).spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = [0u8; 4096];
+        loop {
+            match std::io::Read::read(&mut stdin, &mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if tx.blocking_send(Bytes::copy_from_slice(&buf[..n])).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// A one-line notice on stderr that reads right in raw mode too.
+fn notice(raw: &RawMode, text: &str) {
+    let end = if raw.is_raw() { "\r\n" } else { "\n" };
+    eprint!("{end}[tetherctl: {text}]{end}");
+}
+
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
