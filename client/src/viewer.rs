@@ -278,7 +278,7 @@ impl Follower {
                         return Some(Stretch::Over);
                     }
                 }
-                self.next_seq = f.seq + 1;
+                self.next_seq = f.seq.saturating_add(1); // the relay never forwards u64::MAX
                 if self.events.send(ViewerEvent::Output(f.data)).await.is_err() {
                     return Some(Stretch::Over);
                 }
