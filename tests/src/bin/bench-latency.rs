@@ -1,5 +1,7 @@
 //! Request latency of the agent against a raw NATS echo responder measured in the same run,
-//! on the same nats-server: the ratio is what the agent adds over the transport itself.
+//! on the same nats-server: the ratio is what the agent adds over the transport itself. `exec
+//! true` runs on a confined agent (the default: Landlock, plus the seccomp filter on kernels
+//! before Landlock ABI 9) and on a whole-machine one, so the cost of confinement shows too.
 //!
 //! `cargo build --release --workspace --bins && target/release/bench-latency [ROUNDS]`
 
@@ -7,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use prost::Message;
-use tether_tests::{Agent, Nats, op, pb};
+use tether_tests::{Agent, AgentOpts, Nats, op, pb};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -37,6 +39,9 @@ async fn main() {
     let rounds: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(2000);
     let nats = Nats::start().await;
     let agent = Agent::start(&nats).await;
+    let whole_machine =
+        AgentOpts { args: vec!["--whole-machine".into()], agent_id: Some("wm".into()), ..Default::default() };
+    let unconfined = Agent::start_with(&nats, whole_machine).await;
 
     // The baseline: a responder that answers every request with its own payload.
     let echo_nc = nats.client().await;
@@ -62,23 +67,36 @@ async fn main() {
     })
     .await;
     let exec_rounds = (rounds / 4).max(50);
-    let exec_true = measure(exec_rounds, async || {
-        agent.call(pb::control_request::Op::Exec(op::exec(&["true"]))).await.expect("exec true");
-    })
-    .await;
+    let exec_true = async |on: &Agent| {
+        measure(exec_rounds, async || {
+            on.call(pb::control_request::Op::Exec(op::exec(&["true"]))).await.expect("exec true");
+        })
+        .await
+    };
+    let exec_unconfined = exec_true(&unconfined).await;
+    let exec_confined = exec_true(&agent).await;
     responder.abort();
 
     println!("rounds: {rounds} (exec: {exec_rounds}), one client, sequential requests, loopback nats-server");
-    println!("{:<24} {:>10} {:>10} {:>10} {:>10}", "request", "p50 µs", "p99 µs", "p50 ×echo", "p99 ×echo");
-    for (name, (p50, p99)) in
-        [("raw NATS echo", echo), ("agent ping", agent_ping), ("agent exec true", exec_true)]
-    {
+    println!("{:<26} {:>8} {:>8} {:>10} {:>10}", "request", "p50 µs", "p99 µs", "p50 ×echo", "p99 ×echo");
+    let rows = [
+        ("raw NATS echo", echo),
+        ("agent ping", agent_ping),
+        ("exec true, whole-machine", exec_unconfined),
+        ("exec true, confined", exec_confined),
+    ];
+    for (name, (p50, p99)) in rows {
         println!(
-            "{name:<24} {:>10.0} {:>10.0} {:>10.2} {:>10.2}",
+            "{name:<26} {:>8.0} {:>8.0} {:>10.2} {:>10.2}",
             us(p50),
             us(p99),
             us(p50) / us(echo.0),
             us(p99) / us(echo.1)
         );
     }
+    println!(
+        "confinement costs exec true {:.2}× at p50 ({:.0} µs)",
+        us(exec_confined.0) / us(exec_unconfined.0),
+        us(exec_confined.0) - us(exec_unconfined.0)
+    );
 }
