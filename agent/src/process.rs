@@ -122,17 +122,16 @@ impl Launcher {
         extra_env: &HashMap<String, String>,
         per_spawn: &[PreExecHook],
     ) -> tokio::process::Command {
-        let mut std_cmd =
-            self.std_command_with(program, args, cwd, extra_env, Grouping::ProcessGroup, per_spawn);
+        let hooks = self.hooks(per_spawn, self.common_confinement());
+        let mut std_cmd = self.build(program, args, cwd, extra_env, Grouping::ProcessGroup, hooks);
         std_cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut cmd = tokio::process::Command::from(std_cmd);
         cmd.kill_on_drop(false);
         cmd
     }
 
-    /// The same, as a `std` command with stdio left to the caller (a PTY wires its own), the
-    /// grouping chosen by the caller, and the launcher's hooks only. Pre-exec steps the caller
-    /// adds run after the hooks.
+    /// The same, as a `std` command with stdio left to the caller, the grouping chosen by the
+    /// caller, and the launcher's hooks only.
     pub fn std_command(
         &self,
         program: &OsStr,
@@ -141,21 +140,7 @@ impl Launcher {
         extra_env: &HashMap<String, String>,
         grouping: Grouping,
     ) -> std::process::Command {
-        self.std_command_with(program, args, cwd, extra_env, grouping, &[])
-    }
-
-    /// [`Launcher::std_command`] with `per_spawn` hooks run before the launcher's.
-    pub fn std_command_with(
-        &self,
-        program: &OsStr,
-        args: &[OsString],
-        cwd: &Path,
-        extra_env: &HashMap<String, String>,
-        grouping: Grouping,
-        per_spawn: &[PreExecHook],
-    ) -> std::process::Command {
-        let confine = self.confinement.as_ref().map(|(every, _)| every.clone());
-        self.build(program, args, cwd, extra_env, grouping, self.hooks(per_spawn, confine))
+        self.build(program, args, cwd, extra_env, grouping, self.hooks(&[], self.common_confinement()))
     }
 
     /// The command of a terminal's shell, whose terminal device is `tty`: a new session, the
@@ -176,6 +161,11 @@ impl Launcher {
             None => None,
         };
         Ok(self.build(program, args, cwd, extra_env, Grouping::Session, self.hooks(per_spawn, confine)))
+    }
+
+    /// The confinement every child but a terminal's shell gets.
+    fn common_confinement(&self) -> Option<PreExecHook> {
+        self.confinement.as_ref().map(|(every, _)| every.clone())
     }
 
     /// The hooks of one child, in the order they run.
