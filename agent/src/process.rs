@@ -110,6 +110,13 @@ impl Launcher {
         self.shell.clone()
     }
 
+    /// Replaces the login shell (and `SHELL` in the base environment), e.g. with one a confined
+    /// command can execute.
+    pub fn set_shell(&mut self, shell: PathBuf) {
+        self.env.insert(OsString::from("SHELL"), shell.clone().into_os_string());
+        self.shell = shell;
+    }
+
     /// A command for `program args` in `cwd`, with the base environment plus `extra_env`, its
     /// own process group, the `per_spawn` hooks then the launcher's (its confinement last),
     /// stdin/stdout/stderr piped,
@@ -275,7 +282,8 @@ fn usable_shell(path: &Path) -> bool {
     path.is_absolute() && !refuses && is_executable(path)
 }
 
-fn is_executable(path: &Path) -> bool {
+/// An existing regular file with an execute bit.
+pub fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 

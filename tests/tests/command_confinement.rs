@@ -229,8 +229,18 @@ async fn whole_machine_commands_reach_what_the_user_can() {
 /// Types `line` into a fresh PTY shell of `agent` and returns the terminal's output up to the
 /// marker the line prints last.
 async fn in_a_terminal(relay: &tether_tests::relay::Relay, agent: &Agent, line: &str) -> String {
+    in_a_terminal_running(relay, agent, vec!["sh".into()], line).await
+}
+
+/// [`in_a_terminal`] with the terminal's `command` (empty: the login shell).
+async fn in_a_terminal_running(
+    relay: &tether_tests::relay::Relay,
+    agent: &Agent,
+    command: Vec<String>,
+    line: &str,
+) -> String {
     use tether_tests::relay::{Seen, claims_for, collect_until, shows_line, watch};
-    let req = pb::PtyOpenRequest { command: vec!["sh".into()], ..Default::default() };
+    let req = pb::PtyOpenRequest { command, ..Default::default() };
     let pty = match agent.call(Op::PtyOpen(req)).await {
         Ok(Reply::PtyOpen(r)) => r,
         other => panic!("pty_open: {other:?}\nagent log:\n{}", agent.log()),
@@ -261,6 +271,34 @@ async fn a_confined_terminal_cannot_read_the_home_directory_either() {
     let agent = Agent::start_with(&nats, with_relay(&["--whole-machine"])).await;
     let shown = in_a_terminal(&relay, &agent, &format!("cat '{}'", home.key().display())).await;
     assert!(shown.contains(KEY), "with --whole-machine the terminal reads what the user can: {shown}");
+}
+
+#[tokio::test]
+async fn a_login_shell_out_of_reach_is_replaced_by_the_same_shell_from_the_system() {
+    let relay = tether_tests::relay::Relay::start(&[]).await;
+    let nats = Nats::start().await;
+    let home = FakeHome::new();
+    let own_bash = home.path().join("bin/bash");
+    std::fs::create_dir(home.path().join("bin")).expect("mkdir ~/bin");
+    std::fs::copy("/bin/bash", &own_bash).expect("a bash of the user's own");
+    let opts = |args: &[&str]| {
+        let mut opts = AgentOpts { relay_url: Some(relay.stream_url()), ..home.opts(args) };
+        opts.env.push(("SHELL".into(), own_bash.display().to_string()));
+        opts
+    };
+
+    let agent = Agent::start_with(&nats, opts(&[])).await;
+    let shown = in_a_terminal_running(&relay, &agent, vec![], "echo shell=$SHELL").await;
+    // The typed line shows `shell=$SHELL`; the shell's answer is the `shell=/...` one.
+    let shell = shown.lines().find_map(|l| l.find("shell=/").map(|i| l[i + 6..].trim().to_owned()));
+    let shell = shell.unwrap_or_else(|| panic!("the login shell did not run: {shown}\n{}", agent.log()));
+    assert!(!shell.starts_with(&home.path().display().to_string()), "{shell}");
+    assert!(shell.ends_with("/bash"), "the same shell from the system: {shell}");
+    drop(agent);
+
+    let whole = Agent::start_with(&nats, opts(&["--whole-machine"])).await;
+    let shown = in_a_terminal_running(&relay, &whole, vec![], "echo shell=$SHELL").await;
+    assert!(shown.contains(&format!("shell={}", own_bash.display())), "{shown}");
 }
 
 /// Runs `script` with `sh -c` in `agent`, as exec does with `shell`.

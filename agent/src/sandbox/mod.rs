@@ -213,7 +213,8 @@ impl Sandbox {
 
     /// Gives every child of `launcher` the sandbox: the Landlock (and seccomp) pre-exec hook —
     /// for a terminal's shell one that also grants its terminal device —, `TMPDIR`, a `PATH`
-    /// without the directories the sandbox cannot execute from, and no socket addresses.
+    /// without the directories the sandbox cannot execute from, a login shell it can execute,
+    /// and no socket addresses.
     pub fn install(&self, launcher: &mut Launcher) {
         let Some(built) = &self.ruleset else { return };
         let (rules, filter) = (self.rules.clone(), self.socket_filter.clone());
@@ -233,6 +234,15 @@ impl Sandbox {
         }
         if let Some(path) = launcher.base_env().get(&OsString::from("PATH")).cloned() {
             launcher.set_base_env("PATH", rules::confined_path_var(&path, &self.rules, &canonical));
+        }
+        let may_exec = |p: &Path| rules::may_execute(p, &self.rules, &canonical);
+        let shell = rules::confined_shell(&launcher.shell(), &may_exec, &crate::process::is_executable);
+        if shell != launcher.shell() {
+            tracing::info!(
+                from = %launcher.shell().display(), to = %shell.display(),
+                "the login shell is out of a confined command's reach; terminals use this one"
+            );
+            launcher.set_shell(shell);
         }
     }
 

@@ -150,23 +150,43 @@ fn ssh_host_keys(list_dir: &dyn Fn(&Path) -> Vec<PathBuf>) -> Vec<PathBuf> {
         .collect()
 }
 
-/// `PATH` for confined children: the entries a confined command could not execute from (not
-/// beneath a read-exec or read-write rule, e.g. `~/.cargo/bin`) are dropped, so a shell finds
-/// the system's `python3` instead of failing on a shim in the home directory. Relative
-/// entries (the working directory) stay. `canonical` resolves symlinks (`/bin` -> `/usr/bin`).
-pub fn confined_path_var(path: &OsStr, rules: &[Rule], canonical: &dyn Fn(&Path) -> PathBuf) -> OsString {
-    let usable: Vec<PathBuf> = rules
+/// Whether a confined command could execute `path`: it lies beneath a read-exec or read-write
+/// rule. `canonical` resolves symlinks (`/bin` -> `/usr/bin`).
+pub fn may_execute(path: &Path, rules: &[Rule], canonical: &dyn Fn(&Path) -> PathBuf) -> bool {
+    let path = canonical(path);
+    rules
         .iter()
         .filter(|r| matches!(r.grant, Grant::ReadExec | Grant::ReadWrite))
-        .map(|r| canonical(&r.path))
-        .collect();
-    let kept = std::env::split_paths(path).filter(|entry| {
-        entry.is_relative() || {
-            let entry = canonical(entry);
-            usable.iter().any(|u| entry.starts_with(u))
-        }
-    });
+        .any(|r| path.starts_with(canonical(&r.path)))
+}
+
+/// `PATH` for confined children: the entries a confined command could not execute from (e.g.
+/// `~/.cargo/bin`) are dropped, so a shell finds the system's `python3` instead of failing on a
+/// shim in the home directory. Relative entries (the working directory) stay.
+pub fn confined_path_var(path: &OsStr, rules: &[Rule], canonical: &dyn Fn(&Path) -> PathBuf) -> OsString {
+    let kept = std::env::split_paths(path)
+        .filter(|entry| entry.is_relative() || may_execute(entry, rules, canonical));
     std::env::join_paths(kept).unwrap_or_default()
+}
+
+/// The login shell for confined children: the user's own when they could execute it; else the
+/// same shell from the system's locations (a `zsh` installed under the home directory becomes
+/// `/usr/bin/zsh`); else `/bin/sh`. Without this a terminal's shell would fail to start.
+pub fn confined_shell(
+    shell: &Path,
+    may_exec: &dyn Fn(&Path) -> bool,
+    is_executable: &dyn Fn(&Path) -> bool,
+) -> PathBuf {
+    if may_exec(shell) {
+        return shell.to_owned();
+    }
+    let mut system = shell
+        .file_name()
+        .into_iter()
+        .flat_map(|name| ["/usr/bin", "/bin"].into_iter().map(move |dir| Path::new(dir).join(name)));
+    system
+        .find(|candidate| may_exec(candidate) && is_executable(candidate))
+        .unwrap_or_else(|| PathBuf::from("/bin/sh"))
 }
 
 #[cfg(test)]
@@ -326,6 +346,18 @@ mod tests {
             let reached = read.iter().any(|p| kept.starts_with(crate::sandbox::canonical(p)));
             assert!(reached, "{} missing from {read:?}", kept.display());
         }
+    }
+
+    #[test]
+    fn a_shell_under_the_home_directory_is_swapped_for_the_system_one() {
+        let rules = rules(&inputs(), &view());
+        let may = |p: &Path| may_execute(p, &rules, &canonical);
+        let everywhere = |_: &Path| true;
+        let nowhere = |_: &Path| false;
+        assert_eq!(confined_shell(Path::new("/usr/bin/zsh"), &may, &everywhere), Path::new("/usr/bin/zsh"));
+        let home_zsh = Path::new("/home/u/.nix-profile/bin/zsh");
+        assert_eq!(confined_shell(home_zsh, &may, &everywhere), Path::new("/usr/bin/zsh"));
+        assert_eq!(confined_shell(home_zsh, &may, &nowhere), Path::new("/bin/sh"));
     }
 
     #[test]
