@@ -162,6 +162,41 @@ async fn a_command_cannot_fork_past_the_process_cap() {
 }
 
 #[tokio::test]
+async fn a_terminal_cannot_fork_past_the_process_cap_either() {
+    use tether_tests::relay::{Relay, Seen, claims_for, collect_until, watch};
+    const CAP: u32 = 40;
+    let relay = Relay::start(&[]).await;
+    let nats = Nats::start().await;
+    let opts = AgentOpts {
+        args: vec![format!("--max-processes={CAP}")],
+        relay_url: Some(relay.stream_url()),
+        ..Default::default()
+    };
+    let agent = Agent::start_with(&nats, opts).await;
+    // The terminal runs the fork counter itself: it prints how many children it got, then ends.
+    let script = "import os, signal, time\n\
+                  kids = []\n\
+                  try:\n    while len(kids) < 1000:\n        pid = os.fork()\n        if pid == 0:\n            time.sleep(60)\n            os._exit(0)\n        kids.append(pid)\n\
+                  except OSError as e:\n    print('forked', len(kids), 'errno', e.errno)\n\
+                  for k in kids: os.kill(k, signal.SIGKILL)\n\
+                  for k in kids: os.waitpid(k, 0)\n";
+    let command = vec!["python3".into(), "-c".into(), script.into()];
+    let pty = match agent.call(Op::PtyOpen(pb::PtyOpenRequest { command, ..Default::default() })).await {
+        Ok(Reply::PtyOpen(r)) => r,
+        other => panic!("pty_open: {other:?}\nagent log:\n{}", agent.log()),
+    };
+    let channel = pty.channel.expect("channel");
+    let claims = claims_for(&channel, "v", tether_proto::token::ViewerMode::View);
+    let mut viewer = watch(&relay, &channel, &claims).await;
+    let mut seen = Seen::default();
+    collect_until(&mut viewer, &mut seen, Duration::from_secs(30), |s| s.closed.is_some()).await;
+    // python itself is one of the CAP processes.
+    let want = format!("forked {} errno {}", CAP - 1, libc::EAGAIN);
+    assert!(seen.text().contains(&want), "want {want:?}, the terminal showed: {}", seen.text());
+    assert!(agent.call(Op::Ping(pb::PingRequest { nonce: 7 })).await.is_ok(), "the agent keeps answering");
+}
+
+#[tokio::test]
 async fn memory_max_from_the_resource_policy_fails_a_larger_allocation() {
     let nats = Nats::start().await;
     let agent = Agent::start(&nats).await;
