@@ -23,7 +23,7 @@ use tether_proto::pb;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::link::{LinkError, Socket, open_producer};
 use super::outbox::Outbox;
@@ -31,6 +31,9 @@ use crate::config::RelayLink;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Pause after the relay refused the open for good (a bad or expired producer token): only a
+/// relay or token change helps, so retry slowly instead of warning every few seconds.
+const REFUSED_BACKOFF: Duration = Duration::from_secs(60);
 /// After the channel ended, how long the pump keeps trying to reach the relay to deliver the
 /// last output and the StreamClose.
 const CLOSE_DEADLINE: Duration = Duration::from_secs(30);
@@ -120,6 +123,7 @@ impl Pump {
         let mut backoff = MIN_BACKOFF;
         let mut give_up_at = None;
         loop {
+            let mut pause_for = backoff;
             let opened = {
                 let attempt = open_producer(&self.relay, &self.channel, self.inc.next_seq);
                 tokio::pin!(attempt);
@@ -148,8 +152,16 @@ impl Pump {
                         let _ = tx.send(Err(e));
                         return;
                     }
-                    let level_permanent = e.is_permanent();
-                    warn!(error = %e, permanent = level_permanent, retry_in = ?backoff, "relay open failed");
+                    if e.is_permanent() {
+                        if self.out.closing.is_some() {
+                            warn!(error = %e, "the relay refuses the ended channel; its last output is lost");
+                            return;
+                        }
+                        pause_for = REFUSED_BACKOFF;
+                        error!(error = %e, retry_in = ?pause_for, "the relay refuses this terminal's channel");
+                    } else {
+                        warn!(error = %e, retry_in = ?backoff, "relay open failed");
+                    }
                 }
             }
             if self.out.closing.is_some()
@@ -158,7 +170,7 @@ impl Pump {
                 warn!("the relay stayed away; the channel's last output and close are lost");
                 return;
             }
-            let pause = tokio::time::sleep(backoff);
+            let pause = tokio::time::sleep(pause_for);
             tokio::pin!(pause);
             loop {
                 tokio::select! {
