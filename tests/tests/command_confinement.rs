@@ -327,6 +327,33 @@ async fn a_confined_command_cannot_signal_the_agent_but_can_signal_its_own_child
     assert_eq!(r.exit_code, 0, "with --whole-machine a command signals what the user can: {r:?}");
 }
 
+#[tokio::test]
+async fn a_confined_command_holds_no_capabilities_even_under_a_root_agent() {
+    let nats = Nats::start().await;
+    let home = FakeHome::new();
+    let caps_of = async |agent: &Agent| {
+        let r = sh(agent, "grep -E '^Cap(Inh|Prm|Eff|Bnd|Amb)' /proc/self/status").await;
+        assert_eq!(r.exit_code, 0, "{}", text(&r.stderr));
+        text(&r.stdout)
+    };
+    let agent = Agent::start_with(&nats, home.opts(&[])).await;
+    let confined = caps_of(&agent).await;
+    assert_eq!(confined.lines().count(), 5, "{confined}");
+    for line in confined.lines() {
+        assert!(line.ends_with("0000000000000000"), "a confined command holds capabilities: {line}");
+    }
+    // What that means: giving a file away needs CAP_CHOWN, which uid 0 no longer brings.
+    let r = sh(&agent, "python3 -c 'import os; os.chown(\".\", 12345, -1)'").await;
+    assert_ne!(r.exit_code, 0, "chown to another user needs CAP_CHOWN: {r:?}");
+    assert!(text(&r.stderr).contains("Operation not permitted"), "{}", text(&r.stderr));
+
+    if nix::unistd::geteuid().is_root() {
+        let whole = Agent::start_with(&nats, home.opts(&["--whole-machine"])).await;
+        let unconfined = caps_of(&whole).await;
+        assert!(!unconfined.contains("CapEff:\t0000000000000000"), "root's own commands keep root: {unconfined}");
+    }
+}
+
 /// A Unix socket listening in a directory outside any agent's root, accepting in a thread and
 /// counting the connections it accepted.
 struct Listening {

@@ -5,7 +5,8 @@
 //! and configuration, and under per-command resource limits (a process cap, and the memory and
 //! CPU limits a request asks for). It may signal, and connect to the Unix sockets of, only the
 //! processes of its own command (where the kernel allows: see `ruleset` and `seccomp`), and it
-//! does not inherit the addresses of the user's sockets (`SSH_AUTH_SOCK`, D-Bus, X11, ...).
+//! does not inherit the addresses of the user's sockets (`SSH_AUTH_SOCK`, D-Bus, X11, ...), and
+//! it holds no Linux capabilities, even under an agent running as root (`privileges`).
 //! [`Sandbox`] is built once at startup from the configuration and what the kernel offers; it
 //! installs the static part into the [`Launcher`] (and what a terminal's own ruleset is built
 //! from), decides whether a command may run at all ([`Sandbox::admit`]), prepares each
@@ -14,6 +15,7 @@
 mod cgroup;
 mod limits;
 mod policy;
+mod privileges;
 mod rules;
 mod ruleset;
 mod seccomp;
@@ -34,7 +36,7 @@ pub use rules::{Grant, Rule};
 
 use crate::config::Config;
 use crate::error::{OpError, OpResult};
-use crate::process::{Launcher, TerminalConfinement};
+use crate::process::{Launcher, PreExecHook, TerminalConfinement};
 use cgroup::Cgroups;
 use seccomp::UnixSocketFilter;
 
@@ -223,9 +225,9 @@ impl Sandbox {
             rules.push(Rule { path: tty.to_owned(), grant: Grant::Device });
             let built = ruleset::build(&rules)
                 .map_err(|e| io::Error::other(format!("confining the terminal's shell: {e}")))?;
-            Ok(built.hook(filter.clone()))
+            Ok(without_capabilities(built.hook(filter.clone())))
         });
-        launcher.set_confinement(built.hook(self.socket_filter.clone()), terminal);
+        launcher.set_confinement(without_capabilities(built.hook(self.socket_filter.clone())), terminal);
         for name in SOCKET_ADDRESS_VARS {
             launcher.remove_base_env(name);
         }
@@ -325,6 +327,15 @@ impl Sandbox {
             tracing::debug!(error = %e, "removing the private temp directory");
         }
     }
+}
+
+/// `confine`, then the child drops every capability it holds (see `privileges`).
+fn without_capabilities(confine: PreExecHook) -> PreExecHook {
+    let drop = privileges::CapabilityDrop::new();
+    Arc::new(move || {
+        confine()?;
+        drop.apply()
+    })
 }
 
 /// The seccomp filter for Unix sockets, or none (logged) where the machine cannot take it.
