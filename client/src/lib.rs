@@ -34,7 +34,7 @@ pub use envelope::{build_request, op_name, open_response};
 pub use error::ClientError;
 pub use events::{AgentMessage, EventStream};
 pub use transfer::{READ_AHEAD, WriteOptions, chunk_size, plan_chunks, temp_upload_path, write_chunk_size};
-pub use viewer::{Viewer, ViewerConfig, ViewerError, ViewerEvent};
+pub use viewer::{InputSlot, Viewer, ViewerConfig, ViewerError, ViewerEvent, ViewerInput};
 
 /// The protobuf types of the wire contract (re-exported from `tether-proto`).
 pub use tether_proto::pb;

@@ -120,7 +120,8 @@ impl Viewer {
         self.events.recv().await
     }
 
-    /// Types into the channel (queued while reconnecting).
+    /// Types into the channel (queued while reconnecting). Waits while the queue is full: a
+    /// caller that must keep reading [`Viewer::next`] meanwhile uses [`Viewer::input`].
     pub async fn send(&self, data: impl Into<Bytes>) {
         let _ = self.input.send(Input::Data(data.into())).await;
     }
@@ -129,6 +130,40 @@ impl Viewer {
     /// re-sent after a reconnect).
     pub async fn resize(&self, cols: u32, rows: u32) {
         let _ = self.input.send(Input::Resize { cols, rows }).await;
+    }
+
+    /// A handle on the input queue apart from the viewer, so one task can wait for room in it
+    /// ([`ViewerInput::reserve`]) while it goes on taking the viewer's events.
+    pub fn input(&self) -> ViewerInput {
+        ViewerInput { tx: self.input.clone() }
+    }
+}
+
+/// The input side of a [`Viewer`]: see [`Viewer::input`].
+#[derive(Clone)]
+pub struct ViewerInput {
+    tx: mpsc::Sender<Input>,
+}
+
+/// Room for one input message, reserved in the queue.
+pub struct InputSlot<'a>(mpsc::Permit<'a, Input>);
+
+impl ViewerInput {
+    /// Waits for room for one message; `None` once the viewer has ended.
+    pub async fn reserve(&self) -> Option<InputSlot<'_>> {
+        self.tx.reserve().await.ok().map(InputSlot)
+    }
+}
+
+impl InputSlot<'_> {
+    /// Queues keystrokes.
+    pub fn send(self, data: Bytes) {
+        self.0.send(Input::Data(data));
+    }
+
+    /// Queues a resize.
+    pub fn resize(self, cols: u32, rows: u32) {
+        self.0.send(Input::Resize { cols, rows });
     }
 }
 

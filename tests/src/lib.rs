@@ -84,6 +84,11 @@ impl Proc {
         }
     }
 
+    /// The process's stdout, when it was piped (to feed another process, say).
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.as_mut().and_then(|c| c.stdout.take())
+    }
+
     pub fn try_status(&mut self) -> Option<ExitStatus> {
         self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }

@@ -325,3 +325,24 @@ async fn shell_with_its_input_at_end_of_file_waits_without_spinning() {
     let status = shell.wait_exit(WAIT).expect("tetherctl exits after the remote command");
     assert_eq!(status.code(), Some(4));
 }
+
+#[tokio::test]
+async fn a_shell_flooded_with_input_the_remote_never_reads_still_answers_sigterm() {
+    // `yes` types far more than the agent, the relay and the sockets can hold, into a command
+    // that never reads it: every queue on the way fills. tetherctl must still take its signals
+    // (and Ctrl-]) instead of waiting for room forever.
+    let (relay, nats, agent) = terminal_agent().await;
+    let mut yes = Proc::spawn("yes", Command::new("yes").stdout(Stdio::piped())).expect("yes starts");
+    let typed = yes.take_stdout().expect("yes's output");
+    let mut cmd = agent.tetherctl(&nats);
+    cmd.env("TETHER_RELAY_VIEWER_SECRET", VIEWER_SECRET)
+        .args(["shell", "--relay-url", &relay.stream_url(), "--", "sleep", "60"])
+        .stdin(typed)
+        .stdout(Stdio::null());
+    let mut shell = Proc::spawn("tetherctl shell", &mut cmd).expect("tetherctl starts");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    shell.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = shell.wait_exit(Duration::from_secs(10)).expect("tetherctl ends on SIGTERM");
+    assert!(status.code().is_some(), "{status:?}");
+    assert_eq!(terminals_in_heartbeats(&agent).await, [0, 0], "the remote terminal was closed");
+}

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use clap::Args;
-use tether_client::{Client, Viewer, ViewerConfig, ViewerEvent, pb};
+use tether_client::{Client, InputSlot, Viewer, ViewerConfig, ViewerEvent, ViewerInput, pb};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
@@ -133,8 +133,17 @@ impl Session<'_> {
     }
 }
 
-/// Keys -> viewer, output -> stdout, window changes -> resize, until the end.
+/// Input read from the terminal but not yet in the viewer's queue (its queue is full while the
+/// relay is away or slow). Reading stdin stops once this many bytes wait.
+const MAX_WAITING_INPUT: usize = 1 << 20;
+
+/// Keys -> viewer, output -> stdout, window changes -> resize, until the end. Nothing here
+/// waits on the viewer's input queue: input goes through a local queue of its own, drained as
+/// the viewer makes room, so output, signals and Ctrl-] are handled even when the relay is
+/// away or the remote side does not read (a big paste into a busy terminal).
 async fn interact(mut viewer: Viewer, raw: &RawMode) -> anyhow::Result<Ended> {
+    let input = viewer.input();
+    let mut waiting = Waiting::default();
     let mut keys = read_stdin();
     let mut stdin_open = true;
     let mut winch = signal(SignalKind::window_change()).context("watching window size changes")?;
@@ -154,25 +163,91 @@ async fn interact(mut viewer: Viewer, raw: &RawMode) -> anyhow::Result<Ended> {
                 Some(ViewerEvent::Resumed) => notice(raw, "reconnected"),
                 None => anyhow::bail!("the viewer stopped unexpectedly"),
             },
-            key = keys.recv(), if stdin_open => match key {
+            slot = input.reserve(), if !waiting.is_empty() => match slot {
+                Some(slot) => waiting.send_first(slot),
+                None => anyhow::bail!("the viewer stopped unexpectedly"),
+            },
+            key = keys.recv(), if stdin_open && waiting.bytes < MAX_WAITING_INPUT => match key {
                 Some(data) => match data.iter().position(|b| *b == DETACH) {
                     Some(at) => {
-                        viewer.send(data.slice(..at)).await;
+                        waiting.push(Pending::Data(data.slice(..at)));
+                        waiting.flush(&input, DETACH_FLUSH).await;
                         return Ok(Ended::Detached);
                     }
-                    None => viewer.send(data).await,
+                    None => waiting.push(Pending::Data(data)),
                 },
                 // Input ended (a pipe): keep showing output until the process exits.
                 None => stdin_open = false,
             },
             _ = winch.recv() => {
                 if let Some((cols, rows)) = window_size() {
-                    viewer.resize(cols.into(), rows.into()).await;
+                    waiting.push(Pending::Resize(cols.into(), rows.into()));
                 }
             }
             _ = hangup.recv() => return Ok(Ended::Detached),
             _ = terminate.recv() => return Ok(Ended::Detached),
         }
+    }
+}
+
+/// How long a detach waits to hand over what was typed before Ctrl-].
+const DETACH_FLUSH: std::time::Duration = Duration::from_secs(1);
+
+/// One input message waiting for room in the viewer's queue.
+enum Pending {
+    Data(Bytes),
+    Resize(u32, u32),
+}
+
+/// The local input queue of [`interact`], in the order the user produced it.
+#[derive(Default)]
+struct Waiting {
+    queue: std::collections::VecDeque<Pending>,
+    bytes: usize,
+}
+
+impl Waiting {
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    fn push(&mut self, item: Pending) {
+        match item {
+            Pending::Data(data) if data.is_empty() => {}
+            Pending::Data(data) => {
+                self.bytes += data.len();
+                self.queue.push_back(Pending::Data(data));
+            }
+            // Only the latest of several waiting sizes matters.
+            Pending::Resize(cols, rows) => match self.queue.back_mut() {
+                Some(last @ Pending::Resize(..)) => *last = Pending::Resize(cols, rows),
+                _ => self.queue.push_back(Pending::Resize(cols, rows)),
+            },
+        }
+    }
+
+    fn send_first(&mut self, slot: InputSlot<'_>) {
+        match self.queue.pop_front() {
+            Some(Pending::Data(data)) => {
+                self.bytes -= data.len();
+                slot.send(data);
+            }
+            Some(Pending::Resize(cols, rows)) => slot.resize(cols, rows),
+            None => {}
+        }
+    }
+
+    /// Hands over what waits, for at most `within`.
+    async fn flush(&mut self, input: &ViewerInput, within: Duration) {
+        let drain = async {
+            while !self.is_empty() {
+                match input.reserve().await {
+                    Some(slot) => self.send_first(slot),
+                    None => return,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(within, drain).await;
     }
 }
 
