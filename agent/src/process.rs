@@ -1,7 +1,8 @@
 //! The one door every child process of the agent goes through. A [`Launcher`] owns what all
 //! children share: the sanitised base environment (the agent's own credentials never leak into
-//! a command), a fresh process group or session per child (so a timeout or a fence can kill
-//! the whole tree), the user's shell, and the pre-exec hooks run between fork and exec. Hooks
+//! a command), a session of its own per child (a fresh process group, so a timeout or a fence
+//! can kill the whole tree, and no controlling terminal: a command cannot open the terminal the
+//! agent was started from as `/dev/tty`, to read from it or push input into it), the user's shell, and the pre-exec hooks run between fork and exec. Hooks
 //! come in three kinds, run in this order: per-spawn ones a caller passes for one command
 //! (joining that command's cgroup, its rlimits), the launcher's own, and last the confinement
 //! (confined mode's Landlock ruleset and seccomp filter), so exec and the PTY shell both get
@@ -38,16 +39,6 @@ const FALLBACK_SHELL: &str = "/bin/sh";
 /// Substrings (upper case) that make a `NATS_*` variable look like a credential.
 const CREDENTIAL_WORDS: &[&str] = &["TOKEN", "PASS", "CRED", "NKEY", "KEY", "SECRET", "SEED", "JWT", "AUTH"];
 
-/// How a child is detached from the agent's process group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Grouping {
-    /// A new process group led by the child (`setpgid(0, 0)`): exec.
-    ProcessGroup,
-    /// A new session led by the child (`setsid()`), also a new process group: a PTY shell, which
-    /// then takes its terminal as controlling terminal (the caller adds that pre-exec step).
-    Session,
-}
-
 /// Spawns the agent's children: see the module doc.
 #[derive(Clone)]
 pub struct Launcher {
@@ -77,8 +68,8 @@ impl Launcher {
         Self { env, shell, pre_exec: Vec::new(), confinement: None }
     }
 
-    /// Adds a hook run in every child between fork and exec, after the process group or session
-    /// is set up, in the order added. See [`PreExecHook`] for what a hook may do.
+    /// Adds a hook run in every child between fork and exec, after its session is set up, in
+    /// the order added. See [`PreExecHook`] for what a hook may do.
     pub fn add_pre_exec(&mut self, hook: PreExecHook) {
         self.pre_exec.push(hook);
     }
@@ -118,9 +109,9 @@ impl Launcher {
     }
 
     /// A command for `program args` in `cwd`, with the base environment plus `extra_env`, its
-    /// own process group, the `per_spawn` hooks then the launcher's (its confinement last),
-    /// stdin/stdout/stderr piped,
-    /// and no kill on drop (the caller owns the group's lifetime through [`kill_group`]).
+    /// own session, the `per_spawn` hooks then the launcher's (its confinement last),
+    /// stdin/stdout/stderr piped, and no kill on drop (the caller owns the group's lifetime
+    /// through [`kill_group`]).
     pub fn command(
         &self,
         program: &OsStr,
@@ -130,24 +121,23 @@ impl Launcher {
         per_spawn: &[PreExecHook],
     ) -> tokio::process::Command {
         let hooks = self.hooks(per_spawn, self.common_confinement());
-        let mut std_cmd = self.build(program, args, cwd, extra_env, Grouping::ProcessGroup, hooks);
+        let mut std_cmd = self.build(program, args, cwd, extra_env, hooks);
         std_cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut cmd = tokio::process::Command::from(std_cmd);
         cmd.kill_on_drop(false);
         cmd
     }
 
-    /// The same, as a `std` command with stdio left to the caller, the grouping chosen by the
-    /// caller, and the launcher's hooks only.
-    pub fn std_command(
+    /// The same, as a `std` command with stdio left to the caller, and the launcher's hooks only.
+    #[cfg(test)]
+    fn std_command(
         &self,
         program: &OsStr,
         args: &[OsString],
         cwd: &Path,
         extra_env: &HashMap<String, String>,
-        grouping: Grouping,
     ) -> std::process::Command {
-        self.build(program, args, cwd, extra_env, grouping, self.hooks(&[], self.common_confinement()))
+        self.build(program, args, cwd, extra_env, self.hooks(&[], self.common_confinement()))
     }
 
     /// The command of a terminal's shell, whose terminal device is `tty`: a new session, the
@@ -167,7 +157,7 @@ impl Launcher {
             Some((_, terminal)) => Some(terminal(tty)?),
             None => None,
         };
-        Ok(self.build(program, args, cwd, extra_env, Grouping::Session, self.hooks(per_spawn, confine)))
+        Ok(self.build(program, args, cwd, extra_env, self.hooks(per_spawn, confine)))
     }
 
     /// The confinement every child but a terminal's shell gets.
@@ -186,28 +176,18 @@ impl Launcher {
         args: &[OsString],
         cwd: &Path,
         extra_env: &HashMap<String, String>,
-        grouping: Grouping,
         hooks: Vec<PreExecHook>,
     ) -> std::process::Command {
         let mut cmd = std::process::Command::new(program);
         cmd.args(args).current_dir(cwd).env_clear().envs(&self.env).envs(extra_env);
-        let new_session = grouping == Grouping::Session;
-        if !new_session {
-            // Done by std in the child (or by posix_spawn), before any pre_exec closure.
-            cmd.process_group(0);
-        }
-        if new_session || !hooks.is_empty() {
-            // SAFETY: the closure runs in the child between fork and exec. It only calls
-            // setsid(2) and the hooks, whose contract (`PreExecHook`) is to be
-            // async-signal-safe; iterating the Vec built above neither allocates nor locks.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if new_session {
-                        nix::unistd::setsid()?;
-                    }
-                    hooks.iter().try_for_each(|hook| hook())
-                });
-            }
+        // SAFETY: the closure runs in the child between fork and exec. It only calls setsid(2)
+        // and the hooks, whose contract (`PreExecHook`) is to be async-signal-safe; iterating
+        // the Vec built above neither allocates nor locks.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::unistd::setsid()?;
+                hooks.iter().try_for_each(|hook| hook())
+            });
         }
         cmd
     }
@@ -355,8 +335,7 @@ mod tests {
     fn pre_exec_hook_runs_in_child_and_can_fail_the_spawn() {
         let mut l = Launcher::from_env(std::env::vars_os(), &[] as &[&str]);
         l.add_pre_exec(Arc::new(|| Err(io::Error::from_raw_os_error(libc::EPERM))));
-        let mut cmd =
-            l.std_command(OsStr::new("true"), &[], Path::new("/"), &HashMap::new(), Grouping::Session);
+        let mut cmd = l.std_command(OsStr::new("true"), &[], Path::new("/"), &HashMap::new());
         let err = cmd.status().unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EPERM));
     }
@@ -386,7 +365,7 @@ mod tests {
             }),
         );
         let none = HashMap::new();
-        let mut cmd = l.std_command(OsStr::new("true"), &[], Path::new("/"), &none, Grouping::Session);
+        let mut cmd = l.std_command(OsStr::new("true"), &[], Path::new("/"), &none);
         assert_eq!(cmd.status().unwrap_err().raw_os_error(), Some(libc::EACCES));
         let tty = Path::new("/dev/pts/7");
         let mut cmd = l.terminal_command(OsStr::new("true"), &[], Path::new("/"), &none, tty, &[]).unwrap();
@@ -395,20 +374,23 @@ mod tests {
     }
 
     #[test]
-    fn session_grouping_makes_a_session_leader() {
+    fn every_command_leads_a_session_of_its_own_without_a_terminal() {
         let l = Launcher::from_env(std::env::vars_os(), &[] as &[&str]);
-        let mut cmd = l.std_command(
-            OsStr::new("sh"),
-            &["-c".into(), "cut -d' ' -f6 /proc/$$/stat; echo $$".into()],
-            Path::new("/"),
-            &HashMap::new(),
-            Grouping::Session,
-        );
-        let out = cmd.output().unwrap();
+        // Session id, process group and pid, then whether /dev/tty opens.
+        let script =
+            "cut -d' ' -f5,6 /proc/$$/stat; echo $$; (: </dev/tty) 2>/dev/null && echo tty || echo no-tty";
+        let cmd =
+            l.command(OsStr::new("sh"), &["-c".into(), script.into()], Path::new("/"), &HashMap::new(), &[]);
+        let out = cmd.into_std().output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        let nums: Vec<&str> = text.split_whitespace().collect();
-        assert_eq!(nums.len(), 2, "{text}");
-        assert_eq!(nums[0], nums[1]);
+        let words: Vec<&str> = text.split_whitespace().collect();
+        assert_eq!(words.len(), 4, "{text}");
+        assert_eq!(
+            (words[0], words[1]),
+            (words[2], words[2]),
+            "process group and session are the child's own"
+        );
+        assert_eq!(words[3], "no-tty", "no controlling terminal");
     }
 
     #[test]
