@@ -296,3 +296,22 @@ async fn a_confined_move_across_a_mount_never_writes_through_a_symlink_out_of_th
     assert!(target.is_file(), "the symlink at the target was replaced by the moved file");
     assert_eq!(std::fs::read(mount.0.join("target")).unwrap(), b"mine");
 }
+
+/// rename(2) says EXDEV, not EINVAL, for a directory moved into itself across a mount inside
+/// it; the copy fallback must refuse instead of copying its own copy, level after level.
+#[tokio::test]
+async fn a_directory_moved_into_a_mount_inside_itself_is_refused() {
+    let nats = Nats::start().await;
+    let agent = Agent::start(&nats).await;
+    std::fs::create_dir(agent.root.join("a")).unwrap();
+    std::fs::write(agent.root.join("a/file"), b"kept").unwrap();
+    let Some(mount) = Mount::tmpfs(agent.root.join("a/mnt")) else { return };
+    let mv = Op::FsMove(pb::FsMoveRequest { from: "a".into(), to: "a/mnt/b".into(), overwrite: false });
+    let err = agent.call(mv).await.expect_err("a directory cannot move into itself");
+    assert_eq!(err.code, pb::ErrorCode::Os as i32, "{err:?}");
+    assert_eq!(err.detail.get("errno"), Some(&libc::EINVAL.to_string()), "{err:?}");
+    let left: Vec<_> = std::fs::read_dir(&mount.0).unwrap().collect();
+    assert!(left.is_empty(), "nothing was copied into the mount: {left:?}");
+    assert_eq!(std::fs::read(agent.root.join("a/file")).unwrap(), b"kept", "the source is untouched");
+    assert!(agent.call(Op::Ping(pb::PingRequest { nonce: 1 })).await.is_ok());
+}

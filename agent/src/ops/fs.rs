@@ -208,13 +208,22 @@ fn fill_and_rename(
     }
     file.sync_all()?;
     nix::fcntl::renameat(dir, tmp, dir, name)?;
-    sync_dir(dir)
+    sync_dir(dir);
+    Ok(())
 }
 
-/// Makes a rename or unlink in `dir` durable. `dir` is usually an O_PATH descriptor, which
-/// fsync refuses (EBADF), so the directory is opened for reading through it first. EINVAL: a
-/// filesystem that cannot sync directories; there is nothing more to do.
-fn sync_dir(dir: BorrowedFd<'_>) -> std::io::Result<()> {
+/// Makes a rename or unlink in `dir` durable, as far as it can: the change is already made, so
+/// a directory that cannot be synced (one the agent may write but not read, mode 0300) is
+/// logged, never reported as a failure of the op (a retry would then find it done).
+fn sync_dir(dir: BorrowedFd<'_>) {
+    if let Err(e) = try_sync_dir(dir) {
+        tracing::warn!(error = %e, "a directory could not be synced after a change in it");
+    }
+}
+
+/// `dir` is usually an O_PATH descriptor, which fsync refuses (EBADF), so the directory is
+/// opened for reading through it first. EINVAL: a filesystem that cannot sync directories.
+fn try_sync_dir(dir: BorrowedFd<'_>) -> std::io::Result<()> {
     let readable =
         nix::fcntl::openat(dir, ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
     match nix::unistd::fsync(readable.as_fd()) {
@@ -389,9 +398,10 @@ pub async fn rename(paths: Arc<Paths>, req: pb::FsMoveRequest) -> OpResult<pb::F
             flags,
         );
         match moved {
-            Ok(()) => sync_dir(to_dir.as_fd())
-                .and_then(|()| sync_dir(from_dir.as_fd()))
-                .map_err(|e| OpError::from_io(&e, "sync the move to", &to.abs))?,
+            Ok(()) => {
+                sync_dir(to_dir.as_fd());
+                sync_dir(from_dir.as_fd());
+            }
             Err(Errno::EXDEV) => {
                 xdev::move_across(from_dir.as_fd(), &from_name, to_dir.as_fd(), &to_name, req.overwrite)
                     .map_err(|e| match e.raw_os_error().map(Errno::from_raw) {
@@ -449,6 +459,6 @@ mod tests {
         let fd = nix::fcntl::open(dir.path(), OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
         // What the write path used to do, silently failing: fsync refuses an O_PATH descriptor.
         assert_eq!(nix::unistd::fsync(fd.as_fd()), Err(Errno::EBADF));
-        sync_dir(fd.as_fd()).unwrap();
+        try_sync_dir(fd.as_fd()).unwrap();
     }
 }

@@ -36,8 +36,14 @@ pub(super) fn move_across(
     if !overwrite && fstatat(to_dir, to_name, AtFlags::AT_SYMLINK_NOFOLLOW).is_ok() {
         return Err(Errno::EEXIST.into());
     }
+    // rename(2) says EINVAL for a directory moved into itself, but EXDEV when a mount lies on
+    // the way: copying it would copy the copy, level after level.
+    let source = fstatat(from_dir, from_name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+    if is(&source, SFlag::S_IFDIR) && lies_within(to_dir, &source)? {
+        return Err(Errno::EINVAL.into());
+    }
     let tmp = temp_name(to_name);
-    let placed = copy_entry(from_dir, from_name, to_dir, &tmp).and_then(|()| {
+    let placed = copy_entry(from_dir, from_name, to_dir, &tmp, 0).and_then(|()| {
         let flags = if overwrite { RenameFlags::empty() } else { RenameFlags::RENAME_NOREPLACE };
         Ok(nix::fcntl::renameat2(to_dir, tmp.as_os_str(), to_dir, to_name, flags)?)
     });
@@ -45,7 +51,7 @@ pub(super) fn move_across(
         remove_entry(to_dir, &tmp);
         return Err(e);
     }
-    sync_dir(to_dir)?;
+    sync_dir(to_dir);
     let st = fstatat(from_dir, from_name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
     if is(&st, SFlag::S_IFDIR) {
         // std walks with O_NOFOLLOW and unlinkat: links inside are removed, never followed.
@@ -53,7 +59,30 @@ pub(super) fn move_across(
     } else {
         nix::unistd::unlinkat(from_dir, from_name, UnlinkatFlags::NoRemoveDir)?;
     }
-    sync_dir(from_dir)
+    sync_dir(from_dir);
+    Ok(())
+}
+
+/// Directories a copied tree may nest; deeper is refused rather than recursed into.
+const MAX_DEPTH: usize = 256;
+
+/// Whether `dir` is the directory `ancestor` or lies beneath it (walking `..` up to the root).
+fn lies_within(dir: BorrowedFd<'_>, ancestor: &FileStat) -> io::Result<bool> {
+    let same = |st: &FileStat| (st.st_dev, st.st_ino) == (ancestor.st_dev, ancestor.st_ino);
+    let mut current = fstat(dir)?;
+    let mut up = openat(dir, "..", OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+    for _ in 0..4096 {
+        if same(&current) {
+            return Ok(true);
+        }
+        let parent = fstat(up.as_fd())?;
+        if (parent.st_dev, parent.st_ino) == (current.st_dev, current.st_ino) {
+            return Ok(false); // the root is its own parent
+        }
+        current = parent;
+        up = openat(up.as_fd(), "..", OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+    }
+    Err(Errno::ELOOP.into())
 }
 
 /// Best-effort removal of a half-made temp copy.
@@ -74,13 +103,17 @@ fn copy_entry(
     from_name: &OsStr,
     to_dir: BorrowedFd<'_>,
     to_name: &OsStr,
+    depth: usize,
 ) -> io::Result<()> {
     let st = fstatat(from_dir, from_name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
     if is(&st, SFlag::S_IFLNK) {
         let target = nix::fcntl::readlinkat(from_dir, from_name)?;
         Ok(nix::unistd::symlinkat(target.as_os_str(), to_dir, to_name)?)
     } else if is(&st, SFlag::S_IFDIR) {
-        copy_dir(from_dir, from_name, to_dir, to_name)
+        if depth >= MAX_DEPTH {
+            return Err(io::Error::other(format!("the tree nests more than {MAX_DEPTH} directories deep")));
+        }
+        copy_dir(from_dir, from_name, to_dir, to_name, depth + 1)
     } else {
         copy_file(from_dir, from_name, to_dir, to_name)
     }
@@ -100,6 +133,7 @@ fn copy_dir(
     from_name: &OsStr,
     to_dir: BorrowedFd<'_>,
     to_name: &OsStr,
+    depth: usize,
 ) -> io::Result<()> {
     let src = open_dir(from_dir, from_name)?;
     let mode = fstat(src.as_fd())?.st_mode & 0o7777;
@@ -111,7 +145,7 @@ fn copy_dir(
         .map(|e| e.map(|e| OsStr::from_bytes(e.file_name().to_bytes()).to_owned()))
         .collect::<nix::Result<_>>()?;
     for name in names.iter().filter(|n| *n != "." && *n != "..") {
-        copy_entry(src.as_fd(), name, dst.as_fd(), name)?;
+        copy_entry(src.as_fd(), name, dst.as_fd(), name, depth)?;
     }
     fchmod(dst.as_fd(), Mode::from_bits_truncate(mode))?;
     Ok(nix::unistd::fsync(dst.as_fd())?)
