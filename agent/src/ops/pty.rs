@@ -159,14 +159,18 @@ impl Terminals {
         let spec = Spec {
             program,
             args,
-            cwd: &cwd,
+            cwd: cwd.clone(),
             env,
             cols: dimension(req.cols, DEFAULT_COLS),
             rows: dimension(req.rows, DEFAULT_ROWS),
             hooks: limits.hooks(),
         };
         let program_name = spec.program.clone();
-        let terminal = match Terminal::spawn(&self.launcher, spec) {
+        let launcher = self.launcher.clone();
+        let spawned = tokio::task::spawn_blocking(move || Terminal::spawn(&launcher, spec)).await;
+        let spawned =
+            spawned.unwrap_or_else(|e| Err(std::io::Error::other(format!("spawning the terminal: {e}"))));
+        let terminal = match spawned {
             Ok(terminal) => terminal,
             Err(e) => {
                 drop(one_at_a_time);

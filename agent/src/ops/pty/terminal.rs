@@ -14,7 +14,7 @@ use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use bytes::Bytes;
@@ -33,10 +33,10 @@ const OUTPUT_QUEUE: usize = 64;
 const INPUT_QUEUE: usize = 256;
 
 /// What to run in the terminal.
-pub struct Spec<'a> {
+pub struct Spec {
     pub program: OsString,
     pub args: Vec<OsString>,
-    pub cwd: &'a Path,
+    pub cwd: PathBuf,
     pub env: HashMap<String, String>,
     pub cols: u16,
     pub rows: u16,
@@ -59,8 +59,9 @@ pub struct Terminal {
 }
 
 impl Terminal {
-    /// Opens a PTY of `cols` x `rows` and starts `spec` in it.
-    pub fn spawn(launcher: &Launcher, spec: Spec<'_>) -> io::Result<Terminal> {
+    /// Opens a PTY of `cols` x `rows` and starts `spec` in it. Blocking (a confined terminal's
+    /// ruleset is built here): call it off the async workers, inside the runtime.
+    pub fn spawn(launcher: &Launcher, spec: Spec) -> io::Result<Terminal> {
         let size = PtySize { rows: spec.rows, cols: spec.cols, pixel_width: 0, pixel_height: 0 };
         let pair = native_pty_system().openpty(size).map_err(io::Error::other)?;
         let tty_path =
@@ -70,7 +71,7 @@ impl Terminal {
         let mut cmd = launcher.terminal_command(
             &spec.program,
             &spec.args,
-            spec.cwd,
+            &spec.cwd,
             &spec.env,
             Path::new(&tty_path),
             &spec.hooks,
