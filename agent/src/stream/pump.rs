@@ -175,7 +175,13 @@ impl Pump {
             loop {
                 tokio::select! {
                     () = &mut pause => break,
-                    () = self.out.absorb() => {}
+                    () = self.out.absorb() => {
+                        // A channel ending during the long pause after a refusal need not
+                        // wait it out: try once more now, and let go if refused again.
+                        if pause_for == REFUSED_BACKOFF && self.out.closing.is_some() {
+                            break;
+                        }
+                    }
                 }
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
