@@ -124,6 +124,10 @@ pub fn admit(
         .channel
         .as_ref()
         .ok_or_else(|| Rejection::new(RejectReason::BadHandshake, "StreamOpen has no channel"))?;
+    // No frame can carry the last seq of the space: a cursor there would wedge the channel.
+    check(open.resume_from_seq != u64::MAX, RejectReason::BadHandshake, || {
+        "resume_from_seq is at the end of the seq space".to_owned()
+    })?;
     let same = channel.workspace_id == key.workspace_id
         && channel.agent_id == key.agent_id
         && channel.port == key.port
@@ -296,6 +300,22 @@ mod tests {
 
     fn reason(r: Result<Admission, Rejection>) -> RejectReason {
         r.unwrap_err().reason
+    }
+
+    #[test]
+    fn a_cursor_at_the_end_of_the_seq_space_is_refused() {
+        for role in [pb::StreamRole::Agent, pb::StreamRole::Client] {
+            let token = match role {
+                pb::StreamRole::Agent => producer_token("w"),
+                _ => token::mint_viewer(b"view", &viewer_claims()),
+            };
+            let at_end = pb::StreamOpen { resume_from_seq: u64::MAX, ..open(role, token) };
+            assert_eq!(
+                reason(admit(&query(), &at_end, &config(), NOW)),
+                RejectReason::BadHandshake,
+                "{role:?}"
+            );
+        }
     }
 
     #[test]

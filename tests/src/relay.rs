@@ -256,7 +256,8 @@ pub async fn recv_any(ws: &mut Ws) -> Option<Frame> {
 pub async fn open(url: &str, open: Frame) -> (Ws, pb::StreamOpenAck) {
     let mut ws = connect(url).await;
     send(&mut ws, open).await;
-    match recv(&mut ws).await {
+    // recv_any: nothing, not even a ViewerPresence, may come before the ack.
+    match recv_any(&mut ws).await {
         Some(Frame::OpenAck(ack)) => (ws, ack),
         other => panic!("expected StreamOpenAck, got {other:?}"),
     }

@@ -21,7 +21,7 @@ use super::mint::{VIEWER_SECRET_ENV, channel_viewer_token};
 /// Environment variable with a ready-made viewer token.
 pub const TOKEN_ENV: &str = "TETHER_RELAY_VIEWER_TOKEN";
 
-#[derive(Debug, Args)]
+#[derive(Args)]
 pub struct TokenArgs {
     /// Read the viewer (ogs_) token from this file (surrounding whitespace is ignored). With
     /// TETHER_RELAY_VIEWER_TOKEN, the way to pass a token; without either, one is minted from
@@ -32,6 +32,16 @@ pub struct TokenArgs {
     /// (ps); use TETHER_RELAY_VIEWER_TOKEN or --token-file.
     #[arg(long, value_name = "TOKEN")]
     token: Option<String>,
+}
+
+/// Never prints the token itself (a `?args` in a log line must not leak it).
+impl std::fmt::Debug for TokenArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenArgs")
+            .field("token_file", &self.token_file)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// The secrets the environment holds (kept apart so tests need not touch the process env).
@@ -175,6 +185,12 @@ mod tests {
         let missing = token_args(&["--token-file", "/nonexistent/token"]);
         let err = format!("{:#}", ViewerCredential::resolve(&missing, env(None, Some("s"))).unwrap_err());
         assert!(err.contains("/nonexistent/token"), "{err}");
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_token() {
+        let shown = format!("{:?}", token_args(&["--token", TOKEN]));
+        assert!(!shown.contains("claims") && shown.contains("redacted"), "{shown}");
     }
 
     #[test]
