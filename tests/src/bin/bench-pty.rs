@@ -210,7 +210,10 @@ async fn pty_bulk(relay: &Relay, agent: &Agent, script: &str) -> anyhow::Result<
         match viewer_next(&mut viewer).await? {
             ViewerEvent::Output(data) => bytes += data.len(),
             ViewerEvent::Closed { reason: pb::StreamCloseReason::ProcessExit, .. } => break,
-            ViewerEvent::Reconnecting(_) => resumes += 1,
+            ViewerEvent::Reconnecting(why) => {
+                resumes += 1;
+                ensure!(resumes <= 100, "the viewer resumed {resumes} times without finishing: {why}");
+            }
             ViewerEvent::Resumed => {}
             other => bail!("bulk output after {bytes} bytes: {other:?}"),
         }
