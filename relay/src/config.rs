@@ -69,7 +69,7 @@ impl RelayConfig {
             viewer_queue_bytes: 1 << 20,
             stall_grace: Duration::from_secs(5),
             reap_after: Duration::from_secs(60),
-            max_message_bytes: 16 << 20,
+            max_message_bytes: 1 << 20,
             shutdown_grace: Duration::from_secs(5),
             producer_rate: 32 << 20,
         }
@@ -108,7 +108,7 @@ pub struct Cli {
     #[arg(long, env = "TETHER_RELAY_REAP_AFTER", default_value = "60s", value_parser = humantime::parse_duration)]
     pub reap_after: Duration,
     /// Largest websocket message accepted (bytes).
-    #[arg(long, env = "TETHER_RELAY_MAX_MESSAGE_BYTES", default_value = "16MiB", value_parser = parse_bytes)]
+    #[arg(long, env = "TETHER_RELAY_MAX_MESSAGE_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
     pub max_message_bytes: usize,
     /// How long shutdown waits for peers to take their StreamClose.
     #[arg(long, env = "TETHER_RELAY_SHUTDOWN_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
