@@ -51,6 +51,8 @@ pub struct RelayConfig {
     pub reap_after: Duration,
     /// Largest websocket message accepted.
     pub max_message_bytes: usize,
+    /// Connections that may be in their handshake at once; more are refused (503) at upgrade.
+    pub max_pending_opens: usize,
     /// How long shutdown waits for peers to receive their StreamClose.
     pub shutdown_grace: Duration,
     /// Average bytes per second one producer may send (0 = unlimited); faster ones are slowed.
@@ -70,6 +72,7 @@ impl RelayConfig {
             stall_grace: Duration::from_secs(5),
             reap_after: Duration::from_secs(60),
             max_message_bytes: 1 << 20,
+            max_pending_opens: 1024,
             shutdown_grace: Duration::from_secs(5),
             producer_rate: 32 << 20,
         }
@@ -110,6 +113,10 @@ pub struct Cli {
     /// Largest websocket message accepted (bytes).
     #[arg(long, env = "TETHER_RELAY_MAX_MESSAGE_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
     pub max_message_bytes: usize,
+    /// Connections that may be in their handshake (before a verified StreamOpen) at once; more
+    /// are refused with 503. With --max-message-bytes, bounds what unauthenticated peers hold.
+    #[arg(long, env = "TETHER_RELAY_MAX_PENDING_OPENS", default_value_t = 1024)]
+    pub max_pending_opens: usize,
     /// How long shutdown waits for peers to take their StreamClose.
     #[arg(long, env = "TETHER_RELAY_SHUTDOWN_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -130,8 +137,14 @@ impl Cli {
         )?;
         let viewer_secret =
             secret("viewer", env(VIEWER_SECRET_ENV), VIEWER_SECRET_ENV, self.viewer_secret_file.as_deref())?;
-        if self.ring_bytes == 0 || self.viewer_queue_bytes == 0 || self.max_message_bytes == 0 {
-            bail!("--ring-bytes, --viewer-queue-bytes and --max-message-bytes must be positive");
+        if self.ring_bytes == 0
+            || self.viewer_queue_bytes == 0
+            || self.max_message_bytes == 0
+            || self.max_pending_opens == 0
+        {
+            bail!(
+                "--ring-bytes, --viewer-queue-bytes, --max-message-bytes and --max-pending-opens must be positive"
+            );
         }
         if self.handshake_timeout.is_zero() {
             bail!("--handshake-timeout must be positive");
@@ -146,6 +159,7 @@ impl Cli {
             stall_grace: self.stall_grace,
             reap_after: self.reap_after,
             max_message_bytes: self.max_message_bytes,
+            max_pending_opens: self.max_pending_opens,
             shutdown_grace: self.shutdown_grace,
             producer_rate: self.producer_rate as u64,
         })

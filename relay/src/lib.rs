@@ -24,16 +24,17 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Query, State, WebSocketUpgrade};
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::{Cli, RelayConfig, Secret};
 
-use metrics::Metrics;
+use metrics::{Metrics, RejectReason};
 use registry::{Limits, Registry};
 
 /// State shared by every route and connection.
@@ -45,6 +46,8 @@ pub struct Shared {
     /// Cancelled when the relay starts shutting down.
     pub shutdown: CancellationToken,
     connections: TaskTracker,
+    /// One permit per connection still in its handshake (`max_pending_opens`).
+    pending_opens: Arc<Semaphore>,
 }
 
 impl Shared {
@@ -54,6 +57,7 @@ impl Shared {
         Arc::new(Shared {
             registry: Registry::new(limits, metrics.clone()),
             metrics,
+            pending_opens: Arc::new(Semaphore::new(config.max_pending_opens)),
             config,
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
@@ -75,11 +79,17 @@ async fn stream(
     Query(query): Query<HashMap<String, String>>,
     State(shared): State<Arc<Shared>>,
 ) -> Response {
+    // Refused before the upgrade: a flood of connections that never authenticate cannot make
+    // the relay hold more than `max_pending_opens` unverified sockets (and their messages).
+    let Ok(pending) = shared.pending_opens.clone().try_acquire_owned() else {
+        shared.metrics.open_rejected(RejectReason::TooManyPending);
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many stream opens in progress; retry").into_response();
+    };
     let max = shared.config.max_message_bytes;
     let tracker = shared.connections.clone();
     ws.max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| tracker.track_future(splice::run(socket, query, shared)))
+        .on_upgrade(move |socket| tracker.track_future(splice::run(socket, query, shared, pending)))
 }
 
 async fn metrics_text(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

@@ -80,6 +80,7 @@ labelled_enum!(
         KindMismatch => "kind_mismatch",
         ChannelEnded => "channel_ended",
         ShuttingDown => "shutting_down",
+        TooManyPending => "too_many_pending",
     }
 );
 

@@ -12,6 +12,7 @@ use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use tether_proto::frame::Frame;
 use tether_proto::pb;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, warn};
 
@@ -35,8 +36,14 @@ fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// Serves one upgraded `/stream` socket to the end.
-pub async fn run(socket: WebSocket, query: HashMap<String, String>, shared: Arc<Shared>) {
+/// Serves one upgraded `/stream` socket to the end. `pending` is its place among the
+/// connections in their handshake, given back once the open is decided.
+pub async fn run(
+    socket: WebSocket,
+    query: HashMap<String, String>,
+    shared: Arc<Shared>,
+    pending: OwnedSemaphorePermit,
+) {
     let (mut sink, mut source) = socket.split();
     let admitted = tokio::select! {
         open = handshake::read_open(&mut source, shared.config.handshake_timeout) => open
@@ -47,6 +54,7 @@ pub async fn run(socket: WebSocket, query: HashMap<String, String>, shared: Arc<
             }),
         _ = shared.shutdown.cancelled() => Err(Rejection::new(RejectReason::ShuttingDown, "relay is shutting down")),
     };
+    drop(pending);
     let (admission, att, ack) = match admitted {
         Ok(ok) => ok,
         Err(rejection) => {

@@ -89,3 +89,32 @@ async fn an_older_lease_epoch_is_refused_once_a_newer_one_joined() {
     refused(&url, open_msg("ch", pb::StreamRole::Client, viewer_token(&older), 0), "stale_epoch").await;
     assert_eq!(relay.metric(&rejected("stale_epoch")).await, 1);
 }
+
+#[tokio::test]
+async fn connections_past_the_pending_handshake_cap_are_refused_before_the_upgrade() {
+    let relay = Relay::start(&["--max-pending-opens", "2", "--handshake-timeout", "30s"]).await;
+    let url = relay.url(tether_proto::PTY_PORT, "ch");
+    // Two peers that connect and never authenticate hold both places.
+    let silent = [connect(&url).await, connect(&url).await];
+    match tokio_tungstenite::connect_async(url.as_str()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
+        other => panic!("a third pending open must be refused with 503, got {:?}", other.map(|_| "an upgrade")),
+    }
+    assert_eq!(relay.metric(&rejected("too_many_pending")).await, 1);
+    // A place comes back as soon as a pending peer goes: an honest open then goes through.
+    drop(silent);
+    let mut accepted = None;
+    for _ in 0..100 {
+        if let Ok((ws, _)) = tokio_tungstenite::connect_async(url.as_str()).await {
+            accepted = Some(ws);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut ws = accepted.expect("the places came back once the silent peers left");
+    send(&mut ws, open_msg("ch", pb::StreamRole::Agent, producer_token(), 0)).await;
+    match recv(&mut ws).await {
+        Some(Frame::OpenAck(ack)) => assert!(ack.accepted, "{ack:?}"),
+        other => panic!("expected the producer's OpenAck, got {other:?}"),
+    }
+}
