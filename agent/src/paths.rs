@@ -317,7 +317,8 @@ fn open_final(
     }
 }
 
-fn is(st: &FileStat, kind: SFlag) -> bool {
+/// Whether `st` describes a file of `kind` (`S_IFDIR`, `S_IFLNK`, ...).
+pub(crate) fn is(st: &FileStat, kind: SFlag) -> bool {
     st.st_mode & SFlag::S_IFMT.bits() == kind.bits()
 }
 

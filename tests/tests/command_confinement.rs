@@ -350,7 +350,10 @@ async fn a_confined_command_holds_no_capabilities_even_under_a_root_agent() {
     if nix::unistd::geteuid().is_root() {
         let whole = Agent::start_with(&nats, home.opts(&["--whole-machine"])).await;
         let unconfined = caps_of(&whole).await;
-        assert!(!unconfined.contains("CapEff:\t0000000000000000"), "root's own commands keep root: {unconfined}");
+        assert!(
+            !unconfined.contains("CapEff:\t0000000000000000"),
+            "root's own commands keep root: {unconfined}"
+        );
     }
 }
 

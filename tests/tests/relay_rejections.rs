@@ -98,7 +98,9 @@ async fn connections_past_the_pending_handshake_cap_are_refused_before_the_upgra
     let silent = [connect(&url).await, connect(&url).await];
     match tokio_tungstenite::connect_async(url.as_str()).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
-        other => panic!("a third pending open must be refused with 503, got {:?}", other.map(|_| "an upgrade")),
+        other => {
+            panic!("a third pending open must be refused with 503, got {:?}", other.map(|_| "an upgrade"))
+        }
     }
     assert_eq!(relay.metric(&rejected("too_many_pending")).await, 1);
     // A place comes back as soon as a pending peer goes: an honest open then goes through.

@@ -21,7 +21,7 @@ use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstat, fstatat, mkdirat};
 use nix::unistd::UnlinkatFlags;
 
 use super::{sync_dir, temp_name};
-use crate::paths::via_fd;
+use crate::paths::{is, via_fd};
 
 /// Moves `from_name` in `from_dir` to `to_name` in `to_dir`, which lie on different
 /// filesystems. Errors are the OS's; on one, the target and the source are as they were.
@@ -90,10 +90,6 @@ fn remove_entry(dir: BorrowedFd<'_>, name: &OsStr) {
     if nix::unistd::unlinkat(dir, name, UnlinkatFlags::NoRemoveDir) == Err(Errno::EISDIR) {
         let _ = std::fs::remove_dir_all(via_fd(dir, name));
     }
-}
-
-fn is(st: &FileStat, kind: SFlag) -> bool {
-    st.st_mode & SFlag::S_IFMT.bits() == kind.bits()
 }
 
 /// Copies one entry as what it is (a symlink stays a symlink), creating `to_name` in `to_dir`
