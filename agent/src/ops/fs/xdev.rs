@@ -20,7 +20,7 @@ use nix::fcntl::{AtFlags, OFlag, RenameFlags, openat};
 use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstat, fstatat, mkdirat};
 use nix::unistd::UnlinkatFlags;
 
-use super::{sync_dir, temp_name};
+use super::{sync_dir, temp_name, try_sync_dir};
 use crate::paths::{is, via_fd};
 
 /// Moves `from_name` in `from_dir` to `to_name` in `to_dir`, which lie on different
@@ -51,7 +51,8 @@ pub(super) fn move_across(
         remove_entry(to_dir, &tmp);
         return Err(e);
     }
-    sync_dir(to_dir);
+    // The source goes only once its copy is durable: a crash must never lose both.
+    try_sync_dir(to_dir)?;
     let st = fstatat(from_dir, from_name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
     if is(&st, SFlag::S_IFDIR) {
         // std walks with O_NOFOLLOW and unlinkat: links inside are removed, never followed.
@@ -135,8 +136,8 @@ fn copy_dir(
     let mode = fstat(src.as_fd())?.st_mode & 0o7777;
     mkdirat(to_dir, to_name, Mode::from_bits_truncate(0o700))?;
     let dst = open_dir(to_dir, to_name)?;
-    let mut listing = nix::dir::Dir::from_fd(src.try_clone()?)?;
-    let names: Vec<OsString> = listing
+    // The listing's descriptor is closed before recursing: a deep tree holds two per level.
+    let names: Vec<OsString> = nix::dir::Dir::from_fd(src.try_clone()?)?
         .iter()
         .map(|e| e.map(|e| OsStr::from_bytes(e.file_name().to_bytes()).to_owned()))
         .collect::<nix::Result<_>>()?;
