@@ -25,6 +25,11 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a viewer that is done may take to write what was typed before it hangs up.
+const HANG_UP_WAIT: Duration = Duration::from_secs(2);
+
+mod writer;
+use writer::Writer;
 
 /// Where and how to watch a channel.
 #[derive(Clone)]
@@ -85,6 +90,7 @@ pub enum ViewerError {
 pub struct Viewer {
     events: mpsc::Receiver<ViewerEvent>,
     input: mpsc::Sender<Input>,
+    follower: tokio::task::JoinHandle<()>,
 }
 
 /// What the viewer sends towards the agent, queued in the order it was produced.
@@ -111,8 +117,8 @@ impl Viewer {
         };
         follower.next_seq = follower.config.resume_from_seq;
         follower.note_ack(ack).await;
-        tokio::spawn(follower.run(socket));
-        Ok(Viewer { events, input })
+        let follower = tokio::spawn(follower.run(socket));
+        Ok(Viewer { events, input, follower })
     }
 
     /// The next event; `None` after `Closed` (or if the viewer task ended).
@@ -130,6 +136,15 @@ impl Viewer {
     /// re-sent after a reconnect).
     pub async fn resize(&self, cols: u32, rows: u32) {
         let _ = self.input.send(Input::Resize { cols, rows }).await;
+    }
+
+    /// Disconnects once what was typed has been written (dropping the viewer may cut it off),
+    /// waiting at most `within`; output arriving meanwhile is discarded.
+    pub async fn close(self, within: Duration) {
+        let Viewer { mut events, input, follower } = self;
+        drop(input);
+        let discard = async { while events.recv().await.is_some() {} };
+        let _ = tokio::time::timeout(within, async { tokio::join!(follower, discard) }).await;
     }
 
     /// A handle on the input queue apart from the viewer, so one task can wait for room in it
@@ -191,7 +206,7 @@ enum Stretch {
 impl Follower {
     async fn run(mut self, mut socket: Socket) {
         loop {
-            match self.follow(&mut socket).await {
+            match self.follow(socket).await {
                 Stretch::Over => return,
                 Stretch::Lost(why) => {
                     if self.events.send(ViewerEvent::Reconnecting(why)).await.is_err() {
@@ -241,41 +256,50 @@ impl Follower {
         }
     }
 
-    async fn follow(&mut self, socket: &mut Socket) -> Stretch {
-        while let Some(msg) = self.pending.pop_front() {
-            if let Err(e) = socket.feed(msg).await {
-                return Stretch::Lost(e.to_string());
+    /// One connection: output in, input out (through a [`Writer`], so a send that waits never
+    /// stops the reading), until the connection is lost or the viewer is done.
+    async fn follow(&mut self, socket: Socket) -> Stretch {
+        let (sink, mut stream) = socket.split();
+        let writer = Writer::spawn(sink);
+        // The next message for the writer: input not yet handed over (resent ones first).
+        let mut next: Option<Message> = None;
+        // `None`: the viewer is done.
+        let ended = loop {
+            if next.is_none() {
+                next = self.pending.pop_front();
             }
-        }
-        if let Err(e) = socket.flush().await {
-            return Stretch::Lost(e.to_string());
-        }
-        loop {
-            let outgoing = tokio::select! {
-                msg = socket.next() => match self.on_message(msg).await {
-                    Some(stretch) => return stretch,
-                    None => continue,
+            tokio::select! {
+                msg = stream.next() => if let Some(stretch) = self.on_message(msg).await {
+                    break Some(stretch);
                 },
-                input = self.input.recv() => match input {
-                    Some(Input::Data(data)) => self.input_message(data),
+                input = self.input.recv(), if next.is_none() => match input {
+                    Some(Input::Data(data)) => next = Some(self.input_message(data)),
                     Some(Input::Resize { cols, rows }) => {
                         self.last_size = Some((cols, rows));
-                        resize_message(cols, rows)
+                        next = Some(resize_message(cols, rows));
                     }
-                    None => return self.hang_up(socket).await,
+                    None => break None,
                 },
-            };
-            if let Err(e) = socket.send(outgoing.clone()).await {
-                // Not known to have arrived: keep it for the next connection.
-                self.pending.push_back(outgoing);
-                return Stretch::Lost(e.to_string());
+                permit = writer.queue.reserve(), if next.is_some() => match (permit, next.take()) {
+                    (Ok(permit), Some(msg)) => permit.send(msg),
+                    (_, msg) => {
+                        next = msg;
+                        break Some(Stretch::Lost("the connection stopped taking input".into()));
+                    }
+                },
             }
+        };
+        let Some(stretch) = ended else {
+            // The viewer is done: write what it typed, then hang up.
+            writer.finish(HANG_UP_WAIT).await;
+            return Stretch::Over;
+        };
+        // Not known to have arrived: first in line on the next connection, in order.
+        let unsent = writer.abandon().await;
+        for msg in unsent.into_iter().chain(next).rev() {
+            self.pending.push_front(msg);
         }
-    }
-
-    async fn hang_up(&mut self, socket: &mut Socket) -> Stretch {
-        let _ = socket.close(None).await;
-        Stretch::Over
+        stretch
     }
 
     fn input_message(&mut self, data: Bytes) -> Message {
@@ -428,6 +452,59 @@ mod tests {
     async fn next_frame(frames: &mut mpsc::UnboundedReceiver<Frame>) -> Frame {
         let next = tokio::time::timeout(Duration::from_secs(10), frames.recv()).await;
         next.expect("the viewer sends within 10 s").expect("the relay stand-in is running")
+    }
+
+    /// A stand-in relay that acks the viewer, never reads its input, and after a second (time
+    /// for the viewer's sends to fill the socket) sends `frames` output frames.
+    async fn deaf_relay(frames: u64) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            let _open = ws.next().await;
+            let ack = pb::StreamOpenAck { accepted: true, error: None, resume_from_seq: 0 };
+            ws.send(Message::Binary(Frame::OpenAck(ack).encode())).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            for seq in 0..frames {
+                let frame = pb::StreamFrame { seq, data: Bytes::from_static(b"out"), ..Default::default() };
+                if ws.send(Message::Binary(Frame::Data(frame).encode())).await.is_err() {
+                    return;
+                }
+            }
+            // Hold the connection (unread) until the test ends.
+            std::future::pending::<()>().await;
+        });
+        format!("ws://{addr}/stream")
+    }
+
+    #[tokio::test]
+    async fn output_keeps_coming_while_the_relay_takes_no_input() {
+        const FRAMES: u64 = 500;
+        let config = ViewerConfig {
+            relay_url: deaf_relay(FRAMES).await,
+            channel: pb::StreamChannel::default(),
+            token: "ogs_x.y".into(),
+            resume_from_seq: 0,
+        };
+        let mut viewer = Viewer::connect(config).await.unwrap();
+        // Far more input than the sockets between us can hold.
+        let input = viewer.input();
+        tokio::spawn(async move {
+            for _ in 0..512 {
+                let Some(slot) = input.reserve().await else { return };
+                slot.send(Bytes::from(vec![b'x'; 64 * 1024]));
+            }
+        });
+        let mut seen = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while seen < FRAMES {
+            match tokio::time::timeout_at(deadline, viewer.next()).await {
+                Ok(Some(ViewerEvent::Output(_))) => seen += 1,
+                Ok(other) => panic!("after {seen} frames: {other:?}"),
+                Err(_) => panic!("output stalled after {seen} of {FRAMES} frames behind unread input"),
+            }
+        }
     }
 
     #[tokio::test]

@@ -172,6 +172,7 @@ async fn interact(mut viewer: Viewer, raw: &RawMode) -> anyhow::Result<Ended> {
                     Some(at) => {
                         waiting.push(Pending::Data(data.slice(..at)));
                         waiting.flush(&input, DETACH_FLUSH).await;
+                        viewer.close(DETACH_FLUSH).await;
                         return Ok(Ended::Detached);
                     }
                     None => waiting.push(Pending::Data(data)),
