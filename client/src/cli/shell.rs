@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use clap::Args;
-use tether_client::{Client, InputSlot, Viewer, ViewerConfig, ViewerEvent, ViewerInput, pb};
+use tether_client::{Client, InputSlot, Viewer, ViewerConfig, ViewerError, ViewerEvent, ViewerInput, pb};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
@@ -80,11 +80,25 @@ async fn attach(
     let channel = channel.context("the agent named no channel for the terminal")?;
     let token = credential.token_for(&channel, &session.pty_id, TOKEN_TTL);
     let config = ViewerConfig { relay_url, channel, token, resume_from_seq: 0 };
-    let viewer = Viewer::connect(config).await.context("connecting to the relay")?;
+    let viewer = connect(config).await.context("connecting to the relay")?;
     let raw = RawMode::enter().context("switching the terminal to raw mode")?;
     let ended = interact(viewer, &raw).await;
     drop(raw);
     ended
+}
+
+/// Tries to reach the relay for a few seconds: one that just restarted may be busy (503)
+/// while every agent and viewer reconnects at once. A refusal is final.
+async fn connect(config: ViewerConfig) -> Result<Viewer, ViewerError> {
+    let mut pause = Duration::from_millis(200);
+    for _ in 0..5 {
+        match Viewer::connect(config.clone()).await {
+            Err(ViewerError::Unreachable(_)) => tokio::time::sleep(pause).await,
+            done => return done,
+        }
+        pause *= 2;
+    }
+    Viewer::connect(config).await
 }
 
 /// How the interactive part ended.
