@@ -428,25 +428,44 @@ mod tests {
         assert!(!message.contains("TLS support not compiled"), "{message}");
     }
 
-    /// A stand-in relay: accepts one viewer, acks its StreamOpen, and hands every frame the
-    /// viewer sends after that to the test, in the order they arrived.
-    async fn recording_relay() -> (String, mpsc::UnboundedReceiver<Frame>) {
+    type Peer = WebSocketStream<TcpStream>;
+
+    /// A stand-in relay on a free loopback port: accepts one viewer, acks its StreamOpen, and
+    /// hands the socket to `serve`. Returns the config of a viewer for it.
+    async fn stand_in_relay<F>(serve: impl FnOnce(Peer) -> F + Send + 'static) -> ViewerConfig
+    where
+        F: std::future::Future<Output = ()> + Send,
+    {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
             let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
             let _open = ws.next().await;
             let ack = pb::StreamOpenAck { accepted: true, error: None, resume_from_seq: 0 };
             ws.send(Message::Binary(Frame::OpenAck(ack).encode())).await.unwrap();
+            serve(ws).await;
+        });
+        ViewerConfig {
+            relay_url: format!("ws://{addr}/stream"),
+            channel: pb::StreamChannel::default(),
+            token: "ogs_x.y".into(),
+            resume_from_seq: 0,
+        }
+    }
+
+    /// A stand-in relay handing every frame the viewer sends to the test, in arrival order.
+    async fn recording_relay() -> (ViewerConfig, mpsc::UnboundedReceiver<Frame>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let config = stand_in_relay(|mut ws| async move {
             while let Some(Ok(Message::Binary(bytes))) = ws.next().await {
                 if tx.send(Frame::decode(bytes).unwrap()).is_err() {
                     return;
                 }
             }
-        });
-        (format!("ws://{addr}/stream"), rx)
+        })
+        .await;
+        (config, rx)
     }
 
     async fn next_frame(frames: &mut mpsc::UnboundedReceiver<Frame>) -> Frame {
@@ -454,17 +473,10 @@ mod tests {
         next.expect("the viewer sends within 10 s").expect("the relay stand-in is running")
     }
 
-    /// A stand-in relay that acks the viewer, never reads its input, and after a second (time
-    /// for the viewer's sends to fill the socket) sends `frames` output frames.
-    async fn deaf_relay(frames: u64) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-            let _open = ws.next().await;
-            let ack = pb::StreamOpenAck { accepted: true, error: None, resume_from_seq: 0 };
-            ws.send(Message::Binary(Frame::OpenAck(ack).encode())).await.unwrap();
+    /// A stand-in relay that never reads the viewer's input and, after a second (time for the
+    /// viewer's sends to fill the socket), sends `frames` output frames.
+    async fn deaf_relay(frames: u64) -> ViewerConfig {
+        stand_in_relay(move |mut ws| async move {
             tokio::time::sleep(Duration::from_secs(1)).await;
             for seq in 0..frames {
                 let frame = pb::StreamFrame { seq, data: Bytes::from_static(b"out"), ..Default::default() };
@@ -474,20 +486,14 @@ mod tests {
             }
             // Hold the connection (unread) until the test ends.
             std::future::pending::<()>().await;
-        });
-        format!("ws://{addr}/stream")
+        })
+        .await
     }
 
     #[tokio::test]
     async fn output_keeps_coming_while_the_relay_takes_no_input() {
         const FRAMES: u64 = 500;
-        let config = ViewerConfig {
-            relay_url: deaf_relay(FRAMES).await,
-            channel: pb::StreamChannel::default(),
-            token: "ogs_x.y".into(),
-            resume_from_seq: 0,
-        };
-        let mut viewer = Viewer::connect(config).await.unwrap();
+        let mut viewer = Viewer::connect(deaf_relay(FRAMES).await).await.unwrap();
         // Far more input than the sockets between us can hold.
         let input = viewer.input();
         tokio::spawn(async move {
@@ -509,13 +515,7 @@ mod tests {
 
     #[tokio::test]
     async fn keystrokes_and_resizes_leave_in_the_order_they_were_given() {
-        let (relay_url, mut frames) = recording_relay().await;
-        let config = ViewerConfig {
-            relay_url,
-            channel: pb::StreamChannel::default(),
-            token: "ogs_x.y".into(),
-            resume_from_seq: 0,
-        };
+        let (config, mut frames) = recording_relay().await;
         let viewer = Viewer::connect(config).await.unwrap();
         // Both kinds queued back to back before the viewer task runs: a task choosing between
         // two queues would reorder some of them.
