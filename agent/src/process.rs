@@ -2,11 +2,12 @@
 //! children share: the sanitised base environment (the agent's own credentials never leak into
 //! a command), a session of its own per child (a fresh process group, so a timeout or a fence
 //! can kill the whole tree, and no controlling terminal: a command cannot open the terminal the
-//! agent was started from as `/dev/tty`, to read from it or push input into it), the user's shell, and the pre-exec hooks run between fork and exec. Hooks
-//! come in three kinds, run in this order: per-spawn ones a caller passes for one command
-//! (joining that command's cgroup, its rlimits), the launcher's own, and last the confinement
-//! (confined mode's Landlock ruleset and seccomp filter), so exec and the PTY shell both get
-//! it. A terminal's shell gets its own confinement, which also lets it open its terminal.
+//! agent was started from as `/dev/tty`, to read from it or push input into it), the user's
+//! shell, and the pre-exec hooks run between fork and exec: first the per-spawn ones a caller
+//! passes for one command (joining that command's cgroup, its rlimits), last the confinement
+//! (confined mode's Landlock ruleset, seccomp filter and capability drop), so exec and the PTY
+//! shell both get it. A terminal's shell gets its own confinement, which also lets it open its
+//! terminal.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
@@ -44,7 +45,6 @@ const CREDENTIAL_WORDS: &[&str] = &["TOKEN", "PASS", "CRED", "NKEY", "KEY", "SEC
 pub struct Launcher {
     env: BTreeMap<OsString, OsString>,
     shell: PathBuf,
-    pre_exec: Vec<PreExecHook>,
     confinement: Option<(PreExecHook, TerminalConfinement)>,
 }
 
@@ -65,13 +65,7 @@ impl Launcher {
         let env: BTreeMap<OsString, OsString> =
             vars.into_iter().filter(|(name, value)| !is_secret(name, value, secret_names)).collect();
         let shell = login_shell(env.get(OsStr::new("SHELL")).map(OsString::as_os_str));
-        Self { env, shell, pre_exec: Vec::new(), confinement: None }
-    }
-
-    /// Adds a hook run in every child between fork and exec, after its session is set up, in
-    /// the order added. See [`PreExecHook`] for what a hook may do.
-    pub fn add_pre_exec(&mut self, hook: PreExecHook) {
-        self.pre_exec.push(hook);
+        Self { env, shell, confinement: None }
     }
 
     /// Confines every child: `every` runs last in each child, except a terminal's shell, which
@@ -109,7 +103,7 @@ impl Launcher {
     }
 
     /// A command for `program args` in `cwd`, with the base environment plus `extra_env`, its
-    /// own session, the `per_spawn` hooks then the launcher's (its confinement last),
+    /// own session, the `per_spawn` hooks then the confinement,
     /// stdin/stdout/stderr piped, and no kill on drop (the caller owns the group's lifetime
     /// through [`kill_group`]).
     pub fn command(
@@ -128,21 +122,9 @@ impl Launcher {
         cmd
     }
 
-    /// The same, as a `std` command with stdio left to the caller, and the launcher's hooks only.
-    #[cfg(test)]
-    fn std_command(
-        &self,
-        program: &OsStr,
-        args: &[OsString],
-        cwd: &Path,
-        extra_env: &HashMap<String, String>,
-    ) -> std::process::Command {
-        self.build(program, args, cwd, extra_env, self.hooks(&[], self.common_confinement()))
-    }
-
     /// The command of a terminal's shell, whose terminal device is `tty`: a new session, the
-    /// `per_spawn` hooks (the cgroup of its `sandbox::CommandLimits`), the launcher's, and the
-    /// confinement prepared for this terminal (blocking: it builds a ruleset). Stdio is left to
+    /// `per_spawn` hooks (the cgroup of its `sandbox::CommandLimits`), and the confinement
+    /// prepared for this terminal (blocking: it builds a ruleset). Stdio is left to
     /// the caller.
     pub fn terminal_command(
         &self,
@@ -167,7 +149,7 @@ impl Launcher {
 
     /// The hooks of one child, in the order they run.
     fn hooks(&self, per_spawn: &[PreExecHook], confine: Option<PreExecHook>) -> Vec<PreExecHook> {
-        per_spawn.iter().chain(&self.pre_exec).cloned().chain(confine).collect()
+        per_spawn.iter().cloned().chain(confine).collect()
     }
 
     fn build(
@@ -199,7 +181,6 @@ impl fmt::Debug for Launcher {
         f.debug_struct("Launcher")
             .field("env_vars", &self.env.len())
             .field("shell", &self.shell)
-            .field("pre_exec_hooks", &self.pre_exec.len())
             .field("confined", &self.confinement.is_some())
             .finish()
     }
@@ -332,18 +313,10 @@ mod tests {
     }
 
     #[test]
-    fn pre_exec_hook_runs_in_child_and_can_fail_the_spawn() {
+    fn per_spawn_hooks_run_in_the_child_before_the_confinement_and_can_fail_the_spawn() {
         let mut l = Launcher::from_env(std::env::vars_os(), &[] as &[&str]);
-        l.add_pre_exec(Arc::new(|| Err(io::Error::from_raw_os_error(libc::EPERM))));
-        let mut cmd = l.std_command(OsStr::new("true"), &[], Path::new("/"), &HashMap::new());
-        let err = cmd.status().unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(libc::EPERM));
-    }
-
-    #[test]
-    fn per_spawn_hooks_run_before_the_launchers_own() {
-        let mut l = Launcher::from_env(std::env::vars_os(), &[] as &[&str]);
-        l.add_pre_exec(Arc::new(|| Err(io::Error::from_raw_os_error(libc::EACCES))));
+        let refuse: TerminalConfinement = Arc::new(|_: &Path| unreachable!("no terminal here"));
+        l.set_confinement(Arc::new(|| Err(io::Error::from_raw_os_error(libc::EACCES))), refuse);
         let first: PreExecHook = Arc::new(|| Err(io::Error::from_raw_os_error(libc::EPERM)));
         let cmd = l.command(OsStr::new("true"), &[], Path::new("/"), &HashMap::new(), &[first]);
         let err = cmd.into_std().status().unwrap_err();
@@ -365,8 +338,8 @@ mod tests {
             }),
         );
         let none = HashMap::new();
-        let mut cmd = l.std_command(OsStr::new("true"), &[], Path::new("/"), &none);
-        assert_eq!(cmd.status().unwrap_err().raw_os_error(), Some(libc::EACCES));
+        let cmd = l.command(OsStr::new("true"), &[], Path::new("/"), &none, &[]);
+        assert_eq!(cmd.into_std().status().unwrap_err().raw_os_error(), Some(libc::EACCES));
         let tty = Path::new("/dev/pts/7");
         let mut cmd = l.terminal_command(OsStr::new("true"), &[], Path::new("/"), &none, tty, &[]).unwrap();
         assert_eq!(cmd.status().unwrap_err().raw_os_error(), Some(libc::EPERM));

@@ -236,7 +236,7 @@ impl Terminals {
                     Ok(Ok(Err(e))) => e.to_string(),
                     _ => format!("the relay did not accept the terminal's channel within {OPEN_WAIT:?}"),
                 };
-                Err(OpError::new(pb::ErrorCode::Stream, message).retryable())
+                Err(session::not_accepted(message))
             }
         };
         session.set_accepted(accepted.clone());

@@ -119,11 +119,9 @@ impl Session {
             Ok(Ok(outcome)) => outcome.clone().unwrap_or(Ok(())),
             // The sender lives in `self`: it cannot be gone while we wait.
             Ok(Err(_)) => Ok(()),
-            Err(_) => Err(OpError::new(
-                pb::ErrorCode::Stream,
-                format!("the relay did not accept the terminal's channel within {within:?}"),
-            )
-            .retryable()),
+            Err(_) => Err(not_accepted(format!(
+                "the relay did not accept the terminal's channel within {within:?}"
+            ))),
         }
     }
 
@@ -287,4 +285,9 @@ async fn hang_up(child: &mut Child, pgid: Pid) {
         let _ = kill_group(pgid, Signal::SIGKILL);
         let _ = child.wait().await;
     }
+}
+
+/// pty_open's answer when the relay did not take the channel (retryable: the relay may be back).
+pub fn not_accepted(message: String) -> OpError {
+    OpError::new(pb::ErrorCode::Stream, message).retryable()
 }
