@@ -31,7 +31,7 @@ use nix::unistd::Pid;
 pub type PreExecHook = Arc<dyn Fn() -> io::Result<()> + Send + Sync>;
 
 /// Prepares, before the spawn (it may block and allocate), the confinement of a terminal's shell
-/// whose terminal device is the path given; the hook replaces the launcher's confinement.
+/// whose terminal device is the path given; the hook replaces the common confinement.
 pub type TerminalConfinement = Arc<dyn Fn(&Path) -> io::Result<PreExecHook> + Send + Sync>;
 
 /// Fallback shell when neither `$SHELL` nor the passwd entry names a usable one.

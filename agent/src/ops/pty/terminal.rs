@@ -40,7 +40,7 @@ pub struct Spec {
     pub env: HashMap<String, String>,
     pub cols: u16,
     pub rows: u16,
-    /// Pre-exec steps of this terminal's limits (cgroup, rlimits), run before the launcher's.
+    /// Pre-exec steps of this terminal's limits (cgroup, rlimits), run before its confinement.
     pub hooks: Vec<PreExecHook>,
 }
 
