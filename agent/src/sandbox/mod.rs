@@ -234,10 +234,11 @@ impl Sandbox {
         if let Some(tmpdir) = &self.tmpdir {
             launcher.set_base_env("TMPDIR", tmpdir.as_os_str().to_owned());
         }
+        let executable = rules::Executable::new(&self.rules, &canonical);
         if let Some(path) = launcher.base_env().get(&OsString::from("PATH")).cloned() {
-            launcher.set_base_env("PATH", rules::confined_path_var(&path, &self.rules, &canonical));
+            launcher.set_base_env("PATH", executable.path_var(&path));
         }
-        let may_exec = |p: &Path| rules::may_execute(p, &self.rules, &canonical);
+        let may_exec = |p: &Path| executable.allows(p);
         let shell = rules::confined_shell(&launcher.shell(), &may_exec, &crate::process::is_executable);
         if shell != launcher.shell() {
             tracing::info!(

@@ -150,23 +150,36 @@ fn ssh_host_keys(list_dir: &dyn Fn(&Path) -> Vec<PathBuf>) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Whether a confined command could execute `path`: it lies beneath a read-exec or read-write
-/// rule. `canonical` resolves symlinks (`/bin` -> `/usr/bin`).
-pub fn may_execute(path: &Path, rules: &[Rule], canonical: &dyn Fn(&Path) -> PathBuf) -> bool {
-    let path = canonical(path);
-    rules
-        .iter()
-        .filter(|r| matches!(r.grant, Grant::ReadExec | Grant::ReadWrite))
-        .any(|r| path.starts_with(canonical(&r.path)))
+/// Where a confined command may execute from: beneath a read-exec or read-write rule.
+pub struct Executable<'a> {
+    roots: Vec<PathBuf>,
+    canonical: &'a dyn Fn(&Path) -> PathBuf,
 }
 
-/// `PATH` for confined children: the entries a confined command could not execute from (e.g.
-/// `~/.cargo/bin`) are dropped, so a shell finds the system's `python3` instead of failing on a
-/// shim in the home directory. Relative entries (the working directory) stay.
-pub fn confined_path_var(path: &OsStr, rules: &[Rule], canonical: &dyn Fn(&Path) -> PathBuf) -> OsString {
-    let kept = std::env::split_paths(path)
-        .filter(|entry| entry.is_relative() || may_execute(entry, rules, canonical));
-    std::env::join_paths(kept).unwrap_or_default()
+impl<'a> Executable<'a> {
+    /// `canonical` resolves symlinks (`/bin` -> `/usr/bin`); the rules are resolved once, here.
+    pub fn new(rules: &[Rule], canonical: &'a dyn Fn(&Path) -> PathBuf) -> Self {
+        let roots = rules
+            .iter()
+            .filter(|r| matches!(r.grant, Grant::ReadExec | Grant::ReadWrite))
+            .map(|r| canonical(&r.path))
+            .collect();
+        Executable { roots, canonical }
+    }
+
+    /// Whether a confined command could execute `path`.
+    pub fn allows(&self, path: &Path) -> bool {
+        let path = (self.canonical)(path);
+        self.roots.iter().any(|root| path.starts_with(root))
+    }
+
+    /// `PATH` for confined children: the entries a confined command could not execute from
+    /// (e.g. `~/.cargo/bin`) are dropped, so a shell finds the system's `python3` instead of
+    /// failing on a shim in the home directory. Relative entries (the working directory) stay.
+    pub fn path_var(&self, path: &OsStr) -> OsString {
+        let kept = std::env::split_paths(path).filter(|entry| entry.is_relative() || self.allows(entry));
+        std::env::join_paths(kept).unwrap_or_default()
+    }
 }
 
 /// The login shell for confined children: the user's own when they could execute it; else the
@@ -351,7 +364,8 @@ mod tests {
     #[test]
     fn a_shell_under_the_home_directory_is_swapped_for_the_system_one() {
         let rules = rules(&inputs(), &view());
-        let may = |p: &Path| may_execute(p, &rules, &canonical);
+        let executable = Executable::new(&rules, &canonical);
+        let may = |p: &Path| executable.allows(p);
         let everywhere = |_: &Path| true;
         let nowhere = |_: &Path| false;
         assert_eq!(confined_shell(Path::new("/usr/bin/zsh"), &may, &everywhere), Path::new("/usr/bin/zsh"));
@@ -365,7 +379,7 @@ mod tests {
         let rules = rules(&inputs(), &view());
         let path =
             OsStr::new("/root/.cargo/bin:/usr/local/bin:/usr/bin:/bin:/home/me/sandbox/bin:.:/snap/bin");
-        let kept = confined_path_var(path, &rules, &canonical);
+        let kept = Executable::new(&rules, &canonical).path_var(path);
         assert_eq!(kept, OsStr::new("/usr/local/bin:/usr/bin:/bin:/home/me/sandbox/bin:."));
     }
 }
