@@ -392,13 +392,15 @@ impl StallingProxy {
         let (stall, count) = (stalled.clone(), held.clone());
         let task = tokio::spawn(async move {
             let mut unanswered = Vec::new();
+            // Owned here, so aborting the proxy cuts the forwarded connections too.
+            let mut forwarding = tokio::task::JoinSet::new();
             while let Ok((mut inbound, _)) = listener.accept().await {
                 if stall.load(Ordering::SeqCst) {
                     unanswered.push(inbound);
                     count.fetch_add(1, Ordering::SeqCst);
                     continue;
                 }
-                tokio::spawn(async move {
+                forwarding.spawn(async move {
                     if let Ok(mut outbound) = TcpStream::connect(target).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                     }

@@ -41,9 +41,7 @@ impl CommandCgroup {
     pub(super) fn set_join(&mut self, fds: Vec<OwnedFd>) {
         self.join = Arc::new(fds);
     }
-}
 
-impl CommandCgroup {
     /// The pre-exec step that moves the child into the cgroups: one `write("0")` per
     /// pre-opened `cgroup.procs`. Async-signal-safe (see `PreExecHook`).
     pub fn hook(&self) -> PreExecHook {
