@@ -10,6 +10,10 @@ pub fn kind_name(kind: pb::FsEntryKind) -> &'static str {
         pb::FsEntryKind::File => "file",
         pb::FsEntryKind::Directory => "dir",
         pb::FsEntryKind::Symlink => "link",
+        pb::FsEntryKind::Fifo => "fifo",
+        pb::FsEntryKind::Socket => "socket",
+        pb::FsEntryKind::BlockDevice => "blockdev",
+        pb::FsEntryKind::CharDevice => "chardev",
         pb::FsEntryKind::Unspecified => "?",
     }
 }
