@@ -74,6 +74,10 @@ pub struct RunArgs {
     /// Most processes one command may have at once; 0 = no cap [default: 512].
     #[arg(long, env = "TETHER_MAX_PROCESSES")]
     pub max_processes: Option<u32>,
+    /// Serve even when the NATS server lets clients in without credentials (loopback
+    /// development only: anyone who reaches such a server can send and answer requests).
+    #[arg(long, env = "TETHER_ALLOW_UNAUTHENTICATED_NATS", num_args = 0..=1, default_missing_value = "true")]
+    pub allow_unauthenticated_nats: Option<bool>,
     /// NATS user name (the password comes from TETHER_NATS_PASSWORD or --nats-password-file).
     #[arg(long, env = "TETHER_NATS_USER")]
     pub nats_user: Option<String>,
@@ -121,6 +125,7 @@ struct FileConfig {
     max_in_flight: Option<usize>,
     #[serde(default, with = "humantime_serde_opt")]
     shutdown_grace: Option<Duration>,
+    allow_unauthenticated_nats: Option<bool>,
     nats_user: Option<String>,
     nats_password_file: Option<PathBuf>,
     nats_token_file: Option<PathBuf>,
@@ -213,6 +218,8 @@ pub struct Config {
     pub max_in_flight: usize,
     pub shutdown_grace: Duration,
     pub nats_auth: NatsAuth,
+    /// Serve even when the NATS server admits clients without credentials.
+    pub allow_unauthenticated_nats: bool,
     pub nats_tls_ca: Option<PathBuf>,
     pub relay: Option<RelayLink>,
     pub pty_idle_timeout: Duration,
@@ -299,6 +306,10 @@ impl Config {
             max_in_flight,
             shutdown_grace: args.shutdown_grace.or(file.shutdown_grace).unwrap_or(Duration::from_secs(5)),
             nats_auth,
+            allow_unauthenticated_nats: args
+                .allow_unauthenticated_nats
+                .or(file.allow_unauthenticated_nats)
+                .unwrap_or(false),
             nats_tls_ca: args.nats_tls_ca.or(file.nats_tls_ca),
             relay,
             pty_idle_timeout: args
