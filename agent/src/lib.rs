@@ -12,6 +12,7 @@ pub mod paths;
 pub mod process;
 pub mod sandbox;
 pub mod serve;
+pub mod size;
 pub mod stream;
 
 pub use error::{OpError, OpResult};
