@@ -4,10 +4,10 @@
 //! workspace root and a private temp directory and read only the system's programs, libraries
 //! and configuration, and under resource limits (a process cap per command and one for all
 //! commands together, a default memory limit, and the memory and CPU limits a request asks
-//! for). It may signal, and connect to the Unix sockets of, only the
-//! processes of its own command (where the kernel allows: see `ruleset` and `seccomp`), and it
-//! does not inherit the addresses of the user's sockets (`SSH_AUTH_SOCK`, D-Bus, X11, ...), and
-//! it holds no Linux capabilities, even under an agent running as root (`privileges`).
+//! for). It may signal, and connect to the Unix sockets of, only the processes of its own
+//! command (where the kernel allows: see `ruleset` and `seccomp`), and it does not inherit
+//! the addresses of the user's sockets (`SSH_AUTH_SOCK`, D-Bus, X11, ...), and it holds no
+//! Linux capabilities, even under an agent running as root (`privileges`).
 //! [`Sandbox`] is built once at startup from the configuration and what the kernel offers; it
 //! installs the static part into the [`Launcher`] (and what a terminal's own ruleset is built
 //! from), decides whether a command may run at all ([`Sandbox::admit`]), prepares each
@@ -164,6 +164,11 @@ impl Sandbox {
         let max_total_processes = cap_total_processes(cgroups.as_deref(), config.confine.max_total_processes);
         let memory_cgroup = cgroups.as_ref().is_some_and(|c| c.has(Controller::Memory));
         let default_memory_max = limits::default_memory_max(memory_cgroup, config.confine.default_memory_max);
+        tracing::info!(
+            max_total_processes,
+            default_memory_max,
+            "limits of all commands together and by default"
+        );
         let mut sandbox = Sandbox {
             policy: CommandPolicy {
                 confinement: Confinement::WholeMachine,
