@@ -118,7 +118,7 @@ impl Dispatcher {
             Op::Exec(req) => {
                 self.sandbox.admit()?;
                 let cwd = paths.resolve_cwd(&req.cwd)?;
-                let limits = self.command_limits(resources).await?;
+                let limits = self.command_limits(resources, &admission).await?;
                 Reply::Exec(
                     exec::exec(&self.launcher, limits, cwd, req, budget, admission.cancel.clone()).await?,
                 )
@@ -134,7 +134,7 @@ impl Dispatcher {
             Op::PtyOpen(req) => {
                 self.sandbox.admit()?;
                 let cwd = paths.resolve_cwd(&req.cwd)?;
-                let limits = self.command_limits(resources).await?;
+                let limits = self.command_limits(resources, &admission).await?;
                 let fenced = FencedBy { scope: scope.to_owned(), epoch, cancel: admission.cancel.clone() };
                 Reply::PtyOpen(self.terminals.open(req, cwd, limits, fenced).await?)
             }
@@ -145,13 +145,15 @@ impl Dispatcher {
         })
     }
 
-    /// The limits of one command (its cgroup is made off the async workers).
+    /// The limits of one command (its cgroup is made off the async workers); what it leaves
+    /// running is killed when its admission is cancelled (an epoch advance, shutdown).
     async fn command_limits(
         &self,
         resources: Option<pb::OperationResourcePolicy>,
+        admission: &Admission,
     ) -> OpResult<CommandLimits> {
-        let sandbox = self.sandbox.clone();
-        tokio::task::spawn_blocking(move || sandbox.limits(resources.as_ref()))
+        let (sandbox, until) = (self.sandbox.clone(), admission.cancel.clone());
+        tokio::task::spawn_blocking(move || sandbox.limits(resources.as_ref(), until))
             .await
             .map_err(|e| OpError::os(format!("preparing the command's limits failed: {e}")))?
     }
