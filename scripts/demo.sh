@@ -22,12 +22,16 @@ cleanup() {
 trap cleanup EXIT
 
 mkdir -p "$work/root" "$work/state"
-nats-server -a 127.0.0.1 -p "$port" >"$work/nats.log" 2>&1 & pids+=($!)
+# NATS with a fresh token (in a 0600 config file, not on a command line): the agent refuses a
+# server that lets anyone in.
+export TETHER_NATS_TOKEN="$(head -c 24 /dev/urandom | base64 | tr -d '/+=')"
+(umask 077; printf 'listen: "127.0.0.1:%s"\nauthorization { token: "%s" }\n' "$port" "$TETHER_NATS_TOKEN" >"$work/nats.conf")
+nats-server -c "$work/nats.conf" >"$work/nats.log" 2>&1 & pids+=($!)
 
 # Fresh relay secrets for this run; they live in this script's environment only.
 export TETHER_RELAY_PRODUCER_SECRET="$(head -c 32 /dev/urandom | base64)"
 export TETHER_RELAY_VIEWER_SECRET="$(head -c 32 /dev/urandom | base64)"
-"$bin/tether-relay" --bind "127.0.0.1:$relay_port" 2>"$work/relay.log" & pids+=($!)
+env -u TETHER_NATS_TOKEN "$bin/tether-relay" --bind "127.0.0.1:$relay_port" 2>"$work/relay.log" & pids+=($!)
 
 export TETHER_NATS_URL="nats://127.0.0.1:$port" TETHER_WORKSPACE_ID=demo TETHER_AGENT_ID=laptop
 export TETHER_RELAY_URL="ws://127.0.0.1:$relay_port/stream"

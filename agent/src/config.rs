@@ -78,6 +78,17 @@ pub struct RunArgs {
     /// Most processes one command may have at once; 0 = no cap [default: 512].
     #[arg(long, env = "TETHER_MAX_PROCESSES")]
     pub max_processes: Option<u32>,
+    /// Serve even when the NATS server lets clients in without credentials (loopback
+    /// development only: anyone who reaches such a server can send and answer requests).
+    #[arg(long, env = "TETHER_ALLOW_UNAUTHENTICATED_NATS", num_args = 0..=1, default_missing_value = "true")]
+    pub allow_unauthenticated_nats: Option<bool>,
+    /// Most processes all commands together may have at once; 0 = no cap [default: 4096].
+    #[arg(long, env = "TETHER_MAX_TOTAL_PROCESSES")]
+    pub max_total_processes: Option<u32>,
+    /// Memory limit of a command whose request sets none, e.g. "4G"; 0 = none [default: half
+    /// the machine's RAM].
+    #[arg(long, env = "TETHER_DEFAULT_MEMORY_MAX", value_parser = crate::size::parse)]
+    pub default_memory_max: Option<u64>,
     /// NATS user name (the password comes from TETHER_NATS_PASSWORD or --nats-password-file).
     #[arg(long, env = "TETHER_NATS_USER")]
     pub nats_user: Option<String>,
@@ -125,6 +136,7 @@ struct FileConfig {
     max_in_flight: Option<usize>,
     #[serde(default, with = "humantime_serde_opt")]
     shutdown_grace: Option<Duration>,
+    allow_unauthenticated_nats: Option<bool>,
     nats_user: Option<String>,
     nats_password_file: Option<PathBuf>,
     nats_token_file: Option<PathBuf>,
@@ -147,12 +159,18 @@ struct ConfineFile {
     #[serde(default)]
     write: Vec<PathBuf>,
     max_processes: Option<u32>,
+    max_total_processes: Option<u32>,
+    #[serde(default, with = "crate::size::serde_opt")]
+    default_memory_max: Option<u64>,
     allow_unconfined_commands: Option<bool>,
     allow_agent_server_ports: Option<bool>,
 }
 
 /// Default cap on the processes of one command: room for a parallel build, not for a fork bomb.
 pub const DEFAULT_MAX_PROCESSES: u32 = 512;
+/// Default cap on the processes of all commands together: well below the kernel's default
+/// `pid_max` (32768 on small machines), so commands cannot take every pid the host has.
+pub const DEFAULT_MAX_TOTAL_PROCESSES: u32 = 4096;
 
 /// How commands are confined (see `sandbox`). Paths are absolute, `~/` already expanded.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -163,6 +181,10 @@ pub struct ConfineConfig {
     pub write: Vec<PathBuf>,
     /// Most processes per command; 0 = no cap.
     pub max_processes: u32,
+    /// Most processes of all commands together; 0 = no cap.
+    pub max_total_processes: u32,
+    /// Memory limit of a command whose request sets none; 0 = none, `None` = half the RAM.
+    pub default_memory_max: Option<u64>,
     /// Run commands without Landlock when the kernel has none, instead of refusing them.
     pub allow_unconfined_commands: bool,
     /// Let commands connect to the ports of the agent's NATS servers and relay.
@@ -220,6 +242,8 @@ pub struct Config {
     pub max_in_flight: usize,
     pub shutdown_grace: Duration,
     pub nats_auth: NatsAuth,
+    /// Serve even when the NATS server admits clients without credentials.
+    pub allow_unauthenticated_nats: bool,
     pub nats_tls_ca: Option<PathBuf>,
     pub relay: Option<RelayLink>,
     pub pty_idle_timeout: Duration,
@@ -278,6 +302,8 @@ impl Config {
                 read: args.confine_read,
                 write: args.confine_write,
                 max_processes: args.max_processes,
+                max_total_processes: args.max_total_processes,
+                default_memory_max: args.default_memory_max,
                 allow_unconfined_commands: args.allow_unconfined_commands,
                 allow_agent_server_ports: args.allow_agent_server_ports,
             },
@@ -307,6 +333,10 @@ impl Config {
             max_in_flight,
             shutdown_grace: args.shutdown_grace.or(file.shutdown_grace).unwrap_or(Duration::from_secs(5)),
             nats_auth,
+            allow_unauthenticated_nats: args
+                .allow_unauthenticated_nats
+                .or(file.allow_unauthenticated_nats)
+                .unwrap_or(false),
             nats_tls_ca: args.nats_tls_ca.or(file.nats_tls_ca),
             relay,
             pty_idle_timeout: args
@@ -335,6 +365,11 @@ fn confine_config(
         read: expand(pick(given.read, file.read))?,
         write: expand(pick(given.write, file.write))?,
         max_processes: given.max_processes.or(file.max_processes).unwrap_or(DEFAULT_MAX_PROCESSES),
+        max_total_processes: given
+            .max_total_processes
+            .or(file.max_total_processes)
+            .unwrap_or(DEFAULT_MAX_TOTAL_PROCESSES),
+        default_memory_max: given.default_memory_max.or(file.default_memory_max),
         allow_unconfined_commands: given
             .allow_unconfined_commands
             .or(file.allow_unconfined_commands)
@@ -508,6 +543,8 @@ nats_url = ["nats://a:1", "nats://b:2"]"#
 read = ["~/.cargo", "/srv/data"]
 write = ["/var/cache/build"]
 max_processes = 64
+max_total_processes = 300
+default_memory_max = "2G"
 allow_unconfined_commands = true
 allow_agent_server_ports = true"#
         )
@@ -534,25 +571,33 @@ allow_agent_server_ports = true"#
         assert_eq!(c.confine.read, [PathBuf::from("/home/me/.cargo"), PathBuf::from("/srv/data")]);
         assert_eq!(c.confine.write, [PathBuf::from("/scratch")], "the flag replaces the file's list");
         assert_eq!(c.confine.max_processes, 64);
+        assert_eq!((c.confine.max_total_processes, c.confine.default_memory_max), (300, Some(2 << 30)));
         assert!(c.confine.allow_unconfined_commands);
         assert!(c.confine.allow_agent_server_ports);
 
         let args = RunArgs {
             config: Some(file.path().to_owned()),
             max_processes: Some(0),
+            default_memory_max: Some(0),
             allow_unconfined_commands: Some(false),
             allow_agent_server_ports: Some(false),
             ..base_args()
         };
         let c = Config::resolve(args, env).unwrap();
         assert_eq!(c.confine.max_processes, 0);
+        assert_eq!(c.confine.default_memory_max, Some(0), "0 (none) given as a flag wins over the file");
         assert!(!c.confine.allow_unconfined_commands && !c.confine.allow_agent_server_ports);
     }
 
     #[test]
     fn confine_paths_must_be_absolute_and_default_to_nothing_extra() {
         let c = Config::resolve(base_args(), no_env).unwrap();
-        assert_eq!(c.confine, ConfineConfig { max_processes: DEFAULT_MAX_PROCESSES, ..Default::default() });
+        let defaults = ConfineConfig {
+            max_processes: DEFAULT_MAX_PROCESSES,
+            max_total_processes: DEFAULT_MAX_TOTAL_PROCESSES,
+            ..Default::default()
+        };
+        assert_eq!(c.confine, defaults);
         let args = RunArgs { confine_read: vec!["relative/dir".into()], ..base_args() };
         let err = Config::resolve(args, no_env).unwrap_err().to_string();
         assert!(err.contains("relative/dir") && err.contains("absolute"), "{err}");

@@ -11,7 +11,7 @@ use tether_proto::pb::{self, control_request::Op, control_response::Result as Re
 use tracing::Instrument;
 
 use crate::error::{OpError, OpResult};
-use crate::fence::{Admission, Fence};
+use crate::fence::{Admission, Fence, scope_label};
 use crate::ops::pty::{FencedBy, Terminals};
 use crate::ops::{exec, fs, metrics::MetricsSampler};
 use crate::paths::Paths;
@@ -56,19 +56,20 @@ impl Dispatcher {
     /// Serves one request and returns the encoded `ControlResponse`, never larger than
     /// `max_payload`.
     pub async fn handle(&self, payload: Bytes, max_payload: usize) -> Bytes {
-        let request = match pb::ControlRequest::decode(payload) {
-            Ok(request) => request,
-            Err(e) => {
-                let err = OpError::protocol(format!("undecodable ControlRequest: {e}"));
-                return encode(String::new(), Err(err), max_payload);
-            }
-        };
+        match decode(payload, max_payload) {
+            Ok(request) => self.handle_request(request, max_payload).await,
+            Err(reply) => reply,
+        }
+    }
+
+    /// [`Dispatcher::handle`] for a request already decoded.
+    pub async fn handle_request(&self, request: pb::ControlRequest, max_payload: usize) -> Bytes {
         let span = tracing::info_span!(
             "request",
             request_id = %request.request_id,
             op = op_name(request.op.as_ref()),
             epoch = request.epoch,
-            fence_scope = %request.fence_scope,
+            fence_scope = %scope_label(&request.fence_scope),
         );
         let request_id = request.request_id.clone();
         let budget = max_payload.saturating_sub(ENVELOPE_OVERHEAD + request_id.len());
@@ -117,7 +118,7 @@ impl Dispatcher {
             Op::Exec(req) => {
                 self.sandbox.admit()?;
                 let cwd = paths.resolve_cwd(&req.cwd)?;
-                let limits = self.command_limits(resources).await?;
+                let limits = self.command_limits(resources, &admission).await?;
                 Reply::Exec(
                     exec::exec(&self.launcher, limits, cwd, req, budget, admission.cancel.clone()).await?,
                 )
@@ -133,7 +134,7 @@ impl Dispatcher {
             Op::PtyOpen(req) => {
                 self.sandbox.admit()?;
                 let cwd = paths.resolve_cwd(&req.cwd)?;
-                let limits = self.command_limits(resources).await?;
+                let limits = self.command_limits(resources, &admission).await?;
                 let fenced = FencedBy { scope: scope.to_owned(), epoch, cancel: admission.cancel.clone() };
                 Reply::PtyOpen(self.terminals.open(req, cwd, limits, fenced).await?)
             }
@@ -144,13 +145,15 @@ impl Dispatcher {
         })
     }
 
-    /// The limits of one command (its cgroup is made off the async workers).
+    /// The limits of one command (its cgroup is made off the async workers); what it leaves
+    /// running is killed when its admission is cancelled (an epoch advance, shutdown).
     async fn command_limits(
         &self,
         resources: Option<pb::OperationResourcePolicy>,
+        admission: &Admission,
     ) -> OpResult<CommandLimits> {
-        let sandbox = self.sandbox.clone();
-        tokio::task::spawn_blocking(move || sandbox.limits(resources.as_ref()))
+        let (sandbox, until) = (self.sandbox.clone(), admission.cancel.clone());
+        tokio::task::spawn_blocking(move || sandbox.limits(resources.as_ref(), until))
             .await
             .map_err(|e| OpError::os(format!("preparing the command's limits failed: {e}")))?
     }
@@ -226,10 +229,18 @@ pub fn encode(request_id: String, result: OpResult<Reply>, max_payload: usize) -
         .into()
 }
 
-/// A ready-made reply for requests refused before dispatch (overload, shutdown).
-pub fn refuse(payload: &[u8], err: OpError, max_payload: usize) -> Bytes {
-    let request_id = pb::ControlRequest::decode(payload).map(|r| r.request_id).unwrap_or_default();
-    encode(request_id, Err(err), max_payload)
+/// Decodes a request; an undecodable one gets its (PROTOCOL error) reply instead.
+pub fn decode(payload: Bytes, max_payload: usize) -> Result<pb::ControlRequest, Bytes> {
+    pb::ControlRequest::decode(payload).map_err(|e| {
+        let err = OpError::protocol(format!("undecodable ControlRequest: {e}"));
+        encode(String::new(), Err(err), max_payload)
+    })
+}
+
+/// Ops a control plane uses to tell a busy agent from a dead one: they are served from slots
+/// of their own, so long commands filling every request slot never make them answer DRAINING.
+pub fn is_probe(request: &pb::ControlRequest) -> bool {
+    matches!(request.op, Some(Op::Ping(_) | Op::Metrics(_)))
 }
 
 #[cfg(test)]
@@ -311,11 +322,13 @@ mod tests {
     }
 
     #[test]
-    fn refusals_echo_the_request_id() {
-        let req = pb::ControlRequest { request_id: "abc".into(), ..Default::default() };
-        let bytes = refuse(&req.encode_to_vec(), OpError::draining("busy"), 1 << 20);
-        let resp = pb::ControlResponse::decode(bytes).unwrap();
-        assert_eq!(resp.request_id, "abc");
-        assert_eq!(resp.error.unwrap().code, pb::ErrorCode::Draining as i32);
+    fn only_pings_and_metrics_are_probes_and_garbage_gets_a_protocol_reply() {
+        let req = |op| pb::ControlRequest { request_id: "abc".into(), op: Some(op), ..Default::default() };
+        assert!(is_probe(&req(Op::Ping(pb::PingRequest { nonce: 1 }))));
+        assert!(is_probe(&req(Op::Metrics(pb::MetricsRequest {}))));
+        assert!(!is_probe(&req(touch("x"))));
+        let reply = decode(Bytes::from_static(&[0xff, 0xff, 0xff]), 1 << 20).unwrap_err();
+        let resp = pb::ControlResponse::decode(reply).unwrap();
+        assert_eq!(resp.error.unwrap().code, pb::ErrorCode::Protocol as i32);
     }
 }

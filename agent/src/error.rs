@@ -80,7 +80,8 @@ impl OpError {
     pub fn fenced(scope: &str, op_epoch: u32, held_epoch: u32) -> Self {
         Self::new(
             ErrorCode::Fenced,
-            format!("epoch {op_epoch} is older than the held epoch {held_epoch} of fence scope {scope:?}"),
+            // The scope travels in `detail` only: messages are logged, scope names are not.
+            format!("epoch {op_epoch} is older than the held epoch {held_epoch} of its fence scope"),
         )
         .retryable()
         .with("op_epoch", op_epoch)

@@ -7,21 +7,37 @@
 //! then see the new epoch. Long work (exec) drops the guard after admission and instead holds
 //! the scope's cancellation token, which an advance cancels.
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::Context;
+use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{OpError, OpResult};
 
+mod store;
+
+pub use store::Store;
+
 /// The scope of requests that carry no `fence_scope`.
 pub const DEFAULT_SCOPE: &str = "";
 
-const STATE_FILE: &str = "fence.json";
+/// Longest fence scope accepted, in bytes; a longer one is a PROTOCOL error.
+pub const MAX_SCOPE_BYTES: usize = 256;
+
+/// Furthest one request may move a scope's epoch (from 0 too): a forged or buggy request
+/// cannot push a scope to `u32::MAX` and so lock its own control plane out for ever.
+pub const MAX_EPOCH_JUMP: u32 = 1 << 16;
+
+/// Most scopes the agent keeps. At the cap a new scope expires the least recently used one
+/// idle for at least [`SCOPE_MIN_IDLE`], or is refused (retryable) when none is.
+pub const MAX_SCOPES: usize = 65_536;
+
+/// How long a scope must have seen no request before it may expire.
+pub const SCOPE_MIN_IDLE: Duration = Duration::from_secs(3600);
 
 /// Fencing policy switches from the configuration.
 #[derive(Debug, Clone, Copy, Default)]
@@ -38,14 +54,20 @@ struct ScopeState {
     cancel: CancellationToken,
 }
 
+/// One scope in memory: its lock, and when a request last named it.
+struct Slot {
+    lock: Arc<RwLock<ScopeState>>,
+    used: Instant,
+}
+
 /// The agent's fence: held epochs per scope, and the tokens that cancel their work.
 pub struct Fence {
     policy: FencePolicy,
-    state_file: PathBuf,
+    store: Store,
     shutdown: CancellationToken,
-    scopes: Mutex<HashMap<String, Arc<RwLock<ScopeState>>>>,
-    /// What is on disk; written whole, under this lock, so the last write is a superset.
-    persisted: Arc<Mutex<BTreeMap<String, u32>>>,
+    scopes: Mutex<HashMap<String, Slot>>,
+    /// [`MAX_SCOPES`] and [`SCOPE_MIN_IDLE`], smaller in tests.
+    expiry: (usize, Duration),
 }
 
 /// Permission to run one request. Holding it (with its shared guard) keeps the scope from
@@ -63,32 +85,26 @@ impl Admission {
 }
 
 impl Fence {
-    /// Loads the held epochs from `state_dir`. A corrupt state file is an error: starting over
+    /// Loads the held epochs from `state_dir`. A corrupt record is an error: starting over
     /// from zero would let a stale control plane in.
     pub fn open(state_dir: &Path, policy: FencePolicy, shutdown: CancellationToken) -> anyhow::Result<Fence> {
-        std::fs::create_dir_all(state_dir)
-            .with_context(|| format!("creating state directory {}", state_dir.display()))?;
-        let state_file = state_dir.join(STATE_FILE);
-        let persisted: BTreeMap<String, u32> = match std::fs::read(&state_file) {
-            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
-                format!("fence state {} is corrupt; refusing to forget held epochs", state_file.display())
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", state_file.display())),
-        };
-        let scopes = persisted
-            .iter()
-            .map(|(scope, &held)| {
-                let state = ScopeState { held, cancel: shutdown.child_token() };
-                (scope.clone(), Arc::new(RwLock::new(state)))
+        let (store, loaded) = Store::open(state_dir)?;
+        let now = (Instant::now(), SystemTime::now());
+        let scopes = loaded
+            .into_iter()
+            .map(|(scope, held)| {
+                let idle = now.1.duration_since(held.advanced_at).unwrap_or_default();
+                let state = ScopeState { held: held.held, cancel: shutdown.child_token() };
+                let used = now.0.checked_sub(idle).unwrap_or(now.0);
+                (scope, Slot { lock: Arc::new(RwLock::new(state)), used })
             })
             .collect();
         Ok(Fence {
             policy,
-            state_file,
+            store,
             shutdown,
             scopes: Mutex::new(scopes),
-            persisted: Arc::new(Mutex::new(persisted)),
+            expiry: (MAX_SCOPES, SCOPE_MIN_IDLE),
         })
     }
 
@@ -101,6 +117,12 @@ impl Fence {
     /// effect. An epoch above the held one is made durable first, then older work of the
     /// scope is cancelled.
     pub async fn admit(&self, scope: &str, epoch: u32) -> OpResult<Admission> {
+        if scope.len() > MAX_SCOPE_BYTES {
+            return Err(OpError::protocol(format!(
+                "fence_scope is {} bytes; at most {MAX_SCOPE_BYTES} are accepted",
+                scope.len()
+            )));
+        }
         if !self.enforced(scope) {
             return Ok(self.unfenced());
         }
@@ -111,7 +133,7 @@ impl Fence {
             }
             return Ok(self.unfenced());
         }
-        let lock = self.scope(scope);
+        let lock = self.scope(scope)?;
         let guard = lock.clone().read_owned().await;
         if epoch == guard.held {
             return Ok(Admission { cancel: guard.cancel.clone(), guard: Some(guard) });
@@ -124,9 +146,18 @@ impl Fence {
         if epoch < state.held {
             return Err(OpError::fenced(scope, epoch, state.held));
         }
+        if epoch - state.held > MAX_EPOCH_JUMP {
+            return Err(OpError::protocol(format!(
+                "epoch {epoch} is more than {MAX_EPOCH_JUMP} past the held epoch {}",
+                state.held
+            ))
+            .with("held_epoch", state.held)
+            .with("op_epoch", epoch)
+            .with("max_epoch_jump", MAX_EPOCH_JUMP));
+        }
         if epoch > state.held {
             self.persist(scope, epoch).await?;
-            tracing::info!(fence_scope = scope, from = state.held, to = epoch, "epoch advanced");
+            tracing::info!(fence_scope = %scope_label(scope), from = state.held, to = epoch, "epoch advanced");
             state.held = epoch;
             state.cancel.cancel();
             state.cancel = self.shutdown.child_token();
@@ -142,66 +173,107 @@ impl Fence {
 
     /// The held epoch of `scope` (0 if it never saw one).
     pub async fn held(&self, scope: &str) -> u32 {
-        let lock = self.scopes.lock().unwrap_or_else(PoisonError::into_inner).get(scope).cloned();
+        let lock = self.lock_scopes().get(scope).map(|slot| slot.lock.clone());
         match lock {
             Some(lock) => lock.read().await.held,
             None => 0,
         }
     }
 
+    /// How many scopes the agent holds.
+    pub fn scope_count(&self) -> usize {
+        self.lock_scopes().len()
+    }
+
     fn unfenced(&self) -> Admission {
         Admission { cancel: self.shutdown.child_token(), guard: None }
     }
 
-    fn scope(&self, scope: &str) -> Arc<RwLock<ScopeState>> {
-        let mut scopes = self.scopes.lock().unwrap_or_else(PoisonError::into_inner);
-        scopes
-            .entry(scope.to_owned())
-            .or_insert_with(|| {
-                Arc::new(RwLock::new(ScopeState { held: 0, cancel: self.shutdown.child_token() }))
-            })
-            .clone()
+    fn lock_scopes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+        self.scopes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The lock of `scope`, made (expiring an idle scope at the cap) when it is new.
+    fn scope(&self, scope: &str) -> OpResult<Arc<RwLock<ScopeState>>> {
+        let mut scopes = self.lock_scopes();
+        let now = Instant::now();
+        if let Some(slot) = scopes.get_mut(scope) {
+            slot.used = now;
+            return Ok(slot.lock.clone());
+        }
+        if scopes.len() >= self.expiry.0 {
+            self.expire_one(&mut scopes, now)?;
+        }
+        let state = ScopeState { held: 0, cancel: self.shutdown.child_token() };
+        let lock = Arc::new(RwLock::new(state));
+        scopes.insert(scope.to_owned(), Slot { lock: lock.clone(), used: now });
+        Ok(lock)
+    }
+
+    /// Forgets the least recently used scope that nobody holds and that has been idle for
+    /// [`SCOPE_MIN_IDLE`]. Runs under the scopes lock, so nobody can pick the scope up meanwhile
+    /// and its file is gone before a scope of the same name can be written again.
+    fn expire_one(&self, scopes: &mut HashMap<String, Slot>, now: Instant) -> OpResult<()> {
+        let victim = scopes
+            .iter()
+            .filter(|(_, slot)| Arc::strong_count(&slot.lock) == 1)
+            .filter(|(_, slot)| now.duration_since(slot.used) >= self.expiry.1)
+            .min_by_key(|(_, slot)| slot.used)
+            .map(|(scope, _)| scope.clone());
+        let Some(victim) = victim else {
+            return Err(OpError::draining(format!(
+                "the agent holds {} fence scopes, none idle for {:?}",
+                self.expiry.0, self.expiry.1
+            )));
+        };
+        scopes.remove(&victim);
+        if let Err(e) = self.store.remove(&victim) {
+            tracing::warn!(fence_scope = %scope_label(&victim), error = %e, "removing an expired scope's record");
+        }
+        tracing::info!(fence_scope = %scope_label(&victim), "expired an idle fence scope");
+        Ok(())
     }
 
     async fn persist(&self, scope: &str, epoch: u32) -> OpResult<()> {
-        let persisted = self.persisted.clone();
-        let path = self.state_file.clone();
+        let store = self.store.clone();
         let scope = scope.to_owned();
-        let written = tokio::task::spawn_blocking(move || {
-            let mut map = persisted.lock().unwrap_or_else(PoisonError::into_inner);
-            let previous = map.insert(scope.clone(), epoch);
-            let result = write_atomically(&path, &map);
-            if result.is_err() {
-                // Keep memory equal to disk so a retry writes again.
-                match previous {
-                    Some(p) => map.insert(scope, p),
-                    None => map.remove(&scope),
-                };
-            }
-            result
-        })
-        .await;
-        match written {
+        match tokio::task::spawn_blocking(move || store.write(&scope, epoch)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => {
-                Err(OpError::from_io(&e, "persisting the held epoch to", &self.state_file).retryable())
-            }
+            Ok(Err(e)) => Err(OpError::os(format!("persisting the held epoch failed: {e}")).retryable()),
             Err(join) => Err(OpError::os(format!("persisting the held epoch failed: {join}")).retryable()),
         }
     }
 }
 
-/// Writes `map` as JSON to a temp file beside `path`, fsyncs it, renames it over `path`, and
-/// fsyncs the directory, so a crash leaves either the old or the new state.
-fn write_atomically(path: &Path, map: &BTreeMap<String, u32>) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = path.with_extension("json.tmp");
-    let bytes = serde_json::to_vec_pretty(map).map_err(std::io::Error::other)?;
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(&bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+/// Forgets `scope`'s held epoch so its control plane can start again from any epoch: the
+/// operator's way out when a scope was pushed too far. Refused while an agent runs on
+/// `state_dir`. Returns the epoch that was held, if any.
+pub fn reset(state_dir: &Path, scope: &str) -> anyhow::Result<Option<u32>> {
+    let _lock = crate::state_lock::StateLock::acquire(state_dir)?;
+    let (store, scopes) = Store::open(state_dir)?;
+    let held = scopes.get(scope).map(|h| h.held);
+    store.remove(scope)?;
+    Ok(held)
+}
+
+/// Every scope's held epoch in `state_dir`, sorted by scope (read while no agent runs there,
+/// so it is the whole truth).
+pub fn list(state_dir: &Path) -> anyhow::Result<Vec<(String, u32)>> {
+    let _lock = crate::state_lock::StateLock::acquire(state_dir)?;
+    let mut scopes: Vec<_> = Store::open(state_dir)?.1.into_iter().map(|(s, h)| (s, h.held)).collect();
+    scopes.sort();
+    Ok(scopes)
+}
+
+/// How a scope appears in logs: never in full (it may name a session), but recognisably.
+pub fn scope_label(scope: &str) -> String {
+    if scope.is_empty() {
+        return "(default)".to_owned();
+    }
+    let prefix: String = scope.chars().take(8).collect();
+    let digest = Sha256::digest(scope.as_bytes());
+    let short: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}…#{short}")
 }
 
 #[cfg(test)]
@@ -275,8 +347,77 @@ mod tests {
     #[tokio::test]
     async fn corrupt_state_refuses_to_start() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(STATE_FILE), b"{not json").unwrap();
+        std::fs::write(dir.path().join("fence.json"), b"{not json").unwrap();
         assert!(Fence::open(dir.path(), FencePolicy::default(), CancellationToken::new()).is_err());
+    }
+
+    #[tokio::test]
+    async fn overlong_scopes_and_absurd_jumps_are_protocol_errors_that_move_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = fence(dir.path(), FencePolicy::default());
+        let long = "s".repeat(MAX_SCOPE_BYTES + 1);
+        assert_eq!(f.admit(&long, 1).await.err().unwrap().code, ErrorCode::Protocol);
+        f.admit(&"s".repeat(MAX_SCOPE_BYTES), 1).await.unwrap();
+
+        assert_eq!(f.admit("s1", MAX_EPOCH_JUMP + 1).await.err().unwrap().code, ErrorCode::Protocol);
+        assert_eq!(f.held("s1").await, 0);
+        f.admit("s1", MAX_EPOCH_JUMP).await.unwrap();
+        let err = f.admit("s1", u32::MAX).await.err().unwrap();
+        assert_eq!(err.code, ErrorCode::Protocol);
+        assert_eq!(err.detail["held_epoch"], MAX_EPOCH_JUMP.to_string());
+        assert_eq!(f.held("s1").await, MAX_EPOCH_JUMP);
+        f.admit("s1", 2 * MAX_EPOCH_JUMP).await.unwrap();
+        assert_eq!(fence(dir.path(), FencePolicy::default()).held("s1").await, 2 * MAX_EPOCH_JUMP);
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_the_least_recently_used_idle_scope_expires_and_busy_ones_never_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = fence(dir.path(), FencePolicy::default());
+        f.expiry = (3, Duration::from_millis(200));
+        f.admit("old", 4).await.unwrap();
+        let _held = f.admit("busy", 2).await.unwrap();
+        f.admit("recent", 1).await.unwrap();
+        let err = f.admit("new", 1).await.err().unwrap();
+        assert_eq!(err.code, ErrorCode::Draining, "nothing has been idle long enough");
+        assert!(err.retryable);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        f.admit("recent", 1).await.unwrap();
+        f.admit("new", 1).await.unwrap();
+        assert_eq!(f.scope_count(), 3);
+        assert_eq!(f.held("old").await, 0, "the least recently used idle scope expired");
+        assert_eq!(f.held("busy").await, 2, "a scope with work admitted is kept");
+        let reopened = fence(dir.path(), FencePolicy::default());
+        assert_eq!((reopened.held("old").await, reopened.held("new").await), (0, 1), "expiry is durable");
+    }
+
+    #[tokio::test]
+    async fn a_reset_forgets_one_scope_and_is_refused_while_an_agent_holds_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = fence(dir.path(), FencePolicy::default());
+        f.admit("stuck", MAX_EPOCH_JUMP).await.unwrap();
+        f.admit("other", 3).await.unwrap();
+        drop(f);
+        let running = crate::state_lock::StateLock::acquire(dir.path()).unwrap();
+        assert!(reset(dir.path(), "stuck").is_err(), "an agent holds the directory");
+        drop(running);
+        assert_eq!(
+            list(dir.path()).unwrap(),
+            [("other".to_owned(), 3), ("stuck".to_owned(), MAX_EPOCH_JUMP)]
+        );
+        assert_eq!(reset(dir.path(), "stuck").unwrap(), Some(MAX_EPOCH_JUMP));
+        assert_eq!(reset(dir.path(), "stuck").unwrap(), None);
+        let reopened = fence(dir.path(), FencePolicy::default());
+        assert_eq!((reopened.held("stuck").await, reopened.held("other").await), (0, 3));
+        reopened.admit("stuck", 1).await.unwrap();
+    }
+
+    #[test]
+    fn scope_labels_never_hold_the_whole_name() {
+        let label = scope_label("session-4f9a2c7e-very-secret");
+        assert!(label.starts_with("session-") && !label.contains("secret"), "{label}");
+        assert_ne!(label, scope_label("session-4f9a2c7e-other"));
+        assert_eq!(scope_label(""), "(default)");
     }
 
     #[tokio::test]

@@ -7,11 +7,15 @@ pub mod dispatch;
 pub mod error;
 pub mod fence;
 pub mod hello;
+pub mod open_nats;
 pub mod ops;
 pub mod paths;
+pub mod placement;
 pub mod process;
 pub mod sandbox;
 pub mod serve;
+pub mod size;
+pub mod state_lock;
 pub mod stream;
 
 pub use error::{OpError, OpResult};

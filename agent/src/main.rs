@@ -2,8 +2,11 @@
 
 use std::process::ExitCode;
 
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
 use tether_agent::config::{Config, RunArgs};
+use tether_agent::fence;
 use tracing_subscriber::EnvFilter;
 
 /// Turns this machine into a sandbox a control plane drives over NATS.
@@ -17,7 +20,28 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Connect to NATS and serve requests until SIGTERM/SIGINT.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Inspect or reset held fence epochs (only while the agent is stopped).
+    #[command(subcommand)]
+    Fence(FenceCommand),
+}
+
+#[derive(Subcommand)]
+enum FenceCommand {
+    /// Print every fence scope and its held epoch.
+    List {
+        /// The agent's state directory.
+        #[arg(long, env = "TETHER_STATE_DIR")]
+        state_dir: PathBuf,
+    },
+    /// Forget one scope's held epoch, so its control plane may start again from any epoch
+    /// (`''` names the default scope).
+    Reset {
+        scope: String,
+        /// The agent's state directory.
+        #[arg(long, env = "TETHER_STATE_DIR")]
+        state_dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -30,8 +54,19 @@ fn main() -> ExitCode {
         .init();
     harden_process();
     let result = match cli.command {
-        Command::Run(args) => Config::resolve(args, |k| std::env::var(k).ok())
+        Command::Run(args) => Config::resolve(*args, |k| std::env::var(k).ok())
             .and_then(|config| tokio::runtime::Runtime::new()?.block_on(tether_agent::serve::run(config))),
+        Command::Fence(FenceCommand::List { state_dir }) => fence::list(&state_dir).map(|scopes| {
+            for (scope, held) in scopes {
+                println!("{held}\t{scope:?}");
+            }
+        }),
+        Command::Fence(FenceCommand::Reset { scope, state_dir }) => {
+            fence::reset(&state_dir, &scope).map(|held| match held {
+                Some(held) => println!("fence scope {scope:?} reset (it held epoch {held})"),
+                None => println!("fence scope {scope:?} held no epoch; nothing to reset"),
+            })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

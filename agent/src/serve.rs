@@ -22,18 +22,24 @@ use crate::dispatch::{self, Dispatcher};
 use crate::error::OpError;
 use crate::fence::{Fence, FencePolicy};
 use crate::hello::{self, Identity};
+use crate::open_nats;
 use crate::ops::pty::Terminals;
 use crate::paths::Paths;
 use crate::process::Launcher;
 use crate::sandbox::{CommandCaps, Sandbox};
+use crate::state_lock::StateLock;
 
 /// How long the duplicate-runner probe waits for an answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pings and metrics served at once, besides `max_in_flight` other requests.
+const PROBE_SLOTS: usize = 16;
 /// After cancelling leftovers at shutdown, how long their replies get to go out.
 const CANCEL_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs the agent until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    crate::placement::check(&config)?;
+    let _state_lock = StateLock::acquire(&config.state_dir)?;
     let shutdown = CancellationToken::new();
     let paths = Arc::new(
         Paths::new(&config.workspace_root, &config.virtual_root, home_dir(), !config.whole_machine)
@@ -43,6 +49,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let fence = Arc::new(Fence::open(&config.state_dir, policy, shutdown.clone())?);
     let identity = tokio::task::spawn_blocking(Identity::detect).await?;
 
+    let nats_unauthenticated = open_nats::check(&config).await?;
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let client = connect(&config, events_tx).await?;
     let rpc = config.subjects.rpc();
@@ -84,6 +91,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         identity,
         paths: paths.clone(),
         commands,
+        nats_unauthenticated,
     };
     announce.hello().await;
     let draining = Arc::new(AtomicBool::new(false));
@@ -110,7 +118,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// Serves until a stop signal: each request in its own task, at most `max_in_flight` at once;
-/// beyond that a request is answered DRAINING (retryable) at once instead of queueing.
+/// beyond that a request is answered DRAINING (retryable) at once instead of queueing. Pings
+/// and metrics have [`PROBE_SLOTS`] of their own, so a busy agent still answers them.
 async fn serve_requests(
     client: &Client,
     mut requests: Subscriber,
@@ -119,6 +128,7 @@ async fn serve_requests(
     max_in_flight: usize,
 ) {
     let permits = Arc::new(Semaphore::new(max_in_flight));
+    let probe_permits = Arc::new(Semaphore::new(PROBE_SLOTS));
     let stop = stop_signal();
     tokio::pin!(stop);
     loop {
@@ -137,15 +147,25 @@ async fn serve_requests(
             continue;
         };
         let max_payload = client.max_payload();
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            let err =
-                OpError::draining(format!("the agent is at its limit of {max_in_flight} requests in flight"));
-            publish(client, reply_to, dispatch::refuse(&msg.payload, err, max_payload)).await;
+        let request = match dispatch::decode(msg.payload, max_payload) {
+            Ok(request) => request,
+            Err(reply) => {
+                publish(client, reply_to, reply).await;
+                continue;
+            }
+        };
+        let (pool, limit) = match dispatch::is_probe(&request) {
+            true => (&probe_permits, PROBE_SLOTS),
+            false => (&permits, max_in_flight),
+        };
+        let Ok(permit) = pool.clone().try_acquire_owned() else {
+            let err = OpError::draining(format!("the agent is at its limit of {limit} requests in flight"));
+            publish(client, reply_to, dispatch::encode(request.request_id, Err(err), max_payload)).await;
             continue;
         };
         let (client, dispatcher) = (client.clone(), dispatcher.clone());
         in_flight.spawn(async move {
-            let reply = dispatcher.handle(msg.payload, max_payload).await;
+            let reply = dispatcher.handle_request(request, max_payload).await;
             publish(&client, reply_to, reply).await;
             drop(permit);
         });
@@ -247,17 +267,22 @@ struct Announcer {
     identity: Identity,
     paths: Arc<Paths>,
     commands: CommandCaps,
+    /// The server admits clients without credentials (allowed by the operator).
+    nats_unauthenticated: bool,
 }
 
 impl Announcer {
     async fn hello(&self) {
-        let hello = hello::hello(
+        let mut hello = hello::hello(
             &self.config,
             &self.identity,
             self.paths.workspace_root(),
             self.client.max_payload(),
             &self.commands,
         );
+        if let Some(caps) = hello.capabilities.as_mut() {
+            caps.nats_unauthenticated = self.nats_unauthenticated;
+        }
         self.send(self.config.subjects.hello(), hello.encode_to_vec()).await;
         tracing::info!(subject = %self.config.subjects.hello(), "hello published");
     }

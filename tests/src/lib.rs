@@ -42,6 +42,11 @@ fn client_port(ports_file: &str) -> Option<u16> {
     addr.rsplit(':').next()?.parse().ok()
 }
 
+/// Nanoseconds of the wall clock: with the pid and a counter, unique enough for test tokens.
+fn nanos() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}
+
 /// A number unique within this test process.
 fn next_id() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -124,23 +129,55 @@ pub struct Nats {
 }
 
 impl Nats {
+    /// A server that requires a token from every client, as every real deployment must (the
+    /// agent refuses an open server): the harness passes it to the agents and tools it starts.
     pub async fn start() -> Nats {
         Self::start_with("").await
     }
 
-    /// Starts with extra server configuration, e.g. `max_payload: 65536`. The server picks
-    /// its own free port and reports it in a ports file, so parallel tests cannot collide.
+    /// Starts with extra server configuration, e.g. `max_payload: 65536`, and a fresh token.
+    /// The server picks its own free port and reports it in a ports file, so parallel tests
+    /// cannot collide.
     pub async fn start_with(extra_config: &str) -> Nats {
+        let token = format!("test-token-{}-{}-{}", std::process::id(), next_id(), nanos());
+        Self::start_with_token_and(&token, extra_config).await
+    }
+
+    /// Starts a server that lets anyone in without credentials (what the agent refuses).
+    pub async fn start_open() -> Nats {
+        Self::start_raw("", None).await
+    }
+
+    /// Starts a server that requires `token` from every client.
+    pub async fn start_with_token(token: &str) -> Nats {
+        Self::start_with_token_and(token, "").await
+    }
+
+    async fn start_with_token_and(token: &str, extra_config: &str) -> Nats {
+        let config = format!("authorization {{ token: \"{token}\" }}\n{extra_config}");
+        Self::start_raw(&config, Some(token.to_owned())).await
+    }
+
+    async fn start_raw(extra_config: &str, token: Option<String>) -> Nats {
         let dir = tempfile::tempdir().expect("tempdir");
         let (proc, port) = Self::launch(dir.path(), "-1", extra_config).await;
         Nats {
             url: format!("nats://127.0.0.1:{port}"),
             port,
-            token: None,
+            token,
             extra: extra_config.to_owned(),
             _dir: dir,
             _proc: proc,
         }
+    }
+
+    /// Gives `cmd` (an agent, tetherctl) this server's credentials, the way an operator would:
+    /// in the environment, never on the command line.
+    pub fn auth_env<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
+        if let Some(token) = &self.token {
+            cmd.env("TETHER_NATS_TOKEN", token);
+        }
+        cmd
     }
 
     async fn launch(dir: &Path, port: &str, extra_config: &str) -> (Proc, u16) {
@@ -172,13 +209,6 @@ impl Nats {
         self._proc = Proc { child: None, name: "nats-server" };
         let (proc, _) = Self::launch(self._dir.path(), &self.port.to_string(), &self.extra).await;
         self._proc = proc;
-    }
-
-    /// Starts a server that requires `token` from every client.
-    pub async fn start_with_token(token: &str) -> Nats {
-        let mut nats = Self::start_with(&format!("authorization {{ token: \"{token}\" }}")).await;
-        nats.token = Some(token.to_owned());
-        nats
     }
 
     pub async fn client(&self) -> async_nats::Client {
@@ -337,6 +367,7 @@ impl Agent {
         cmd.env("TETHER_NATS_URL", &nats.url)
             .env("TETHER_WORKSPACE_ID", &self.ws)
             .env("TETHER_AGENT_ID", &self.id);
+        nats.auth_env(&mut cmd);
         cmd
     }
 }
@@ -376,8 +407,12 @@ fn spawn_agent(
         .arg(root)
         .arg("--state-dir")
         .arg(state_dir)
-        .args(["--heartbeat-interval", "200ms"])
-        .args(&opts.args)
+        .args(["--heartbeat-interval", "200ms"]);
+    let own_auth = ["--nats-token-file", "--nats-creds", "--nats-user", "--allow-unauthenticated-nats"];
+    if !opts.args.iter().any(|a| own_auth.iter().any(|flag| a.starts_with(flag))) {
+        nats.auth_env(&mut cmd);
+    }
+    cmd.args(&opts.args)
         .envs(opts.env.iter().map(|(k, v)| (k, v)))
         .env("TETHER_LOG", "info,async_nats=warn")
         .env_remove("TETHER_RELAY_TOKEN")

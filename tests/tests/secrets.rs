@@ -52,26 +52,23 @@ async fn a_wrong_token_is_a_clear_startup_failure() {
 }
 
 #[tokio::test]
-async fn a_confined_command_cannot_read_the_token_file_even_beside_files_it_may_read() {
+async fn a_token_file_beside_files_commands_may_read_is_refused_at_startup() {
     let nats = Nats::start_with_token(TOKEN).await;
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path().canonicalize().unwrap();
     std::fs::write(dir.join("nats.token"), TOKEN).unwrap();
-    std::fs::write(dir.join("readme"), "public").unwrap();
-    let opts = AgentOpts {
-        args: vec![
-            format!("--nats-token-file={}", dir.join("nats.token").display()),
-            format!("--confine-read={}", dir.display()),
-        ],
-        ..Default::default()
-    };
-    let agent = Agent::start_with(&nats, opts).await;
-
-    let cat = |file: &str| Op::Exec(op::exec(&["cat", &dir.join(file).display().to_string()]));
-    let Ok(Reply::Exec(out)) = agent.call(cat("readme")).await else { panic!("exec reply expected") };
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "public", "the rest of the directory is readable");
-    let Ok(Reply::Exec(out)) = agent.call(cat("nats.token")).await else { panic!("exec reply expected") };
-    assert_ne!(out.exit_code, 0);
-    assert!(!String::from_utf8_lossy(&out.stdout).contains(TOKEN), "a command read the token file");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"), "{out:?}");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let log = elsewhere.path().join("stderr");
+    let mut cmd = std::process::Command::new(tether_tests::bin("tether-agent"));
+    cmd.args(["run", "--nats-url", &nats.url, "--workspace-id", "ws", "--agent-id", "a"])
+        .arg(format!("--state-dir={}", elsewhere.path().join("state").display()))
+        .arg(format!("--nats-token-file={}", dir.join("nats.token").display()))
+        .arg(format!("--confine-read={}", dir.display()))
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut proc = tether_tests::Proc::spawn("tether-agent", &mut cmd).unwrap();
+    let status = proc.wait_exit(tether_tests::WAIT).expect("the agent refuses the layout");
+    let stderr = tether_tests::read_log(&log);
+    assert!(!status.success(), "commands could read the token: {stderr}");
+    assert!(stderr.contains("nats.token") && stderr.contains("--confine-read"), "names the file: {stderr}");
+    assert!(!stderr.contains(TOKEN), "never echoes the secret: {stderr}");
 }

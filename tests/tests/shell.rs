@@ -112,7 +112,7 @@ async fn shell_under_tmux_is_raw_follows_resizes_and_leaves_the_terminal_sane() 
     std::fs::write(
         &script,
         format!(
-            "export TETHER_NATS_URL='{nats}' TETHER_WORKSPACE_ID='{ws}' TETHER_AGENT_ID='{id}'\n\
+            "export TETHER_NATS_URL='{nats}' TETHER_NATS_TOKEN='{token}' TETHER_WORKSPACE_ID='{ws}' TETHER_AGENT_ID='{id}'\n\
              export TETHER_RELAY_URL='{relay}' TETHER_RELAY_VIEWER_SECRET='{secret}'\n\
              stty -g > '{d}/before'\n\
              '{ctl}' shell -- sh\n\
@@ -121,6 +121,7 @@ async fn shell_under_tmux_is_raw_follows_resizes_and_leaves_the_terminal_sane() 
              mv '{d}/status.tmp' '{d}/status'\n\
              sleep 60\n",
             nats = nats.url,
+            token = nats.token.as_deref().unwrap_or_default(),
             ws = agent.ws,
             id = agent.id,
             relay = relay.stream_url(),

@@ -2,8 +2,9 @@
 //! its stdin, capture its output within the reply budget, enforce the deadline, and answer
 //! with its exit. The group is killed on timeout and on cancel (fence, shutdown), never after
 //! a normal exit: what a command deliberately left running in the background (`nohup srv &`)
-//! keeps running. Capture (`capture`) and reply shaping (`shape`) are separate so a streaming
-//! exec can reuse the first.
+//! keeps running, until its fence scope advances or the agent stops (its cgroup, see
+//! `sandbox::CommandLimits`). Capture (`capture`) and reply shaping (`shape`) are separate so
+//! a streaming exec can reuse the first.
 
 mod capture;
 mod shape;

@@ -4,7 +4,9 @@
 //! what a process really uses, so it is a rougher limit) and, for a non-root agent, RLIMIT_NPROC
 //! (which counts all the user's processes, so it is set to what the user runs now plus the cap).
 //! The kernel exempts root from RLIMIT_NPROC: a root agent without a pids cgroup has no cap and
-//! says so in its capabilities.
+//! says so in its capabilities. A command whose request sets no memory limit gets the agent's
+//! default one, but only from a memory cgroup: as a default, RLIMIT_AS would break programs
+//! that merely reserve address space (Go and Java runtimes, sanitizers).
 
 use std::io;
 use std::sync::Arc;
@@ -43,6 +45,23 @@ pub fn requested(policy: Option<&pb::OperationResourcePolicy>) -> CgroupLimits {
         memory_high: nonzero(policy.memory_high_bytes),
         cpu_millicores: policy.cpu_max_millicores.filter(|&m| m > 0),
     }
+}
+
+/// The memory limit of a command whose request sets none: `configured` (0 = none), by default
+/// half the machine's RAM, and none at all without a memory cgroup to enforce it.
+pub fn default_memory_max(memory_cgroup: bool, configured: Option<u64>) -> Option<u64> {
+    if !memory_cgroup {
+        return None;
+    }
+    let half_the_ram = || {
+        let ram = sysinfo::System::new().map(|mut system| {
+            system.refresh_memory();
+            system.total_memory()
+        });
+        ram.unwrap_or(0) / 2
+    };
+    let bytes = configured.unwrap_or_else(half_the_ram);
+    (bytes > 0).then_some(bytes)
 }
 
 /// What one command runs under, prepared in the agent before the spawn.
@@ -162,6 +181,15 @@ mod tests {
             requested(Some(&policy)),
             CgroupLimits { memory_high: Some(1 << 20), ..Default::default() }
         );
+    }
+
+    #[test]
+    fn the_default_memory_limit_needs_a_memory_cgroup_and_0_means_none() {
+        assert_eq!(default_memory_max(false, Some(1 << 30)), None);
+        assert_eq!(default_memory_max(true, Some(1 << 30)), Some(1 << 30));
+        assert_eq!(default_memory_max(true, Some(0)), None);
+        let half = default_memory_max(true, None).expect("half the RAM");
+        assert!(half >= 64 << 20, "half of this machine's RAM: {half}");
     }
 
     #[test]

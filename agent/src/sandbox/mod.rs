@@ -2,14 +2,14 @@
 //! this module confines what the agent's children do: every child (exec, the PTY shell, and
 //! whatever they start) runs under a Landlock ruleset that lets it write only beneath the
 //! workspace root and a private temp directory and read only the system's programs, libraries
-//! and configuration, and under per-command resource limits (a process cap, and the memory and
-//! CPU limits a request asks for). It reads of those locations only what any user could
-//! (`shared`). It may signal, and connect to the Unix sockets of, only the processes of its own
-//! command (where the kernel allows: see `ruleset` and `seccomp`), it cannot connect to the
-//! agent's NATS and relay ports (`network`), set setuid bits or enter a user namespace
-//! (`seccomp`), it does not inherit the addresses of the user's sockets (`SSH_AUTH_SOCK`, D-Bus,
-//! X11, ...), and it holds no Linux capabilities, even under an agent running as root
-//! (`privileges`).
+//! and configuration, and under resource limits (a process cap per command and one for all
+//! commands together, a default memory limit, and the memory and CPU limits a request asks
+//! for). It reads of those locations only what any user could (`shared`). It may signal, and
+//! connect to the Unix sockets of, only the processes of its own command (where the kernel
+//! allows: see `ruleset` and `seccomp`), it cannot connect to the agent's NATS and relay ports
+//! (`network`), set setuid bits or enter a user namespace (`seccomp`), it does not inherit the
+//! addresses of the user's sockets (`SSH_AUTH_SOCK`, D-Bus, X11, ...), and it holds no Linux
+//! capabilities, even under an agent running as root (`privileges`).
 //! [`Sandbox`] is built once at startup from the configuration and what the kernel offers; it
 //! installs the static part into the [`Launcher`] (and what a terminal's own ruleset is built
 //! from), decides whether a command may run at all ([`Sandbox::admit`]), prepares each
@@ -33,6 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tether_proto::pb;
+use tokio_util::sync::CancellationToken;
 
 pub use cgroup::{CgroupLimits, Controller};
 pub use limits::{CommandLimits, Enforcement};
@@ -104,6 +105,10 @@ pub struct CommandCaps {
     pub cpu: bool,
     pub max_processes: u32,
     pub processes: Enforcement,
+    /// The cap on the processes of all commands together; 0 = none enforced.
+    pub max_total_processes: u32,
+    /// The memory limit of a command whose request sets none; 0 = none.
+    pub default_memory_max: u64,
     /// Signals and abstract Unix sockets reach only the command's own processes.
     pub scoped: bool,
     pub unix_sockets: UnixSockets,
@@ -123,6 +128,8 @@ impl CommandCaps {
         caps.cpu_limit = self.cpu;
         caps.max_processes = self.max_processes;
         caps.process_limit = self.processes.to_proto() as i32;
+        caps.max_total_processes = self.max_total_processes;
+        caps.default_memory_max_bytes = self.default_memory_max;
         caps.commands_scoped = self.scoped;
         caps.unix_sockets = self.unix_sockets.to_proto() as i32;
         caps.network_confined = self.network_confined;
@@ -145,6 +152,10 @@ pub struct Sandbox {
     max_processes: u32,
     /// Set RLIMIT_NPROC in children (a non-root agent without a pids cgroup).
     nproc_rlimit: bool,
+    /// The enforced cap on the processes of all commands together; 0 = none.
+    max_total_processes: u32,
+    /// The memory limit of a command whose request sets none (enforced by a memory cgroup).
+    default_memory_max: Option<u64>,
 }
 
 impl Sandbox {
@@ -160,6 +171,14 @@ impl Sandbox {
         let max_processes = config.confine.max_processes;
         let pids_cgroup = cgroups.as_ref().is_some_and(|c| c.has(Controller::Pids));
         let nproc_rlimit = max_processes > 0 && !pids_cgroup && !nix::unistd::getuid().is_root();
+        let max_total_processes = cap_total_processes(cgroups.as_deref(), config.confine.max_total_processes);
+        let memory_cgroup = cgroups.as_ref().is_some_and(|c| c.has(Controller::Memory));
+        let default_memory_max = limits::default_memory_max(memory_cgroup, config.confine.default_memory_max);
+        tracing::info!(
+            max_total_processes,
+            default_memory_max,
+            "limits of all commands together and by default"
+        );
         let mut sandbox = Sandbox {
             policy: CommandPolicy {
                 confinement: Confinement::WholeMachine,
@@ -173,6 +192,8 @@ impl Sandbox {
             cgroups,
             max_processes,
             nproc_rlimit,
+            max_total_processes,
+            default_memory_max,
         };
         if config.whole_machine {
             return Ok(sandbox);
@@ -236,6 +257,8 @@ impl Sandbox {
             cgroups: None,
             max_processes: 0,
             nproc_rlimit: false,
+            max_total_processes: 0,
+            default_memory_max: None,
         }
     }
 
@@ -284,12 +307,19 @@ impl Sandbox {
         self.policy.admit()
     }
 
-    /// Prepares the limits of one command: the process cap and what `policy` asks for
-    /// (blocking: creates the command's cgroups). Limits the machine cannot enforce are
-    /// ignored, as the capabilities say.
-    pub fn limits(&self, policy: Option<&pb::OperationResourcePolicy>) -> OpResult<CommandLimits> {
+    /// Prepares the limits of one command: the process cap, what `policy` asks for, and the
+    /// default memory limit where it asks for none (blocking: creates the command's cgroups).
+    /// Limits the machine cannot enforce are ignored, as the capabilities say. What the command
+    /// leaves running after it exits is killed when `until` fires (its fence scope advanced
+    /// past its epoch, or the agent stops).
+    pub fn limits(
+        &self,
+        policy: Option<&pb::OperationResourcePolicy>,
+        until: CancellationToken,
+    ) -> OpResult<CommandLimits> {
         let mut wanted = limits::requested(policy);
         wanted.pids_max = (self.max_processes > 0).then_some(u64::from(self.max_processes));
+        wanted.memory_max = wanted.memory_max.or(self.default_memory_max);
         let has = |c| self.cgroups.as_ref().is_some_and(|g| g.has(c));
         let mut out = CommandLimits::none();
         if !has(Controller::Memory) {
@@ -305,7 +335,7 @@ impl Sandbox {
             if !cgroups.memory_high() {
                 wanted.memory_high = None;
             }
-            let cgroup = cgroups.create(&wanted).map_err(|e| cgroup_error(&e))?;
+            let cgroup = cgroups.create(&wanted, until).map_err(|e| cgroup_error(&e))?;
             out.cgroup = Some(cgroup);
         }
         Ok(out)
@@ -339,6 +369,8 @@ impl Sandbox {
             cpu: has(Controller::Cpu),
             max_processes: if processes == Enforcement::None { 0 } else { self.max_processes },
             processes,
+            max_total_processes: self.max_total_processes,
+            default_memory_max: self.default_memory_max.unwrap_or(0),
         }
     }
 
@@ -356,6 +388,25 @@ impl Sandbox {
             && let Err(e) = fs::remove_dir_all(tmpdir)
         {
             tracing::debug!(error = %e, "removing the private temp directory");
+        }
+    }
+}
+
+/// Caps the processes of all commands together at `max` where a pids cgroup holds them all;
+/// returns the cap enforced (0: none, logged).
+fn cap_total_processes(cgroups: Option<&Cgroups>, max: u32) -> u32 {
+    if max == 0 {
+        return 0;
+    }
+    match cgroups.map(|c| c.cap_total_processes(u64::from(max))) {
+        Some(Ok(true)) => max,
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "cannot cap the processes of all commands together");
+            0
+        }
+        _ => {
+            tracing::info!("no pids cgroup: the processes of all commands together are not capped");
+            0
         }
     }
 }

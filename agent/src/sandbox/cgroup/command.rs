@@ -1,14 +1,19 @@
 //! One command's cgroups: the handle that puts the child in them between fork and exec, kills
-//! every process in them when the command is killed, and removes them. Dropping the handle
-//! unsettled (a request's future dropped mid-command) must still kill and remove, and that
-//! may wait for processes to die, so it is done on a blocking thread, never on an async worker.
+//! every process in them when the command is killed, and removes them — or, when the command
+//! exited leaving processes running, hands them to `linger`, to be killed when its fence scope
+//! advances or the agent stops. Dropping the handle unsettled (a request's future dropped
+//! mid-command) must still kill and remove, and that may wait for processes to die, so it is
+//! done on a blocking thread, never on an async worker.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
 
 use super::Cgroups;
 use crate::process::PreExecHook;
@@ -23,13 +28,16 @@ pub struct CommandCgroup {
     owner: Arc<Cgroups>,
     dirs: Vec<PathBuf>,
     join: Arc<Vec<OwnedFd>>,
+    /// Fires when the command's fence scope advances past its epoch, or the agent stops: what
+    /// it left running is killed then.
+    until: CancellationToken,
     armed: bool,
 }
 
 impl CommandCgroup {
     /// An armed handle with no cgroup yet: dropped now, it would remove what was added.
-    pub(super) fn new(owner: Arc<Cgroups>) -> CommandCgroup {
-        CommandCgroup { owner, dirs: Vec::new(), join: Arc::new(Vec::new()), armed: true }
+    pub(super) fn new(owner: Arc<Cgroups>, until: CancellationToken) -> CommandCgroup {
+        CommandCgroup { owner, dirs: Vec::new(), join: Arc::new(Vec::new()), until, armed: true }
     }
 
     /// Adds a cgroup made for this command.
@@ -63,31 +71,41 @@ impl CommandCgroup {
         kill_members(&self.dirs);
     }
 
-    /// Removes the cgroups, or leaves the ones still holding processes to a later sweep.
+    /// Removes the cgroups; the ones still holding processes (left running on purpose) linger
+    /// until they empty, or are killed when `until` fires. Blocking.
     pub fn close(mut self) {
         self.armed = false;
-        remove_dirs(&self.owner, std::mem::take(&mut self.dirs));
+        let left = remove_dirs(std::mem::take(&mut self.dirs));
+        if !left.is_empty() {
+            self.owner.linger(left, self.until.clone());
+        }
     }
 }
 
-/// Dropped while armed: the kill may wait up to `KILL_WAIT`, so inside a tokio runtime it runs
-/// on a blocking thread; outside one (a plain thread) it runs here.
+/// Dropped while armed: see [`tear_down`].
 impl Drop for CommandCgroup {
     fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let teardown = Teardown::new(self.owner.clone(), std::mem::take(&mut self.dirs));
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn_blocking(move || drop(teardown))),
-            Err(_) => drop(teardown),
+        if self.armed {
+            tear_down(self.owner.clone(), std::mem::take(&mut self.dirs));
         }
     }
 }
 
-/// The kill and removal a dropped, unsettled command cgroup owes. It is done in `Drop`, so it
-/// happens even when the blocking task carrying it is discarded unrun (a runtime shutting
-/// down drops queued blocking tasks, and a closed one refuses new ones).
+/// Kills every process in `dirs` and removes them. The kill may wait up to `KILL_WAIT`, so
+/// inside a tokio runtime it runs on a blocking thread (shutdown waits for it); outside one (a
+/// plain thread) it runs here.
+pub(super) fn tear_down(owner: Arc<Cgroups>, dirs: Vec<PathBuf>) {
+    let teardown = Teardown::new(owner, dirs);
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn_blocking(move || drop(teardown))),
+        Err(_) => drop(teardown),
+    }
+}
+
+/// The kill and removal owed by a dropped, unsettled command cgroup or a lingering one whose
+/// time is up. It is done in `Drop`, so it happens even when the blocking task carrying it is
+/// discarded unrun (a runtime shutting down drops queued blocking tasks, and a closed one
+/// refuses new ones).
 struct Teardown {
     owner: Arc<Cgroups>,
     dirs: Vec<PathBuf>,
@@ -103,31 +121,34 @@ impl Teardown {
 impl Drop for Teardown {
     fn drop(&mut self) {
         kill_members(&self.dirs);
-        remove_dirs(&self.owner, std::mem::take(&mut self.dirs));
+        // What could not be removed yet (its processes are dying) is left to a sweep.
+        self.owner.lingering.add(remove_dirs(std::mem::take(&mut self.dirs)));
         self.owner.teardown_finished();
     }
 }
 
 /// Kills every process in the cgroups `dirs` (but the agent) and waits, at most `KILL_WAIT`,
-/// until they are empty. Blocking.
-fn kill_members(dirs: &[PathBuf]) {
+/// until they are empty. Returns how many processes it signalled. Blocking.
+pub(super) fn kill_members(dirs: &[PathBuf]) -> usize {
     for dir in dirs {
         // cgroup v2 (Linux 5.14+) kills the whole cgroup, forks in flight included.
         let _ = fs::write(dir.join("cgroup.kill"), "1");
     }
     let deadline = Instant::now() + KILL_WAIT;
     let me = std::process::id();
+    let mut signalled = BTreeSet::new();
     loop {
         let pids: Vec<i32> =
             dirs.iter().flat_map(|d| members(d)).filter(|&p| p > 1 && p as u32 != me).collect();
         if pids.is_empty() {
-            return;
+            return signalled.len();
         }
         if Instant::now() > deadline {
             tracing::warn!(left = pids.len(), "processes of a killed command outlived the kill");
-            return;
+            return signalled.len();
         }
         for pid in pids {
+            signalled.insert(pid);
             let _ =
                 nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
@@ -135,13 +156,11 @@ fn kill_members(dirs: &[PathBuf]) {
     }
 }
 
-/// Removes the cgroups `dirs`, or leaves the ones still holding processes to a later sweep.
-fn remove_dirs(owner: &Cgroups, dirs: Vec<PathBuf>) {
-    for dir in dirs {
-        if fs::remove_dir(&dir).is_err_and(|e| e.kind() != io::ErrorKind::NotFound) {
-            owner.linger(dir);
-        }
-    }
+/// Removes the cgroups `dirs` and returns the ones that still hold processes.
+pub(super) fn remove_dirs(dirs: Vec<PathBuf>) -> Vec<PathBuf> {
+    dirs.into_iter()
+        .filter(|dir| fs::remove_dir(dir).is_err_and(|e| e.kind() != io::ErrorKind::NotFound))
+        .collect()
 }
 
 /// The pids in cgroup `dir`.
@@ -215,7 +234,8 @@ mod tests {
         let freezer = Freezer(freezer_dir.join(&base_name));
         fs::create_dir(&freezer.0).expect("freezer cgroup");
 
-        let cgroup = cgroups.create(&CgroupLimits::default()).expect("command cgroup");
+        let cgroup =
+            cgroups.create(&CgroupLimits::default(), CancellationToken::new()).expect("command cgroup");
         let dir = cgroup.dirs[0].clone();
         let launcher = crate::process::Launcher::from_env(std::env::vars_os(), &[] as &[&str]);
         let mut cmd = launcher.command(

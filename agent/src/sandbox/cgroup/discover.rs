@@ -10,7 +10,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::leaf::{self, AgentLeaf};
-use super::{Controller, Hierarchy, Version};
+use super::{Controller, Hierarchy, Version, command, subdirs};
 
 /// One cgroup file system mount.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,23 +240,41 @@ fn setup_v2(
     Ok((base, usable, notes))
 }
 
-/// Removes the empty cgroups agents that died without cleaning up left in `own_dir`: the
-/// `tether-<pid>-*` directories of pids that no longer run (the base and, on v2, the agent's
-/// own leaf `tether-<pid>-*-agent`), and their empty command cgroups. A cgroup still holding
-/// processes (left running on purpose) stays.
+/// Kills what agents that died without cleaning up (SIGKILL, a crash, a power cut of the
+/// service manager only) left in `own_dir`, and removes their cgroups: the `tether-<pid>-*`
+/// directories of pids that no longer run (the base with its command cgroups and, on v2, the
+/// agent's own leaf `tether-<pid>-*-agent`). Their commands' processes, running or left running
+/// on purpose, would otherwise outlive the agent that answered for them. Blocking: the kill
+/// waits (bounded) for them to die.
 fn remove_dead_agents(own_dir: &Path) {
-    let Ok(entries) = fs::read_dir(own_dir) else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = agent_pid(&name) else { continue };
-        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
-        }
-        if let Ok(children) = fs::read_dir(entry.path()) {
-            children.flatten().filter(|c| c.path().is_dir()).for_each(|c| drop(fs::remove_dir(c.path())));
-        }
-        let _ = fs::remove_dir(entry.path());
+    let dead = dead_agent_dirs(own_dir);
+    if dead.is_empty() {
+        return;
     }
+    let cgroups: Vec<PathBuf> = dead.iter().flat_map(|d| subdirs(d)).chain(dead.iter().cloned()).collect();
+    let killed = command::kill_members(&cgroups);
+    if killed > 0 {
+        tracing::warn!(killed, dir = %own_dir.display(), "killed processes left by the commands of an agent that died");
+    }
+    // Command cgroups first: a cgroup with children cannot be removed.
+    for dir in command::remove_dirs(cgroups) {
+        tracing::warn!(dir = %dir.display(), "a dead agent's cgroup still holds processes; it stays");
+    }
+}
+
+/// The `tether-<pid>-*` directories in `own_dir` whose pid no longer runs.
+fn dead_agent_dirs(own_dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(own_dir) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            agent_pid(&name)
+                .is_some_and(|pid| pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists())
+        })
+        .map(|entry| entry.path())
+        .filter(|path| path.is_dir())
+        .collect()
 }
 
 /// The agent pid in a `tether-<pid>-<name>` directory name.
@@ -343,11 +361,10 @@ mod tests {
         assert_eq!(agent_pid("system.slice"), None);
     }
 
-    /// A later agent removes what a killed one left in its cgroup: its base with the command
-    /// cgroups that emptied, and its v2 leaf; a running agent's directories stay, and so does a
-    /// command cgroup still holding processes (here: a file inside stands for them).
+    /// The directories a later agent takes for a dead agent's: `tether-<pid>-*` of a pid that
+    /// no longer runs (its base and its v2 leaf), never a running agent's nor anything else.
     #[test]
-    fn a_dead_agents_base_and_leaf_are_removed_and_a_live_ones_stay() {
+    fn only_a_dead_agents_base_and_leaf_are_taken_for_dead() {
         let own = tempfile::tempdir().expect("tempdir");
         let mut child = std::process::Command::new("true").spawn().expect("true runs");
         let dead = child.id();
@@ -355,7 +372,6 @@ mod tests {
         let me = std::process::id();
         let dirs = [
             format!("tether-{dead}-ws1.a/cmd-0"),
-            format!("tether-{dead}-ws1.a/cmd-1"),
             leaf::leaf_name(&format!("tether-{dead}-ws1.a")),
             format!("tether-{dead}-ws1.b/cmd-2"),
             format!("tether-{me}-ws1.c/cmd-0"),
@@ -365,23 +381,76 @@ mod tests {
         for dir in &dirs {
             fs::create_dir_all(own.path().join(dir)).expect("mkdir");
         }
-        fs::write(own.path().join(format!("tether-{dead}-ws1.b/cmd-2/busy")), "").expect("busy");
-        remove_dead_agents(own.path());
-        let mut left: Vec<String> = fs::read_dir(own.path())
-            .expect("list")
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
+        let mut taken: Vec<String> = dead_agent_dirs(own.path())
+            .iter()
+            .map(|p| p.file_name().expect("name").to_string_lossy().into_owned())
             .collect();
-        left.sort();
+        taken.sort();
         let mut expected = [
+            format!("tether-{dead}-ws1.a"),
+            format!("tether-{dead}-ws1.a-agent"),
             format!("tether-{dead}-ws1.b"),
-            format!("tether-{me}-ws1.c"),
-            format!("tether-{me}-ws1.c-agent"),
-            "system.slice".to_owned(),
         ];
         expected.sort();
-        assert_eq!(left, expected);
-        assert!(own.path().join(format!("tether-{me}-ws1.c/cmd-0")).exists());
+        assert_eq!(taken, expected);
+    }
+
+    /// On the real cgroup file systems of this machine (a v1 pids hierarchy, the v2 unified
+    /// one, whichever are mounted): a process left in a dead agent's command cgroup, even one
+    /// in a session of its own, is killed and the dead agent's directories removed, while a
+    /// running agent's stay.
+    #[test]
+    fn a_dead_agents_commands_are_killed_and_its_cgroups_removed() {
+        let read = |p: &str| fs::read_to_string(p).unwrap_or_default();
+        let mounts = parse_mountinfo(&read("/proc/self/mountinfo"));
+        let members = parse_proc_cgroup(&read("/proc/self/cgroup"));
+        let mut tried = Vec::new();
+        for candidate in candidates(&mounts, &members) {
+            let wanted =
+                candidate.version == Version::V2 || candidate.controllers.contains(&Controller::Pids);
+            if wanted && kill_in_dead_agents_dir(&candidate.own_dir, candidate.version) {
+                tried.push(candidate.version);
+            }
+        }
+        println!(
+            "dead agents' commands killed on cgroup {tried:?} (none: no hierarchy this test may write to)"
+        );
+    }
+
+    /// One run of the test above in `own_dir`; false when no cgroup can be made there.
+    fn kill_in_dead_agents_dir(own_dir: &Path, version: Version) -> bool {
+        let mut child = std::process::Command::new("true").spawn().expect("true runs");
+        let dead = child.id();
+        child.wait().expect("reaped");
+        let test = format!("unit{}", std::process::id());
+        let (dead_base, live_base) = (
+            own_dir.join(format!("tether-{dead}-{test}")),
+            own_dir.join(format!("tether-{}-{test}", std::process::id())),
+        );
+        if let Err(e) = fs::create_dir(&dead_base) {
+            println!("cannot make a cgroup in {} ({version:?}): {e}", own_dir.display());
+            return false;
+        }
+        let command = dead_base.join("cmd-0");
+        fs::create_dir(&command).expect("command cgroup");
+        fs::create_dir(&live_base).expect("a live agent's base");
+        // A sleeper in a session of its own: no process group or parent ties it to anything.
+        let mut sleeper =
+            std::process::Command::new("setsid").args(["sleep", "60"]).spawn().expect("setsid sleep");
+        fs::write(command.join("cgroup.procs"), sleeper.id().to_string())
+            .expect("into the dead agent's cgroup");
+
+        remove_dead_agents(own_dir);
+        let status = sleeper.wait().expect("reaped");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL),
+            "{version:?}"
+        );
+        assert!(!dead_base.exists(), "{version:?}: the dead agent's cgroups are removed");
+        assert!(live_base.exists(), "{version:?}: a running agent's stay");
+        fs::remove_dir(&live_base).expect("clean up");
+        true
     }
 
     #[test]

@@ -6,16 +6,22 @@
 //! fork and exec. The agent's pid in the name lets any later agent remove what a killed one
 //! left behind.
 //!
+//! The base directory is the parent of every command's cgroup, so a cap on the processes of
+//! all commands together is its `pids.max`.
+//!
 //! When a command is killed (timeout, cancel, fence) every process of its cgroup is killed and
 //! the cgroup removed. After a normal exit the processes it left running on purpose keep
-//! running (PROTOCOL.md §5), still under its limits; such a cgroup lingers and is removed by a
-//! later sweep once it is empty. A command's cgroup dropped unsettled (its request's future
-//! dropped) is killed and removed on a blocking thread, never on an async worker, and the
-//! agent's shutdown waits for that before removing its own directories.
+//! running (PROTOCOL.md §5), still under its limits, until its fence scope advances or the
+//! agent stops (`linger`). A command's cgroup dropped unsettled (its request's future dropped)
+//! is killed and removed on a blocking thread, never on an async worker. The agent's shutdown
+//! waits for that, then kills whatever is left in any of its command cgroups and removes its
+//! own directories; an agent that could not (it was SIGKILLed) leaves that to the next one
+//! started in the same cgroup (`discover`).
 
 mod command;
 mod discover;
 mod leaf;
+mod linger;
 
 use std::fs;
 use std::io;
@@ -25,6 +31,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 pub use command::CommandCgroup;
 
@@ -102,14 +110,14 @@ pub struct CgroupLimits {
     pub cpu_millicores: Option<u32>,
 }
 
-/// The agent's cgroup hierarchies and the command cgroups still waiting to be removed.
+/// The agent's cgroup hierarchies and the command cgroups that outlived their command.
 #[derive(Debug)]
 pub struct Cgroups {
     hierarchies: Vec<Hierarchy>,
     /// The v2 leaf the agent moved itself into at startup, left at shutdown.
     leaf: Option<leaf::AgentLeaf>,
     next: AtomicU64,
-    lingering: Mutex<Vec<PathBuf>>,
+    lingering: linger::Lingering,
     /// Teardowns of dropped command cgroups not finished yet, and their signal.
     teardowns: Mutex<usize>,
     torn_down: Condvar,
@@ -137,7 +145,7 @@ impl Cgroups {
             hierarchies,
             leaf,
             next: AtomicU64::new(0),
-            lingering: Mutex::new(Vec::new()),
+            lingering: linger::Lingering::default(),
             teardowns: Mutex::new(0),
             torn_down: Condvar::new(),
         }
@@ -175,13 +183,28 @@ impl Cgroups {
         parts.join(", ")
     }
 
+    /// Caps the processes of all commands together at `max` (blocking; one sysfs write): the
+    /// `pids.max` of the base directory that holds every command's pids cgroup. False when
+    /// there is no pids hierarchy.
+    pub fn cap_total_processes(&self, max: u64) -> io::Result<bool> {
+        let Some(h) = self.hierarchy(Controller::Pids) else { return Ok(false) };
+        fs::write(h.base.join("pids.max"), max.to_string())?;
+        Ok(true)
+    }
+
     /// Makes the cgroups of one command with `limits` (blocking; a few small sysfs writes). The
     /// pids hierarchy is always used, so every process of the command can be found and killed.
-    pub fn create(self: &Arc<Self>, limits: &CgroupLimits) -> io::Result<CommandCgroup> {
+    /// What the command leaves running after a normal exit is killed when `until` fires (its
+    /// fence scope advanced past its epoch, or the agent stops).
+    pub fn create(
+        self: &Arc<Self>,
+        limits: &CgroupLimits,
+        until: CancellationToken,
+    ) -> io::Result<CommandCgroup> {
         self.sweep();
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let name = format!("cmd-{n}");
-        let mut cgroup = CommandCgroup::new(self.clone());
+        let mut cgroup = CommandCgroup::new(self.clone(), until);
         let mut join = Vec::new();
         for h in self.hierarchies.iter().filter(|h| needed(h, limits)) {
             let dir = h.base.join(&name);
@@ -204,12 +227,12 @@ impl Cgroups {
 
     /// Removes lingering command cgroups that have emptied.
     pub fn sweep(&self) {
-        let mut lingering = self.lingering.lock().unwrap_or_else(PoisonError::into_inner);
-        lingering.retain(|dir| fs::remove_dir(dir).is_err_and(|e| e.kind() != io::ErrorKind::NotFound));
+        self.lingering.sweep();
     }
 
-    /// At shutdown (blocking): waits for the teardowns of dropped command cgroups, sweeps, then
-    /// removes the base directories if nothing is left in them and leaves the v2 leaf.
+    /// At shutdown (blocking): waits for the teardowns of dropped command cgroups, kills every
+    /// process left in any command cgroup (what commands left running, whatever is still
+    /// running), removes them and the base directories, and leaves the v2 leaf.
     pub fn shutdown(&self) {
         let pending = self.teardowns.lock().unwrap_or_else(PoisonError::into_inner);
         let (pending, wait) = self
@@ -220,9 +243,17 @@ impl Cgroups {
             tracing::warn!(left = *pending, "dropped commands' cgroups were still being killed at shutdown");
         }
         drop(pending);
+        let commands: Vec<PathBuf> = self.hierarchies.iter().flat_map(|h| subdirs(&h.base)).collect();
+        let killed = command::kill_members(&commands);
+        if killed > 0 {
+            tracing::info!(killed, "killed what commands left running");
+        }
+        let left = command::remove_dirs(commands);
         self.sweep();
         for h in &self.hierarchies {
-            let _ = fs::remove_dir(&h.base);
+            if let Err(e) = fs::remove_dir(&h.base) {
+                tracing::warn!(base = %h.base.display(), error = %e, ?left, "the agent's cgroup directory stays");
+            }
         }
         self.leave_leaf();
     }
@@ -237,8 +268,19 @@ impl Cgroups {
         }
     }
 
-    fn linger(&self, dir: PathBuf) {
-        self.lingering.lock().unwrap_or_else(PoisonError::into_inner).push(dir);
+    /// Keeps a command's populated cgroups `dirs` until a sweep finds them empty, or kills
+    /// their processes and removes them when `until` fires, whichever comes first. The wait is
+    /// a task on the runtime; outside one (tests on a plain thread) they stay until shutdown.
+    fn linger(self: &Arc<Self>, dirs: Vec<PathBuf>, until: CancellationToken) {
+        let removed = self.lingering.add(dirs.clone());
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let owner = self.clone();
+        runtime.spawn(async move {
+            tokio::select! {
+                () = until.cancelled() => command::tear_down(owner, dirs),
+                () = removed.cancelled() => {}
+            }
+        });
     }
 
     fn teardown_started(&self) {
@@ -250,6 +292,12 @@ impl Cgroups {
         *pending = pending.saturating_sub(1);
         self.torn_down.notify_all();
     }
+}
+
+/// The directories in `dir` (a base: its command cgroups).
+fn subdirs(dir: &std::path::Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
+    entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect()
 }
 
 /// Whether a command with `limits` needs a cgroup in `h`.
