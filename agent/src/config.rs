@@ -63,6 +63,10 @@ pub struct RunArgs {
     /// only; without it such an agent refuses exec with CONSENT_REQUIRED).
     #[arg(long, env = "TETHER_ALLOW_UNCONFINED_COMMANDS", num_args = 0..=1, default_missing_value = "true")]
     pub allow_unconfined_commands: Option<bool>,
+    /// Let confined commands connect to the TCP ports of the agent's NATS servers and relay,
+    /// which they cannot where Landlock confines TCP (Linux 6.7+).
+    #[arg(long, env = "TETHER_ALLOW_AGENT_SERVER_PORTS", num_args = 0..=1, default_missing_value = "true")]
+    pub allow_agent_server_ports: Option<bool>,
     /// Extra path commands may read and execute in confined mode (repeatable, or comma-separated);
     /// replaces `confine.read` of the config file.
     #[arg(long = "confine-read", env = "TETHER_CONFINE_READ", value_delimiter = ',')]
@@ -159,6 +163,7 @@ struct ConfineFile {
     #[serde(default, with = "crate::size::serde_opt")]
     default_memory_max: Option<u64>,
     allow_unconfined_commands: Option<bool>,
+    allow_agent_server_ports: Option<bool>,
 }
 
 /// Default cap on the processes of one command: room for a parallel build, not for a fork bomb.
@@ -182,6 +187,8 @@ pub struct ConfineConfig {
     pub default_memory_max: Option<u64>,
     /// Run commands without Landlock when the kernel has none, instead of refusing them.
     pub allow_unconfined_commands: bool,
+    /// Let commands connect to the ports of the agent's NATS servers and relay.
+    pub allow_agent_server_ports: bool,
 }
 
 /// A credential. `Debug` and `Display` print a placeholder, never the value.
@@ -298,6 +305,7 @@ impl Config {
                 max_total_processes: args.max_total_processes,
                 default_memory_max: args.default_memory_max,
                 allow_unconfined_commands: args.allow_unconfined_commands,
+                allow_agent_server_ports: args.allow_agent_server_ports,
             },
             file.confine,
             env("HOME").map(PathBuf::from),
@@ -365,6 +373,10 @@ fn confine_config(
         allow_unconfined_commands: given
             .allow_unconfined_commands
             .or(file.allow_unconfined_commands)
+            .unwrap_or(false),
+        allow_agent_server_ports: given
+            .allow_agent_server_ports
+            .or(file.allow_agent_server_ports)
             .unwrap_or(false),
     })
 }
@@ -533,7 +545,8 @@ write = ["/var/cache/build"]
 max_processes = 64
 max_total_processes = 300
 default_memory_max = "2G"
-allow_unconfined_commands = true"#
+allow_unconfined_commands = true
+allow_agent_server_ports = true"#
         )
         .unwrap();
         let args = RunArgs {
@@ -560,18 +573,20 @@ allow_unconfined_commands = true"#
         assert_eq!(c.confine.max_processes, 64);
         assert_eq!((c.confine.max_total_processes, c.confine.default_memory_max), (300, Some(2 << 30)));
         assert!(c.confine.allow_unconfined_commands);
+        assert!(c.confine.allow_agent_server_ports);
 
         let args = RunArgs {
             config: Some(file.path().to_owned()),
             max_processes: Some(0),
             default_memory_max: Some(0),
             allow_unconfined_commands: Some(false),
+            allow_agent_server_ports: Some(false),
             ..base_args()
         };
         let c = Config::resolve(args, env).unwrap();
         assert_eq!(c.confine.max_processes, 0);
         assert_eq!(c.confine.default_memory_max, Some(0), "0 (none) given as a flag wins over the file");
-        assert!(!c.confine.allow_unconfined_commands);
+        assert!(!c.confine.allow_unconfined_commands && !c.confine.allow_agent_server_ports);
     }
 
     #[test]

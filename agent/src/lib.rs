@@ -14,8 +14,8 @@ pub mod placement;
 pub mod process;
 pub mod sandbox;
 pub mod serve;
-pub mod state_lock;
 pub mod size;
+pub mod state_lock;
 pub mod stream;
 
 pub use error::{OpError, OpResult};

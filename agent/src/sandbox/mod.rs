@@ -4,10 +4,12 @@
 //! workspace root and a private temp directory and read only the system's programs, libraries
 //! and configuration, and under resource limits (a process cap per command and one for all
 //! commands together, a default memory limit, and the memory and CPU limits a request asks
-//! for). It may signal, and connect to the Unix sockets of, only the processes of its own
-//! command (where the kernel allows: see `ruleset` and `seccomp`), and it does not inherit
-//! the addresses of the user's sockets (`SSH_AUTH_SOCK`, D-Bus, X11, ...), and it holds no
-//! Linux capabilities, even under an agent running as root (`privileges`).
+//! for). It reads of those locations only what any user could (`shared`). It may signal, and
+//! connect to the Unix sockets of, only the processes of its own command (where the kernel
+//! allows: see `ruleset` and `seccomp`), it cannot connect to the agent's NATS and relay ports
+//! (`network`), set setuid bits or enter a user namespace (`seccomp`), it does not inherit the
+//! addresses of the user's sockets (`SSH_AUTH_SOCK`, D-Bus, X11, ...), and it holds no Linux
+//! capabilities, even under an agent running as root (`privileges`).
 //! [`Sandbox`] is built once at startup from the configuration and what the kernel offers; it
 //! installs the static part into the [`Launcher`] (and what a terminal's own ruleset is built
 //! from), decides whether a command may run at all ([`Sandbox::admit`]), prepares each
@@ -15,11 +17,13 @@
 
 mod cgroup;
 mod limits;
+mod network;
 mod policy;
 mod privileges;
 mod rules;
 mod ruleset;
 mod seccomp;
+mod shared;
 
 use std::ffi::OsString;
 use std::fs;
@@ -40,7 +44,7 @@ use crate::config::Config;
 use crate::error::{OpError, OpResult};
 use crate::process::{Launcher, PreExecHook, TerminalConfinement};
 use cgroup::Cgroups;
-use seccomp::UnixSocketFilter;
+use seccomp::CommandFilter;
 
 /// The name of the private temp directory inside the state directory.
 const TMP_DIR_NAME: &str = "tmp";
@@ -108,6 +112,8 @@ pub struct CommandCaps {
     /// Signals and abstract Unix sockets reach only the command's own processes.
     pub scoped: bool,
     pub unix_sockets: UnixSockets,
+    /// Commands cannot connect to the TCP ports of the agent's NATS servers and relay.
+    pub network_confined: bool,
 }
 
 impl CommandCaps {
@@ -126,6 +132,7 @@ impl CommandCaps {
         caps.default_memory_max_bytes = self.default_memory_max;
         caps.commands_scoped = self.scoped;
         caps.unix_sockets = self.unix_sockets.to_proto() as i32;
+        caps.network_confined = self.network_confined;
     }
 }
 
@@ -134,8 +141,11 @@ impl CommandCaps {
 pub struct Sandbox {
     policy: CommandPolicy,
     ruleset: Option<ruleset::BuiltRuleset>,
-    /// The Unix socket filter, where Landlock cannot confine Unix sockets itself.
-    socket_filter: Option<Arc<UnixSocketFilter>>,
+    /// The layer that closes the ports of the agent's servers (`network`).
+    network: Option<ruleset::BuiltRuleset>,
+    /// The seccomp filter (`seccomp`), with its Unix socket rules where Landlock cannot confine
+    /// Unix sockets itself.
+    filter: Option<Arc<CommandFilter>>,
     rules: Vec<Rule>,
     tmpdir: Option<PathBuf>,
     cgroups: Option<Arc<Cgroups>>,
@@ -175,7 +185,8 @@ impl Sandbox {
                 allow_unconfined: config.confine.allow_unconfined_commands,
             },
             ruleset: None,
-            socket_filter: None,
+            network: None,
+            filter: None,
             rules: Vec::new(),
             tmpdir: None,
             cgroups,
@@ -197,14 +208,27 @@ impl Sandbox {
             extra_write: config.confine.write.clone(),
             excluded,
         };
-        let fs = rules::FsView { list_dir: &list_dir, canonical: &canonical, readable: &readable };
+        let fs = rules::FsView {
+            list_dir: &list_dir,
+            canonical: &canonical,
+            readable: &readable,
+            unshared_beneath: &shared::unshared_beneath,
+            shared_file: &shared::shared_file,
+        };
+        let started = std::time::Instant::now();
         let rules = rules::rules(&inputs, &fs);
         sandbox.policy.confinement = match ruleset::build(&rules) {
             Ok(built) => {
-                tracing::info!(abi = built.abi, rules = built.rules_added, scoped = built.scoped(), tmpdir = %tmpdir.display(), "commands run under Landlock");
+                let elapsed_ms = started.elapsed().as_millis() as u64;
+                tracing::info!(abi = built.abi, rules = built.rules_added, elapsed_ms, scoped = built.scoped(), tmpdir = %tmpdir.display(), "commands run under Landlock");
                 let abi = built.abi;
-                if !built.confines_unix_sockets() {
-                    sandbox.socket_filter = unix_socket_filter();
+                sandbox.filter = command_filter(!built.confines_unix_sockets());
+                if config.confine.allow_agent_server_ports {
+                    tracing::info!(
+                        "confined commands may connect to the agent's NATS and relay ports, as configured"
+                    );
+                } else {
+                    sandbox.network = network_layer(config, abi)?;
                 }
                 sandbox.ruleset = Some(built);
                 sandbox.tmpdir = Some(tmpdir);
@@ -226,7 +250,8 @@ impl Sandbox {
         Sandbox {
             policy,
             ruleset: None,
-            socket_filter: None,
+            network: None,
+            filter: None,
             rules: Vec::new(),
             tmpdir: None,
             cgroups: None,
@@ -243,15 +268,18 @@ impl Sandbox {
     /// and no socket addresses.
     pub fn install(&self, launcher: &mut Launcher) {
         let Some(built) = &self.ruleset else { return };
-        let (rules, filter) = (self.rules.clone(), self.socket_filter.clone());
+        let (rules, network, filter) = (self.rules.clone(), self.network.clone(), self.filter.clone());
         let terminal: TerminalConfinement = Arc::new(move |tty: &Path| {
             let mut rules = rules.clone();
             rules.push(Rule { path: tty.to_owned(), grant: Grant::Device });
             let built = ruleset::build(&rules)
                 .map_err(|e| io::Error::other(format!("confining the terminal's shell: {e}")))?;
-            Ok(without_capabilities(built.hook(filter.clone())))
+            Ok(confining_hook(built, network.clone(), filter.clone()))
         });
-        launcher.set_confinement(without_capabilities(built.hook(self.socket_filter.clone())), terminal);
+        launcher.set_confinement(
+            confining_hook(built.clone(), self.network.clone(), self.filter.clone()),
+            terminal,
+        );
         for name in SOCKET_ADDRESS_VARS {
             launcher.remove_base_env(name);
         }
@@ -324,12 +352,13 @@ impl Sandbox {
         };
         let unix_sockets = match &self.ruleset {
             Some(built) if built.confines_unix_sockets() => UnixSockets::Landlock,
-            Some(_) if self.socket_filter.is_some() => UnixSockets::Seccomp,
+            Some(_) if self.filter.as_ref().is_some_and(|f| f.refuses_unix_sockets()) => UnixSockets::Seccomp,
             _ => UnixSockets::Open,
         };
         CommandCaps {
             scoped: self.ruleset.as_ref().is_some_and(ruleset::BuiltRuleset::scoped),
             unix_sockets,
+            network_confined: self.network.is_some(),
             confined: self.policy.confined(),
             landlock_abi: self.policy.landlock_abi(),
             admitted: self.policy.admit().is_ok(),
@@ -382,27 +411,77 @@ fn cap_total_processes(cgroups: Option<&Cgroups>, max: u32) -> u32 {
     }
 }
 
-/// `confine`, then the child drops every capability it holds (see `privileges`).
-fn without_capabilities(confine: PreExecHook) -> PreExecHook {
+/// The pre-exec step that confines a child: the file-system ruleset, the network layer, the
+/// seccomp filter, then the child drops every capability it holds (see `privileges`). Only
+/// system calls on values prepared here (see `PreExecHook`); any failure aborts the spawn: a
+/// child never runs unconfined by accident.
+fn confining_hook(
+    fs: ruleset::BuiltRuleset,
+    network: Option<ruleset::BuiltRuleset>,
+    filter: Option<Arc<CommandFilter>>,
+) -> PreExecHook {
     let drop = privileges::CapabilityDrop::new();
     Arc::new(move || {
-        confine()?;
+        fs.restrict()?;
+        if let Some(network) = &network {
+            network.restrict()?;
+        }
+        if let Some(filter) = &filter {
+            filter.apply()?;
+        }
         drop.apply()
     })
 }
 
-/// The seccomp filter for Unix sockets, or none (logged) where the machine cannot take it.
-fn unix_socket_filter() -> Option<Arc<UnixSocketFilter>> {
-    match UnixSocketFilter::new() {
+/// The seccomp filter, or none (logged) where the machine cannot take it.
+fn command_filter(refuse_unix_sockets: bool) -> Option<Arc<CommandFilter>> {
+    match CommandFilter::new(refuse_unix_sockets) {
         Ok(filter) => {
-            tracing::info!(
-                "this Landlock cannot confine Unix sockets: commands may not create any (seccomp)"
-            );
+            if refuse_unix_sockets {
+                tracing::info!(
+                    "this Landlock cannot confine Unix sockets: commands may not create any (seccomp)"
+                );
+            }
             Some(Arc::new(filter))
         }
         Err(e) => {
-            tracing::warn!(error = %e, "confined commands can connect to any named Unix socket they can reach");
+            tracing::warn!(
+                error = %e,
+                "confined commands may set setuid bits, create user namespaces and use io_uring{}",
+                if refuse_unix_sockets { ", and connect to any named Unix socket they can reach" } else { "" }
+            );
             None
+        }
+    }
+}
+
+/// The layer closing the ports of the agent's servers, or none (logged) where this Landlock
+/// (`abi`) cannot confine TCP. A URL whose port cannot be told is an error: the agent would not
+/// know what to close.
+fn network_layer(config: &Config, abi: u32) -> anyhow::Result<Option<ruleset::BuiltRuleset>> {
+    if abi < network::NETWORK_ABI {
+        tracing::warn!(
+            abi,
+            "this Landlock cannot confine TCP: confined commands can connect to the agent's NATS and relay ports"
+        );
+        return Ok(None);
+    }
+    let relay_url = config.relay.as_ref().map(|r| r.url.as_str());
+    let closed = network::agent_server_ports(&config.nats_urls, relay_url)?;
+    let started = std::time::Instant::now();
+    match ruleset::build_network(network::open_ports(&closed)) {
+        Ok(built) => {
+            tracing::info!(
+                ?closed,
+                rules = built.rules_added,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "confined commands cannot connect to the agent's server ports"
+            );
+            Ok(Some(built))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "confined commands can connect to the agent's NATS and relay ports");
+            Ok(None)
         }
     }
 }

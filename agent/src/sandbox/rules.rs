@@ -1,17 +1,22 @@
 //! What a confined command may touch, as a plain list of (path, grant) rules: the workspace root
 //! and the agent's private temp directory read-write; the system's programs, libraries and
-//! configuration read-and-execute, minus the credential files the agent's user could otherwise
-//! hand out (`/etc/shadow` to a root agent, SSH host keys, the agent's own secrets); `/proc`
-//! read-only; a few harmless devices. Everything else, the user's home first of all, is out of
-//! reach. Kept pure (directory listings, symlinks and permissions come in through functions) so
-//! the policy can be read and tested without a kernel; `ruleset` turns the list into Landlock
-//! rules.
+//! configuration read-and-execute, but only what any user of the machine could read there;
+//! `/proc` read-only; a few harmless devices. Everything else, the user's home first of all, is
+//! out of reach. Kept pure (directory listings, symlinks and permissions come in through
+//! functions) so the policy can be read and tested without a kernel; `ruleset` turns the list
+//! into Landlock rules.
 //!
-//! Landlock cannot deny beneath a grant, so a directory holding a secret is granted entry by
-//! entry, and rules attach to the inodes present at startup: a file there replaced later by a
-//! rename (`/etc/resolv.conf`, `/etc/hosts`) becomes unreadable. So only a secret the agent's
-//! user can really read splits its directory: for an unprivileged agent `/etc/shadow` is closed
-//! by its permissions already, and `/etc` stays one rule.
+//! A read location shares only what others (not the owner, not the group) may read: a root
+//! agent's commands run as uid 0 and own `/etc/shadow`, `/etc/ssl/private` and the SSH host
+//! keys; a non-root agent's own `0600` files under a `confine.read` path are its user's, not
+//! its commands'. So every read location is walked once at startup for entries others cannot
+//! read (files without o+r, directories without o+r or o+x) that the agent's children could,
+//! and those are left out, as are the agent's own credential files and state directory
+//! whatever their mode. Landlock cannot deny beneath a grant, so a directory holding such an
+//! entry is granted entry by entry, and rules attach to the inodes present at startup: a file
+//! there replaced later by a rename (`/etc/resolv.conf`, `/etc/hosts`) becomes unreadable. An
+//! entry the children could not read anyway splits nothing: for an unprivileged agent
+//! `/etc/shadow` is closed by its permissions already, and `/etc` stays one rule.
 
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
@@ -52,17 +57,6 @@ pub const DEVICES: &[&str] = &[
     // Not /dev/pts, every terminal of the machine: a terminal's shell gets its own (Sandbox::install).
 ];
 
-/// System files holding credentials, never readable by a confined command (root could).
-const SYSTEM_SECRETS: &[&str] = &[
-    "/etc/shadow",
-    "/etc/shadow-",
-    "/etc/gshadow",
-    "/etc/gshadow-",
-    "/etc/sudoers",
-    "/etc/sudoers.d",
-    "/etc/security/opasswd",
-];
-
 /// The inputs of the rule list, gathered by the caller.
 #[derive(Debug, Clone, Default)]
 pub struct RuleInputs {
@@ -77,33 +71,75 @@ pub struct RuleInputs {
 }
 
 /// How the rule list sees the file system: a directory's entries (empty when it cannot be
-/// read), a path with its symlinks resolved (the path itself when it cannot be resolved), and
+/// read); a path with its symlinks resolved (the path itself when it cannot be resolved);
 /// whether the agent's children could read a path (a directory: list or search it) if no
-/// Landlock rule stood in the way.
+/// Landlock rule stood in the way; the entries beneath a directory other users could not read
+/// (symlinks not followed, not descending into what it returns); and whether a path is a file
+/// (not a directory) any user could read, beneath directories any user could search.
 pub struct FsView<'a> {
     pub list_dir: &'a dyn Fn(&Path) -> Vec<PathBuf>,
     pub canonical: &'a dyn Fn(&Path) -> PathBuf,
     pub readable: &'a dyn Fn(&Path) -> bool,
+    pub unshared_beneath: &'a dyn Fn(&Path) -> Vec<PathBuf>,
+    pub shared_file: &'a dyn Fn(&Path) -> bool,
 }
 
-/// The rules for `inputs`. A read-only location that holds an excluded path the children could
-/// read is granted entry by entry, leaving the excluded ones out; one they could not read
-/// anyway splits nothing. Every path is compared with its symlinks resolved,
-/// at every depth: Landlock follows a symlink to the inode it names, so a link to a directory
-/// holding a secret (`current -> releases/1.2`) must be split like the directory itself.
+/// What no read rule may reach, symlinks resolved: the agent's own secrets, and what the
+/// children could read in a read location although other users could not.
+struct Hidden {
+    secrets: Vec<PathBuf>,
+    unshared: Vec<PathBuf>,
+    /// The read locations, resolved: what the walk saw.
+    walked: Vec<PathBuf>,
+}
+
+impl Hidden {
+    /// Whether `path` is hidden when reached from the read location `named`: an unshared entry
+    /// at or above `named` itself does not count (the operator named that location).
+    fn covers(&self, path: &Path, named: &Path) -> bool {
+        self.secrets.iter().any(|s| path.starts_with(s))
+            || self.unshared.iter().any(|u| path.starts_with(u) && !named.starts_with(u))
+    }
+
+    /// Whether something hidden lies strictly beneath `path`.
+    fn beneath(&self, path: &Path) -> bool {
+        self.secrets.iter().chain(&self.unshared).any(|h| h != path && h.starts_with(path))
+    }
+}
+
+/// The rules for `inputs`. A read location holding something hidden (see the module doc) is
+/// granted entry by entry, leaving the hidden ones out. Every path is compared with its
+/// symlinks resolved, at every depth: Landlock follows a symlink to the inode it names, so a
+/// link to a directory holding a secret (`current -> releases/1.2`) must be split like the
+/// directory itself, and a link out of the read locations is granted only to a file any user
+/// could read (`/etc/resolv.conf` into `/run`), never to a directory the walk did not see.
 pub fn rules(inputs: &RuleInputs, fs: &FsView<'_>) -> Vec<Rule> {
-    let list_dir = fs.list_dir;
-    let mut excluded: Vec<PathBuf> = SYSTEM_SECRETS.iter().map(PathBuf::from).collect();
-    excluded.extend(ssh_host_keys(list_dir));
-    excluded.extend(inputs.excluded.iter().cloned());
-    let excluded: Vec<PathBuf> =
-        excluded.iter().filter(|p| (fs.readable)(p)).map(|p| (fs.canonical)(p)).collect();
+    let read_exec: Vec<PathBuf> = SYSTEM_READ_EXEC
+        .iter()
+        .map(PathBuf::from)
+        .chain(inputs.extra_read.iter().cloned())
+        .map(|p| (fs.canonical)(&p))
+        .collect();
+    let visible = |p: &PathBuf| (fs.readable)(p);
+    let mut walked: Vec<PathBuf> = Vec::new();
+    let mut unshared = Vec::new();
+    for top in &read_exec {
+        // Already seen, unless the earlier walk stopped above it (a location named inside a
+        // directory others cannot read).
+        let seen = walked.iter().any(|w| top.starts_with(w))
+            && !unshared.iter().any(|u: &PathBuf| top.starts_with(u));
+        if !seen {
+            unshared.extend((fs.unshared_beneath)(top).into_iter().filter(visible));
+            walked.push(top.clone());
+        }
+    }
+    let secrets = inputs.excluded.iter().filter(|p| visible(p)).map(|p| (fs.canonical)(p)).collect();
+    let hidden = Hidden { secrets, unshared, walked };
 
     let mut rules = Vec::new();
     let mut split = std::collections::HashSet::new();
-    let read_exec = SYSTEM_READ_EXEC.iter().map(PathBuf::from).chain(inputs.extra_read.iter().cloned());
-    for top in read_exec {
-        for path in expand_excluding(&top, &excluded, fs, &mut split) {
+    for top in &read_exec {
+        for path in expand(top, top, &hidden, fs, &mut split) {
             rules.push(Rule { path, grant: Grant::ReadExec });
         }
     }
@@ -116,38 +152,31 @@ pub fn rules(inputs: &RuleInputs, fs: &FsView<'_>) -> Vec<Rule> {
     rules
 }
 
-/// `path` (symlinks resolved) as one path when nothing excluded lies beneath it; otherwise its
-/// entries, each resolved and expanded the same way, without the excluded ones. `split` holds
-/// the directories already expanded, so a symlink loop or a second route to one directory
-/// ends there.
-fn expand_excluding(
+/// `path` (symlinks resolved), reached from the read location `named`, as one path when
+/// nothing hidden lies beneath it; otherwise its entries, each resolved and expanded the same
+/// way, without the hidden ones. `split` holds the directories already expanded, so a symlink
+/// loop or a second route to one directory ends there.
+fn expand(
     path: &Path,
-    excluded: &[PathBuf],
+    named: &Path,
+    hidden: &Hidden,
     fs: &FsView<'_>,
     split: &mut std::collections::HashSet<PathBuf>,
 ) -> Vec<PathBuf> {
     let path = (fs.canonical)(path);
-    if excluded.contains(&path) {
+    if hidden.covers(&path, named) {
         return Vec::new();
     }
-    if !excluded.iter().any(|e| e.starts_with(&path)) {
+    if !hidden.walked.iter().any(|w| path.starts_with(w)) {
+        return if (fs.shared_file)(&path) { vec![path] } else { Vec::new() };
+    }
+    if !hidden.beneath(&path) {
         return vec![path];
     }
     if !split.insert(path.clone()) {
         return Vec::new();
     }
-    (fs.list_dir)(&path).iter().flat_map(|entry| expand_excluding(entry, excluded, fs, split)).collect()
-}
-
-/// The SSH daemon's private host keys (`/etc/ssh/ssh_host_*_key`; the `.pub` halves stay readable).
-fn ssh_host_keys(list_dir: &dyn Fn(&Path) -> Vec<PathBuf>) -> Vec<PathBuf> {
-    list_dir(Path::new("/etc/ssh"))
-        .into_iter()
-        .filter(|p| {
-            let name = p.file_name().map(OsStr::to_string_lossy).unwrap_or_default();
-            name.starts_with("ssh_host_") && name.ends_with("_key")
-        })
-        .collect()
+    (fs.list_dir)(&path).iter().flat_map(|entry| expand(entry, named, hidden, fs, split)).collect()
 }
 
 /// Where a confined command may execute from: beneath a read-exec or read-write rule.
@@ -208,15 +237,53 @@ mod tests {
 
     fn fake_fs(path: &Path) -> Vec<PathBuf> {
         let names: &[&str] = match path.to_str() {
-            Some("/etc") => &["passwd", "shadow", "gshadow", "ssh", "ssl", "sudoers", "tether"],
+            Some("/etc") => &[
+                "passwd",
+                "shadow",
+                "gshadow",
+                "ssh",
+                "ssl",
+                "sudoers",
+                "tether",
+                "resolv.conf",
+                "alt",
+                "key-link",
+                "certs-key",
+            ],
             Some("/etc/ssh") => &["ssh_config", "ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"],
+            Some("/etc/ssl") => &["certs", "private"],
+            Some("/etc/ssl/private") => &["key", "README"],
             Some("/etc/tether") => &["agent.toml", "nats.token"],
+            Some("/srv/data") => &["readme", "keys"],
             _ => &[],
         };
         names.iter().map(|n| path.join(n)).collect()
     }
 
-    /// `/bin` and `/lib` are symlinks into `/usr`, as on a merged-/usr system.
+    /// What others cannot read in the fake tree.
+    const UNSHARED: &[&str] = &[
+        "/etc/shadow",
+        "/etc/gshadow",
+        "/etc/sudoers",
+        "/etc/ssh/ssh_host_ed25519_key",
+        "/etc/ssl/private",
+        "/etc/ssl/private/key",
+        "/srv/data/keys",
+    ];
+
+    /// As the walk finds them: strictly beneath `top`, not inside another one found.
+    fn unshared_beneath(top: &Path) -> Vec<PathBuf> {
+        let beneath = |p: &Path| p != top && p.starts_with(top);
+        let found = UNSHARED.iter().map(Path::new).filter(|p| beneath(p));
+        let outermost = |p: &&Path| {
+            !UNSHARED.iter().any(|q| beneath(Path::new(q)) && *p != Path::new(q) && p.starts_with(q))
+        };
+        found.filter(outermost).map(Path::to_owned).collect()
+    }
+
+    /// `/bin` and `/lib` are symlinks into `/usr`, as on a merged-/usr system; `/etc` holds
+    /// links to a shared file in `/run`, a directory in `/var`, a private file in `/root` and
+    /// a file in `/etc/ssl/private`.
     fn canonical(p: &Path) -> PathBuf {
         for link in ["/bin", "/lib"] {
             if let Ok(rest) = p.strip_prefix(link) {
@@ -224,12 +291,29 @@ mod tests {
                 return if rest.as_os_str().is_empty() { target } else { target.join(rest) };
             }
         }
-        p.to_owned()
+        let target = match p.to_str() {
+            Some("/etc/resolv.conf") => "/run/resolv.conf",
+            Some("/etc/alt") => "/var/lib/thing",
+            Some("/etc/key-link") => "/root/key",
+            Some("/etc/certs-key") => "/etc/ssl/private/key",
+            _ => return p.to_owned(),
+        };
+        PathBuf::from(target)
+    }
+
+    fn view_with(readable: &dyn Fn(&Path) -> bool) -> FsView<'_> {
+        FsView {
+            list_dir: &fake_fs,
+            canonical: &canonical,
+            readable,
+            unshared_beneath: &unshared_beneath,
+            shared_file: &|p| p == Path::new("/run/resolv.conf"),
+        }
     }
 
     /// As a root agent sees it: everything readable.
     fn view() -> FsView<'static> {
-        FsView { list_dir: &fake_fs, canonical: &canonical, readable: &|_| true }
+        view_with(&|_| true)
     }
 
     fn inputs() -> RuleInputs {
@@ -259,39 +343,66 @@ mod tests {
     }
 
     #[test]
-    fn system_locations_are_read_exec_without_their_secrets() {
+    fn read_locations_share_only_what_others_could_read_and_never_the_agents_secrets() {
         let read = granted(&rules(&inputs(), &view()), Grant::ReadExec);
         for kept in [
             "/usr",
             "/usr/bin",
             "/lib64",
             "/opt",
-            "/srv/data",
+            "/srv/data/readme",
             "/etc/passwd",
-            "/etc/ssl",
+            "/etc/ssl/certs",
             "/etc/ssh/ssh_config",
+            "/etc/ssh/ssh_host_ed25519_key.pub",
+            "/etc/tether/agent.toml",
         ] {
             assert!(read.contains(&kept.to_owned()), "{kept} missing from {read:?}");
         }
-        assert!(read.contains(&"/etc/ssh/ssh_host_ed25519_key.pub".to_owned()));
-        assert!(read.contains(&"/etc/tether/agent.toml".to_owned()));
-        for secret in ["/etc", "/etc/shadow", "/etc/gshadow", "/etc/sudoers", "/etc/ssh", "/etc/tether"] {
-            assert!(!read.contains(&secret.to_owned()), "{secret} must not be granted: {read:?}");
+        for hidden in [
+            "/etc",
+            "/etc/shadow",
+            "/etc/gshadow",
+            "/etc/sudoers",
+            "/etc/ssh",
+            "/etc/ssl",
+            "/etc/ssl/private",
+            "/etc/tether",
+            "/srv/data",
+            "/srv/data/keys",
+        ] {
+            assert!(!read.contains(&hidden.to_owned()), "{hidden} must not be granted: {read:?}");
         }
         assert!(!read.iter().any(|p| p.ends_with("_key") || p.ends_with("nats.token")), "{read:?}");
     }
 
     #[test]
+    fn a_link_out_of_the_read_locations_reaches_only_a_file_anyone_could_read() {
+        let read = granted(&rules(&inputs(), &view()), Grant::ReadExec);
+        assert!(read.contains(&"/run/resolv.conf".to_owned()), "{read:?}");
+        for hidden in ["/var/lib/thing", "/root/key", "/etc/ssl/private/key"] {
+            assert!(!read.contains(&hidden.to_owned()), "{hidden} must not be granted: {read:?}");
+        }
+    }
+
+    #[test]
+    fn a_location_named_inside_a_private_directory_is_granted_with_only_its_shared_entries() {
+        let inputs = RuleInputs { extra_read: vec!["/etc/ssl/private".into()], ..inputs() };
+        let read = granted(&rules(&inputs, &view()), Grant::ReadExec);
+        assert!(read.contains(&"/etc/ssl/private/README".to_owned()), "{read:?}");
+        for hidden in ["/etc/ssl/private", "/etc/ssl/private/key"] {
+            assert!(!read.contains(&hidden.to_owned()), "{hidden} must not be granted: {read:?}");
+        }
+    }
+
+    #[test]
     fn an_unprivileged_agent_gets_etc_whole_and_a_readable_token_splits_only_its_way_down() {
-        let none = |_: &Path| false;
-        let fs = FsView { list_dir: &fake_fs, canonical: &canonical, readable: &none };
-        let read = granted(&rules(&inputs(), &fs), Grant::ReadExec);
-        assert!(read.contains(&"/etc".to_owned()), "{read:?}");
+        let read = granted(&rules(&inputs(), &view_with(&|_| false)), Grant::ReadExec);
+        assert!(read.contains(&"/etc".to_owned()) && read.contains(&"/srv/data".to_owned()), "{read:?}");
         assert!(!read.iter().any(|p| p.starts_with("/etc/")), "/etc is one rule: {read:?}");
 
         let token_only = |p: &Path| p == Path::new("/etc/tether/nats.token");
-        let fs = FsView { list_dir: &fake_fs, canonical: &canonical, readable: &token_only };
-        let read = granted(&rules(&inputs(), &fs), Grant::ReadExec);
+        let read = granted(&rules(&inputs(), &view_with(&token_only)), Grant::ReadExec);
         for kept in ["/etc/passwd", "/etc/shadow", "/etc/ssh", "/etc/sudoers", "/etc/tether/agent.toml"] {
             assert!(read.contains(&kept.to_owned()), "{kept} missing from {read:?}");
         }
@@ -309,7 +420,7 @@ mod tests {
                 _ => fake_fs(p),
             }
         };
-        let fs = FsView { list_dir: &list, canonical: &canonical, readable: &|_| true };
+        let fs = FsView { list_dir: &list, ..view() };
         let inputs = RuleInputs { excluded: vec!["/lib/tether".into()], ..inputs() };
         let read = granted(&rules(&inputs, &fs), Grant::ReadExec);
         assert!(
@@ -343,6 +454,8 @@ mod tests {
             list_dir: &crate::sandbox::list_dir,
             canonical: &crate::sandbox::canonical,
             readable: &|_| true,
+            unshared_beneath: &crate::sandbox::shared::unshared_beneath,
+            shared_file: &crate::sandbox::shared::shared_file,
         };
         let inputs = RuleInputs {
             extra_read: vec![opt.clone()],

@@ -10,6 +10,9 @@
 //! only the processes of its own command, never the agent, the user's other processes (X11,
 //! an abstract D-Bus) or another command. From ABI 9 the file rights include connecting to a
 //! named Unix socket, granted only beneath the writable paths; before that `seccomp` steps in.
+//! The network layer (`network`) is a ruleset of its own, stacked on this one in each child:
+//! it is the same for every command, while a terminal's shell gets a file-system ruleset of
+//! its own.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -17,13 +20,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use landlock::{
-    ABI, Access, AccessFs, BitFlags, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr, Scope,
-    make_bitflags,
+    ABI, Access, AccessFs, AccessNet, BitFlags, NetPort, PathBeneath, PathFd, Ruleset, RulesetAttr,
+    RulesetCreated, RulesetCreatedAttr, Scope, make_bitflags,
 };
 
 use super::rules::{Grant, Rule};
-use super::seccomp::UnixSocketFilter;
-use crate::process::PreExecHook;
 
 /// The newest Landlock ABI this build handles.
 pub const TARGET_ABI: ABI = ABI::V10;
@@ -44,16 +45,10 @@ pub struct BuiltRuleset {
 }
 
 impl BuiltRuleset {
-    /// The pre-exec step that confines a child: `PR_SET_NO_NEW_PRIVS`, then
-    /// `landlock_restrict_self`, then `filter` when there is one. Only system calls on values
-    /// captured here: no allocation, no lock (see `PreExecHook`). Any failure aborts the spawn:
-    /// a child never runs unconfined by accident.
-    pub fn hook(&self, filter: Option<Arc<UnixSocketFilter>>) -> PreExecHook {
-        let fd = self.fd.clone();
-        Arc::new(move || {
-            restrict_self(fd.as_raw_fd())?;
-            filter.as_ref().map_or(Ok(()), |f| f.apply())
-        })
+    /// Confines the calling process: `PR_SET_NO_NEW_PRIVS`, then `landlock_restrict_self`. Runs
+    /// in a forked child (see `PreExecHook`): two system calls, no allocation, no lock.
+    pub fn restrict(&self) -> io::Result<()> {
+        restrict_self(self.fd.as_raw_fd())
     }
 
     /// Whether children are held to their own processes for signals and abstract sockets.
@@ -122,6 +117,23 @@ pub fn build(rules: &[Rule]) -> Result<BuiltRuleset, RulesetBuildError> {
         ruleset = ruleset.add_rule(PathBeneath::new(fd, access))?;
         rules_added += 1;
     }
+    finish(ruleset, abi, rules_added)
+}
+
+/// Builds the network layer: TCP connect handled, and granted on the `open` ports only. Call
+/// only where the kernel offers Landlock ABI 4 (`network::NETWORK_ABI`).
+pub fn build_network(open: impl Iterator<Item = u16>) -> Result<BuiltRuleset, RulesetBuildError> {
+    let abi = kernel_abi().map_err(RulesetBuildError::Unavailable)?.min(TARGET_ABI_VERSION);
+    let mut ruleset = Ruleset::default().handle_access(AccessNet::ConnectTcp)?.create()?;
+    let mut rules_added = 0;
+    for port in open {
+        ruleset = ruleset.add_rule(NetPort::new(port, AccessNet::ConnectTcp))?;
+        rules_added += 1;
+    }
+    finish(ruleset, abi, rules_added)
+}
+
+fn finish(ruleset: RulesetCreated, abi: u32, rules_added: usize) -> Result<BuiltRuleset, RulesetBuildError> {
     let fd: Option<OwnedFd> = ruleset.into();
     let fd = fd.ok_or_else(|| {
         RulesetBuildError::Unavailable("the kernel did not create a Landlock ruleset".into())

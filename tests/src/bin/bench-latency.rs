@@ -1,7 +1,9 @@
 //! Request latency of the agent against a raw NATS echo responder measured in the same run,
 //! on the same nats-server: the ratio is what the agent adds over the transport itself. `exec
-//! true` runs on a confined agent (the default: Landlock, plus the seccomp filter on kernels
-//! before Landlock ABI 9) and on a whole-machine one, so the cost of confinement shows too.
+//! true` runs on a confined agent (the default: Landlock, the seccomp filter and, from Landlock
+//! ABI 4, the network layer of ~65 000 port rules), on a confined one whose commands may reach
+//! the agent's server ports (no network layer), and on a whole-machine one, so the cost of
+//! confinement and of the network layer show too.
 //!
 //! `cargo build --release --workspace --bins && target/release/bench-latency [ROUNDS]`
 
@@ -42,6 +44,12 @@ async fn main() {
     let whole_machine =
         AgentOpts { args: vec!["--whole-machine".into()], agent_id: Some("wm".into()), ..Default::default() };
     let unconfined = Agent::start_with(&nats, whole_machine).await;
+    let ports_open = AgentOpts {
+        args: vec!["--allow-agent-server-ports".into()],
+        agent_id: Some("ports-open".into()),
+        ..Default::default()
+    };
+    let without_network_layer = Agent::start_with(&nats, ports_open).await;
 
     // The baseline: a responder that answers every request with its own payload.
     let echo_nc = nats.client().await;
@@ -75,19 +83,21 @@ async fn main() {
     };
     let exec_unconfined = exec_true(&unconfined).await;
     let exec_confined = exec_true(&agent).await;
+    let exec_ports_open = exec_true(&without_network_layer).await;
     responder.abort();
 
     println!("rounds: {rounds} (exec: {exec_rounds}), one client, sequential requests, loopback nats-server");
-    println!("{:<26} {:>8} {:>8} {:>10} {:>10}", "request", "p50 µs", "p99 µs", "p50 ×echo", "p99 ×echo");
+    println!("{:<28} {:>8} {:>8} {:>10} {:>10}", "request", "p50 µs", "p99 µs", "p50 ×echo", "p99 ×echo");
     let rows = [
         ("raw NATS echo", echo),
         ("agent ping", agent_ping),
         ("exec true, whole-machine", exec_unconfined),
         ("exec true, confined", exec_confined),
+        ("exec true, confined, no net", exec_ports_open),
     ];
     for (name, (p50, p99)) in rows {
         println!(
-            "{name:<26} {:>8.0} {:>8.0} {:>10.2} {:>10.2}",
+            "{name:<28} {:>8.0} {:>8.0} {:>10.2} {:>10.2}",
             us(p50),
             us(p99),
             us(p50) / us(echo.0),
@@ -98,5 +108,9 @@ async fn main() {
         "confinement costs exec true {:.2}× at p50 ({:.0} µs)",
         us(exec_confined.0) / us(exec_unconfined.0),
         us(exec_confined.0) - us(exec_unconfined.0)
+    );
+    println!(
+        "the network layer costs exec true {:.0} µs at p50",
+        us(exec_confined.0) - us(exec_ports_open.0)
     );
 }
