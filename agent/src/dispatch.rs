@@ -140,9 +140,9 @@ impl Dispatcher {
                 let fenced = FencedBy { scope: scope.to_owned(), epoch, cancel: admission.cancel.clone() };
                 Reply::PtyOpen(self.terminals.open(req, cwd, limits, fenced).await?)
             }
-            Op::PtyWrite(req) => Reply::PtyWrite(self.terminals.write(req).await?),
-            Op::PtyResize(req) => Reply::PtyResize(self.terminals.resize(req)?),
-            Op::PtyClose(req) => Reply::PtyClose(self.terminals.close(req).await?),
+            Op::PtyWrite(req) => Reply::PtyWrite(self.terminals.write(scope, req).await?),
+            Op::PtyResize(req) => Reply::PtyResize(self.terminals.resize(scope, req)?),
+            Op::PtyClose(req) => Reply::PtyClose(self.terminals.close(scope, req).await?),
             other => return Err(unsupported(&other).unwrap_or_else(|| OpError::unsupported("not served"))),
         })
     }
