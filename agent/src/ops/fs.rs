@@ -23,7 +23,7 @@ use self::commit::under_deadline;
 use self::kind::{kind_of, not_regular};
 use self::write::Placement;
 use crate::error::{OpError, OpResult};
-use crate::paths::{Paths, via_fd};
+use crate::paths::{Paths, Resolved, via_fd};
 
 mod commit;
 mod kind;
@@ -133,7 +133,8 @@ pub async fn write(
         let r = paths.resolve(&req.path)?;
         if let (true, Some(parent)) = (req.create_parents, r.abs.parent()) {
             let parent = paths.resolve_abs(parent.to_owned())?;
-            gate.commit(|| paths.create_dirs(&parent, Mode::from_bits_truncate(0o755)))??;
+            let nearest = nearest_dir(&paths, &parent)?;
+            gate.commit_in(nearest.as_fd(), || paths.create_dirs(&parent, Mode::from_bits_truncate(0o755)))??;
         }
         write::write(&paths, &r, &req.content, placement, mode, gate)?;
         Ok(pb::FsWriteResponse { bytes_written: req.content.len() as u64 })
@@ -287,10 +288,11 @@ pub async fn mkdir(
     under_deadline(deadline, move |gate| {
         let r = paths.resolve(&req.path)?;
         if req.parents {
-            gate.commit(|| paths.create_dirs(&r, mode))??;
+            let nearest = nearest_dir(&paths, &r)?;
+            gate.commit_in(nearest.as_fd(), || paths.create_dirs(&r, mode))??;
         } else {
             let (dir, name) = paths.open_parent(&r)?;
-            gate.commit(|| nix::sys::stat::mkdirat(dir.as_fd(), name.as_os_str(), mode))?
+            gate.commit_in(dir.as_fd(), || nix::sys::stat::mkdirat(dir.as_fd(), name.as_os_str(), mode))?
                 .map_err(|e| paths.errno(e, "create directory", &r.abs))?;
         }
         Ok(pb::FsMkdirResponse {})
@@ -312,7 +314,7 @@ pub async fn rename(
             return Err(OpError::not_found("path", &from.abs));
         }
         let flags = if req.overwrite { RenameFlags::empty() } else { RenameFlags::RENAME_NOREPLACE };
-        let moved = gate.commit(|| {
+        let moved = gate.commit_in(to_dir.as_fd(), || {
             nix::fcntl::renameat2(
                 from_dir.as_fd(),
                 from_name.as_os_str(),
@@ -344,6 +346,21 @@ pub async fn rename(
     .await
 }
 
+/// The deepest directory that exists on the way to `r` (`r` itself if it is one), for the
+/// gate's probe before directories are created there.
+fn nearest_dir(paths: &Paths, r: &Resolved) -> OpResult<OwnedFd> {
+    let mut at = r.abs.clone();
+    loop {
+        let found =
+            paths.open(&paths.resolve_abs(at.clone())?, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty());
+        match (found, at.parent()) {
+            (Ok(fd), _) => return Ok(fd),
+            (Err(e), None) => return Err(e),
+            (Err(_), Some(parent)) => at = parent.to_owned(),
+        }
+    }
+}
+
 fn exists(to: &Path) -> OpError {
     OpError::os(format!("{} exists; set overwrite to replace it", to.display()))
         .with("path", to.display())
@@ -361,7 +378,7 @@ pub async fn remove(
         let Some(st) = lstat_at(&paths, dir.as_fd(), &name, &r.abs)? else {
             return Err(OpError::not_found("path", &r.abs));
         };
-        let removed = gate.commit(|| match (kind_of(&st), req.recursive) {
+        let removed = gate.commit_in(dir.as_fd(), || match (kind_of(&st), req.recursive) {
             // std's remove_dir_all walks with O_NOFOLLOW and unlinkat: links are removed,
             // never followed.
             (pb::FsEntryKind::Directory, true) => std::fs::remove_dir_all(via_fd(dir.as_fd(), &name))

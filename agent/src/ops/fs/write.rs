@@ -133,7 +133,7 @@ impl NewFile<'_> {
         let placed = fill(File::from(tmp), content, offset, self.mode)
             .map_err(|e| OpError::from_io(&e, "write", abs))
             .and_then(|()| {
-                let renamed = gate.commit(|| {
+                let renamed = gate.commit_in(self.dir, || {
                     nix::fcntl::renameat2(self.dir, tmp_name.as_os_str(), self.dir, self.name, flags)
                 })?;
                 renamed.map_err(|e| match e {
@@ -201,8 +201,10 @@ fn in_place(at: &NewFile<'_>, content: &[u8], placement: Placement, gate: &Gate)
     }
     let io = |e: std::io::Error| OpError::from_io(&e, "write", abs);
     match placement {
-        Placement::At(offset) => gate.commit(|| file.write_all_at(content, offset))?.map_err(io)?,
-        _ => gate.commit(|| (&file).write_all(content))?.map_err(io)?,
+        Placement::At(offset) => {
+            gate.commit_in(at.dir, || file.write_all_at(content, offset))?.map_err(io)?
+        }
+        _ => gate.commit_in(at.dir, || (&file).write_all(content))?.map_err(io)?,
     }
     file.sync_data().map_err(io)
 }

@@ -24,7 +24,7 @@ use nix::fcntl::{AtFlags, OFlag, RenameFlags, openat};
 use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstat, fstatat, mkdirat};
 use nix::unistd::UnlinkatFlags;
 
-use super::commit::Gate;
+use super::commit::{Gate, probe};
 use super::mode::carried_over;
 use super::{sync_dir, temp_name, try_sync_dir};
 use crate::paths::{is, via_fd};
@@ -51,7 +51,9 @@ pub(super) fn move_across(
     let copied = copy_entry(from_dir, from_name, to_dir, &tmp, 0, gate).map_err(Placing::Before);
     let placed = copied.and_then(|()| {
         let flags = if overwrite { RenameFlags::empty() } else { RenameFlags::RENAME_NOREPLACE };
-        gate.commit(|| place_and_remove_source(from_dir, from_name, to_dir, &tmp, to_name, flags))
+        // Both filesystems change: the source's is probed here, the target's by the gate.
+        probe(from_dir);
+        gate.commit_in(to_dir, || place_and_remove_source(from_dir, from_name, to_dir, &tmp, to_name, flags))
             .map_err(|_| deadline_passed())?
     });
     if let Err(Placing::Before(e)) = placed {
