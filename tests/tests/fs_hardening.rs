@@ -126,11 +126,10 @@ fn skipped<T>(why: &str) -> Option<T> {
 // ------------------------------------------------------------------ item 2: modes
 
 #[tokio::test]
-async fn only_permission_bits_can_be_set_and_no_op_creates_or_keeps_a_setuid_file() {
+async fn modes_beyond_permission_bits_are_protocol_errors_naming_the_field() {
     let nats = Nats::start().await;
     let agent = Agent::start(&nats).await;
     let root = &agent.root;
-
     for (what, mode) in [("setuid", 0o4755), ("setgid", 0o2755), ("sticky", 0o1755), ("file type", 0o100755)]
     {
         let e = refused(what, agent.call(write_mode("planted", mode)).await, pb::ErrorCode::Protocol, &agent);
@@ -142,115 +141,142 @@ async fn only_permission_bits_can_be_set_and_no_op_creates_or_keeps_a_setuid_fil
         !root.join("planted").exists() && !root.join("planted-dir").exists(),
         "a refused op changed nothing"
     );
-
     agent.call(write_mode("tool", 0o750)).await.expect("permission bits are fine");
     assert_eq!(mode_of(&root.join("tool")), 0o750);
     agent.call(mkdir("dir", 0o700)).await.expect("permission bits are fine");
     assert_eq!(mode_of(&root.join("dir")), 0o700);
+}
 
-    // A setuid file already there (a whole-machine session, an unpacked archive): rewriting it
-    // keeps its permissions but not its setuid bit.
-    std::fs::write(root.join("suid"), b"old").unwrap();
-    std::fs::set_permissions(root.join("suid"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+/// A setuid file already there (a whole-machine session, an unpacked archive): rewriting it
+/// keeps its permissions but not its setuid bit.
+#[tokio::test]
+async fn a_rewrite_keeps_the_permission_bits_but_not_setuid() {
+    let nats = Nats::start().await;
+    let agent = Agent::start(&nats).await;
+    let suid = agent.root.join("suid");
+    std::fs::write(&suid, b"old").unwrap();
+    std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755)).unwrap();
     agent.call(op::write("suid", b"new")).await.expect("rewrite");
-    assert_eq!(mode_of(&root.join("suid")), 0o755, "the rewrite dropped setuid");
+    assert_eq!(std::fs::read(&suid).unwrap(), b"new");
+    assert_eq!(mode_of(&suid), 0o755, "the rewrite dropped setuid");
+}
 
-    // Moved across filesystems, a setuid file (or a setgid directory) is copied without it.
+/// Moved across filesystems, a setuid file (or a setgid directory) is copied without it: the
+/// copy is made by the agent's user (root), so it would otherwise be a root setuid program.
+#[tokio::test]
+async fn a_move_across_filesystems_copies_permission_bits_only() {
+    let nats = Nats::start().await;
+    let agent = Agent::start(&nats).await;
+    let root = &agent.root;
     let Some(mount) = Mount::tmpfs(root.join("mnt"), "16m") else { return };
-    std::fs::write(root.join("suid2"), b"x").unwrap();
-    std::fs::set_permissions(root.join("suid2"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+    std::fs::write(root.join("suid"), b"x").unwrap();
+    std::fs::set_permissions(root.join("suid"), std::fs::Permissions::from_mode(0o4755)).unwrap();
     std::fs::create_dir(root.join("sgid-dir")).unwrap();
     std::fs::set_permissions(root.join("sgid-dir"), std::fs::Permissions::from_mode(0o2775)).unwrap();
-    agent.call(mv("suid2", "mnt/suid2")).await.expect("move across the mount");
+    agent.call(mv("suid", "mnt/suid")).await.expect("move across the mount");
     agent.call(mv("sgid-dir", "mnt/sgid-dir")).await.expect("move across the mount");
-    assert_eq!(mode_of(&mount.0.join("suid2")), 0o755, "the copy dropped setuid");
+    assert_eq!(mode_of(&mount.0.join("suid")), 0o755, "the copy dropped setuid");
     assert_eq!(mode_of(&mount.0.join("sgid-dir")), 0o775, "the copy dropped setgid");
 }
 
 // ------------------------------------------------------------------ item 3: special files
 
-#[tokio::test]
-async fn special_files_are_refused_listed_as_what_they_are_and_never_wedge_the_fence() {
-    let nats = Nats::start().await;
-    let agent = Agent::start(&nats).await;
-    let root = &agent.root;
-    nix::unistd::mkfifo(&root.join("pipe"), nix::sys::stat::Mode::from_bits_truncate(0o666)).unwrap();
-    nix::unistd::mkfifo(&root.join("pipe2"), nix::sys::stat::Mode::from_bits_truncate(0o666)).unwrap();
-    let _socket = std::os::unix::net::UnixListener::bind(root.join("sock")).unwrap();
-    let null = root.join("null");
+/// A FIFO, a socket and (where the test may make one) a character device in the root.
+struct Specials {
+    device: bool,
+    _socket: std::os::unix::net::UnixListener,
+}
+
+fn make_specials(root: &Path) -> Specials {
+    let fifo_mode = nix::sys::stat::Mode::from_bits_truncate(0o666);
+    nix::unistd::mkfifo(&root.join("pipe"), fifo_mode).unwrap();
+    nix::unistd::mkfifo(&root.join("pipe2"), fifo_mode).unwrap();
+    let socket = std::os::unix::net::UnixListener::bind(root.join("sock")).unwrap();
     let device = nix::sys::stat::mknod(
-        &null,
+        &root.join("null"),
         nix::sys::stat::SFlag::S_IFCHR,
         nix::sys::stat::Mode::from_bits_truncate(0o666),
         nix::sys::stat::makedev(1, 3),
     )
     .is_ok();
+    Specials { device, _socket: socket }
+}
+
+/// Every write to a FIFO, a socket or a device is refused with its kind named, and none
+/// blocks: after them the fenced scope still answers and advances.
+#[tokio::test]
+async fn writes_to_special_files_are_refused_and_never_wedge_the_fence() {
+    let nats = Nats::start().await;
+    let agent = Agent::start(&nats).await;
+    let specials = make_specials(&agent.root);
     let scope = "lease-fs";
     let call = |op| fenced(&agent, op, scope, 1);
-
-    let writes = [
-        ("whole write to a FIFO", op::write("pipe", b"x")),
-        ("append to a FIFO", append("pipe", b"x")),
-        ("offset write to a FIFO", write_at("pipe", 3, b"x")),
-        ("append to a socket", append("sock", b"x")),
-        ("whole write to a socket", op::write("sock", b"x")),
+    let mut writes = vec![
+        ("append to a FIFO", append("pipe", b"x"), "FS_ENTRY_KIND_FIFO"),
+        ("offset write to a FIFO", write_at("pipe", 3, b"x"), "FS_ENTRY_KIND_FIFO"),
+        ("whole write to a FIFO", op::write("pipe", b"x"), "FS_ENTRY_KIND_FIFO"),
+        ("append to a socket", append("sock", b"x"), "FS_ENTRY_KIND_SOCKET"),
+        ("whole write to a socket", op::write("sock", b"x"), "FS_ENTRY_KIND_SOCKET"),
     ];
-    for (what, op) in writes {
-        let e = refused(what, call(op).await, pb::ErrorCode::Os, &agent);
-        assert!(
-            e.detail.get("kind").is_some_and(|k| k.contains("FIFO") || k.contains("SOCKET")),
-            "{what}: {e:?}"
-        );
+    if specials.device {
+        writes.push(("append to a device", append("null", b"x"), "FS_ENTRY_KIND_CHAR_DEVICE"));
+        writes.push(("offset write to a device", write_at("null", 0, b"x"), "FS_ENTRY_KIND_CHAR_DEVICE"));
     }
-    if device {
-        for (what, op) in [
-            ("append to a device", append("null", b"x")),
-            ("write at to a device", write_at("null", 0, b"x")),
-        ] {
-            let e = refused(what, call(op).await, pb::ErrorCode::Os, &agent);
-            assert_eq!(e.detail.get("kind").map(String::as_str), Some("FS_ENTRY_KIND_CHAR_DEVICE"), "{what}");
-        }
+    for (what, op, kind) in writes {
+        let e = refused(what, call(op).await, pb::ErrorCode::Os, &agent);
+        assert_eq!(e.detail.get("kind").map(String::as_str), Some(kind), "{what}: {e:?}");
+    }
+    if specials.device {
         refused("read a device", call(op::read("null")).await, pb::ErrorCode::Os, &agent);
     }
     assert!(
-        std::fs::symlink_metadata(root.join("pipe")).unwrap().file_type().is_fifo(),
+        std::fs::symlink_metadata(agent.root.join("pipe")).unwrap().file_type().is_fifo(),
         "the FIFO is still there"
     );
+    fenced(&agent, op::ping(1), scope, 1).await.expect("ping");
+    fenced(&agent, op::ping(2), scope, 2).await.expect("the epoch advance goes through");
+}
 
-    // Listed and stat'ed as what they are.
-    let entries = match call(list("")).await {
+#[tokio::test]
+async fn special_files_are_listed_and_stated_as_what_they_are() {
+    let nats = Nats::start().await;
+    let agent = Agent::start(&nats).await;
+    let specials = make_specials(&agent.root);
+    let entries = match agent.call(list("")).await {
         Ok(Reply::FsList(l)) => l.entries,
         other => panic!("list: {other:?}"),
     };
     let kind = |name: &str| entries.iter().find(|e| e.name == name).map(|e| e.kind);
     assert_eq!(kind("pipe"), Some(pb::FsEntryKind::Fifo as i32));
     assert_eq!(kind("sock"), Some(pb::FsEntryKind::Socket as i32));
-    if device {
+    if specials.device {
         assert_eq!(kind("null"), Some(pb::FsEntryKind::CharDevice as i32));
     }
-    match call(op::stat("pipe")).await {
+    match agent.call(op::stat("pipe")).await {
         Ok(Reply::FsStat(s)) => assert_eq!(s.entry.map(|e| e.kind), Some(pb::FsEntryKind::Fifo as i32)),
         other => panic!("stat: {other:?}"),
     }
+}
 
-    // A move renames a FIFO (nothing opens it), and a file moved over one replaces it.
+/// A move renames a FIFO (nothing opens it), a file moved over one replaces it, and across
+/// filesystems (where it would have to be read) it is refused and left where it was.
+#[tokio::test]
+async fn moves_of_and_onto_fifos_never_open_them() {
+    let nats = Nats::start().await;
+    let agent = Agent::start(&nats).await;
+    let root = &agent.root;
+    let _specials = make_specials(root);
+    let scope = "lease-mv";
+    let call = |op| fenced(&agent, op, scope, 1);
     call(mv("pipe", "pipe-moved")).await.expect("a FIFO can be renamed");
     std::fs::write(root.join("plain"), b"plain").unwrap();
     call(mv("plain", "pipe2")).await.expect("a file can replace a FIFO");
     assert_eq!(std::fs::read(root.join("pipe2")).unwrap(), b"plain");
-    // Across filesystems a FIFO would have to be read: refused, and left where it was.
     if let Some(_mount) = Mount::tmpfs(root.join("mnt"), "1m") {
-        refused(
-            "copy a FIFO across a mount",
-            call(mv("pipe-moved", "mnt/pipe")).await,
-            pb::ErrorCode::Os,
-            &agent,
-        );
+        let reply = call(mv("pipe-moved", "mnt/pipe")).await;
+        refused("copy a FIFO across a mount", reply, pb::ErrorCode::Os, &agent);
         assert!(root.join("pipe-moved").exists());
     }
-
-    // Nothing is stuck: pings answer and the scope advances (it waits for every mutation).
-    fenced(&agent, op::ping(1), scope, 1).await.expect("ping");
     fenced(&agent, op::ping(2), scope, 2).await.expect("the epoch advance goes through");
 }
 
@@ -304,27 +330,35 @@ async fn doubled_slashes_resolve_under_the_root_like_single_ones() {
 }
 
 #[tokio::test]
-async fn positional_writes_are_checked_and_a_failed_one_leaves_no_file() {
+async fn append_with_an_offset_and_writes_past_the_sparse_maximum_are_protocol_errors() {
     let nats = Nats::start().await;
     let agent = Agent::start(&nats).await;
     let root = &agent.root;
     std::fs::write(root.join("f"), b"0123456789").unwrap();
-
     let both =
         Op::FsWrite(pb::FsWriteRequest { append: true, use_offset: true, offset: 2, ..write_req("f", b"x") });
     refused("append with an offset", agent.call(both).await, pb::ErrorCode::Protocol, &agent);
-    let far = write_at("new-sparse", (64 << 30) + 1, b"x");
-    refused("an offset past the sparse maximum", agent.call(far).await, pb::ErrorCode::Protocol, &agent);
-    assert!(!root.join("new-sparse").exists());
-    assert_eq!(std::fs::read(root.join("f")).unwrap(), b"0123456789", "refused writes changed nothing");
+    assert_eq!(std::fs::read(root.join("f")).unwrap(), b"0123456789", "the refused write changed nothing");
+
+    let far = write_at("f", (64 << 30) + 1, b"x");
+    let e =
+        refused("an offset past the sparse maximum", agent.call(far).await, pb::ErrorCode::Protocol, &agent);
+    assert_eq!(e.detail.get("max_end").map(String::as_str), Some("68719476736"), "{e:?}");
+    assert_eq!(std::fs::metadata(root.join("f")).unwrap().len(), 10, "no 64 GiB sparse file");
 
     agent.call(write_at("f", 2, b"ab")).await.expect("a positional write");
     assert_eq!(std::fs::read(root.join("f")).unwrap(), b"01ab456789");
     agent.call(write_at("fresh", 3, b"x")).await.expect("a positional write into a new file");
     assert_eq!(std::fs::read(root.join("fresh")).unwrap(), b"\0\0\0x");
+}
 
-    // A positional write into a new file that fails (the filesystem is full) leaves nothing.
-    let Some(mount) = Mount::tmpfs(root.join("small"), "64k") else { return };
+/// A positional write into a new file that fails (the filesystem is full) leaves nothing,
+/// not an empty or half-written file.
+#[tokio::test]
+async fn a_failed_positional_write_into_a_new_file_leaves_nothing() {
+    let nats = Nats::start().await;
+    let agent = Agent::start(&nats).await;
+    let Some(mount) = Mount::tmpfs(agent.root.join("small"), "64k") else { return };
     let reply = agent.call(write_at("small/big", 0, &vec![7u8; 256 << 10])).await;
     refused("a write that does not fit", reply, pb::ErrorCode::Os, &agent);
     let left: Vec<_> = std::fs::read_dir(&mount.0).unwrap().map(|e| e.unwrap().file_name()).collect();
