@@ -189,9 +189,9 @@ struct Specials {
 
 fn make_specials(root: &Path) -> Specials {
     let fifo_mode = nix::sys::stat::Mode::from_bits_truncate(0o666);
-    nix::unistd::mkfifo(&root.join("pipe"), fifo_mode).unwrap();
-    nix::unistd::mkfifo(&root.join("pipe2"), fifo_mode).unwrap();
-    let socket = std::os::unix::net::UnixListener::bind(root.join("sock")).unwrap();
+    nix::unistd::mkfifo(&root.join("pipe"), fifo_mode).expect("mkfifo");
+    nix::unistd::mkfifo(&root.join("pipe2"), fifo_mode).expect("mkfifo");
+    let socket = std::os::unix::net::UnixListener::bind(root.join("sock")).expect("bind a socket");
     let device = nix::sys::stat::mknod(
         &root.join("null"),
         nix::sys::stat::SFlag::S_IFCHR,

@@ -38,7 +38,7 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
 struct State {
     /// A commit step is in the kernel.
     committing: bool,
-    /// Commit steps done so far.
+    /// Commit steps that succeeded so far.
     committed: u32,
     /// The deadline passed: no commit step may start.
     shut: bool,
@@ -53,13 +53,18 @@ pub struct Gate {
 impl Gate {
     /// Runs `step`, a commit of a side effect in `dir` (a descriptor, O_PATH will do), unless
     /// the deadline has passed; the directory is probed first (see the module doc).
-    pub fn commit_in<T>(&self, dir: BorrowedFd<'_>, step: impl FnOnce() -> T) -> OpResult<T> {
+    pub fn commit_in<T, E>(
+        &self,
+        dir: BorrowedFd<'_>,
+        step: impl FnOnce() -> Result<T, E>,
+    ) -> OpResult<Result<T, E>> {
         probe(dir);
         self.commit(step)
     }
 
-    /// Runs `step` (one commit of a side effect) unless the deadline has passed.
-    fn commit<T>(&self, step: impl FnOnce() -> T) -> OpResult<T> {
+    /// Runs `step` (one commit of a side effect) unless the deadline has passed; it counts as
+    /// committed when it succeeds.
+    fn commit<T, E>(&self, step: impl FnOnce() -> Result<T, E>) -> OpResult<Result<T, E>> {
         {
             let mut state = self.lock();
             if state.shut {
@@ -70,7 +75,7 @@ impl Gate {
         let done = step();
         let mut state = self.lock();
         state.committing = false;
-        state.committed += 1;
+        state.committed += u32::from(done.is_ok());
         Ok(done)
     }
 
@@ -160,7 +165,7 @@ mod tests {
         let (report, outcome) = mpsc::channel();
         let result = under_deadline(Duration::from_millis(50), move |gate| {
             let _ = blocked.recv();
-            let _ = report.send(gate.commit(|| "committed"));
+            let _ = report.send(gate.commit(|| Ok::<_, ()>("committed")));
             Ok(())
         })
         .await;
@@ -178,11 +183,11 @@ mod tests {
         let (started, starting) = tokio::sync::oneshot::channel();
         let (report, outcome) = mpsc::channel();
         let running = tokio::spawn(under_deadline(Duration::from_millis(20), move |gate| {
-            gate.commit(|| {
+            let _ = gate.commit(|| {
                 let _ = started.send(());
-                let _ = blocked.recv();
+                blocked.recv()
             })?;
-            let _ = report.send(gate.commit(|| ()));
+            let _ = report.send(gate.commit(|| Ok::<_, ()>(())));
             Ok(())
         }));
         starting.await.unwrap();
@@ -198,14 +203,14 @@ mod tests {
     fn the_probe_creates_nothing_visible() {
         let dir = tempfile::tempdir().unwrap();
         let fd = nix::fcntl::open(dir.path(), OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
-        let made = Gate::default().commit_in(std::os::fd::AsFd::as_fd(&fd), || 5).unwrap();
-        assert_eq!(made, 5);
+        let made = Gate::default().commit_in(std::os::fd::AsFd::as_fd(&fd), || Ok::<_, ()>(5)).unwrap();
+        assert_eq!(made, Ok(5));
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[tokio::test]
     async fn a_quick_mutation_answers_normally() {
-        let done = under_deadline(DEFAULT_DEADLINE, |gate| gate.commit(|| 1)).await;
-        assert_eq!(done.unwrap(), 1);
+        let done = under_deadline(DEFAULT_DEADLINE, |gate| gate.commit(|| Ok::<_, ()>(1))).await;
+        assert_eq!(done.unwrap(), Ok(1));
     }
 }

@@ -58,7 +58,7 @@ impl Placement {
             (true, false) => Ok(Placement::Append),
             (false, false) => Ok(Placement::Whole),
             (false, true) => {
-                let end = req.offset.checked_add(req.content.len() as u64).unwrap_or(u64::MAX);
+                let end = req.offset.saturating_add(req.content.len() as u64);
                 if end > MAX_WRITE_END {
                     return Err(OpError::protocol(format!(
                         "fs_write: a positional write may end at {MAX_WRITE_END} bytes at most; this one \
