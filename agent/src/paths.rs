@@ -73,7 +73,7 @@ impl Paths {
         let base = if confined { root.clone() } else { PathBuf::from("/") };
         let base_fd =
             nix::fcntl::open(&base, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
-        let virtual_root = virtual_root.trim_end_matches('/').to_owned();
+        let virtual_root = single_slashes(virtual_root).trim_end_matches('/').to_owned();
         Ok(Paths { root, virtual_root, home, confined, base, base_fd })
     }
 
@@ -400,6 +400,8 @@ mod tests {
         }
         assert_eq!(p.map("/workspace//"), root);
         assert_eq!(p.map("~//x"), PathBuf::from("/home/me/x"));
+        let doubled_virtual_root = Paths::new(&root, "//workspace//", None, false).unwrap();
+        assert_eq!(doubled_virtual_root.map("/workspace/a"), root.join("a"));
     }
 
     #[test]
