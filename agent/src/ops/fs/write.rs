@@ -86,7 +86,7 @@ pub fn write(
     let target = final_target(paths, r)?;
     let (dir, name) = paths.open_parent(&target)?;
     let existing = lstat_at(paths, dir.as_fd(), &name, &target.abs)?;
-    let new = NewFile { paths, target: &target, dir: dir.as_fd(), name: &name, mode };
+    let new = Landing { paths, target: &target, dir: dir.as_fd(), name: &name, mode };
     match (existing.as_ref().map(kind_of), placement) {
         // Nothing there: only a whole-file write may replace what appears meanwhile.
         (None, Placement::Whole) => new.place(content, 0, true, gate),
@@ -97,15 +97,16 @@ pub fn write(
         }
         (Some(FsEntryKind::File), Placement::Whole) => {
             let keep = existing.map(|st| mode.unwrap_or_else(|| carried_over(st.st_mode)));
-            NewFile { mode: keep, ..new }.place(content, 0, true, gate)
+            Landing { mode: keep, ..new }.place(content, 0, true, gate)
         }
         (Some(FsEntryKind::File), placement) => in_place(&new, content, placement, gate),
         (Some(kind), _) => Err(not_regular(&target.abs, kind, "write")),
     }
 }
 
-/// A file to make at `name` in `dir`, from a temp file renamed into place.
-struct NewFile<'a> {
+/// Where a write lands: `name` in `dir`, reached as `target`, with the mode a file made
+/// there gets (`place` makes one from a temp file renamed into place).
+struct Landing<'a> {
     paths: &'a Paths,
     target: &'a Resolved,
     dir: BorrowedFd<'a>,
@@ -114,7 +115,7 @@ struct NewFile<'a> {
     mode: Option<Mode>,
 }
 
-impl NewFile<'_> {
+impl Landing<'_> {
     /// Writes `content` at `offset` of a temp file beside the target, syncs it, and renames it
     /// over the target (`replace`) or only where nothing is. The temp file starts 0600 when its
     /// content may be more private than a new file's.
@@ -164,7 +165,7 @@ fn fill(file: File, content: &[u8], offset: u64, mode: Option<Mode>) -> std::io:
 }
 
 /// Append or positional write into the existing regular file itself (no truncation).
-fn in_place(at: &NewFile<'_>, content: &[u8], placement: Placement, gate: &Gate) -> OpResult<()> {
+fn in_place(at: &Landing<'_>, content: &[u8], placement: Placement, gate: &Gate) -> OpResult<()> {
     let abs = &at.target.abs;
     // O_NONBLOCK: a FIFO swapped in since the look above must not hang; it is refused below.
     let mut flags =
