@@ -115,6 +115,10 @@ pub struct RunArgs {
     /// this long is closed; the clock restarts when its last viewer leaves [default: 1h, min 1s].
     #[arg(long, env = "TETHER_PTY_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
     pub pty_idle_timeout: Option<Duration>,
+    /// A file change (write, mkdir, move, remove) that has not started committing within this
+    /// long answers TIMEOUT and releases its fence scope [default: 30s, min 100ms].
+    #[arg(long, env = "TETHER_FS_MUTATION_DEADLINE", value_parser = humantime::parse_duration)]
+    pub fs_mutation_deadline: Option<Duration>,
 }
 
 /// The config file: the same settings as the flags.
@@ -146,6 +150,8 @@ struct FileConfig {
     relay_token_file: Option<PathBuf>,
     #[serde(default, with = "humantime_serde_opt")]
     pty_idle_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    fs_mutation_deadline: Option<Duration>,
     #[serde(default)]
     confine: ConfineFile,
 }
@@ -247,6 +253,7 @@ pub struct Config {
     pub nats_tls_ca: Option<PathBuf>,
     pub relay: Option<RelayLink>,
     pub pty_idle_timeout: Duration,
+    pub fs_mutation_deadline: Duration,
     pub confine: ConfineConfig,
     /// Files holding the agent's credentials (token, password, creds): never readable by commands.
     pub secret_files: Vec<PathBuf>,
@@ -344,6 +351,11 @@ impl Config {
                 .or(file.pty_idle_timeout)
                 .unwrap_or(Duration::from_secs(3600))
                 .max(Duration::from_secs(1)),
+            fs_mutation_deadline: args
+                .fs_mutation_deadline
+                .or(file.fs_mutation_deadline)
+                .unwrap_or(crate::ops::fs::DEFAULT_MUTATION_DEADLINE)
+                .max(Duration::from_millis(100)),
             confine,
             secret_files,
         })

@@ -3,7 +3,7 @@
 //! NATS (that is `serve`) and nothing of how an op works (that is `ops`).
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prost::Message;
@@ -31,6 +31,8 @@ pub struct Dispatcher {
     pub fence: Arc<Fence>,
     pub terminals: Arc<Terminals>,
     pub metrics: Arc<Mutex<MetricsSampler>>,
+    /// How long a file mutation may hold its fence scope before it answers TIMEOUT.
+    pub mutation_deadline: Duration,
     started: Instant,
 }
 
@@ -49,6 +51,7 @@ impl Dispatcher {
             fence,
             terminals,
             metrics: Arc::new(Mutex::new(MetricsSampler::new())),
+            mutation_deadline: fs::DEFAULT_MUTATION_DEADLINE,
             started: Instant::now(),
         }
     }
@@ -124,12 +127,12 @@ impl Dispatcher {
                 )
             }
             Op::FsRead(req) => Reply::FsRead(fs::read(paths, req, budget).await?),
-            Op::FsWrite(req) => Reply::FsWrite(fs::write(paths, req).await?),
+            Op::FsWrite(req) => Reply::FsWrite(fs::write(paths, req, self.mutation_deadline).await?),
             Op::FsList(req) => Reply::FsList(fs::list(paths, req, budget).await?),
             Op::FsStat(req) => Reply::FsStat(fs::stat(paths, req).await?),
-            Op::FsMkdir(req) => Reply::FsMkdir(fs::mkdir(paths, req).await?),
-            Op::FsMove(req) => Reply::FsMove(fs::rename(paths, req).await?),
-            Op::FsRemove(req) => Reply::FsRemove(fs::remove(paths, req).await?),
+            Op::FsMkdir(req) => Reply::FsMkdir(fs::mkdir(paths, req, self.mutation_deadline).await?),
+            Op::FsMove(req) => Reply::FsMove(fs::rename(paths, req, self.mutation_deadline).await?),
+            Op::FsRemove(req) => Reply::FsRemove(fs::remove(paths, req, self.mutation_deadline).await?),
             Op::Metrics(_) => Reply::Metrics(self.sample_metrics().await?),
             Op::PtyOpen(req) => {
                 self.sandbox.admit()?;
@@ -138,9 +141,9 @@ impl Dispatcher {
                 let fenced = FencedBy { scope: scope.to_owned(), epoch, cancel: admission.cancel.clone() };
                 Reply::PtyOpen(self.terminals.open(req, cwd, limits, fenced).await?)
             }
-            Op::PtyWrite(req) => Reply::PtyWrite(self.terminals.write(req).await?),
-            Op::PtyResize(req) => Reply::PtyResize(self.terminals.resize(req)?),
-            Op::PtyClose(req) => Reply::PtyClose(self.terminals.close(req).await?),
+            Op::PtyWrite(req) => Reply::PtyWrite(self.terminals.write(scope, req).await?),
+            Op::PtyResize(req) => Reply::PtyResize(self.terminals.resize(scope, req)?),
+            Op::PtyClose(req) => Reply::PtyClose(self.terminals.close(scope, req).await?),
             other => return Err(unsupported(&other).unwrap_or_else(|| OpError::unsupported("not served"))),
         })
     }
@@ -170,7 +173,8 @@ impl Dispatcher {
     }
 }
 
-/// Ops that commit a side effect quickly and so keep the fence shared until they commit.
+/// Ops that commit a side effect quickly and so keep the fence shared until they commit (under
+/// `mutation_deadline`, so one that blocks cannot keep its scope from advancing).
 fn mutates_briefly(op: &Op) -> bool {
     matches!(op, Op::FsWrite(_) | Op::FsMkdir(_) | Op::FsMove(_) | Op::FsRemove(_))
 }

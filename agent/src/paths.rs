@@ -73,7 +73,7 @@ impl Paths {
         let base = if confined { root.clone() } else { PathBuf::from("/") };
         let base_fd =
             nix::fcntl::open(&base, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
-        let virtual_root = virtual_root.trim_end_matches('/').to_owned();
+        let virtual_root = single_slashes(virtual_root).trim_end_matches('/').to_owned();
         Ok(Paths { root, virtual_root, home, confined, base, base_fd })
     }
 
@@ -89,8 +89,12 @@ impl Paths {
         self.confined
     }
 
-    /// Maps `raw` to an absolute, lexically normalised path (no I/O).
+    /// Maps `raw` to an absolute, lexically normalised path (no I/O). Runs of slashes count
+    /// as one, as they do for the kernel, before the virtual root is matched: `/workspace//x`
+    /// is `/workspace/x`, not the absolute `/x` a join of `/x` onto the root would make.
     pub fn map(&self, raw: &str) -> PathBuf {
+        let raw = single_slashes(raw);
+        let raw = raw.as_str();
         let joined = if raw.is_empty() || raw == self.virtual_root {
             self.root.clone()
         } else if let Some(rest) = raw.strip_prefix(&self.virtual_root).and_then(|r| r.strip_prefix('/')) {
@@ -333,6 +337,17 @@ fn push_front(todo: &mut VecDeque<OsString>, path: &Path) {
     }
 }
 
+/// `raw` with every run of `/` made one.
+fn single_slashes(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for c in raw.chars() {
+        if !(c == '/' && out.ends_with('/')) {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// A path through an open directory descriptor, for std calls on one final component.
 pub fn via_fd(dir: BorrowedFd<'_>, name: &OsStr) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name)
@@ -380,6 +395,13 @@ mod tests {
         assert_eq!(p.map("/etc/./hosts"), PathBuf::from("/etc/hosts"));
         assert_eq!(p.map("a/../b"), root.join("b"));
         assert_eq!(p.map("/../.."), PathBuf::from("/"));
+        for doubled in ["/workspace//a/b", "//workspace/a/b", "/workspace///a//b/", "/workspace/a/b//"] {
+            assert_eq!(p.map(doubled), root.join("a/b"), "{doubled}");
+        }
+        assert_eq!(p.map("/workspace//"), root);
+        assert_eq!(p.map("~//x"), PathBuf::from("/home/me/x"));
+        let doubled_virtual_root = Paths::new(&root, "//workspace//", None, false).unwrap();
+        assert_eq!(doubled_virtual_root.map("/workspace/a"), root.join("a"));
     }
 
     #[test]

@@ -70,7 +70,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         (config.subjects.workspace_id(), config.subjects.agent_id()),
         config.pty_idle_timeout,
     ));
-    let dispatcher = Arc::new(Dispatcher::new(paths.clone(), launcher, sandbox.clone(), fence, terminals));
+    let mut dispatcher = Dispatcher::new(paths.clone(), launcher, sandbox.clone(), fence, terminals);
+    dispatcher.mutation_deadline = config.fs_mutation_deadline;
+    let dispatcher = Arc::new(dispatcher);
     let requests = client.subscribe(rpc.clone()).await.context("subscribing to the rpc subject")?;
     // The server must hold our subscription before Hello tells anyone to send requests.
     client.flush().await.context("flushing the rpc subscription")?;

@@ -404,3 +404,48 @@ async fn reopening_a_scope_under_a_newer_epoch_starts_a_fresh_terminal() {
     collect_until(&mut viewer, &mut seen, WITHIN, |s| shows_line(&s.text(), "fresh-42")).await;
     assert!(seen.closed.is_none(), "the new terminal lives: {:?}", seen.closed);
 }
+
+/// A terminal belongs to the fence scope (the control-plane session) that opened it: another
+/// scope reusing its scope_id gets a terminal of its own, and cannot type into, resize or close
+/// it by its pty_id (NOT_FOUND, as if it did not exist); its own scope still can.
+#[tokio::test]
+async fn a_terminal_belongs_to_the_fence_scope_that_opened_it() {
+    let (_relay, _nats, agent) = stack().await;
+    let agent = &agent;
+    let a = |op: Op| agent.call_fenced(op, "lease-a", 1);
+    let b = |op: Op| agent.call_fenced(op, "lease-b", 1);
+    let unscoped = |op: Op| agent.call(op);
+    let script = "echo $$ >> shells.pid; exec cat";
+    let opened = |reply: Result<Reply, pb::AgentError>| match reply {
+        Ok(Reply::PtyOpen(r)) => r,
+        other => panic!("pty_open failed: {other:?}\nagent log:\n{}", agent.log()),
+    };
+    let mine = opened(a(Op::PtyOpen(open_req(&["sh", "-c", script], "shared"))).await);
+    let theirs = opened(b(Op::PtyOpen(open_req(&["sh", "-c", script], "shared"))).await);
+    assert_ne!(theirs.pty_id, mine.pty_id, "another scope's scope_id names its own terminal");
+    assert_ne!(theirs.channel, mine.channel);
+    let again = opened(a(Op::PtyOpen(open_req(&["sh", "-c", script], "shared"))).await);
+    assert_eq!(again.pty_id, mine.pty_id, "the opening scope still reattaches");
+
+    let id = mine.pty_id.clone();
+    let write = || Op::PtyWrite(pb::PtyWriteRequest { pty_id: id.clone(), data: Bytes::from_static(b"x") });
+    let resize = || Op::PtyResize(pb::PtyResizeRequest { pty_id: id.clone(), cols: 100, rows: 30 });
+    let close_op = || Op::PtyClose(pb::PtyCloseRequest { pty_id: id.clone() });
+    for (what, reply) in [
+        ("write from another scope", b(write()).await),
+        ("resize from another scope", b(resize()).await),
+        ("close from another scope", b(close_op()).await),
+        ("write unscoped", unscoped(write()).await),
+        ("close unscoped", unscoped(close_op()).await),
+    ] {
+        match reply {
+            Err(e) => assert_eq!(error_code(&e), pb::ErrorCode::NotFound, "{what}: {e:?}"),
+            Ok(r) => panic!("{what} reached the terminal: {r:?}"),
+        }
+    }
+    assert!(matches!(a(write()).await, Ok(Reply::PtyWrite(_))), "the owner still types into it");
+    assert!(matches!(a(resize()).await, Ok(Reply::PtyResize(_))));
+    assert!(matches!(a(close_op()).await, Ok(Reply::PtyClose(_))), "the owner closes it");
+    let theirs_closed = b(Op::PtyClose(pb::PtyCloseRequest { pty_id: theirs.pty_id.clone() })).await;
+    assert!(matches!(theirs_closed, Ok(Reply::PtyClose(_))), "{theirs_closed:?}");
+}

@@ -1,33 +1,38 @@
 //! Filesystem ops (`PROTOCOL.md` §5: fs_read, fs_write, fs_list, fs_stat, fs_mkdir, fs_move,
 //! fs_remove). Every path goes through `Paths`, so every open is confined in the kernel; the
 //! final component is then handled with `*at` calls on its parent's descriptor. All work runs
-//! on the blocking pool.
+//! on the blocking pool; the mutations under a deadline ([`commit`]).
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, RenameFlags};
-use nix::sys::stat::{FileStat, Mode, SFlag};
+use nix::sys::stat::{FileStat, Mode};
 use nix::unistd::UnlinkatFlags;
 use prost::Message;
 use tether_proto::pb;
 
+use self::commit::under_deadline;
+use self::kind::{kind_of, not_regular};
+use self::write::Placement;
 use crate::error::{OpError, OpResult};
 use crate::paths::{Paths, Resolved, via_fd};
 
+mod commit;
+mod kind;
+mod mode;
+mod write;
 mod xdev;
 
-/// The mode asked for a new file when the request leaves it 0: the kernel takes the umask
-/// (or a default ACL) off it, as for any program creating a file. Reading the umask instead
-/// means setting it, process-wide, under every other thread's feet.
-const NEW_FILE_MODE: u32 = 0o666;
+pub use commit::DEFAULT_DEADLINE as DEFAULT_MUTATION_DEADLINE;
+pub use write::MAX_WRITE_END;
 
 /// Bytes a read reply spends besides the content: field tags, length prefixes, total_size.
 const READ_OVERHEAD: usize = 32;
@@ -36,24 +41,12 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> OpResult<T> + Send + 's
     tokio::task::spawn_blocking(f).await.map_err(|e| OpError::os(format!("filesystem task failed: {e}")))?
 }
 
-fn mode_or(mode: u32, default: u32) -> Mode {
-    Mode::from_bits_truncate(if mode == 0 { default } else { mode })
-}
-
 /// fstatat without following a final symlink; ENOENT is `None`.
 fn lstat_at(paths: &Paths, dir: BorrowedFd<'_>, name: &OsStr, abs: &Path) -> OpResult<Option<FileStat>> {
     match nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
         Ok(st) => Ok(Some(st)),
         Err(Errno::ENOENT) => Ok(None),
         Err(e) => Err(paths.errno(e, "stat", abs)),
-    }
-}
-
-fn kind_of(st: &FileStat) -> pb::FsEntryKind {
-    match SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) {
-        SFlag::S_IFDIR => pb::FsEntryKind::Directory,
-        SFlag::S_IFLNK => pb::FsEntryKind::Symlink,
-        _ => pb::FsEntryKind::File,
     }
 }
 
@@ -88,8 +81,8 @@ pub async fn read(paths: Arc<Paths>, req: pb::FsReadRequest, budget: usize) -> O
             return Err(OpError::from_io(&Errno::EISDIR.into(), "read", &r.abs));
         }
         if !meta.is_file() {
-            return Err(OpError::os(format!("{} is not a regular file", r.abs.display()))
-                .with("path", r.abs.display()));
+            let st = nix::sys::stat::fstat(file.as_fd()).map_err(|e| paths.errno(e, "stat", &r.abs))?;
+            return Err(not_regular(&r.abs, kind_of(&st), "read"));
         }
         let total = meta.len();
         let rest = total.saturating_sub(req.offset);
@@ -129,87 +122,24 @@ pub async fn read(paths: Arc<Paths>, req: pb::FsReadRequest, budget: usize) -> O
 
 // ------------------------------------------------------------------ write
 
-pub async fn write(paths: Arc<Paths>, req: pb::FsWriteRequest) -> OpResult<pb::FsWriteResponse> {
-    blocking(move || {
+pub async fn write(
+    paths: Arc<Paths>,
+    req: pb::FsWriteRequest,
+    deadline: Duration,
+) -> OpResult<pb::FsWriteResponse> {
+    let mode = mode::requested("fs_write.mode", req.mode)?;
+    let placement = Placement::of(&req)?;
+    under_deadline(deadline, move |gate| {
         let r = paths.resolve(&req.path)?;
         if let (true, Some(parent)) = (req.create_parents, r.abs.parent()) {
             let parent = paths.resolve_abs(parent.to_owned())?;
-            paths.create_dirs(&parent, Mode::from_bits_truncate(0o755))?;
+            let nearest = nearest_dir(&paths, &parent)?;
+            gate.commit_in(nearest.as_fd(), || paths.create_dirs(&parent, Mode::from_bits_truncate(0o755)))??;
         }
-        if req.append || req.use_offset {
-            write_in_place(&paths, &r, &req)
-        } else {
-            write_atomically(&paths, &r, &req)
-        }?;
+        write::write(&paths, &r, &req.content, placement, mode, gate)?;
         Ok(pb::FsWriteResponse { bytes_written: req.content.len() as u64 })
     })
     .await
-}
-
-/// Append or positional write into the file itself (no truncation).
-fn write_in_place(paths: &Paths, r: &Resolved, req: &pb::FsWriteRequest) -> OpResult<()> {
-    let mut flags = OFlag::O_WRONLY | OFlag::O_CREAT;
-    if req.append && !req.use_offset {
-        flags |= OFlag::O_APPEND;
-    }
-    let file = File::from(paths.open(r, flags, mode_or(req.mode, NEW_FILE_MODE))?);
-    let io = |e: std::io::Error| OpError::from_io(&e, "write", &r.abs);
-    if req.use_offset {
-        file.write_all_at(&req.content, req.offset).map_err(io)?;
-    } else {
-        (&file).write_all(&req.content).map_err(io)?;
-    }
-    file.sync_data().map_err(io)
-}
-
-/// Truncating write: a temp file beside the target, fsync, rename over it. A reader sees the
-/// old file or the new one, never half of one.
-fn write_atomically(paths: &Paths, r: &Resolved, req: &pb::FsWriteRequest) -> OpResult<()> {
-    let target = final_target(paths, r)?;
-    let (dir, name) = paths.open_parent(&target)?;
-    let existing = lstat_at(paths, dir.as_fd(), &name, &target.abs)?;
-    if existing.as_ref().is_some_and(|st| kind_of(st) == pb::FsEntryKind::Directory) {
-        return Err(OpError::from_io(&Errno::EISDIR.into(), "write", &target.abs));
-    }
-    // A mode to set exactly (kept or asked for), or None: the kernel's default for a new file.
-    // The temp file starts 0600 when its content may be more private than a new file's.
-    let mode = match (req.mode, &existing) {
-        (0, Some(st)) => Some(Mode::from_bits_truncate(st.st_mode & 0o7777)),
-        (0, None) => None,
-        (m, _) => Some(Mode::from_bits_truncate(m)),
-    };
-    let tmp_name = temp_name(&name);
-    let tmp = nix::fcntl::openat(
-        dir.as_fd(),
-        tmp_name.as_os_str(),
-        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::from_bits_truncate(if mode.is_some() { 0o600 } else { NEW_FILE_MODE }),
-    )
-    .map_err(|e| paths.errno(e, "create temp file beside", &target.abs))?;
-    let committed = fill_and_rename(File::from(tmp), &req.content, mode, dir.as_fd(), &tmp_name, &name);
-    if let Err(e) = committed {
-        let _ = nix::unistd::unlinkat(dir.as_fd(), tmp_name.as_os_str(), UnlinkatFlags::NoRemoveDir);
-        return Err(OpError::from_io(&e, "write", &target.abs));
-    }
-    Ok(())
-}
-
-fn fill_and_rename(
-    mut file: File,
-    content: &[u8],
-    mode: Option<Mode>,
-    dir: BorrowedFd<'_>,
-    tmp: &OsStr,
-    name: &OsStr,
-) -> std::io::Result<()> {
-    file.write_all(content)?;
-    if let Some(mode) = mode {
-        nix::sys::stat::fchmod(file.as_fd(), mode)?;
-    }
-    file.sync_all()?;
-    nix::fcntl::renameat(dir, tmp, dir, name)?;
-    sync_dir(dir);
-    Ok(())
 }
 
 /// Makes a rename or unlink in `dir` durable, as far as it can: the change is already made, so
@@ -229,21 +159,6 @@ fn try_sync_dir(dir: BorrowedFd<'_>) -> std::io::Result<()> {
     match nix::unistd::fsync(readable.as_fd()) {
         Ok(()) | Err(Errno::EINVAL) => Ok(()),
         Err(e) => Err(e.into()),
-    }
-}
-
-/// A final symlink is written through only when its target stays inside the consent; the
-/// kernel resolves it beneath the root, so a link pointing out is CONSENT_REQUIRED.
-fn final_target(paths: &Paths, r: &Resolved) -> OpResult<Resolved> {
-    let (dir, name) = paths.open_parent(r)?;
-    match lstat_at(paths, dir.as_fd(), &name, &r.abs)? {
-        Some(st) if kind_of(&st) == pb::FsEntryKind::Symlink => {
-            let fd = paths.open(r, OFlag::O_PATH, Mode::empty())?;
-            let real = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)))
-                .map_err(|e| OpError::from_io(&e, "resolve symlink", &r.abs))?;
-            paths.resolve_abs(real)
-        }
-        _ => Ok(r.clone()),
     }
 }
 
@@ -364,15 +279,20 @@ pub async fn stat(paths: Arc<Paths>, req: pb::FsStatRequest) -> OpResult<pb::FsS
 
 // ------------------------------------------------------------------ mkdir / move / remove
 
-pub async fn mkdir(paths: Arc<Paths>, req: pb::FsMkdirRequest) -> OpResult<pb::FsMkdirResponse> {
-    blocking(move || {
+pub async fn mkdir(
+    paths: Arc<Paths>,
+    req: pb::FsMkdirRequest,
+    deadline: Duration,
+) -> OpResult<pb::FsMkdirResponse> {
+    let mode = mode::requested("fs_mkdir.mode", req.mode)?.unwrap_or(Mode::from_bits_truncate(0o755));
+    under_deadline(deadline, move |gate| {
         let r = paths.resolve(&req.path)?;
-        let mode = mode_or(req.mode, 0o755);
         if req.parents {
-            paths.create_dirs(&r, mode)?;
+            let nearest = nearest_dir(&paths, &r)?;
+            gate.commit_in(nearest.as_fd(), || paths.create_dirs(&r, mode))??;
         } else {
             let (dir, name) = paths.open_parent(&r)?;
-            nix::sys::stat::mkdirat(dir.as_fd(), name.as_os_str(), mode)
+            gate.commit_in(dir.as_fd(), || nix::sys::stat::mkdirat(dir.as_fd(), name.as_os_str(), mode))?
                 .map_err(|e| paths.errno(e, "create directory", &r.abs))?;
         }
         Ok(pb::FsMkdirResponse {})
@@ -380,8 +300,12 @@ pub async fn mkdir(paths: Arc<Paths>, req: pb::FsMkdirRequest) -> OpResult<pb::F
     .await
 }
 
-pub async fn rename(paths: Arc<Paths>, req: pb::FsMoveRequest) -> OpResult<pb::FsMoveResponse> {
-    blocking(move || {
+pub async fn rename(
+    paths: Arc<Paths>,
+    req: pb::FsMoveRequest,
+    deadline: Duration,
+) -> OpResult<pb::FsMoveResponse> {
+    under_deadline(deadline, move |gate| {
         let from = paths.resolve(&req.from)?;
         let to = paths.resolve(&req.to)?;
         let (from_dir, from_name) = paths.open_parent(&from)?;
@@ -390,25 +314,30 @@ pub async fn rename(paths: Arc<Paths>, req: pb::FsMoveRequest) -> OpResult<pb::F
             return Err(OpError::not_found("path", &from.abs));
         }
         let flags = if req.overwrite { RenameFlags::empty() } else { RenameFlags::RENAME_NOREPLACE };
-        let moved = nix::fcntl::renameat2(
-            from_dir.as_fd(),
-            from_name.as_os_str(),
-            to_dir.as_fd(),
-            to_name.as_os_str(),
-            flags,
-        );
+        let moved = gate.commit_in(to_dir.as_fd(), || {
+            nix::fcntl::renameat2(
+                from_dir.as_fd(),
+                from_name.as_os_str(),
+                to_dir.as_fd(),
+                to_name.as_os_str(),
+                flags,
+            )
+        })?;
         match moved {
             Ok(()) => {
                 sync_dir(to_dir.as_fd());
                 sync_dir(from_dir.as_fd());
             }
-            Err(Errno::EXDEV) => {
-                xdev::move_across(from_dir.as_fd(), &from_name, to_dir.as_fd(), &to_name, req.overwrite)
-                    .map_err(|e| match e.raw_os_error().map(Errno::from_raw) {
-                        Some(Errno::EEXIST) => exists(&to.abs),
-                        _ => OpError::from_io(&e, "move across filesystems", &from.abs),
-                    })?
-            }
+            Err(Errno::EXDEV) => xdev::move_across(
+                (from_dir.as_fd(), &from_name),
+                (to_dir.as_fd(), &to_name),
+                req.overwrite,
+                gate,
+            )
+            .map_err(|e| match e.raw_os_error().map(Errno::from_raw) {
+                Some(Errno::EEXIST) => exists(&to.abs),
+                _ => OpError::from_io(&e, "move across filesystems", &from.abs),
+            })?,
             Err(Errno::EEXIST) => return Err(exists(&to.abs)),
             Err(e) => return Err(paths.errno(e, "move", &from.abs)),
         }
@@ -417,20 +346,39 @@ pub async fn rename(paths: Arc<Paths>, req: pb::FsMoveRequest) -> OpResult<pb::F
     .await
 }
 
+/// The deepest directory that exists on the way to `r` (`r` itself if it is one), for the
+/// gate's probe before directories are created there.
+fn nearest_dir(paths: &Paths, r: &Resolved) -> OpResult<OwnedFd> {
+    let mut at = r.abs.clone();
+    loop {
+        let found =
+            paths.open(&paths.resolve_abs(at.clone())?, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty());
+        match (found, at.parent()) {
+            (Ok(fd), _) => return Ok(fd),
+            (Err(e), None) => return Err(e),
+            (Err(_), Some(parent)) => at = parent.to_owned(),
+        }
+    }
+}
+
 fn exists(to: &Path) -> OpError {
     OpError::os(format!("{} exists; set overwrite to replace it", to.display()))
         .with("path", to.display())
         .with("errno", Errno::EEXIST as i32)
 }
 
-pub async fn remove(paths: Arc<Paths>, req: pb::FsRemoveRequest) -> OpResult<pb::FsRemoveResponse> {
-    blocking(move || {
+pub async fn remove(
+    paths: Arc<Paths>,
+    req: pb::FsRemoveRequest,
+    deadline: Duration,
+) -> OpResult<pb::FsRemoveResponse> {
+    under_deadline(deadline, move |gate| {
         let r = paths.resolve(&req.path)?;
         let (dir, name) = paths.open_parent(&r)?;
         let Some(st) = lstat_at(&paths, dir.as_fd(), &name, &r.abs)? else {
             return Err(OpError::not_found("path", &r.abs));
         };
-        let removed = match (kind_of(&st), req.recursive) {
+        let removed = gate.commit_in(dir.as_fd(), || match (kind_of(&st), req.recursive) {
             // std's remove_dir_all walks with O_NOFOLLOW and unlinkat: links are removed,
             // never followed.
             (pb::FsEntryKind::Directory, true) => std::fs::remove_dir_all(via_fd(dir.as_fd(), &name))
@@ -441,7 +389,7 @@ pub async fn remove(paths: Arc<Paths>, req: pb::FsRemoveRequest) -> OpResult<pb:
             }
             _ => nix::unistd::unlinkat(dir.as_fd(), name.as_os_str(), UnlinkatFlags::NoRemoveDir)
                 .map_err(|e| paths.errno(e, "remove", &r.abs)),
-        };
+        })?;
         removed.map(|()| pb::FsRemoveResponse {})
     })
     .await

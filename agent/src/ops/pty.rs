@@ -4,7 +4,11 @@
 //! pty_close, on an epoch advance of its fence scope, on agent shutdown, or when idle.
 //!
 //! A non-empty scope_id makes pty_open idempotent: while that scope's terminal lives, the same
-//! pty_id and channel come back and no second shell starts. Opens are serialised only while
+//! pty_id and channel come back and no second shell starts. A terminal belongs to the fence
+//! scope (the control-plane session) that opened it: its scope_id names it only within that
+//! fence scope, and pty_write, pty_resize and pty_close of another fence scope find no such
+//! terminal (NOT_FOUND, as for one that never was), so one session cannot type into, watch the
+//! channel of, or close another's shell. Opens are serialised only while
 //! they look up the scope and register a new terminal, not while they wait for the relay to
 //! accept its channel (up to `OPEN_WAIT`): a reopen of a live scope waits for that terminal's
 //! own acceptance, never behind an unrelated open.
@@ -52,18 +56,19 @@ pub struct FencedBy {
     pub cancel: CancellationToken,
 }
 
-/// Live terminals, by pty_id and by scope_id.
+/// Live terminals, by pty_id and by (fence scope, scope_id).
 #[derive(Default)]
 pub(crate) struct Table {
     by_id: HashMap<String, Arc<Session>>,
-    by_scope: HashMap<String, String>,
+    by_scope: HashMap<(String, String), String>,
 }
 
 impl Table {
     /// The scope no longer maps to this (ended) terminal.
     fn release_scope(&mut self, session: &Session) {
-        if self.by_scope.get(&session.scope_id).is_some_and(|id| *id == session.id) {
-            self.by_scope.remove(&session.scope_id);
+        let key = (session.fence_scope.clone(), session.scope_id.clone());
+        if self.by_scope.get(&key).is_some_and(|id| *id == session.id) {
+            self.by_scope.remove(&key);
         }
     }
 
@@ -136,7 +141,7 @@ impl Terminals {
     ) -> OpResult<pb::PtyOpenResponse> {
         let checked = self.check(&req);
         let one_at_a_time = self.opening.lock().await;
-        let checked = match (checked, self.by_scope(&req.scope_id)) {
+        let checked = match (checked, self.by_scope(&fenced.scope, &req.scope_id)) {
             (Ok(_), Some(live)) => {
                 drop(one_at_a_time);
                 limits.settle(false).await;
@@ -198,13 +203,13 @@ impl Terminals {
         self.pumps.spawn(pump.run(accepted_tx).instrument(span.clone()));
 
         let fence_token = fenced.cancel.clone();
-        let session =
-            Arc::new(Session::new(id.clone(), req.scope_id.clone(), channel, master, input, fence_token));
+        let owner = (fenced.scope.clone(), req.scope_id.clone());
+        let session = Arc::new(Session::new(id.clone(), owner.clone(), channel, master, input, fence_token));
         {
             let mut table = self.lock();
             table.by_id.insert(id.clone(), session.clone());
             if !req.scope_id.is_empty() {
-                table.by_scope.insert(req.scope_id, id.clone());
+                table.by_scope.insert(owner, id.clone());
             }
         }
         // Registered: a reopen of the scope finds this terminal and waits for its acceptance.
@@ -244,27 +249,27 @@ impl Terminals {
     }
 
     /// pty_write: the bytes are queued for the terminal in order; returns how many.
-    pub async fn write(&self, req: pb::PtyWriteRequest) -> OpResult<pb::PtyWriteResponse> {
-        let session = self.get(&req.pty_id)?;
+    pub async fn write(&self, fence_scope: &str, req: pb::PtyWriteRequest) -> OpResult<pb::PtyWriteResponse> {
+        let session = self.get(fence_scope, &req.pty_id)?;
         let len = req.data.len() as u64;
         session.type_in(req.data).await?;
         Ok(pb::PtyWriteResponse { bytes_written: len })
     }
 
     /// pty_resize.
-    pub fn resize(&self, req: pb::PtyResizeRequest) -> OpResult<pb::PtyResizeResponse> {
+    pub fn resize(&self, fence_scope: &str, req: pb::PtyResizeRequest) -> OpResult<pb::PtyResizeResponse> {
         if req.cols == 0 || req.rows == 0 {
             return Err(OpError::protocol(format!("a terminal cannot be {}x{}", req.cols, req.rows)));
         }
-        let session = self.get(&req.pty_id)?;
+        let session = self.get(fence_scope, &req.pty_id)?;
         session.resize(dimension(req.cols, DEFAULT_COLS), dimension(req.rows, DEFAULT_ROWS))?;
         Ok(pb::PtyResizeResponse {})
     }
 
     /// pty_close: ends the terminal (hang-up, then kill) and returns its exit code, -1 if it
     /// was still running and had to be killed.
-    pub async fn close(&self, req: pb::PtyCloseRequest) -> OpResult<pb::PtyCloseResponse> {
-        let session = self.get(&req.pty_id)?;
+    pub async fn close(&self, fence_scope: &str, req: pb::PtyCloseRequest) -> OpResult<pb::PtyCloseResponse> {
+        let session = self.get(fence_scope, &req.pty_id)?;
         session.request_close();
         Ok(pb::PtyCloseResponse { exit_code: session.exit_code().await })
     }
@@ -291,16 +296,21 @@ impl Terminals {
         }
     }
 
-    fn by_scope(&self, scope_id: &str) -> Option<Arc<Session>> {
+    fn by_scope(&self, fence_scope: &str, scope_id: &str) -> Option<Arc<Session>> {
         if scope_id.is_empty() {
             return None;
         }
         let table = self.lock();
-        table.by_scope.get(scope_id).and_then(|id| table.by_id.get(id)).filter(|s| !s.is_ending()).cloned()
+        let key = (fence_scope.to_owned(), scope_id.to_owned());
+        table.by_scope.get(&key).and_then(|id| table.by_id.get(id)).filter(|s| !s.is_ending()).cloned()
     }
 
-    fn get(&self, pty_id: &str) -> OpResult<Arc<Session>> {
-        self.lock().by_id.get(pty_id).cloned().ok_or_else(|| {
+    /// The terminal `pty_id` if `fence_scope` opened it: another scope's is NOT_FOUND, exactly
+    /// as one that never existed, so its existence does not leak either.
+    fn get(&self, fence_scope: &str, pty_id: &str) -> OpResult<Arc<Session>> {
+        let table = self.lock();
+        let owned = table.by_id.get(pty_id).filter(|s| s.fence_scope == fence_scope);
+        owned.cloned().ok_or_else(|| {
             OpError::new(pb::ErrorCode::NotFound, format!("no terminal {pty_id:?} (it may have ended)"))
                 .with("pty_id", pty_id)
         })

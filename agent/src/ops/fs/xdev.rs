@@ -8,6 +8,10 @@
 //! replaced, a non-empty directory is refused, and without overwrite nothing is replaced.
 //! The source is read the same way (descriptors, O_NOFOLLOW), so it cannot be swapped for a
 //! link to a file outside either. Only then is the source removed.
+//!
+//! Copies carry permission bits only (see `mode`): a setuid file moved across a mount would
+//! otherwise become a setuid file owned by the agent's user. The copy stops as soon as the
+//! op's deadline passes; placing it and removing the source is one commit step of its gate.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -20,17 +24,18 @@ use nix::fcntl::{AtFlags, OFlag, RenameFlags, openat};
 use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstat, fstatat, mkdirat};
 use nix::unistd::UnlinkatFlags;
 
+use super::commit::{Gate, probe};
+use super::mode::carried_over;
 use super::{sync_dir, temp_name, try_sync_dir};
 use crate::paths::{is, via_fd};
 
 /// Moves `from_name` in `from_dir` to `to_name` in `to_dir`, which lie on different
 /// filesystems. Errors are the OS's; on one, the target and the source are as they were.
 pub(super) fn move_across(
-    from_dir: BorrowedFd<'_>,
-    from_name: &OsStr,
-    to_dir: BorrowedFd<'_>,
-    to_name: &OsStr,
+    (from_dir, from_name): (BorrowedFd<'_>, &OsStr),
+    (to_dir, to_name): (BorrowedFd<'_>, &OsStr),
     overwrite: bool,
+    gate: &Gate,
 ) -> io::Result<()> {
     // Not worth copying a tree only to be refused (the rename below still decides, atomically).
     if !overwrite && fstatat(to_dir, to_name, AtFlags::AT_SYMLINK_NOFOLLOW).is_ok() {
@@ -43,25 +48,69 @@ pub(super) fn move_across(
         return Err(Errno::EINVAL.into());
     }
     let tmp = temp_name(to_name);
-    let placed = copy_entry(from_dir, from_name, to_dir, &tmp, 0).and_then(|()| {
+    let copied = copy_entry(from_dir, from_name, to_dir, &tmp, 0, gate).map_err(Placing::Before);
+    let placed = copied.and_then(|()| {
         let flags = if overwrite { RenameFlags::empty() } else { RenameFlags::RENAME_NOREPLACE };
-        Ok(nix::fcntl::renameat2(to_dir, tmp.as_os_str(), to_dir, to_name, flags)?)
+        // Both filesystems change: the source's is probed here, the target's by the gate.
+        probe(from_dir);
+        gate.commit_in(to_dir, || place_and_remove_source(from_dir, from_name, to_dir, &tmp, to_name, flags))
+            .map_err(|_| deadline_passed())?
     });
-    if let Err(e) = placed {
+    if let Err(Placing::Before(e)) = placed {
         remove_entry(to_dir, &tmp);
         return Err(e);
     }
+    placed.map_err(Placing::into_inner)
+}
+
+/// How a move failed: before its copy was in place (the temp copy is then removed) or after.
+enum Placing {
+    Before(io::Error),
+    After(io::Error),
+}
+
+impl Placing {
+    fn into_inner(self) -> io::Error {
+        match self {
+            Placing::Before(e) | Placing::After(e) => e,
+        }
+    }
+}
+
+impl From<io::Error> for Placing {
+    fn from(e: io::Error) -> Self {
+        Placing::Before(e)
+    }
+}
+
+/// The commit of a move: the copy renamed into place, made durable, then the source removed.
+fn place_and_remove_source(
+    from_dir: BorrowedFd<'_>,
+    from_name: &OsStr,
+    to_dir: BorrowedFd<'_>,
+    tmp: &OsStr,
+    to_name: &OsStr,
+    flags: RenameFlags,
+) -> Result<(), Placing> {
+    nix::fcntl::renameat2(to_dir, tmp, to_dir, to_name, flags).map_err(|e| Placing::Before(e.into()))?;
+    let after = |e: io::Error| Placing::After(e);
     // The source goes only once its copy is durable: a crash must never lose both.
-    try_sync_dir(to_dir)?;
-    let st = fstatat(from_dir, from_name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+    try_sync_dir(to_dir).map_err(after)?;
+    let st = fstatat(from_dir, from_name, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(|e| after(e.into()))?;
     if is(&st, SFlag::S_IFDIR) {
         // std walks with O_NOFOLLOW and unlinkat: links inside are removed, never followed.
-        std::fs::remove_dir_all(via_fd(from_dir, from_name))?;
+        std::fs::remove_dir_all(via_fd(from_dir, from_name)).map_err(after)?;
     } else {
-        nix::unistd::unlinkat(from_dir, from_name, UnlinkatFlags::NoRemoveDir)?;
+        nix::unistd::unlinkat(from_dir, from_name, UnlinkatFlags::NoRemoveDir)
+            .map_err(|e| after(e.into()))?;
     }
     sync_dir(from_dir);
     Ok(())
+}
+
+/// What the copy meets once the op's deadline has passed: nobody waits for it any more.
+fn deadline_passed() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "the move's deadline passed before it was placed")
 }
 
 /// Directories a copied tree may nest; deeper is refused rather than recursed into.
@@ -101,7 +150,11 @@ fn copy_entry(
     to_dir: BorrowedFd<'_>,
     to_name: &OsStr,
     depth: usize,
+    gate: &Gate,
 ) -> io::Result<()> {
+    if gate.is_shut() {
+        return Err(deadline_passed());
+    }
     let st = fstatat(from_dir, from_name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
     if is(&st, SFlag::S_IFLNK) {
         let target = nix::fcntl::readlinkat(from_dir, from_name)?;
@@ -110,7 +163,7 @@ fn copy_entry(
         if depth >= MAX_DEPTH {
             return Err(io::Error::other(format!("the tree nests more than {MAX_DEPTH} directories deep")));
         }
-        copy_dir(from_dir, from_name, to_dir, to_name, depth + 1)
+        copy_dir(from_dir, from_name, to_dir, to_name, depth + 1, gate)
     } else {
         copy_file(from_dir, from_name, to_dir, to_name)
     }
@@ -131,9 +184,10 @@ fn copy_dir(
     to_dir: BorrowedFd<'_>,
     to_name: &OsStr,
     depth: usize,
+    gate: &Gate,
 ) -> io::Result<()> {
     let src = open_dir(from_dir, from_name)?;
-    let mode = fstat(src.as_fd())?.st_mode & 0o7777;
+    let mode = carried_over(fstat(src.as_fd())?.st_mode);
     mkdirat(to_dir, to_name, Mode::from_bits_truncate(0o700))?;
     let dst = open_dir(to_dir, to_name)?;
     // The listing's descriptor is closed before recursing: a deep tree holds two per level.
@@ -142,9 +196,9 @@ fn copy_dir(
         .map(|e| e.map(|e| OsStr::from_bytes(e.file_name().to_bytes()).to_owned()))
         .collect::<nix::Result<_>>()?;
     for name in names.iter().filter(|n| *n != "." && *n != "..") {
-        copy_entry(src.as_fd(), name, dst.as_fd(), name, depth)?;
+        copy_entry(src.as_fd(), name, dst.as_fd(), name, depth, gate)?;
     }
-    fchmod(dst.as_fd(), Mode::from_bits_truncate(mode))?;
+    fchmod(dst.as_fd(), mode)?;
     Ok(nix::unistd::fsync(dst.as_fd())?)
 }
 
@@ -169,6 +223,6 @@ fn copy_file(
     let write = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let mut dst = File::from(openat(to_dir, to_name, write, Mode::from_bits_truncate(0o600))?);
     io::copy(&mut &src, &mut dst)?;
-    fchmod(dst.as_fd(), Mode::from_bits_truncate(st.st_mode & 0o7777))?;
+    fchmod(dst.as_fd(), carried_over(st.st_mode))?;
     dst.sync_all()
 }

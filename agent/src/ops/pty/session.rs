@@ -39,6 +39,8 @@ const HANGUP_GRACE: Duration = Duration::from_secs(1);
 /// A live terminal as the ops see it.
 pub struct Session {
     pub id: String,
+    /// The fence scope of the pty_open that started it: only requests of that scope reach it.
+    pub fence_scope: String,
     pub scope_id: String,
     channel: pb::StreamChannel,
     master: Mutex<Option<Box<dyn MasterPty + Send>>>,
@@ -75,7 +77,7 @@ pub struct Supervision {
 impl Session {
     pub fn new(
         id: String,
-        scope_id: String,
+        (fence_scope, scope_id): (String, String),
         channel: pb::StreamChannel,
         master: Box<dyn MasterPty + Send>,
         input: mpsc::Sender<Bytes>,
@@ -83,6 +85,7 @@ impl Session {
     ) -> Self {
         Session {
             id,
+            fence_scope,
             scope_id,
             channel,
             master: Mutex::new(Some(master)),
