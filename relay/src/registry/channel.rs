@@ -12,9 +12,18 @@
 //! after its OpenAck, then whenever the count changes. It is state, not an event, so it is
 //! never queued: each producer connection remembers the count it was last told and gets the
 //! current one when they differ. The agent needs it to tell a watched terminal from an idle one.
+//!
+//! Bounds against a viewer that opens channels no producer serves: a viewer of a channel that
+//! never had a producer holds a wait slot of its token (released when the first producer joins
+//! or the viewer leaves), and input for a channel without a producer is held up to
+//! `unclaimed_input_bytes`; past that the relay stops reading its viewers (nothing is dropped).
+//!
+//! One producer at a time: a second one is let in only once the registry has found the first
+//! silent ([`ChannelState::request_probe`]): the first is pinged, and every message it sends
+//! counts as hearing from it.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tether_proto::frame::Frame;
@@ -24,15 +33,22 @@ use tether_proto::token::ViewerMode;
 use crate::handshake::{Rejection, ViewerGrant};
 use crate::metrics::{Dir, DropReason, Metrics, RejectReason};
 use crate::ring::Ring;
+use crate::tally::Slot;
 
 /// Identifies one websocket connection.
 pub type ConnId = u64;
 
-/// Byte bounds of a channel.
+/// Bounds of a channel and of what one token may hold.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub ring_bytes: usize,
     pub viewer_queue_bytes: usize,
+    /// Viewer input held while the channel has no producer.
+    pub unclaimed_input_bytes: usize,
+    /// Viewers of one token waiting on channels that never had a producer.
+    pub waits_per_token: usize,
+    /// How long a producer has to answer when another connection claims its channel.
+    pub probe_timeout: Duration,
 }
 
 /// What a pump should do next.
@@ -44,6 +60,8 @@ pub enum Next {
     Idle,
     /// Write this StreamClose, then close the socket.
     Close(pb::StreamClose),
+    /// Ping the peer (a producer whose liveness is being checked).
+    Ping,
 }
 
 /// One input message of a viewer.
@@ -67,6 +85,8 @@ struct ViewerSlot {
     replay_end: u64,
     /// Down-ring offset when the viewer joined: replayed bytes do not count as lag.
     join_offset: u64,
+    /// Its token's wait slot while the channel has never had a producer.
+    wait: Option<Slot<String>>,
 }
 
 #[derive(Debug)]
@@ -76,6 +96,12 @@ struct ProducerSlot {
     replay_end: u64,
     /// The viewer count last sent to this connection (`None` before the first ViewerPresence).
     told_viewers: Option<u32>,
+    /// Messages received from this connection (pongs included).
+    heard: u64,
+    /// A ping is to be sent (liveness check).
+    ping_due: bool,
+    /// Someone waits to learn whether this connection answers.
+    probed: bool,
 }
 
 /// Everything the relay knows about one channel.
@@ -90,6 +116,8 @@ pub struct ChannelState {
     down_next: Option<u64>,
     up: Ring,
     up_next: u64,
+    /// Up-ring position up to which the last producer took input (while none is attached).
+    up_taken: u64,
     /// False until a producer said which viewer-to-agent seq it expects next.
     up_base_known: bool,
     producer: Option<ProducerSlot>,
@@ -118,6 +146,7 @@ impl ChannelState {
             down_next: None,
             up: Ring::new(limits.ring_bytes),
             up_next: 0,
+            up_taken: 0,
             up_base_known: false,
             producer: None,
             viewers: HashMap::new(),
@@ -147,6 +176,72 @@ impl ChannelState {
         (u64::from(self.producer.is_some()), self.viewers.len() as u64)
     }
 
+    /// Viewers holding a wait slot (the channel never had a producer).
+    pub fn waiting(&self) -> u64 {
+        self.viewers.values().filter(|v| v.wait.is_some()).count() as u64
+    }
+
+    /// True until a producer first joins (only a producer's join sets the kind).
+    pub fn awaits_first_producer(&self) -> bool {
+        self.kind == pb::StreamKind::Unspecified && self.ended.is_none()
+    }
+
+    /// A channel no producer ever served and nobody watches holds nothing worth keeping.
+    pub fn forgettable(&self) -> bool {
+        self.awaits_first_producer() && self.viewers.is_empty()
+    }
+
+    /// Keeps `conn`'s wait slot until a producer joins or the viewer leaves.
+    pub fn hold_wait(&mut self, conn: ConnId, slot: Slot<String>) {
+        if let Some(v) = self.viewers.get_mut(&conn) {
+            v.wait = Some(slot);
+        }
+    }
+
+    /// The attached producer's connection.
+    pub fn producer_conn(&self) -> Option<ConnId> {
+        self.producer.as_ref().map(|p| p.conn)
+    }
+
+    /// Asks the attached producer to show it is alive: it is pinged, and the answer (any
+    /// message) is seen by [`Self::producer_answered`]. Returns its connection and how much
+    /// was heard from it so far.
+    pub fn request_probe(&mut self) -> Option<(ConnId, u64)> {
+        let p = self.producer.as_mut()?;
+        p.ping_due = true;
+        p.probed = true;
+        Some((p.conn, p.heard))
+    }
+
+    /// The producer `conn` sent something. Returns true when a probe waits for that.
+    pub fn heard_from_producer(&mut self, conn: ConnId) -> bool {
+        match self.producer.as_mut().filter(|p| p.conn == conn) {
+            Some(p) => {
+                p.heard += 1;
+                std::mem::take(&mut p.probed)
+            }
+            None => false,
+        }
+    }
+
+    /// Whether the producer probed at `heard` answered since.
+    pub fn producer_answered(&self, conn: ConnId, heard: u64) -> bool {
+        self.producer.as_ref().is_some_and(|p| p.conn == conn && p.heard > heard)
+    }
+
+    /// Whether a probe of `conn` has its answer: it answered, or it is gone.
+    pub fn probe_settled(&self, conn: ConnId, heard: u64) -> bool {
+        self.producer_conn() != Some(conn) || self.producer_answered(conn, heard)
+    }
+
+    /// Viewer input held for no producer: what came after the last producer's cursor.
+    pub fn unclaimed_input(&self) -> u64 {
+        if self.producer.is_some() {
+            return 0;
+        }
+        self.up.bytes_from(self.up_taken).unwrap_or(self.up.held_bytes() as u64)
+    }
+
     fn close(&self, reason: pb::StreamCloseReason, message: impl Into<String>) -> pb::StreamClose {
         pb::StreamClose {
             channel_id: self.channel_id.clone(),
@@ -158,11 +253,16 @@ impl ChannelState {
     fn kick(&mut self, conn: ConnId, reason: pb::StreamCloseReason, message: String) {
         let close = self.close(reason, message);
         self.viewers.remove(&conn);
-        if self.producer.as_ref().is_some_and(|p| p.conn == conn) {
-            self.producer = None;
-            self.no_producer_since = Some(Instant::now());
-        }
+        self.drop_producer(conn, Instant::now());
         self.kicks.insert(conn, close);
+    }
+
+    /// Forgets the producer if it is `conn`, remembering how far it took input.
+    fn drop_producer(&mut self, conn: ConnId, now: Instant) {
+        if let Some(p) = self.producer.take_if(|p| p.conn == conn) {
+            self.up_taken = p.cursor;
+            self.no_producer_since = Some(now);
+        }
     }
 
     fn is_desktop(&self) -> bool {
@@ -205,8 +305,20 @@ impl ChannelState {
         self.up_next = self.up_next.max(resume_from_seq);
         let cursor = self.up.pos_of_seq(resume_from_seq);
         let replay_end = self.up.head_pos();
-        self.producer = Some(ProducerSlot { conn, cursor, replay_end, told_viewers: None });
+        self.producer = Some(ProducerSlot {
+            conn,
+            cursor,
+            replay_end,
+            told_viewers: None,
+            heard: 0,
+            ping_due: false,
+            probed: false,
+        });
         self.no_producer_since = None;
+        // Served now: the viewers that waited for this channel no longer count as waiting.
+        for v in self.viewers.values_mut() {
+            v.wait = None;
+        }
         if let Some(resize) = self.last_resize.clone() {
             self.up.push(self.up_next, false, resize);
         }
@@ -290,6 +402,7 @@ impl ChannelState {
             expected: ack,
             replay_end: self.down.head_pos(),
             join_offset: self.down.head_offset(),
+            wait: None,
         };
         self.viewers.insert(conn, slot);
         self.idle_since = None;
@@ -322,10 +435,7 @@ impl ChannelState {
     pub fn leave(&mut self, conn: ConnId, now: Instant) {
         self.viewers.remove(&conn);
         self.kicks.remove(&conn);
-        if self.producer.as_ref().is_some_and(|p| p.conn == conn) {
-            self.producer = None;
-            self.no_producer_since = Some(now);
-        }
+        self.drop_producer(conn, now);
         if self.producer.is_none() && self.viewers.is_empty() && self.idle_since.is_none() {
             self.idle_since = Some(now);
         }
@@ -489,6 +599,9 @@ impl ChannelState {
                 None => Next::Close(self.close(pb::StreamCloseReason::TransportError, "not attached")),
             };
         };
+        if std::mem::take(&mut p.ping_due) {
+            return Next::Ping;
+        }
         let (mut out, mut bytes, mut replayed) = (Vec::new(), 0, 0);
         // First after the OpenAck, then on every change: the producer's idle reaping needs it.
         if p.told_viewers != Some(viewers) {
@@ -517,13 +630,21 @@ impl ChannelState {
         Next::Send(out)
     }
 
-    /// Backpressure on viewers: while the producer has half a queue of input unread, stop
-    /// reading viewer sockets. With no producer, input is buffered in the ring.
+    /// Backpressure on viewers: while the producer has a queue of input unread, stop reading
+    /// viewer sockets. With no producer, input is buffered in the ring up to
+    /// `unclaimed_input_bytes`.
     pub fn viewer_may_send(&self) -> bool {
         match &self.producer {
             Some(p) => self.up.bytes_from(p.cursor).is_none_or(|b| b < self.queue_bytes()),
-            None => true,
+            // After the end input is dropped, not held: keep reading (a Close may follow).
+            None if self.ended.is_some() => true,
+            None => self.unclaimed_input() < self.limits.unclaimed_input_bytes as u64,
         }
+    }
+
+    /// Whether a viewer held back is held for want of a producer.
+    pub fn holds_unclaimed_input(&self) -> bool {
+        self.producer.is_none() && !self.viewer_may_send()
     }
 
     /// Applies the input rules and queues the message for the producer.

@@ -8,7 +8,13 @@ const V1: ConnId = 10;
 const V2: ConnId = 11;
 
 fn limits() -> Limits {
-    Limits { ring_bytes: 1 << 20, viewer_queue_bytes: 1 << 20 }
+    Limits {
+        ring_bytes: 1 << 20,
+        viewer_queue_bytes: 1 << 20,
+        unclaimed_input_bytes: 1 << 20,
+        waits_per_token: 4,
+        probe_timeout: std::time::Duration::from_secs(1),
+    }
 }
 
 fn chan(port: u32) -> ChannelState {
@@ -16,7 +22,14 @@ fn chan(port: u32) -> ChannelState {
 }
 
 fn grant(id: &str, mode: ViewerMode) -> ViewerGrant {
-    ViewerGrant { identity: id.into(), lease_epoch: 1, authority_epoch: None, mode, read_only: false }
+    ViewerGrant {
+        identity: id.into(),
+        holder: format!("w/{id}"),
+        lease_epoch: 1,
+        authority_epoch: None,
+        mode,
+        read_only: false,
+    }
 }
 
 fn data(seq: u64, body: &[u8]) -> Bytes {
@@ -58,6 +71,7 @@ fn drain(c: &mut ChannelState, conn: ConnId, m: &Metrics) -> Drained {
         match next {
             Next::Idle => return (frames, tags, None),
             Next::Close(close) => return (frames, tags, Some(close)),
+            Next::Ping => {}
             Next::Send(batch) => {
                 for msg in batch {
                     match Frame::decode(msg).unwrap() {
@@ -181,7 +195,7 @@ fn a_viewer_that_stops_reading_holds_the_producer_only_until_the_grace_then_goes
     let mut c = ChannelState::new(
         "c",
         7681,
-        Limits { ring_bytes: 1 << 20, viewer_queue_bytes: 1000 },
+        Limits { ring_bytes: 1 << 20, viewer_queue_bytes: 1000, ..limits() },
         Instant::now(),
     );
     c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap();
@@ -219,7 +233,7 @@ fn a_reading_viewer_paces_the_producer_and_is_never_dropped() {
     let mut c = ChannelState::new(
         "c",
         7681,
-        Limits { ring_bytes: 1 << 20, viewer_queue_bytes: 1000 },
+        Limits { ring_bytes: 1 << 20, viewer_queue_bytes: 1000, ..limits() },
         Instant::now(),
     );
     c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap();
@@ -241,8 +255,12 @@ fn a_reading_viewer_paces_the_producer_and_is_never_dropped() {
 #[test]
 fn resume_after_ring_overflow_announces_the_gap() {
     let m = Metrics::default();
-    let mut c =
-        ChannelState::new("c", 7681, Limits { ring_bytes: 500, viewer_queue_bytes: 100 }, Instant::now());
+    let mut c = ChannelState::new(
+        "c",
+        7681,
+        Limits { ring_bytes: 500, viewer_queue_bytes: 100, ..limits() },
+        Instant::now(),
+    );
     c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap();
     for seq in 0..20 {
         c.producer_frame(P, seq, data(seq, &[b'x'; 90]), &m);
@@ -456,8 +474,12 @@ fn the_producer_hears_the_viewer_count_after_its_ack_and_on_every_change() {
 #[test]
 fn a_stalled_viewer_kicked_for_slowness_no_longer_counts() {
     let m = Metrics::default();
-    let mut c =
-        ChannelState::new("c", 7681, Limits { ring_bytes: 1 << 20, viewer_queue_bytes: 8 }, Instant::now());
+    let mut c = ChannelState::new(
+        "c",
+        7681,
+        Limits { ring_bytes: 1 << 20, viewer_queue_bytes: 8, ..limits() },
+        Instant::now(),
+    );
     c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap();
     c.join_viewer(V1, pb::StreamKind::Pty, grant("s/a", ViewerMode::View), 0, &m).unwrap();
     assert_eq!(presence(&mut c, P, &m), [1]);
