@@ -28,10 +28,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tether_proto::frame::Frame;
 use tether_proto::pb;
-use tether_proto::token::ViewerMode;
 
 use crate::handshake::{Rejection, ViewerGrant};
-use crate::metrics::{Dir, DropReason, Metrics, RejectReason};
+use crate::metrics::{Dir, Metrics, RejectReason};
 use crate::ring::Ring;
 use crate::tally::Slot;
 
@@ -196,50 +195,6 @@ impl ChannelState {
         if let Some(v) = self.viewers.get_mut(&conn) {
             v.wait = Some(slot);
         }
-    }
-
-    /// The attached producer's connection.
-    pub fn producer_conn(&self) -> Option<ConnId> {
-        self.producer.as_ref().map(|p| p.conn)
-    }
-
-    /// Asks the attached producer to show it is alive: it is pinged, and the answer (any
-    /// message) is seen by [`Self::producer_answered`]. Returns its connection and how much
-    /// was heard from it so far.
-    pub fn request_probe(&mut self) -> Option<(ConnId, u64)> {
-        let p = self.producer.as_mut()?;
-        p.ping_due = true;
-        p.probed = true;
-        Some((p.conn, p.heard))
-    }
-
-    /// The producer `conn` sent something. Returns true when a probe waits for that.
-    pub fn heard_from_producer(&mut self, conn: ConnId) -> bool {
-        match self.producer.as_mut().filter(|p| p.conn == conn) {
-            Some(p) => {
-                p.heard += 1;
-                std::mem::take(&mut p.probed)
-            }
-            None => false,
-        }
-    }
-
-    /// Whether the producer probed at `heard` answered since.
-    pub fn producer_answered(&self, conn: ConnId, heard: u64) -> bool {
-        self.producer.as_ref().is_some_and(|p| p.conn == conn && p.heard > heard)
-    }
-
-    /// Whether a probe of `conn` has its answer: it answered, or it is gone.
-    pub fn probe_settled(&self, conn: ConnId, heard: u64) -> bool {
-        self.producer_conn() != Some(conn) || self.producer_answered(conn, heard)
-    }
-
-    /// Viewer input held for no producer: what came after the last producer's cursor.
-    pub fn unclaimed_input(&self) -> u64 {
-        if self.producer.is_some() {
-            return 0;
-        }
-        self.up.bytes_from(self.up_taken).unwrap_or(self.up.held_bytes() as u64)
     }
 
     fn close(&self, reason: pb::StreamCloseReason, message: impl Into<String>) -> pb::StreamClose {
@@ -629,83 +584,10 @@ impl ChannelState {
         m.sent(Dir::Up, out.len() as u64, bytes as u64, replayed);
         Next::Send(out)
     }
-
-    /// Backpressure on viewers: while the producer has a queue of input unread, stop reading
-    /// viewer sockets. With no producer, input is buffered in the ring up to
-    /// `unclaimed_input_bytes`.
-    pub fn viewer_may_send(&self) -> bool {
-        match &self.producer {
-            Some(p) => self.up.bytes_from(p.cursor).is_none_or(|b| b < self.queue_bytes()),
-            // After the end input is dropped, not held: keep reading (a Close may follow).
-            None if self.ended.is_some() => true,
-            None => self.unclaimed_input() < self.limits.unclaimed_input_bytes as u64,
-        }
-    }
-
-    /// Whether a viewer held back is held for want of a producer.
-    pub fn holds_unclaimed_input(&self) -> bool {
-        self.producer.is_none() && !self.viewer_may_send()
-    }
-
-    /// Applies the input rules and queues the message for the producer.
-    pub fn viewer_input(&mut self, conn: ConnId, input: Input, m: &Metrics) {
-        let Some(v) = self.viewers.get(&conn) else { return };
-        let drop = if self.ended.is_some() {
-            Some(DropReason::Ended)
-        } else if v.grant.read_only {
-            Some(DropReason::Spectator)
-        } else if v.grant.mode == ViewerMode::View
-            && (self.is_desktop() || matches!(input, Input::Desktop(_)))
-        {
-            Some(DropReason::ViewMode)
-        } else {
-            None
-        };
-        if let Some(reason) = drop {
-            return m.input_dropped(reason);
-        }
-        match input {
-            Input::Data(mut f) => {
-                let identity = &v.grant.identity;
-                if self.input_cursors.get(identity).is_some_and(|next| f.seq < *next) {
-                    m.duplicate(Dir::Up);
-                    return m.input_dropped(DropReason::Repeat);
-                }
-                let Some(after) = f.seq.checked_add(1) else {
-                    return self.kick_for_seq(conn, f.seq, m);
-                };
-                let seq = self.up_next;
-                let Some(up_after) = seq.checked_add(1) else {
-                    // The producer announced a cursor at the end of the seq space.
-                    if let Some(producer) = self.producer.as_ref().map(|p| p.conn) {
-                        self.kick_for_seq(producer, seq, m);
-                    }
-                    return;
-                };
-                self.input_cursors.insert(identity.clone(), after);
-                f.seq = seq;
-                f.channel_id = self.channel_id.clone();
-                self.up_next = up_after;
-                let msg = Frame::Data(f).encode();
-                m.received(Dir::Up, msg.len());
-                m.evicted(Dir::Up, self.up.push(seq, true, msg));
-            }
-            Input::Resize(msg) => {
-                self.last_resize = Some(msg.clone());
-                self.push_live(msg, m);
-            }
-            Input::Desktop(msg) => self.push_live(msg, m),
-        }
-    }
-
-    /// Control messages reach a connected producer only; they are never replayed.
-    fn push_live(&mut self, msg: Bytes, m: &Metrics) {
-        if self.producer.is_some() {
-            m.received(Dir::Up, msg.len());
-            m.evicted(Dir::Up, self.up.push(self.up_next, false, msg));
-        }
-    }
 }
+
+mod input;
+mod liveness;
 
 #[cfg(test)]
 #[path = "channel_tests.rs"]

@@ -2,6 +2,7 @@
 //! viewers, gaps, floors and input rules, without sockets.
 
 use super::*;
+use tether_proto::token::ViewerMode;
 
 const P: ConnId = 1;
 const V1: ConnId = 10;
