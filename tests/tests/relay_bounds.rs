@@ -2,8 +2,10 @@
 //! of channels no producer has opened, input held for a channel without a producer is capped in
 //! bytes (and none of it is lost), a producer token opens only its own agent's channels, and a
 //! second producer cannot take over a live channel (and its viewers' input history) while the
-//! first one answers, yet gets in promptly once the first has gone silent.
+//! first one answers, yet gets in promptly once the first has gone silent: the real agent,
+//! whose link was cut where the relay could not see it, is back within seconds.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,6 +14,9 @@ use tether_proto::frame::Frame;
 use tether_proto::pb;
 use tether_proto::token::ViewerMode;
 use tether_tests::relay::*;
+use tether_tests::{Agent, AgentOpts, Nats};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 
 /// Opens and expects a refusal naming `reason`; returns whether it is retryable.
 async fn refused(url: &str, open_frame: Frame, reason: &str) -> bool {
@@ -160,4 +165,88 @@ async fn a_second_producer_is_refused_while_the_first_answers_and_let_in_once_it
     send(&mut successor, data("ch", 0, "welcome back")).await;
     assert_eq!(recv_data(&mut view, 1).await[0].1, "welcome back");
     drop(first);
+}
+
+/// A TCP forwarder that can cut its connections the way a network does where only one end
+/// notices: on `cut`, each connection made so far is closed towards the client while the
+/// server side is kept open and silent, so the server sees nothing (no close, no answer to its
+/// pings). Connections made after a cut flow normally.
+struct HalfCutProxy {
+    addr: std::net::SocketAddr,
+    cut: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HalfCutProxy {
+    async fn start(target: std::net::SocketAddr) -> HalfCutProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let cut = Arc::new(Notify::new());
+        let cutting = cut.clone();
+        let task = tokio::spawn(async move {
+            // Owned here, so aborting the proxy ends every connection, held ones included.
+            let mut forwarding = tokio::task::JoinSet::new();
+            let held: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let (cut, held) = (cutting.clone(), held.clone());
+                forwarding.spawn(async move {
+                    let cut_now = cut.notified();
+                    tokio::pin!(cut_now);
+                    cut_now.as_mut().enable();
+                    let Ok(mut outbound) = TcpStream::connect(target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        () = cut_now => {
+                            drop(inbound);
+                            held.lock().expect("held lock").push(outbound);
+                        }
+                    }
+                });
+            }
+        });
+        HalfCutProxy { addr, cut, task }
+    }
+
+    fn stream_url(&self) -> String {
+        format!("ws://{}/stream", self.addr)
+    }
+
+    fn cut(&self) {
+        self.cut.notify_waiters();
+    }
+}
+
+impl Drop for HalfCutProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn an_agent_whose_link_was_cut_unseen_by_the_relay_gets_its_terminal_back_promptly() {
+    use tether_proto::pb::control_request::Op;
+    use tether_proto::pb::control_response::Result as Reply;
+    const WITHIN: Duration = Duration::from_secs(20);
+    // The relay would notice the dead link by itself only after a minute of silence.
+    let relay = Relay::start(&["--producer-probe-timeout", "1s"]).await;
+    let proxy = HalfCutProxy::start(relay.addr).await;
+    let nats = Nats::start().await;
+    let opts = AgentOpts { relay_url: Some(proxy.stream_url()), ..AgentOpts::default() };
+    let agent = Agent::start_with(&nats, opts).await;
+    let pty = match agent.call(Op::PtyOpen(pb::PtyOpenRequest::default())).await {
+        Ok(Reply::PtyOpen(r)) => r,
+        other => panic!("pty_open failed: {other:?}\nagent log:\n{}", agent.log()),
+    };
+    let channel = pty.channel.expect("channel");
+    let mut viewer = watch(&relay, &channel, &claims_for(&channel, "v", ViewerMode::View)).await;
+    let mut seen = Seen::default();
+    viewer.send("echo before-$((6*7))\n").await;
+    collect_until(&mut viewer, &mut seen, WITHIN, |s| shows_line(&s.text(), "before-42")).await;
+
+    // The agent's link dies; the relay still holds the old producer connection, open and silent.
+    proxy.cut();
+    viewer.send("echo after-$((6*7))\n").await;
+    collect_until(&mut viewer, &mut seen, WITHIN, |s| shows_line(&s.text(), "after-42")).await;
+    assert_eq!(relay.metric("tether_relay_producers_replaced_total").await, 1, "the relay had not noticed");
+    assert!(agent.log().contains("reconnecting"), "the agent's pump reconnected:\n{}", agent.log());
 }
