@@ -178,6 +178,60 @@ fn returning_producer_gets_input_it_missed_exactly_once() {
 }
 
 #[test]
+fn input_without_a_producer_is_held_only_up_to_its_cap() {
+    let m = Metrics::default();
+    let mut c =
+        ChannelState::new("c", 7681, Limits { unclaimed_input_bytes: 100, ..limits() }, Instant::now());
+    c.join_viewer(V1, pb::StreamKind::Pty, grant("s/a", ViewerMode::View), 0, &m).unwrap();
+    let mut typed = 0;
+    while c.viewer_may_send() {
+        c.viewer_input(V1, input(typed, &[b'k'; 30]), &m);
+        typed += 1;
+        assert!(typed < 10, "the cap never stopped the viewer");
+    }
+    assert!(c.holds_unclaimed_input());
+    assert!(c.unclaimed_input() >= 100 && c.unclaimed_input() < 100 + 60, "{}", c.unclaimed_input());
+    // A producer takes it all; the viewer may type again.
+    c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap();
+    assert_eq!(drain(&mut c, P, &m).0.len() as u64, typed);
+    assert!(c.viewer_may_send() && c.unclaimed_input() == 0);
+    // Gone again: what it took does not count, only what came after.
+    c.leave(P, Instant::now());
+    assert!(c.viewer_may_send());
+    c.viewer_input(V1, input(typed, &[b'k'; 30]), &m);
+    assert_eq!(
+        c.unclaimed_input(),
+        Frame::Data(pb::StreamFrame {
+            channel_id: "c".into(),
+            seq: typed,
+            data: Bytes::from_static(&[b'k'; 30]),
+            produced_at_ms: 0
+        })
+        .encode()
+        .len() as u64
+    );
+}
+
+#[test]
+fn a_producer_is_probed_and_answers_with_any_message() {
+    let m = Metrics::default();
+    let mut c = chan(7681);
+    assert_eq!(c.request_probe(), None, "no producer, nothing to probe");
+    c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap();
+    let (conn, heard) = c.request_probe().unwrap();
+    assert_eq!(conn, P);
+    assert_eq!(c.next_for_producer(P, 64, &m), Next::Ping, "its writer pings first");
+    assert!(!c.probe_settled(P, heard));
+    assert!(c.heard_from_producer(P), "a waiting probe is told");
+    assert!(c.producer_answered(P, heard) && c.probe_settled(P, heard));
+    assert!(!c.heard_from_producer(P), "nobody waits any more");
+    // A producer that left settles the probe without answering it.
+    let (_, heard) = c.request_probe().unwrap();
+    c.leave(P, Instant::now());
+    assert!(c.probe_settled(P, heard) && !c.producer_answered(P, heard));
+}
+
+#[test]
 fn input_buffered_before_the_first_producer_is_numbered_from_its_cursor() {
     // A restarted relay knows nothing; a viewer types before the agent re-registers.
     let m = Metrics::default();
