@@ -91,7 +91,8 @@ impl Shared {
     }
 }
 
-/// The relay's routes: `/stream`, `/healthz`, `/metrics`.
+/// The relay's routes: `/stream`, `/healthz`, `/metrics`. `/stream` needs the peer's address,
+/// which [`accept::run`] puts on every request.
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/stream", get(stream))
@@ -142,6 +143,8 @@ async fn metrics_text(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let mut gauges = shared.registry.gauges();
     gauges.connections = shared.gate.open() as u64;
     gauges.overflow_connections = shared.gate.overflowing() as u64;
+    gauges.pending_opens =
+        (shared.config.max_pending_opens - shared.pending_opens.available_permits()) as u64;
     let body = shared.metrics.render(gauges);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
 }

@@ -155,6 +155,8 @@ pub struct Gauges {
     /// Connections served in full / in the overflow lane.
     pub connections: u64,
     pub overflow_connections: u64,
+    /// Connections in their stream handshake.
+    pub pending_opens: u64,
     /// Viewers waiting on a channel no producer has opened yet.
     pub waiting_viewers: u64,
     /// Viewer input held for channels without a producer.
@@ -312,6 +314,12 @@ impl Metrics {
             "gauge",
             "Connections over a cap, served /healthz and /metrics only.",
             &one(g.overflow_connections),
+        );
+        family(
+            "tether_relay_pending_opens",
+            "gauge",
+            "Stream connections upgraded but not yet past their StreamOpen.",
+            &one(g.pending_opens),
         );
         let over: Vec<_> = OverCap::ALL
             .iter()

@@ -211,6 +211,7 @@ async fn one_address_cannot_take_every_place_among_the_pending_opens() {
         relay.metric("tether_relay_opens_rejected_total{reason=\"too_many_pending_from_address\"}").await,
         1
     );
+    assert_eq!(relay.metric("tether_relay_pending_opens").await, 2, "the two silent ones");
     // Others still open.
     let (_agent, _) = producer(&relay, "ch", 0).await;
     drop(silent);
