@@ -115,8 +115,8 @@ async fn idle_sockets_past_the_caps_are_closed_and_lock_out_neither_viewers_nor_
     assert_eq!(relay.metric("tether_relay_connections").await, 1001);
     let over_address = relay.metric("tether_relay_connections_over_cap_total{cap=\"address\"}").await;
     let over_lane = relay.metric("tether_relay_connections_over_cap_total{cap=\"overflow_lane\"}").await;
+    // Which of the two depends on how fast the burst came (the overflow lane holds 64 for 1 s).
     assert_eq!(over_address + over_lane, 1500, "every connection over the address cap is counted");
-    assert!(over_lane > 0, "most of the burst found the overflow lane full and was closed at once");
 
     // Another address is not locked out: a producer and a viewer pair.
     let (mut agent, mut view) = pair(&relay, "loaded").await;
@@ -128,7 +128,6 @@ async fn idle_sockets_past_the_caps_are_closed_and_lock_out_neither_viewers_nor_
     let (status, body) = healthz(&relay).await;
     assert_eq!((status, body.as_str()), (200, "ok"), "/healthz answers at the cap");
     assert_eq!(relay.metric("tether_relay_connections").await, 1500);
-    assert!(relay.metric("tether_relay_overflow_connections").await >= 1, "the scrape itself");
     assert!(relay.metric("tether_relay_connections_over_cap_total{cap=\"global\"}").await > 0);
     // A stream open over the cap is refused at once (503), not left hanging.
     match tokio_tungstenite::connect_async(relay.url(tether_proto::PTY_PORT, "late")).await {
