@@ -15,7 +15,6 @@ pub mod process;
 pub mod sandbox;
 pub mod serve;
 pub mod size;
-pub mod spawner;
 pub mod state_lock;
 pub mod stream;
 

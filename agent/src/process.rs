@@ -20,9 +20,6 @@ use std::process::Stdio;
 use std::sync::Arc;
 
 use nix::errno::Errno;
-use tokio::sync::oneshot;
-
-use crate::spawner::{Spawner, ThreadSetup};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
@@ -49,8 +46,6 @@ pub struct Launcher {
     env: BTreeMap<OsString, OsString>,
     shell: PathBuf,
     confinement: Option<(PreExecHook, TerminalConfinement)>,
-    /// The one thread every child is forked from (`spawner`).
-    spawner: Arc<Spawner>,
 }
 
 impl Launcher {
@@ -70,28 +65,13 @@ impl Launcher {
         let env: BTreeMap<OsString, OsString> =
             vars.into_iter().filter(|(name, value)| !is_secret(name, value, secret_names)).collect();
         let shell = login_shell(env.get(OsStr::new("SHELL")).map(OsString::as_os_str));
-        Self { env, shell, confinement: None, spawner: Arc::default() }
+        Self { env, shell, confinement: None }
     }
 
     /// Confines every child: `every` runs last in each child, except a terminal's shell, which
     /// runs what `terminal` prepares for its terminal instead.
     pub fn set_confinement(&mut self, every: PreExecHook, terminal: TerminalConfinement) {
         self.confinement = Some((every, terminal));
-    }
-
-    /// Runs `setup` once on the thread every child is forked from, before its first fork: what
-    /// it applies to that thread (a Landlock layer) every child inherits at no cost per child.
-    pub fn set_spawner_setup(&mut self, setup: ThreadSetup) {
-        self.spawner.set_thread_setup(setup);
-    }
-
-    /// Spawns a command made by this launcher on the spawning thread: await the result, or
-    /// `blocking_recv` it off the async workers.
-    pub fn spawn(
-        &self,
-        cmd: tokio::process::Command,
-    ) -> oneshot::Receiver<io::Result<tokio::process::Child>> {
-        self.spawner.spawn(cmd)
     }
 
     /// Sets a variable of the base environment (e.g. the sandbox's `TMPDIR` and `PATH`).

@@ -60,9 +60,9 @@ pub async fn exec(
     if cancel.is_cancelled() {
         return Err(OpError::cancelled());
     }
-    let spawned = launcher.spawn(launcher.command(&program, &args, &cwd, &req.env, &limits.hooks())).await;
-    let mut child = spawned
-        .unwrap_or_else(|_| Err(io::Error::other("the spawning thread dropped the command")))
+    let mut child = launcher
+        .command(&program, &args, &cwd, &req.env, &limits.hooks())
+        .spawn()
         .map_err(|e| spawn_error(&e, &program, &cwd))?;
     let started = Instant::now();
     // Invariant: `id()` is None only after the child was reaped, and nothing has waited yet.

@@ -10,9 +10,9 @@
 //! only the processes of its own command, never the agent, the user's other processes (X11,
 //! an abstract D-Bus) or another command. From ABI 9 the file rights include connecting to a
 //! named Unix socket, granted only beneath the writable paths; before that `seccomp` steps in.
-//! The network layer (`network`) is a ruleset of its own, the same for every command: it is
-//! applied once to the thread every child is forked from (`spawner`), and each child stacks
-//! its file-system ruleset (a terminal's shell has one of its own) on the domain it inherits.
+//! The network layer (`network`) is a ruleset of its own, stacked on this one in each child:
+//! it is the same for every command, while a terminal's shell gets a file-system ruleset of
+//! its own.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};

@@ -91,12 +91,9 @@ impl Terminal {
         }
         let mut cmd = tokio::process::Command::from(cmd);
         cmd.kill_on_drop(false);
-        // The spawning thread drops `cmd` (and the slave copies it holds) once it has forked;
-        // drop portable-pty's slave now too, so the reader sees EOF when the shell exits.
-        let child = launcher
-            .spawn(cmd)
-            .blocking_recv()
-            .unwrap_or_else(|_| Err(io::Error::other("the spawning thread dropped the command")))?;
+        let child = cmd.spawn()?;
+        // `cmd` holds the slave copies until dropped; drop both it and portable-pty's slave now.
+        drop(cmd);
         drop(pair.slave);
         let pid =
             child.id().and_then(|id| i32::try_from(id).ok()).ok_or_else(|| io::Error::other("no pid"))?;
