@@ -60,10 +60,13 @@ pub async fn exec(
     if cancel.is_cancelled() {
         return Err(OpError::cancelled());
     }
-    let mut child = launcher
-        .command(&program, &args, &cwd, &req.env, &limits.hooks())
-        .spawn()
-        .map_err(|e| spawn_error(&e, &program, &cwd))?;
+    // Forking a confined child can take tens of milliseconds (Landlock copies every rule into
+    // the child's new domain), so it happens on the blocking pool, not an async worker.
+    let mut cmd = launcher.command(&program, &args, &cwd, &req.env, &limits.hooks());
+    let spawned = tokio::task::spawn_blocking(move || cmd.spawn())
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(format!("the spawn task failed: {e}"))));
+    let mut child = spawned.map_err(|e| spawn_error(&e, &program, &cwd))?;
     let started = Instant::now();
     // Invariant: `id()` is None only after the child was reaped, and nothing has waited yet.
     let pid = child

@@ -21,7 +21,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn report(what: &str, mut samples: Vec<Duration>, baseline: Option<Duration>) -> Duration {
     samples.sort();
     let (p50, p99) = (percentile(&samples, 0.50), percentile(&samples, 0.99));
-    let ratio = baseline.map(|b| format!("{:.2}", p50.as_secs_f64() / b.as_secs_f64())).unwrap_or("1.00".into());
+    let ratio =
+        baseline.map(|b| format!("{:.2}", p50.as_secs_f64() / b.as_secs_f64())).unwrap_or("1.00".into());
     println!("| {what} | {:.0} | {:.0} | {ratio} |", p50.as_secs_f64() * 1e6, p99.as_secs_f64() * 1e6);
     p50
 }
