@@ -558,3 +558,16 @@ impl Drop for KillAllIn {
         }
     }
 }
+
+/// The ExecResponse of `result`, or a failure naming `what` with the agent's log.
+pub fn exec_reply(what: &str, agent: &Agent, result: Result<Reply, pb::AgentError>) -> pb::ExecResponse {
+    match result {
+        Ok(Reply::Exec(r)) => r,
+        other => panic!("{what}: expected an ExecResponse, got {other:?}\nagent log:\n{}", agent.log()),
+    }
+}
+
+/// Command output as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tether_proto::pb::control_request::Op;
 use tether_proto::pb::control_response::Result as Reply;
 use tether_tests::{
-    Agent, AgentOpts, KillAllIn, KillOnDrop, Nats, eventually, op, pb, pid_alive, processes_in, read_pid,
+    Agent, AgentOpts, KillAllIn, KillOnDrop, Nats, eventually, op, pb, pid_alive, processes_in, read_pid, exec_reply, text,
 };
 
 async fn agent_with_cap(nats: &Nats, cap: u32) -> Agent {
@@ -19,16 +19,6 @@ async fn agent_with_cap(nats: &Nats, cap: u32) -> Agent {
     Agent::start_with(nats, opts).await
 }
 
-fn exec_reply(what: &str, agent: &Agent, result: Result<Reply, pb::AgentError>) -> pb::ExecResponse {
-    match result {
-        Ok(Reply::Exec(r)) => r,
-        other => panic!("{what}: expected an ExecResponse, got {other:?}\nagent log:\n{}", agent.log()),
-    }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// The agent's cgroup directories (`tether-<agent pid>-*`) and the command cgroups in them,
 /// found under /sys/fs/cgroup.

@@ -8,7 +8,7 @@
 use tether_proto::pb::control_request::Op;
 use tether_proto::pb::control_response::Result as Reply;
 use tether_tests::{
-    Agent, AgentOpts, KillAllIn, KillOnDrop, Nats, WAIT, eventually, op, pb, pid_alive, read_pid,
+    Agent, AgentOpts, KillAllIn, KillOnDrop, Nats, WAIT, eventually, op, pb, pid_alive, read_pid, exec_reply, text,
 };
 use tokio::sync::RwLock;
 
@@ -159,16 +159,6 @@ async fn a_confined_command_cannot_move_itself_out_of_its_cgroup() {
     }
 }
 
-fn exec_reply(what: &str, agent: &Agent, result: Result<Reply, pb::AgentError>) -> pb::ExecResponse {
-    match result {
-        Ok(Reply::Exec(r)) => r,
-        other => panic!("{what}: expected an ExecResponse, got {other:?}\nagent log:\n{}", agent.log()),
-    }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// Forks sleeping children until the kernel refuses, prints how many it got, and reaps them.
 const FORK_COUNTER: &str = "import os, signal, time\n\

@@ -293,7 +293,13 @@ async fn shell_takes_its_token_from_a_file_or_the_environment() {
     for (how, out) in [("--token-file", by_file), ("TETHER_RELAY_VIEWER_TOKEN", by_env)] {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(shows_line(&String::from_utf8_lossy(&out.stdout), "via-42"), "{how}: {out:?}");
-        assert_eq!(out.status.code(), Some(5), "{how}: the remote exit code; {stderr}");
+        assert_eq!(
+            out.status.code(),
+            Some(5),
+            "{how}: the remote exit code; {stderr}\nagent log:\n{}\nrelay log:\n{}",
+            agent.log(),
+            relay.log_text()
+        );
         assert!(!stderr.contains("warning"), "{how}: no warning for a secret kept off argv: {stderr}");
     }
 }

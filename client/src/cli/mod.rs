@@ -105,10 +105,15 @@ pub enum Command {
 }
 
 /// Runs one parsed command line; returns the process exit code.
-pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+pub async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::MintToken(args) = cli.command {
         mint::run(args, cli.conn.workspace_id.as_deref(), cli.conn.agent_id.as_deref())?;
         return Ok(ExitCode::SUCCESS);
+    }
+    if let (Command::Shell(shell), None) = (&cli.command, &cli.conn.fence_scope) {
+        // A terminal belongs to the fence scope that opened it: a reattachable one needs the
+        // same fence scope on every run.
+        cli.conn.fence_scope = shell.reattach_fence_scope();
     }
     let client = connect::connect(&cli.conn).await?;
     let json = cli.json;
@@ -138,6 +143,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_reattachable_shell_keeps_one_fence_scope_unless_given_one() {
+        let shell = |args: &[&str]| Cli::try_parse_from([&["tetherctl", "shell"], args].concat()).unwrap();
+        let Command::Shell(a) = shell(&["--scope", "work"]).command else { panic!("shell") };
+        let Command::Shell(b) = shell(&["--scope", "work"]).command else { panic!("shell") };
+        assert_eq!(a.reattach_fence_scope(), b.reattach_fence_scope());
+        assert!(a.reattach_fence_scope().is_some());
+        let Command::Shell(plain) = shell(&[]).command else { panic!("shell") };
+        assert_eq!(plain.reattach_fence_scope(), None);
+    }
+
     use super::*;
     use clap::CommandFactory;
 

@@ -45,6 +45,14 @@ pub struct ShellArgs {
     command: Vec<String>,
 }
 
+impl ShellArgs {
+    /// The fence scope of a reattachable (`--scope`) session: the same on every run, so the
+    /// terminal (owned by the fence scope that opened it) can be found again.
+    pub fn reattach_fence_scope(&self) -> Option<String> {
+        self.scope.as_ref().map(|scope| format!("tetherctl-shell-{scope}"))
+    }
+}
+
 /// Runs the session; the exit code is the remote process's when it exited.
 pub async fn run(client: &Client, args: ShellArgs) -> anyhow::Result<ExitCode> {
     let credential = ViewerCredential::resolve(&args.token, EnvSecrets::from_env())?;
