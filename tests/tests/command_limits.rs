@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 use tether_proto::pb::control_request::Op;
 use tether_proto::pb::control_response::Result as Reply;
 use tether_tests::{
-    Agent, AgentOpts, KillAllIn, KillOnDrop, Nats, eventually, op, pb, pid_alive, processes_in, read_pid, exec_reply, text,
+    Agent, AgentOpts, KillAllIn, KillOnDrop, Nats, eventually, exec_reply, op, pb, pid_alive, processes_in,
+    read_pid, text,
 };
 
 async fn agent_with_cap(nats: &Nats, cap: u32) -> Agent {
     let opts = AgentOpts { args: vec![format!("--max-processes={cap}")], ..Default::default() };
     Agent::start_with(nats, opts).await
 }
-
 
 /// The agent's cgroup directories (`tether-<agent pid>-*`) and the command cgroups in them,
 /// found under /sys/fs/cgroup.

@@ -8,7 +8,8 @@
 use tether_proto::pb::control_request::Op;
 use tether_proto::pb::control_response::Result as Reply;
 use tether_tests::{
-    Agent, AgentOpts, KillAllIn, KillOnDrop, Nats, WAIT, eventually, op, pb, pid_alive, read_pid, exec_reply, text,
+    Agent, AgentOpts, KillAllIn, KillOnDrop, Nats, WAIT, eventually, exec_reply, op, pb, pid_alive, read_pid,
+    text,
 };
 use tokio::sync::RwLock;
 
@@ -158,7 +159,6 @@ async fn a_confined_command_cannot_move_itself_out_of_its_cgroup() {
         assert!(line.contains("/tether-") && line.contains("/cmd-"), "still in its own cgroup: {line}");
     }
 }
-
 
 /// Forks sleeping children until the kernel refuses, prints how many it got, and reaps them.
 const FORK_COUNTER: &str = "import os, signal, time\n\

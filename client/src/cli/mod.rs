@@ -145,7 +145,10 @@ pub async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
 mod tests {
     #[test]
     fn a_reattachable_shell_keeps_one_fence_scope_unless_given_one() {
-        let shell = |args: &[&str]| Cli::try_parse_from([&["tetherctl", "shell"], args].concat()).unwrap();
+        let shell = |args: &[&str]| {
+            Cli::try_parse_from([&["tetherctl", "shell", "--relay-url", "ws://r/stream"], args].concat())
+                .unwrap()
+        };
         let Command::Shell(a) = shell(&["--scope", "work"]).command else { panic!("shell") };
         let Command::Shell(b) = shell(&["--scope", "work"]).command else { panic!("shell") };
         assert_eq!(a.reattach_fence_scope(), b.reattach_fence_scope());
