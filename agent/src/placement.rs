@@ -37,8 +37,7 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
 
 /// Whether `path` is `area` or beneath it, lexically or once symlinks are resolved.
 fn inside(path: &Path, area: &Path) -> bool {
-    let lexical = |p: &Path| absolute_lexical(p);
-    lexical(path).starts_with(lexical(area)) || resolved(path).starts_with(resolved(area))
+    absolute_lexical(path).starts_with(absolute_lexical(area)) || resolved(path).starts_with(resolved(area))
 }
 
 /// `p` made absolute against the current directory, with `.` and `..` folded.
