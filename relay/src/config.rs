@@ -57,6 +57,21 @@ pub struct RelayConfig {
     pub shutdown_grace: Duration,
     /// Average bytes per second one producer may send (0 = unlimited); faster ones are slowed.
     pub producer_rate: u64,
+    /// How long a connection may take to send a request head.
+    pub header_read_timeout: Duration,
+    /// Connections served in full at once; more go to the overflow lane (`accept`).
+    pub max_connections: usize,
+    /// Of those, connections from one source address.
+    pub max_connections_per_address: usize,
+    /// Connections from one source address in their handshake at once.
+    pub max_pending_opens_per_address: usize,
+    /// Channels no producer has opened yet that one viewer token may wait on at once.
+    pub max_waits_per_token: usize,
+    /// Viewer input a channel without a producer holds; past it viewers are read no further.
+    pub unclaimed_input_bytes: usize,
+    /// How long a live producer has to answer the ping sent when another connection claims its
+    /// channel; one that does not is replaced, one that does keeps the channel.
+    pub producer_probe_timeout: Duration,
 }
 
 impl RelayConfig {
@@ -75,6 +90,13 @@ impl RelayConfig {
             max_pending_opens: 1024,
             shutdown_grace: Duration::from_secs(5),
             producer_rate: 32 << 20,
+            header_read_timeout: Duration::from_secs(5),
+            max_connections: 4096,
+            max_connections_per_address: 256,
+            max_pending_opens_per_address: 32,
+            max_waits_per_token: 16,
+            unclaimed_input_bytes: 64 << 10,
+            producer_probe_timeout: Duration::from_secs(3),
         }
     }
 }
@@ -124,6 +146,34 @@ pub struct Cli {
     /// down (its socket is read more slowly), never dropped.
     #[arg(long, env = "TETHER_RELAY_PRODUCER_RATE", default_value = "32MiB", value_parser = parse_bytes)]
     pub producer_rate: usize,
+    /// How long a TCP connection may take to send its HTTP request head (the websocket upgrade
+    /// included); slower or idle connections are closed.
+    #[arg(long, env = "TETHER_RELAY_HEADER_READ_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Connections served at once (viewers, producers, HTTP). Connections over this or the
+    /// per-address cap get /healthz and /metrics only (64 at a time), then are closed.
+    #[arg(long, env = "TETHER_RELAY_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Connections served at once from one source address (an IPv6 /64 counts as one). Behind
+    /// a reverse proxy every connection comes from the proxy: raise it to --max-connections.
+    #[arg(long, env = "TETHER_RELAY_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 256)]
+    pub max_connections_per_address: usize,
+    /// Connections from one source address that may be in their handshake at once.
+    #[arg(long, env = "TETHER_RELAY_MAX_PENDING_OPENS_PER_ADDRESS", default_value_t = 32)]
+    pub max_pending_opens_per_address: usize,
+    /// Channels no producer has opened yet that one viewer token may wait on at once; more
+    /// are refused (retryable) until a producer arrives or a wait ends.
+    #[arg(long, env = "TETHER_RELAY_MAX_WAITS_PER_TOKEN", default_value_t = 16)]
+    pub max_waits_per_token: usize,
+    /// Viewer input a channel holds while it has no producer (bytes); past it the relay stops
+    /// reading that channel's viewers until a producer takes the input.
+    #[arg(long, env = "TETHER_RELAY_UNCLAIMED_INPUT_BYTES", default_value = "64KiB", value_parser = parse_bytes)]
+    pub unclaimed_input_bytes: usize,
+    /// How long a producer has to answer a ping when another connection opens its channel: one
+    /// that answers keeps the channel (the newcomer is refused, retryable), one that does not
+    /// is presumed dead and replaced.
+    #[arg(long, env = "TETHER_RELAY_PRODUCER_PROBE_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub producer_probe_timeout: Duration,
 }
 
 impl Cli {
@@ -137,17 +187,27 @@ impl Cli {
         )?;
         let viewer_secret =
             secret("viewer", env(VIEWER_SECRET_ENV), VIEWER_SECRET_ENV, self.viewer_secret_file.as_deref())?;
-        if self.ring_bytes == 0
-            || self.viewer_queue_bytes == 0
-            || self.max_message_bytes == 0
-            || self.max_pending_opens == 0
-        {
-            bail!(
-                "--ring-bytes, --viewer-queue-bytes, --max-message-bytes and --max-pending-opens must be positive"
-            );
+        let counts = [
+            ("--ring-bytes", self.ring_bytes),
+            ("--viewer-queue-bytes", self.viewer_queue_bytes),
+            ("--max-message-bytes", self.max_message_bytes),
+            ("--max-pending-opens", self.max_pending_opens),
+            ("--max-connections", self.max_connections),
+            ("--max-connections-per-address", self.max_connections_per_address),
+            ("--max-pending-opens-per-address", self.max_pending_opens_per_address),
+            ("--max-waits-per-token", self.max_waits_per_token),
+            ("--unclaimed-input-bytes", self.unclaimed_input_bytes),
+        ];
+        if let Some((flag, _)) = counts.iter().find(|(_, n)| *n == 0) {
+            bail!("{flag} must be positive");
         }
-        if self.handshake_timeout.is_zero() {
-            bail!("--handshake-timeout must be positive");
+        let durations = [
+            ("--handshake-timeout", self.handshake_timeout),
+            ("--header-read-timeout", self.header_read_timeout),
+            ("--producer-probe-timeout", self.producer_probe_timeout),
+        ];
+        if let Some((flag, _)) = durations.iter().find(|(_, d)| d.is_zero()) {
+            bail!("{flag} must be positive");
         }
         Ok(RelayConfig {
             bind: self.bind,
@@ -162,6 +222,13 @@ impl Cli {
             max_pending_opens: self.max_pending_opens,
             shutdown_grace: self.shutdown_grace,
             producer_rate: self.producer_rate as u64,
+            header_read_timeout: self.header_read_timeout,
+            max_connections: self.max_connections,
+            max_connections_per_address: self.max_connections_per_address,
+            max_pending_opens_per_address: self.max_pending_opens_per_address,
+            max_waits_per_token: self.max_waits_per_token,
+            unclaimed_input_bytes: self.unclaimed_input_bytes,
+            producer_probe_timeout: self.producer_probe_timeout,
         })
     }
 }
@@ -257,6 +324,18 @@ mod tests {
         assert_eq!(c.bind.to_string(), "0.0.0.0:8443");
         assert_eq!(c.handshake_timeout, Duration::from_secs(5));
         assert_eq!(c.ring_bytes, 4 << 20);
+        let defaults = RelayConfig::with_secrets(Secret::new("p"), Secret::new("v"));
+        assert_eq!(
+            (c.header_read_timeout, c.max_connections, c.max_connections_per_address),
+            (defaults.header_read_timeout, defaults.max_connections, defaults.max_connections_per_address)
+        );
+        assert_eq!(
+            (c.max_waits_per_token, c.unclaimed_input_bytes, c.producer_probe_timeout),
+            (defaults.max_waits_per_token, defaults.unclaimed_input_bytes, defaults.producer_probe_timeout)
+        );
+        let env = env_with(&[(PRODUCER_SECRET_ENV, "p"), (VIEWER_SECRET_ENV, "v")]);
+        let err = cli(&["--max-connections-per-address", "0"]).into_config(env).unwrap_err();
+        assert!(err.to_string().contains("--max-connections-per-address"), "{err}");
     }
 
     #[test]

@@ -38,7 +38,11 @@ impl Rejection {
                 message: format!("{}: {}", self.reason.label(), self.message),
                 retryable: matches!(
                     self.reason,
-                    RejectReason::HandshakeTimeout | RejectReason::ShuttingDown | RejectReason::Expired
+                    RejectReason::HandshakeTimeout
+                        | RejectReason::ShuttingDown
+                        | RejectReason::Expired
+                        | RejectReason::TooManyWaits
+                        | RejectReason::ProducerLive
                 ),
                 detail: HashMap::from([("reason".to_owned(), self.reason.label().to_owned())]),
             }),
@@ -53,6 +57,8 @@ impl Rejection {
 pub struct ViewerGrant {
     /// `sessionId/viewerId`: whose input seq the relay remembers across reconnects.
     pub identity: String,
+    /// `workspaceId/sessionId/viewerId`: whose waits are counted together.
+    pub holder: String,
     pub lease_epoch: u64,
     pub authority_epoch: Option<u64>,
     pub mode: ViewerMode,
@@ -188,6 +194,7 @@ pub fn admit(
             }
             Peer::Viewer(ViewerGrant {
                 identity: format!("{}/{}", c.session_id, c.viewer_id),
+                holder: format!("{}/{}/{}", c.workspace_id, c.session_id, c.viewer_id),
                 lease_epoch: c.lease_epoch,
                 authority_epoch: c.authority_epoch,
                 mode: c.mode,

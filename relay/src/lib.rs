@@ -2,40 +2,47 @@
 //! (`PROTOCOL.md` §7). The binary is a thin CLI over `serve`, so tests and embedders run the
 //! same code path as the daemon.
 //!
+//! - `accept`: the accept loop, connection caps and the header-read timeout.
 //! - `config`: command line, environment and secret files.
 //! - `handshake`: StreamOpen, query and token checks.
 //! - `registry`: the only home of channel state (rings, cursors, floors).
 //! - `ring`: the byte-bounded replay ring.
 //! - `splice`: the per-connection pumps.
 //! - `throttle`: the producer rate limit.
+//! - `tally`: per-key counts against a cap (addresses, tokens).
 //! - `metrics`: Prometheus counters.
 
+pub mod accept;
 pub mod config;
 pub mod handshake;
 pub mod metrics;
 pub mod registry;
 pub mod ring;
 pub mod splice;
+pub mod tally;
 pub mod throttle;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use axum::Router;
-use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::extract::{Extension, Query, State, WebSocketUpgrade};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Router, http::Uri};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::{Cli, RelayConfig, Secret};
 
+use accept::{ClientAddress, Gate, address_key};
 use metrics::{Metrics, RejectReason};
 use registry::{Limits, Registry};
+use tally::{Slot, Tally};
 
 /// State shared by every route and connection.
 #[derive(Debug)]
@@ -48,16 +55,35 @@ pub struct Shared {
     connections: TaskTracker,
     /// One permit per connection still in its handshake (`max_pending_opens`).
     pending_opens: Arc<Semaphore>,
+    /// Connections in their handshake per source address (`max_pending_opens_per_address`).
+    pending_per_address: Tally<IpAddr>,
+    /// The connection caps.
+    pub gate: Gate,
+}
+
+/// A connection's place among those in their handshake; dropped once its open is decided.
+#[derive(Debug)]
+pub struct PendingOpen {
+    _place: OwnedSemaphorePermit,
+    _from_address: Slot<IpAddr>,
 }
 
 impl Shared {
     pub fn new(config: RelayConfig) -> Arc<Self> {
         let metrics = Arc::new(Metrics::default());
-        let limits = Limits { ring_bytes: config.ring_bytes, viewer_queue_bytes: config.viewer_queue_bytes };
+        let limits = Limits {
+            ring_bytes: config.ring_bytes,
+            viewer_queue_bytes: config.viewer_queue_bytes,
+            unclaimed_input_bytes: config.unclaimed_input_bytes,
+            waits_per_token: config.max_waits_per_token,
+            probe_timeout: config.producer_probe_timeout,
+        };
         Arc::new(Shared {
             registry: Registry::new(limits, metrics.clone()),
             metrics,
             pending_opens: Arc::new(Semaphore::new(config.max_pending_opens)),
+            pending_per_address: Tally::new(config.max_pending_opens_per_address),
+            gate: Gate::new(&config),
             config,
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
@@ -65,7 +91,8 @@ impl Shared {
     }
 }
 
-/// The relay's routes: `/stream`, `/healthz`, `/metrics`.
+/// The relay's routes: `/stream`, `/healthz`, `/metrics`. `/stream` needs the peer's address,
+/// which [`accept::run`] puts on every request.
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/stream", get(stream))
@@ -74,17 +101,37 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
+/// What a connection over a connection cap is served: health and metrics, nothing else.
+pub fn overflow_router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics_text))
+        .fallback(|uri: Uri| async move {
+            let why = format!("{}: the relay is at its connection limit; retry", uri.path());
+            (StatusCode::SERVICE_UNAVAILABLE, why)
+        })
+        .with_state(shared)
+}
+
 async fn stream(
     ws: WebSocketUpgrade,
     Query(query): Query<HashMap<String, String>>,
+    Extension(ClientAddress(from)): Extension<ClientAddress>,
     State(shared): State<Arc<Shared>>,
 ) -> Response {
     // Refused before the upgrade: a flood of connections that never authenticate cannot make
-    // the relay hold more than `max_pending_opens` unverified sockets (and their messages).
-    let Ok(pending) = shared.pending_opens.clone().try_acquire_owned() else {
+    // the relay hold more than `max_pending_opens` unverified sockets (and their messages),
+    // nor one address take all of those places.
+    let Some(from_address) = shared.pending_per_address.try_acquire(address_key(from)) else {
+        shared.metrics.open_rejected(RejectReason::TooManyPendingFromAddress);
+        let why = "too many stream opens in progress from this address; retry";
+        return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
+    };
+    let Ok(place) = shared.pending_opens.clone().try_acquire_owned() else {
         shared.metrics.open_rejected(RejectReason::TooManyPending);
         return (StatusCode::SERVICE_UNAVAILABLE, "too many stream opens in progress; retry").into_response();
     };
+    let pending = PendingOpen { _place: place, _from_address: from_address };
     let max = shared.config.max_message_bytes;
     let tracker = shared.connections.clone();
     ws.max_message_size(max)
@@ -93,7 +140,12 @@ async fn stream(
 }
 
 async fn metrics_text(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    let body = shared.metrics.render(shared.registry.gauges());
+    let mut gauges = shared.registry.gauges();
+    gauges.connections = shared.gate.open() as u64;
+    gauges.overflow_connections = shared.gate.overflowing() as u64;
+    gauges.pending_opens =
+        (shared.config.max_pending_opens - shared.pending_opens.available_permits()) as u64;
+    let body = shared.metrics.render(gauges);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
 }
 
@@ -108,15 +160,12 @@ pub async fn serve(
     let reaper =
         tokio::spawn(shared.registry.clone().run_reaper(shared.config.reap_after, shared.shutdown.clone()));
     let token = shared.shutdown.clone();
-    let app = router(shared.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: closing every stream");
-            token.cancel();
-        })
-        .await?;
-    shared.shutdown.cancel();
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutting down: closing every stream");
+        token.cancel();
+    });
+    accept::run(listener, shared.clone(), router(shared.clone()), overflow_router(shared.clone())).await;
     shared.connections.close();
     if tokio::time::timeout(shared.config.shutdown_grace, shared.connections.wait()).await.is_err() {
         tracing::warn!(

@@ -39,11 +39,29 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: tether_relay::RelayConfig) -> anyhow::Result<()> {
+    raise_descriptor_limit(config.max_connections + tether_relay::accept::OVERFLOW_CONNECTIONS);
     let listener = TcpListener::bind(config.bind)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.bind))?;
     tracing::info!("listening on {}", listener.local_addr()?);
     tether_relay::serve(listener, config, shutdown_signal()).await
+}
+
+/// Every connection is a descriptor: lift the soft limit to the hard one (often 1024 against
+/// 500 000 under systemd), and say so when even that is below what the caps allow.
+fn raise_descriptor_limit(connections: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return };
+    let limit =
+        if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() { hard } else { soft };
+    // Some descriptors go to the listener, logs and the runtime.
+    if (limit as usize) < connections.saturating_add(64) {
+        tracing::warn!(
+            limit,
+            connections,
+            "the open-file limit is below what --max-connections allows; accepts will fail before the cap"
+        );
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

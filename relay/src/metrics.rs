@@ -81,6 +81,21 @@ labelled_enum!(
         ChannelEnded => "channel_ended",
         ShuttingDown => "shutting_down",
         TooManyPending => "too_many_pending",
+        TooManyPendingFromAddress => "too_many_pending_from_address",
+        TooManyWaits => "too_many_waits",
+        ProducerLive => "producer_live",
+    }
+);
+
+labelled_enum!(
+    /// Which connection cap a new connection was over.
+    OverCap {
+        /// `max_connections_per_address`: it went to the overflow lane.
+        Address => "address",
+        /// `max_connections`: it went to the overflow lane.
+        Global => "global",
+        /// The overflow lane was full too: it was closed at once.
+        Overflow => "overflow_lane",
     }
 );
 
@@ -126,6 +141,9 @@ pub struct Metrics {
     dead_peers: AtomicU64,
     orphaned_viewers: AtomicU64,
     protocol_violations: AtomicU64,
+    over_cap: Vec<AtomicU64>,
+    header_read_timeouts: AtomicU64,
+    input_held: AtomicU64,
 }
 
 /// Point-in-time values read from the registry at scrape time.
@@ -134,6 +152,15 @@ pub struct Gauges {
     pub channels: u64,
     pub producers: u64,
     pub viewers: u64,
+    /// Connections served in full / in the overflow lane.
+    pub connections: u64,
+    pub overflow_connections: u64,
+    /// Connections in their stream handshake.
+    pub pending_opens: u64,
+    /// Viewers waiting on a channel no producer has opened yet.
+    pub waiting_viewers: u64,
+    /// Viewer input held for channels without a producer.
+    pub unclaimed_input_bytes: u64,
 }
 
 impl Default for Metrics {
@@ -160,6 +187,9 @@ impl Default for Metrics {
             dead_peers: AtomicU64::new(0),
             orphaned_viewers: AtomicU64::new(0),
             protocol_violations: AtomicU64::new(0),
+            over_cap: OverCap::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+            header_read_timeouts: AtomicU64::new(0),
+            input_held: AtomicU64::new(0),
         }
     }
 }
@@ -232,6 +262,15 @@ impl Metrics {
     pub fn protocol_violation(&self) {
         inc(&self.protocol_violations, 1);
     }
+    pub fn over_cap(&self, cap: OverCap) {
+        inc(&self.over_cap[cap as usize], 1);
+    }
+    pub fn header_read_timeout(&self) {
+        inc(&self.header_read_timeouts, 1);
+    }
+    pub fn input_held(&self) {
+        inc(&self.input_held, 1);
+    }
 
     /// Prometheus text exposition format, version 0.0.4.
     pub fn render(&self, g: Gauges) -> String {
@@ -252,6 +291,58 @@ impl Metrics {
         family("tether_relay_channels", "gauge", "Channels the relay holds state for.", &one(g.channels));
         family("tether_relay_producers", "gauge", "Connected producers (agents).", &one(g.producers));
         family("tether_relay_viewers", "gauge", "Connected viewers.", &one(g.viewers));
+        family(
+            "tether_relay_waiting_viewers",
+            "gauge",
+            "Viewers waiting on a channel no producer has opened yet.",
+            &one(g.waiting_viewers),
+        );
+        family(
+            "tether_relay_unclaimed_input_bytes",
+            "gauge",
+            "Viewer input held for channels that have no producer.",
+            &one(g.unclaimed_input_bytes),
+        );
+        family(
+            "tether_relay_connections",
+            "gauge",
+            "TCP connections served in full (HTTP and websocket).",
+            &one(g.connections),
+        );
+        family(
+            "tether_relay_overflow_connections",
+            "gauge",
+            "Connections over a cap, served /healthz and /metrics only.",
+            &one(g.overflow_connections),
+        );
+        family(
+            "tether_relay_pending_opens",
+            "gauge",
+            "Stream connections upgraded but not yet past their StreamOpen.",
+            &one(g.pending_opens),
+        );
+        let over: Vec<_> = OverCap::ALL
+            .iter()
+            .map(|c| (format!("{{cap=\"{}\"}}", c.label()), get(&self.over_cap[*c as usize])))
+            .collect();
+        family(
+            "tether_relay_connections_over_cap_total",
+            "counter",
+            "Connections over a cap (address, global: sent to the overflow lane; overflow_lane: closed).",
+            &over,
+        );
+        family(
+            "tether_relay_header_read_timeouts_total",
+            "counter",
+            "Connections closed for not sending a request head in time.",
+            &one(get(&self.header_read_timeouts)),
+        );
+        family(
+            "tether_relay_input_held_total",
+            "counter",
+            "Times a viewer's input was held back: its channel has no producer and the unclaimed input cap is reached.",
+            &one(get(&self.input_held)),
+        );
         let opens: Vec<_> = Role::ALL
             .iter()
             .map(|r| (format!("{{role=\"{}\"}}", r.label()), get(&self.opens_accepted[*r as usize])))
@@ -396,10 +487,12 @@ mod tests {
         m.input_dropped(DropReason::Spectator);
         m.received(Dir::Up, 10);
         m.sent(Dir::Down, 3, 300, 2);
-        let text = m.render(Gauges { channels: 2, producers: 1, viewers: 3 });
+        let text =
+            m.render(Gauges { channels: 2, producers: 1, viewers: 3, connections: 7, ..Gauges::default() });
         for line in [
             "tether_relay_channels 2",
             "tether_relay_viewers 3",
+            "tether_relay_connections 7",
             "tether_relay_opens_rejected_total{reason=\"bad_signature\"} 1",
             "tether_relay_opens_rejected_total{reason=\"expired\"} 0",
             "tether_relay_handshake_timeouts_total 1",

@@ -2,7 +2,15 @@
 //! channel goes through `Registry::attach` and the returned `Attachment`, so the backing (today
 //! an in-process map; for scale-out, state shared through NATS) can change without touching the
 //! socket code. Channels are keyed by {ws, agent, port, channel}; one with neither producer nor
-//! viewer is forgotten after `reap_after`.
+//! viewer is forgotten after `reap_after`, one that never had a producer as soon as its last
+//! viewer leaves.
+//!
+//! What one viewer token can make the relay hold is bounded: viewers may wait for a channel's
+//! first producer (after a relay restart viewers and agents come back in any order), but one
+//! token holds at most `waits_per_token` such waits. A producer gets a channel that already has
+//! one only if that one does not answer a ping within `probe_timeout` (a link that died
+//! without a close); while it answers, the newcomer is refused, retryable, so no second
+//! connection can take over a live channel and the viewers' input history.
 
 mod channel;
 
@@ -19,7 +27,8 @@ use channel::ChannelState;
 pub use channel::{ConnId, Input, Limits, Next};
 
 use crate::handshake::{Admission, Peer, Rejection};
-use crate::metrics::{Gauges, Metrics, Role};
+use crate::metrics::{Gauges, Metrics, RejectReason, Role};
+use crate::tally::Tally;
 
 /// The pairing key of a channel.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -59,6 +68,8 @@ pub struct Registry {
     limits: Limits,
     metrics: Arc<Metrics>,
     next_conn: AtomicU64,
+    /// Wait slots per viewer token holder (`ws/session/viewer`).
+    waits: Tally<String>,
 }
 
 /// Largest batch a pump takes from a ring at once.
@@ -66,7 +77,14 @@ const BATCH_BYTES: usize = 256 << 10;
 
 impl Registry {
     pub fn new(limits: Limits, metrics: Arc<Metrics>) -> Arc<Self> {
-        Arc::new(Registry { channels: Mutex::default(), limits, metrics, next_conn: AtomicU64::new(1) })
+        let waits = Tally::new(limits.waits_per_token);
+        Arc::new(Registry {
+            channels: Mutex::default(),
+            limits,
+            metrics,
+            next_conn: AtomicU64::new(1),
+            waits,
+        })
     }
 
     fn map(&self) -> MutexGuard<'_, HashMap<ChannelKey, Arc<Channel>>> {
@@ -74,11 +92,58 @@ impl Registry {
     }
 
     /// Joins an admitted peer to its channel (creating the channel if needed). Returns the
-    /// attachment and the `resume_from_seq` for the peer's OpenAck.
-    pub fn attach(self: &Arc<Self>, admission: &Admission) -> Result<(Attachment, u64), Rejection> {
+    /// attachment and the `resume_from_seq` for the peer's OpenAck. A producer of a channel
+    /// that has one waits for the probe of the one there (see the module doc).
+    pub async fn attach(self: &Arc<Self>, admission: &Admission) -> Result<(Attachment, u64), Rejection> {
+        let replacing = match admission.peer {
+            Peer::Producer => self.probe_producer(&admission.key).await?,
+            Peer::Viewer(_) => None,
+        };
+        self.join(admission, replacing)
+    }
+
+    /// Pings the producer attached to `key`, if any, and waits up to `probe_timeout` for any
+    /// message from it. One that answers keeps the channel (`Err`); returns the connection of
+    /// one that did not, which the caller may replace.
+    async fn probe_producer(&self, key: &ChannelKey) -> Result<Option<ConnId>, Rejection> {
+        let Some(chan) = self.map().get(key).cloned() else { return Ok(None) };
+        let Some((old, heard)) = chan.lock().request_probe() else { return Ok(None) };
+        chan.changed.notify_waiters();
+        let settled = wait_until(&chan, &chan.changed, |s| s.probe_settled(old, heard));
+        let _timed_out = tokio::time::timeout(self.limits.probe_timeout, settled).await;
+        if chan.lock().producer_answered(old, heard) {
+            return Err(Rejection::new(
+                RejectReason::ProducerLive,
+                "the channel's producer is connected and answering; retry once it is gone",
+            ));
+        }
+        Ok(Some(old))
+    }
+
+    fn join(
+        self: &Arc<Self>,
+        admission: &Admission,
+        replacing: Option<ConnId>,
+    ) -> Result<(Attachment, u64), Rejection> {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let mut map = self.map();
         let key = &admission.key;
+        // Taken before the channel exists, so a refused viewer creates nothing.
+        let wait = match &admission.peer {
+            Peer::Viewer(grant) if map.get(key).is_none_or(|c| c.lock().awaits_first_producer()) => {
+                let slot = self.waits.try_acquire(grant.holder.clone()).ok_or_else(|| {
+                    Rejection::new(
+                        RejectReason::TooManyWaits,
+                        format!(
+                            "this token already waits on {} channels that no producer has opened; retry once one is served or closed",
+                            self.limits.waits_per_token
+                        ),
+                    )
+                })?;
+                Some(slot)
+            }
+            _ => None,
+        };
         let chan = map
             .entry(key.clone())
             .or_insert_with(|| {
@@ -88,18 +153,26 @@ impl Registry {
             .clone();
         let mut state = chan.lock();
         let joined = match &admission.peer {
+            Peer::Producer if state.producer_conn().is_some_and(|c| Some(c) != replacing) => Err(
+                Rejection::new(RejectReason::ProducerLive, "another producer got the channel first; retry"),
+            ),
             Peer::Producer => {
                 state.join_producer(conn, admission.kind, admission.resume_from_seq, &self.metrics)
             }
-            Peer::Viewer(grant) => state.join_viewer(
-                conn,
-                admission.kind,
-                grant.clone(),
-                admission.resume_from_seq,
-                &self.metrics,
-            ),
+            Peer::Viewer(grant) => state
+                .join_viewer(conn, admission.kind, grant.clone(), admission.resume_from_seq, &self.metrics)
+                .inspect(|_| {
+                    if let Some(slot) = wait {
+                        state.hold_wait(conn, slot);
+                    }
+                }),
         };
+        let forget = joined.is_err() && state.forgettable();
         drop(state);
+        if forget {
+            map.remove(key);
+        }
+        drop(map);
         let ack = joined?;
         // A join may have kicked someone (replaced producer, fenced viewers).
         chan.wake_all();
@@ -107,8 +180,8 @@ impl Registry {
             Peer::Producer => Role::Agent,
             Peer::Viewer(_) => Role::Viewer,
         };
-        let channel_id = key.channel_id.clone();
-        Ok((Attachment { registry: self.clone(), chan, conn, role, channel_id }, ack))
+        let attachment = Attachment { registry: self.clone(), chan, conn, role, key: key.clone() };
+        Ok((attachment, ack))
     }
 
     /// Channel, producer and viewer counts for `/metrics`.
@@ -116,9 +189,12 @@ impl Registry {
         let map = self.map();
         let mut g = Gauges { channels: map.len() as u64, ..Gauges::default() };
         for chan in map.values() {
-            let (p, v) = chan.lock().counts();
+            let state = chan.lock();
+            let (p, v) = state.counts();
             g.producers += p;
             g.viewers += v;
+            g.waiting_viewers += state.waiting();
+            g.unclaimed_input_bytes += state.unclaimed_input();
         }
         g
     }
@@ -167,12 +243,25 @@ pub struct Attachment {
     chan: Arc<Channel>,
     conn: ConnId,
     role: Role,
-    channel_id: String,
+    key: ChannelKey,
+}
+
+/// Waits until `ready` holds for `chan`'s state, re-checking whenever `notify` fires.
+async fn wait_until(chan: &Channel, notify: &Notify, mut ready: impl FnMut(&mut ChannelState) -> bool) {
+    loop {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if ready(&mut chan.lock()) {
+            return;
+        }
+        notified.await;
+    }
 }
 
 impl Attachment {
     pub fn channel_id(&self) -> &str {
-        &self.channel_id
+        &self.key.channel_id
     }
 
     pub fn role(&self) -> Role {
@@ -188,16 +277,8 @@ impl Attachment {
     }
 
     /// Waits until `ready` holds, re-checking whenever `notify` fires.
-    async fn wait_for(&self, notify: &Notify, mut ready: impl FnMut(&mut ChannelState) -> bool) {
-        loop {
-            let notified = notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if ready(&mut self.chan.lock()) {
-                return;
-            }
-            notified.await;
-        }
+    async fn wait_for(&self, notify: &Notify, ready: impl FnMut(&mut ChannelState) -> bool) {
+        wait_until(&self.chan, notify, ready).await;
     }
 
     /// Producer backpressure: returns when the producer may read its next frame. If every
@@ -222,9 +303,20 @@ impl Attachment {
         self.chan.wake_all();
     }
 
-    /// Viewer backpressure: returns when the producer has room for more input.
+    /// Viewer backpressure: returns when the producer has room for more input, or, with no
+    /// producer, when the input held for one is below its cap again.
     pub async fn wait_viewer_room(&self) {
+        if self.chan.lock().holds_unclaimed_input() {
+            self.metrics().input_held();
+        }
         self.wait_for(&self.chan.drained, |s| s.viewer_may_send()).await;
+    }
+
+    /// The producer sent something (a pong included): it is alive.
+    pub fn heard_from_producer(&self) {
+        if self.chan.lock().heard_from_producer(self.conn) {
+            self.chan.changed.notify_waiters();
+        }
     }
 
     /// An input message from a viewer.
@@ -260,7 +352,15 @@ impl Attachment {
 
 impl Drop for Attachment {
     fn drop(&mut self) {
-        self.chan.lock().leave(self.conn, Instant::now());
+        let mut map = self.registry.map();
+        let mut state = self.chan.lock();
+        state.leave(self.conn, Instant::now());
+        let forget = state.forgettable();
+        drop(state);
+        if forget && map.get(&self.key).is_some_and(|c| Arc::ptr_eq(c, &self.chan)) {
+            map.remove(&self.key);
+        }
+        drop(map);
         self.chan.wake_all();
     }
 }
@@ -270,6 +370,16 @@ mod tests {
     use super::*;
     use crate::handshake::ViewerGrant;
     use tether_proto::token::ViewerMode;
+
+    fn limits() -> Limits {
+        Limits {
+            ring_bytes: 1 << 16,
+            viewer_queue_bytes: 1 << 12,
+            unclaimed_input_bytes: 1 << 12,
+            waits_per_token: 2,
+            probe_timeout: Duration::from_millis(50),
+        }
+    }
 
     fn admission(channel: &str, peer: Peer) -> Admission {
         Admission {
@@ -285,9 +395,10 @@ mod tests {
         }
     }
 
-    fn viewer() -> Peer {
+    fn viewer_of(holder: &str) -> Peer {
         Peer::Viewer(ViewerGrant {
             identity: "s/v".into(),
+            holder: holder.into(),
             lease_epoch: 0,
             authority_epoch: None,
             mode: ViewerMode::View,
@@ -295,35 +406,78 @@ mod tests {
         })
     }
 
-    #[test]
-    fn channels_are_shared_by_key_and_reaped_only_when_nobody_is_left() {
-        let reg = Registry::new(Limits { ring_bytes: 1 << 16, viewer_queue_bytes: 1 << 12 }, Arc::default());
+    fn viewer() -> Peer {
+        viewer_of("w/s/v")
+    }
+
+    #[tokio::test]
+    async fn channels_are_shared_by_key_and_reaped_only_when_nobody_is_left() {
+        let reg = Registry::new(limits(), Arc::default());
         let after = Duration::from_secs(30);
-        let (producer, _) = reg.attach(&admission("c1", Peer::Producer)).unwrap();
-        let (v1, _) = reg.attach(&admission("c1", viewer())).unwrap();
-        let (v2, _) = reg.attach(&admission("c2", viewer())).unwrap();
+        let (producer, _) = reg.attach(&admission("c1", Peer::Producer)).await.unwrap();
+        let (v1, _) = reg.attach(&admission("c1", viewer())).await.unwrap();
+        let (v2, _) = reg.attach(&admission("c2", viewer())).await.unwrap();
         let g = reg.gauges();
-        assert_eq!((g.channels, g.producers, g.viewers), (2, 1, 2));
+        assert_eq!((g.channels, g.producers, g.viewers, g.waiting_viewers), (2, 1, 2, 1));
         let later = Instant::now() + after * 2;
         assert_eq!(reg.reap(later, after), 0, "attached channels stay");
         drop((producer, v2));
-        assert_eq!(reg.reap(Instant::now(), after), 0, "c2 has not been idle long enough");
-        assert_eq!(reg.reap(later, after), 1, "c2 is forgotten, c1 still has a viewer");
+        assert_eq!(reg.gauges().channels, 1, "c2 never had a producer: forgotten with its last viewer");
+        assert_eq!(reg.reap(Instant::now(), after), 0, "c1 still has a viewer");
         drop(v1);
+        assert_eq!(reg.reap(Instant::now(), after), 0, "c1 has not been idle long enough");
         assert_eq!(reg.reap(Instant::now() + after * 3, after), 1);
         assert_eq!(reg.gauges().channels, 0);
     }
 
     #[tokio::test]
+    async fn a_token_waits_on_a_bounded_number_of_channels_no_producer_opened() {
+        let reg = Registry::new(limits(), Arc::default());
+        let (_a, _) = reg.attach(&admission("a", viewer())).await.unwrap();
+        let (_b, _) = reg.attach(&admission("b", viewer())).await.unwrap();
+        let refused = reg.attach(&admission("c", viewer())).await.unwrap_err();
+        assert_eq!(refused.reason, RejectReason::TooManyWaits);
+        assert_eq!(reg.gauges().channels, 2, "a refused viewer creates no channel");
+        let other = reg.attach(&admission("c", viewer_of("w/s/other"))).await;
+        assert!(other.is_ok(), "other tokens are counted apart");
+        // A producer serving `a` ends that wait: the token may wait on another channel.
+        let (_p, _) = reg.attach(&admission("a", Peer::Producer)).await.unwrap();
+        assert_eq!(reg.gauges().waiting_viewers, 2);
+        assert!(reg.attach(&admission("c", viewer())).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_producer_that_answers_keeps_its_channel_one_that_does_not_is_replaced() {
+        let reg = Registry::new(limits(), Arc::default());
+        let (live, _) = reg.attach(&admission("c", Peer::Producer)).await.unwrap();
+        let answering = tokio::spawn(async move {
+            loop {
+                match live.next().await {
+                    Next::Ping => live.heard_from_producer(),
+                    Next::Close(_) => return live,
+                    _ => {}
+                }
+            }
+        });
+        let refused = reg.attach(&admission("c", Peer::Producer)).await.unwrap_err();
+        assert_eq!(refused.reason, RejectReason::ProducerLive);
+        answering.abort();
+        let _ = answering.await;
+        // The aborted task dropped `live`: the channel is free again.
+        assert!(reg.attach(&admission("c", Peer::Producer)).await.is_ok());
+    }
+
+    #[tokio::test]
     async fn a_kicked_writer_is_woken_with_its_close() {
-        let reg = Registry::new(Limits { ring_bytes: 1 << 16, viewer_queue_bytes: 1 << 12 }, Arc::default());
-        let (old, _) = reg.attach(&admission("c", Peer::Producer)).unwrap();
+        let reg = Registry::new(limits(), Arc::default());
+        let (old, _) = reg.attach(&admission("c", Peer::Producer)).await.unwrap();
         let waiter = tokio::spawn(async move {
             old.kicked().await;
             old.next().await
         });
         tokio::task::yield_now().await;
-        let (_new, _) = reg.attach(&admission("c", Peer::Producer)).unwrap();
+        // `old` never answers the probe: it is taken for dead and replaced.
+        let (_new, _) = reg.attach(&admission("c", Peer::Producer)).await.unwrap();
         let next = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
         let Next::Close(close) = next else { panic!("expected a close, got {next:?}") };
         assert_eq!(close.reason, pb::StreamCloseReason::TransportError as i32);

@@ -12,15 +12,14 @@ use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use tether_proto::frame::Frame;
 use tether_proto::pb;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, warn};
 
-use crate::Shared;
 use crate::handshake::{self, Rejection};
 use crate::metrics::{RejectReason, Role};
 use crate::registry::{Attachment, Input, Next};
 use crate::throttle::Throttle;
+use crate::{PendingOpen, Shared};
 
 type Sink = SplitSink<WebSocket, Message>;
 type Source = SplitStream<WebSocket>;
@@ -42,16 +41,17 @@ pub async fn run(
     socket: WebSocket,
     query: HashMap<String, String>,
     shared: Arc<Shared>,
-    pending: OwnedSemaphorePermit,
+    pending: PendingOpen,
 ) {
     let (mut sink, mut source) = socket.split();
+    let opening = async {
+        let open = handshake::read_open(&mut source, shared.config.handshake_timeout).await?;
+        let admission = handshake::admit(&query, &open, &shared.config, now_unix())?;
+        let (att, ack) = shared.registry.attach(&admission).await?;
+        Ok::<_, Rejection>((admission, att, ack))
+    };
     let admitted = tokio::select! {
-        open = handshake::read_open(&mut source, shared.config.handshake_timeout) => open
-            .and_then(|open| handshake::admit(&query, &open, &shared.config, now_unix()))
-            .and_then(|admission| {
-                let (att, ack) = shared.registry.attach(&admission)?;
-                Ok((admission, att, ack))
-            }),
+        admitted = opening => admitted,
         _ = shared.shutdown.cancelled() => Err(Rejection::new(RejectReason::ShuttingDown, "relay is shutting down")),
     };
     drop(pending);
@@ -112,9 +112,16 @@ async fn read_peer(source: &mut Source, att: &Attachment, shared: &Shared) {
                 shared.metrics.dead_peer();
                 return;
             }
-            Ok(Some(Ok(Message::Binary(bytes)))) => bytes,
             Ok(Some(Ok(Message::Close(_))) | None) => return,
-            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Ok(msg))) => {
+                if att.role() == Role::Agent {
+                    att.heard_from_producer();
+                }
+                match msg {
+                    Message::Binary(bytes) => bytes,
+                    _ => continue,
+                }
+            }
             Ok(Some(Err(e))) => {
                 info!(error = %e, "socket read failed");
                 return;
@@ -204,6 +211,11 @@ async fn write_peer(sink: &mut Sink, att: &Attachment, shared: &Shared) {
                 ping.reset();
             }
             Next::Idle => {}
+            Next::Ping => {
+                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                    return;
+                }
+            }
             Next::Close(mut close) => {
                 if close.channel_id.is_empty() {
                     close.channel_id = att.channel_id().to_owned();

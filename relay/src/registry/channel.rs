@@ -12,27 +12,42 @@
 //! after its OpenAck, then whenever the count changes. It is state, not an event, so it is
 //! never queued: each producer connection remembers the count it was last told and gets the
 //! current one when they differ. The agent needs it to tell a watched terminal from an idle one.
+//!
+//! Bounds against a viewer that opens channels no producer serves: a viewer of a channel that
+//! never had a producer holds a wait slot of its token (released when the first producer joins
+//! or the viewer leaves), and input for a channel without a producer is held up to
+//! `unclaimed_input_bytes`; past that the relay stops reading its viewers (nothing is dropped).
+//!
+//! One producer at a time: a second one is let in only once the registry has found the first
+//! silent ([`ChannelState::request_probe`]): the first is pinged, and every message it sends
+//! counts as hearing from it.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tether_proto::frame::Frame;
 use tether_proto::pb;
-use tether_proto::token::ViewerMode;
 
 use crate::handshake::{Rejection, ViewerGrant};
-use crate::metrics::{Dir, DropReason, Metrics, RejectReason};
+use crate::metrics::{Dir, Metrics, RejectReason};
 use crate::ring::Ring;
+use crate::tally::Slot;
 
 /// Identifies one websocket connection.
 pub type ConnId = u64;
 
-/// Byte bounds of a channel.
+/// Bounds of a channel and of what one token may hold.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub ring_bytes: usize,
     pub viewer_queue_bytes: usize,
+    /// Viewer input held while the channel has no producer.
+    pub unclaimed_input_bytes: usize,
+    /// Viewers of one token waiting on channels that never had a producer.
+    pub waits_per_token: usize,
+    /// How long a producer has to answer when another connection claims its channel.
+    pub probe_timeout: Duration,
 }
 
 /// What a pump should do next.
@@ -44,6 +59,8 @@ pub enum Next {
     Idle,
     /// Write this StreamClose, then close the socket.
     Close(pb::StreamClose),
+    /// Ping the peer (a producer whose liveness is being checked).
+    Ping,
 }
 
 /// One input message of a viewer.
@@ -67,6 +84,8 @@ struct ViewerSlot {
     replay_end: u64,
     /// Down-ring offset when the viewer joined: replayed bytes do not count as lag.
     join_offset: u64,
+    /// Its token's wait slot while the channel has never had a producer.
+    wait: Option<Slot<String>>,
 }
 
 #[derive(Debug)]
@@ -76,6 +95,12 @@ struct ProducerSlot {
     replay_end: u64,
     /// The viewer count last sent to this connection (`None` before the first ViewerPresence).
     told_viewers: Option<u32>,
+    /// Messages received from this connection (pongs included).
+    heard: u64,
+    /// A ping is to be sent (liveness check).
+    ping_due: bool,
+    /// Someone waits to learn whether this connection answers.
+    probed: bool,
 }
 
 /// Everything the relay knows about one channel.
@@ -90,6 +115,8 @@ pub struct ChannelState {
     down_next: Option<u64>,
     up: Ring,
     up_next: u64,
+    /// Up-ring position up to which the last producer took input (while none is attached).
+    up_taken: u64,
     /// False until a producer said which viewer-to-agent seq it expects next.
     up_base_known: bool,
     producer: Option<ProducerSlot>,
@@ -118,6 +145,7 @@ impl ChannelState {
             down_next: None,
             up: Ring::new(limits.ring_bytes),
             up_next: 0,
+            up_taken: 0,
             up_base_known: false,
             producer: None,
             viewers: HashMap::new(),
@@ -147,6 +175,28 @@ impl ChannelState {
         (u64::from(self.producer.is_some()), self.viewers.len() as u64)
     }
 
+    /// Viewers holding a wait slot (the channel never had a producer).
+    pub fn waiting(&self) -> u64 {
+        self.viewers.values().filter(|v| v.wait.is_some()).count() as u64
+    }
+
+    /// True until a producer first joins (only a producer's join sets the kind).
+    pub fn awaits_first_producer(&self) -> bool {
+        self.kind == pb::StreamKind::Unspecified && self.ended.is_none()
+    }
+
+    /// A channel no producer ever served and nobody watches holds nothing worth keeping.
+    pub fn forgettable(&self) -> bool {
+        self.awaits_first_producer() && self.viewers.is_empty()
+    }
+
+    /// Keeps `conn`'s wait slot until a producer joins or the viewer leaves.
+    pub fn hold_wait(&mut self, conn: ConnId, slot: Slot<String>) {
+        if let Some(v) = self.viewers.get_mut(&conn) {
+            v.wait = Some(slot);
+        }
+    }
+
     fn close(&self, reason: pb::StreamCloseReason, message: impl Into<String>) -> pb::StreamClose {
         pb::StreamClose {
             channel_id: self.channel_id.clone(),
@@ -158,11 +208,16 @@ impl ChannelState {
     fn kick(&mut self, conn: ConnId, reason: pb::StreamCloseReason, message: String) {
         let close = self.close(reason, message);
         self.viewers.remove(&conn);
-        if self.producer.as_ref().is_some_and(|p| p.conn == conn) {
-            self.producer = None;
-            self.no_producer_since = Some(Instant::now());
-        }
+        self.drop_producer(conn, Instant::now());
         self.kicks.insert(conn, close);
+    }
+
+    /// Forgets the producer if it is `conn`, remembering how far it took input.
+    fn drop_producer(&mut self, conn: ConnId, now: Instant) {
+        if let Some(p) = self.producer.take_if(|p| p.conn == conn) {
+            self.up_taken = p.cursor;
+            self.no_producer_since = Some(now);
+        }
     }
 
     fn is_desktop(&self) -> bool {
@@ -205,8 +260,20 @@ impl ChannelState {
         self.up_next = self.up_next.max(resume_from_seq);
         let cursor = self.up.pos_of_seq(resume_from_seq);
         let replay_end = self.up.head_pos();
-        self.producer = Some(ProducerSlot { conn, cursor, replay_end, told_viewers: None });
+        self.producer = Some(ProducerSlot {
+            conn,
+            cursor,
+            replay_end,
+            told_viewers: None,
+            heard: 0,
+            ping_due: false,
+            probed: false,
+        });
         self.no_producer_since = None;
+        // Served now: the viewers that waited for this channel no longer count as waiting.
+        for v in self.viewers.values_mut() {
+            v.wait = None;
+        }
         if let Some(resize) = self.last_resize.clone() {
             self.up.push(self.up_next, false, resize);
         }
@@ -290,6 +357,7 @@ impl ChannelState {
             expected: ack,
             replay_end: self.down.head_pos(),
             join_offset: self.down.head_offset(),
+            wait: None,
         };
         self.viewers.insert(conn, slot);
         self.idle_since = None;
@@ -322,10 +390,7 @@ impl ChannelState {
     pub fn leave(&mut self, conn: ConnId, now: Instant) {
         self.viewers.remove(&conn);
         self.kicks.remove(&conn);
-        if self.producer.as_ref().is_some_and(|p| p.conn == conn) {
-            self.producer = None;
-            self.no_producer_since = Some(now);
-        }
+        self.drop_producer(conn, now);
         if self.producer.is_none() && self.viewers.is_empty() && self.idle_since.is_none() {
             self.idle_since = Some(now);
         }
@@ -489,6 +554,9 @@ impl ChannelState {
                 None => Next::Close(self.close(pb::StreamCloseReason::TransportError, "not attached")),
             };
         };
+        if std::mem::take(&mut p.ping_due) {
+            return Next::Ping;
+        }
         let (mut out, mut bytes, mut replayed) = (Vec::new(), 0, 0);
         // First after the OpenAck, then on every change: the producer's idle reaping needs it.
         if p.told_viewers != Some(viewers) {
@@ -516,75 +584,10 @@ impl ChannelState {
         m.sent(Dir::Up, out.len() as u64, bytes as u64, replayed);
         Next::Send(out)
     }
-
-    /// Backpressure on viewers: while the producer has half a queue of input unread, stop
-    /// reading viewer sockets. With no producer, input is buffered in the ring.
-    pub fn viewer_may_send(&self) -> bool {
-        match &self.producer {
-            Some(p) => self.up.bytes_from(p.cursor).is_none_or(|b| b < self.queue_bytes()),
-            None => true,
-        }
-    }
-
-    /// Applies the input rules and queues the message for the producer.
-    pub fn viewer_input(&mut self, conn: ConnId, input: Input, m: &Metrics) {
-        let Some(v) = self.viewers.get(&conn) else { return };
-        let drop = if self.ended.is_some() {
-            Some(DropReason::Ended)
-        } else if v.grant.read_only {
-            Some(DropReason::Spectator)
-        } else if v.grant.mode == ViewerMode::View
-            && (self.is_desktop() || matches!(input, Input::Desktop(_)))
-        {
-            Some(DropReason::ViewMode)
-        } else {
-            None
-        };
-        if let Some(reason) = drop {
-            return m.input_dropped(reason);
-        }
-        match input {
-            Input::Data(mut f) => {
-                let identity = &v.grant.identity;
-                if self.input_cursors.get(identity).is_some_and(|next| f.seq < *next) {
-                    m.duplicate(Dir::Up);
-                    return m.input_dropped(DropReason::Repeat);
-                }
-                let Some(after) = f.seq.checked_add(1) else {
-                    return self.kick_for_seq(conn, f.seq, m);
-                };
-                let seq = self.up_next;
-                let Some(up_after) = seq.checked_add(1) else {
-                    // The producer announced a cursor at the end of the seq space.
-                    if let Some(producer) = self.producer.as_ref().map(|p| p.conn) {
-                        self.kick_for_seq(producer, seq, m);
-                    }
-                    return;
-                };
-                self.input_cursors.insert(identity.clone(), after);
-                f.seq = seq;
-                f.channel_id = self.channel_id.clone();
-                self.up_next = up_after;
-                let msg = Frame::Data(f).encode();
-                m.received(Dir::Up, msg.len());
-                m.evicted(Dir::Up, self.up.push(seq, true, msg));
-            }
-            Input::Resize(msg) => {
-                self.last_resize = Some(msg.clone());
-                self.push_live(msg, m);
-            }
-            Input::Desktop(msg) => self.push_live(msg, m),
-        }
-    }
-
-    /// Control messages reach a connected producer only; they are never replayed.
-    fn push_live(&mut self, msg: Bytes, m: &Metrics) {
-        if self.producer.is_some() {
-            m.received(Dir::Up, msg.len());
-            m.evicted(Dir::Up, self.up.push(self.up_next, false, msg));
-        }
-    }
 }
+
+mod input;
+mod liveness;
 
 #[cfg(test)]
 #[path = "channel_tests.rs"]

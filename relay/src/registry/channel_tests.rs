@@ -2,13 +2,20 @@
 //! viewers, gaps, floors and input rules, without sockets.
 
 use super::*;
+use tether_proto::token::ViewerMode;
 
 const P: ConnId = 1;
 const V1: ConnId = 10;
 const V2: ConnId = 11;
 
 fn limits() -> Limits {
-    Limits { ring_bytes: 1 << 20, viewer_queue_bytes: 1 << 20 }
+    Limits {
+        ring_bytes: 1 << 20,
+        viewer_queue_bytes: 1 << 20,
+        unclaimed_input_bytes: 1 << 20,
+        waits_per_token: 4,
+        probe_timeout: std::time::Duration::from_secs(1),
+    }
 }
 
 fn chan(port: u32) -> ChannelState {
@@ -16,7 +23,14 @@ fn chan(port: u32) -> ChannelState {
 }
 
 fn grant(id: &str, mode: ViewerMode) -> ViewerGrant {
-    ViewerGrant { identity: id.into(), lease_epoch: 1, authority_epoch: None, mode, read_only: false }
+    ViewerGrant {
+        identity: id.into(),
+        holder: format!("w/{id}"),
+        lease_epoch: 1,
+        authority_epoch: None,
+        mode,
+        read_only: false,
+    }
 }
 
 fn data(seq: u64, body: &[u8]) -> Bytes {
@@ -58,6 +72,7 @@ fn drain(c: &mut ChannelState, conn: ConnId, m: &Metrics) -> Drained {
         match next {
             Next::Idle => return (frames, tags, None),
             Next::Close(close) => return (frames, tags, Some(close)),
+            Next::Ping => {}
             Next::Send(batch) => {
                 for msg in batch {
                     match Frame::decode(msg).unwrap() {
@@ -163,6 +178,60 @@ fn returning_producer_gets_input_it_missed_exactly_once() {
 }
 
 #[test]
+fn input_without_a_producer_is_held_only_up_to_its_cap() {
+    let m = Metrics::default();
+    let mut c =
+        ChannelState::new("c", 7681, Limits { unclaimed_input_bytes: 100, ..limits() }, Instant::now());
+    c.join_viewer(V1, pb::StreamKind::Pty, grant("s/a", ViewerMode::View), 0, &m).unwrap();
+    let mut typed = 0;
+    while c.viewer_may_send() {
+        c.viewer_input(V1, input(typed, &[b'k'; 30]), &m);
+        typed += 1;
+        assert!(typed < 10, "the cap never stopped the viewer");
+    }
+    assert!(c.holds_unclaimed_input());
+    assert!(c.unclaimed_input() >= 100 && c.unclaimed_input() < 100 + 60, "{}", c.unclaimed_input());
+    // A producer takes it all; the viewer may type again.
+    c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap();
+    assert_eq!(drain(&mut c, P, &m).0.len() as u64, typed);
+    assert!(c.viewer_may_send() && c.unclaimed_input() == 0);
+    // Gone again: what it took does not count, only what came after.
+    c.leave(P, Instant::now());
+    assert!(c.viewer_may_send());
+    c.viewer_input(V1, input(typed, &[b'k'; 30]), &m);
+    assert_eq!(
+        c.unclaimed_input(),
+        Frame::Data(pb::StreamFrame {
+            channel_id: "c".into(),
+            seq: typed,
+            data: Bytes::from_static(&[b'k'; 30]),
+            produced_at_ms: 0
+        })
+        .encode()
+        .len() as u64
+    );
+}
+
+#[test]
+fn a_producer_is_probed_and_answers_with_any_message() {
+    let m = Metrics::default();
+    let mut c = chan(7681);
+    assert_eq!(c.request_probe(), None, "no producer, nothing to probe");
+    c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap();
+    let (conn, heard) = c.request_probe().unwrap();
+    assert_eq!(conn, P);
+    assert_eq!(c.next_for_producer(P, 64, &m), Next::Ping, "its writer pings first");
+    assert!(!c.probe_settled(P, heard));
+    assert!(c.heard_from_producer(P), "a waiting probe is told");
+    assert!(c.producer_answered(P, heard) && c.probe_settled(P, heard));
+    assert!(!c.heard_from_producer(P), "nobody waits any more");
+    // A producer that left settles the probe without answering it.
+    let (_, heard) = c.request_probe().unwrap();
+    c.leave(P, Instant::now());
+    assert!(c.probe_settled(P, heard) && !c.producer_answered(P, heard));
+}
+
+#[test]
 fn input_buffered_before_the_first_producer_is_numbered_from_its_cursor() {
     // A restarted relay knows nothing; a viewer types before the agent re-registers.
     let m = Metrics::default();
@@ -181,7 +250,7 @@ fn a_viewer_that_stops_reading_holds_the_producer_only_until_the_grace_then_goes
     let mut c = ChannelState::new(
         "c",
         7681,
-        Limits { ring_bytes: 1 << 20, viewer_queue_bytes: 1000 },
+        Limits { ring_bytes: 1 << 20, viewer_queue_bytes: 1000, ..limits() },
         Instant::now(),
     );
     c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap();
@@ -219,7 +288,7 @@ fn a_reading_viewer_paces_the_producer_and_is_never_dropped() {
     let mut c = ChannelState::new(
         "c",
         7681,
-        Limits { ring_bytes: 1 << 20, viewer_queue_bytes: 1000 },
+        Limits { ring_bytes: 1 << 20, viewer_queue_bytes: 1000, ..limits() },
         Instant::now(),
     );
     c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap();
@@ -241,8 +310,12 @@ fn a_reading_viewer_paces_the_producer_and_is_never_dropped() {
 #[test]
 fn resume_after_ring_overflow_announces_the_gap() {
     let m = Metrics::default();
-    let mut c =
-        ChannelState::new("c", 7681, Limits { ring_bytes: 500, viewer_queue_bytes: 100 }, Instant::now());
+    let mut c = ChannelState::new(
+        "c",
+        7681,
+        Limits { ring_bytes: 500, viewer_queue_bytes: 100, ..limits() },
+        Instant::now(),
+    );
     c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap();
     for seq in 0..20 {
         c.producer_frame(P, seq, data(seq, &[b'x'; 90]), &m);
@@ -456,8 +529,12 @@ fn the_producer_hears_the_viewer_count_after_its_ack_and_on_every_change() {
 #[test]
 fn a_stalled_viewer_kicked_for_slowness_no_longer_counts() {
     let m = Metrics::default();
-    let mut c =
-        ChannelState::new("c", 7681, Limits { ring_bytes: 1 << 20, viewer_queue_bytes: 8 }, Instant::now());
+    let mut c = ChannelState::new(
+        "c",
+        7681,
+        Limits { ring_bytes: 1 << 20, viewer_queue_bytes: 8, ..limits() },
+        Instant::now(),
+    );
     c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap();
     c.join_viewer(V1, pb::StreamKind::Pty, grant("s/a", ViewerMode::View), 0, &m).unwrap();
     assert_eq!(presence(&mut c, P, &m), [1]);
