@@ -41,6 +41,8 @@ const CLOSE_DEADLINE: Duration = Duration::from_secs(30);
 const SILENCE_LIMIT: Duration = Duration::from_secs(60);
 /// Output chunks written before one flush.
 const BATCH: usize = 64;
+/// How long a finished channel waits for the relay to answer its websocket Close.
+const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(2);
 
 /// What viewers send to the endpoint, in arrival order.
 #[derive(Debug, Clone, PartialEq)]
@@ -206,11 +208,29 @@ impl Pump {
         if let Err(e) = sink.flush().await {
             return Served::Lost(e.to_string());
         }
-        tokio::select! {
+        let served = tokio::select! {
             served = out.stream(&mut sink) => served,
             why = self.inc.receive(&mut source) => Served::Lost(why),
+        };
+        if let Served::Closed = served {
+            await_close_reply(&mut source).await;
         }
+        served
     }
+}
+
+/// Reads until the relay answers our websocket Close (bounded). Dropping the socket with the
+/// relay's last messages unread makes the kernel reset the connection, and a reset can discard
+/// the StreamClose the relay has not read yet: a late viewer would then wait for a producer.
+async fn await_close_reply(source: &mut SplitStream<Socket>) {
+    let drained = async {
+        while let Some(Ok(msg)) = source.next().await {
+            if let Message::Close(_) = msg {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_REPLY_WAIT, drained).await;
 }
 
 impl Outgoing {
@@ -281,7 +301,7 @@ impl Outgoing {
         if let Err(e) = sink.send(Message::Binary(Frame::Close(close).encode())).await {
             return Served::Lost(e.to_string());
         }
-        let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
+        let _ = tokio::time::timeout(CLOSE_REPLY_WAIT, sink.close()).await;
         Served::Closed
     }
 }
