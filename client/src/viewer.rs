@@ -82,6 +82,9 @@ pub fn new_viewer_id(prefix: &str) -> String {
 pub enum ViewerError {
     #[error("the relay refused the viewer: {0}")]
     Refused(String),
+    /// A refusal the relay marks retryable (shutting down, too many waits): worth another try.
+    #[error("the relay cannot take the viewer now: {0}")]
+    Busy(String),
     #[error("cannot reach the relay: {0}")]
     Unreachable(String),
 }
@@ -243,7 +246,9 @@ impl Follower {
                     let _ = self.events.send(ViewerEvent::Closed { reason, message }).await;
                     return None;
                 }
-                Err(ViewerError::Unreachable(_)) => backoff = (backoff * 2).min(MAX_BACKOFF),
+                Err(ViewerError::Unreachable(_) | ViewerError::Busy(_)) => {
+                    backoff = (backoff * 2).min(MAX_BACKOFF)
+                }
             }
         }
     }
@@ -380,9 +385,7 @@ async fn open_viewer(config: &ViewerConfig, resume_from_seq: u64) -> Result<(Soc
             };
             return match Frame::decode(bytes) {
                 Ok(Frame::OpenAck(ack)) if ack.accepted => Ok((ws, ack.resume_from_seq)),
-                Ok(Frame::OpenAck(ack)) => Err(ViewerError::Refused(
-                    ack.error.map(|e| e.message).unwrap_or_else(|| "no reason given".into()),
-                )),
+                Ok(Frame::OpenAck(ack)) => Err(refusal(ack.error)),
                 _ => Err(ViewerError::Unreachable("the relay did not answer with StreamOpenAck".into())),
             };
         }
@@ -393,9 +396,36 @@ async fn open_viewer(config: &ViewerConfig, resume_from_seq: u64) -> Result<(Soc
     })
 }
 
+/// Classifies a refused open: retryable refusals other than an expired token are `Busy`.
+fn refusal(error: Option<pb::AgentError>) -> ViewerError {
+    let Some(error) = error else {
+        return ViewerError::Refused("no reason given".into());
+    };
+    let expired = error.detail.get("reason").is_some_and(|r| r == "expired");
+    if error.retryable && !expired {
+        ViewerError::Busy(error.message)
+    } else {
+        ViewerError::Refused(error.message)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retryable_refusals_are_retried_unless_the_token_expired() {
+        let error = |retryable: bool, reason: &str| pb::AgentError {
+            retryable,
+            message: reason.to_owned(),
+            detail: [("reason".to_owned(), reason.to_owned())].into(),
+            ..Default::default()
+        };
+        assert!(matches!(refusal(Some(error(true, "shutting_down"))), ViewerError::Busy(_)));
+        assert!(matches!(refusal(Some(error(true, "expired"))), ViewerError::Refused(_)));
+        assert!(matches!(refusal(Some(error(false, "bad_signature"))), ViewerError::Refused(_)));
+        assert!(matches!(refusal(None), ViewerError::Refused(_)));
+    }
 
     #[test]
     fn viewer_ids_are_fresh_and_named() {

@@ -96,12 +96,13 @@ async fn attach(
 }
 
 /// Tries to reach the relay for a few seconds: one that just restarted may be busy (503)
-/// while every agent and viewer reconnects at once. A refusal is final.
+/// while every agent and viewer reconnects at once, or refuse for now (retryable). Any other
+/// refusal is final.
 async fn connect(config: ViewerConfig) -> Result<Viewer, ViewerError> {
     let mut pause = Duration::from_millis(200);
     for _ in 0..5 {
         match Viewer::connect(config.clone()).await {
-            Err(ViewerError::Unreachable(_)) => tokio::time::sleep(pause).await,
+            Err(ViewerError::Unreachable(_) | ViewerError::Busy(_)) => tokio::time::sleep(pause).await,
             done => return done,
         }
         pause *= 2;
