@@ -177,7 +177,11 @@ async fn a_scope_id_reopens_the_same_terminal_and_exit_closes_with_its_code() {
     let (reason, message) = seen.closed.expect("closed");
     assert_eq!(reason, pb::StreamCloseReason::ProcessExit, "{message}");
     assert_eq!(close(&agent, &first.pty_id).await.unwrap(), 3, "pty_close reports the exit code");
-    let starts = std::fs::read_to_string(agent.root.join("starts.log")).unwrap();
+    // scope-b's shell runs unwatched: wait until it has written its line before counting.
+    let log = agent.root.join("starts.log");
+    let lines = || std::fs::read_to_string(&log).map(|s| s.lines().count()).unwrap_or(0);
+    eventually("both scopes' shells to start", || lines() >= 2).await;
+    let starts = std::fs::read_to_string(&log).unwrap();
     assert_eq!(starts.lines().count(), 2, "one shell per scope, not per open: {starts:?}");
 
     // The scope's terminal ended: a new open starts a new one.
