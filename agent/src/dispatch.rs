@@ -132,16 +132,16 @@ impl Dispatcher {
             }
             Op::FsRead(req) => Reply::FsRead(fs::read(paths, req, budget).await?),
             Op::FsWrite(req) if !req.transfer_id.is_empty() => {
-                Reply::FsWrite(self.transfers.write_chunk(scope, req, self.mutation_deadline).await?)
+                Reply::FsWrite(self.transfers.write_chunk(req, self.mutation_deadline).await?)
             }
             Op::FsWrite(req) => Reply::FsWrite(fs::write(paths, req, self.mutation_deadline).await?),
             Op::TransferOpen(req) => {
-                Reply::TransferOpen(self.transfers.open(paths, scope, req, self.mutation_deadline).await?)
+                Reply::TransferOpen(self.transfers.open(paths, req, self.mutation_deadline).await?)
             }
             Op::TransferCommit(req) => {
-                Reply::TransferCommit(self.transfers.commit(paths, scope, req, self.mutation_deadline).await?)
+                Reply::TransferCommit(self.transfers.commit(paths, req, self.mutation_deadline).await?)
             }
-            Op::TransferAbort(req) => Reply::TransferAbort(self.transfers.abort(scope, req).await?),
+            Op::TransferAbort(req) => Reply::TransferAbort(self.transfers.abort(req).await?),
             Op::FsDigest(req) => Reply::FsDigest(fs::digest(paths, req).await?),
             Op::FsList(req) => Reply::FsList(fs::list(paths, req, budget).await?),
             Op::FsStat(req) => Reply::FsStat(fs::stat(paths, req).await?),

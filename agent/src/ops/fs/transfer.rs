@@ -45,11 +45,11 @@ pub const DEFAULT_IDLE: Duration = Duration::from_secs(3600);
 /// stretch (after a rewrite of hashed bytes) is left for the commit.
 const CATCH_UP: u64 = 64 << 20;
 
-type Key = (String, String);
-
-/// Every open upload, by (fence scope, transfer id).
+/// Every open upload, by transfer id. The id alone names an upload, whichever fence scope
+/// opened it: a client re-run after a crash comes back with a new scope, and every op on the
+/// upload passes the fence of its own request anyway.
 pub struct Transfers {
-    uploads: Mutex<HashMap<Key, Arc<Upload>>>,
+    uploads: Mutex<HashMap<String, Arc<Upload>>>,
     idle: Duration,
     max_payload: AtomicUsize,
     sweeper: OnceLock<()>,
@@ -105,12 +105,12 @@ impl Transfers {
         self.max_payload.store(max_payload, Ordering::Relaxed);
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Key, Arc<Upload>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Upload>>> {
         self.uploads.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn find(&self, scope: &str, id: &str, path: &str) -> OpResult<Arc<Upload>> {
-        let found = self.lock().get(&(scope.to_owned(), id.to_owned())).cloned();
+    fn find(&self, id: &str, path: &str) -> OpResult<Arc<Upload>> {
+        let found = self.lock().get(id).cloned();
         let upload = found.ok_or_else(|| {
             OpError::new(
                 ErrorCode::NotFound,
@@ -128,15 +128,14 @@ impl Transfers {
         Ok(upload)
     }
 
-    fn forget(&self, scope: &str, id: &str) -> Option<Arc<Upload>> {
-        self.lock().remove(&(scope.to_owned(), id.to_owned()))
+    fn forget(&self, id: &str) -> Option<Arc<Upload>> {
+        self.lock().remove(id)
     }
 
     /// transfer_open: creates the upload's temp file, or finds the upload again by its id.
     pub async fn open(
         self: &Arc<Self>,
         paths: Arc<Paths>,
-        scope: &str,
         req: pb::TransferOpenRequest,
         deadline: Duration,
     ) -> OpResult<pb::TransferOpenResponse> {
@@ -144,7 +143,7 @@ impl Transfers {
         let mode = mode::requested("transfer_open.mode", req.mode)?;
         self.start_sweeper();
         let this = self.clone();
-        let key = (scope.to_owned(), req.transfer_id.clone());
+        let key = req.transfer_id.clone();
         under_deadline(deadline, move |gate| {
             let existing = this.lock().get(&key).cloned();
             let (upload, resumed) = match existing {
@@ -185,7 +184,6 @@ impl Transfers {
     /// fs_write with a transfer id: the content goes to the upload's temp file.
     pub async fn write_chunk(
         &self,
-        scope: &str,
         req: pb::FsWriteRequest,
         deadline: Duration,
     ) -> OpResult<pb::FsWriteResponse> {
@@ -197,7 +195,7 @@ impl Transfers {
             return Err(OpError::protocol(format!("an upload may end at {MAX_WRITE_END} bytes at most"))
                 .with("max_end", MAX_WRITE_END));
         }
-        let upload = self.find(scope, &req.transfer_id, &req.path)?;
+        let upload = self.find(&req.transfer_id, &req.path)?;
         under_deadline(deadline, move |_gate| {
             let closed = upload.closed.read().unwrap_or_else(PoisonError::into_inner);
             if *closed {
@@ -215,14 +213,13 @@ impl Transfers {
     pub async fn commit(
         &self,
         paths: Arc<Paths>,
-        scope: &str,
         req: pb::TransferCommitRequest,
         deadline: Duration,
     ) -> OpResult<pb::TransferCommitResponse> {
         if req.blake3.len() != blake3::OUT_LEN {
             return Err(OpError::protocol("transfer_commit.blake3 must be the 32-byte BLAKE3 of the content"));
         }
-        let upload = self.find(scope, &req.transfer_id, &req.path)?;
+        let upload = self.find(&req.transfer_id, &req.path)?;
         let id = req.transfer_id.clone();
         let committed = under_deadline(deadline, {
             let upload = upload.clone();
@@ -234,9 +231,8 @@ impl Transfers {
             Err(e) if e.detail.get("reason").map(String::as_str) == Some("incomplete") => {}
             _ => {
                 let mut uploads = self.lock();
-                let key = (scope.to_owned(), id);
-                if uploads.get(&key).is_some_and(|u| Arc::ptr_eq(u, &upload)) {
-                    uploads.remove(&key);
+                if uploads.get(&id).is_some_and(|u| Arc::ptr_eq(u, &upload)) {
+                    uploads.remove(&id);
                 }
             }
         }
@@ -244,8 +240,8 @@ impl Transfers {
     }
 
     /// transfer_abort: discards an upload and its temp file.
-    pub async fn abort(&self, scope: &str, req: pb::TransferAbortRequest) -> OpResult<pb::TransferAbortResponse> {
-        let Some(upload) = self.forget(scope, &req.transfer_id) else {
+    pub async fn abort(&self, req: pb::TransferAbortRequest) -> OpResult<pb::TransferAbortResponse> {
+        let Some(upload) = self.forget(&req.transfer_id) else {
             return Ok(pb::TransferAbortResponse { found: false });
         };
         super::blocking(move || {
@@ -271,14 +267,14 @@ impl Transfers {
     }
 
     fn sweep(&self) {
-        let idle: Vec<(Key, Arc<Upload>)> = self
+        let idle: Vec<(String, Arc<Upload>)> = self
             .lock()
             .iter()
             .filter(|(_, u)| u.progress().last_active.elapsed() > self.idle)
             .map(|(k, u)| (k.clone(), u.clone()))
             .collect();
         for (key, upload) in idle {
-            tracing::info!(transfer_id = %key.1, path = %upload.abs.display(), "discarding an idle upload");
+            tracing::info!(transfer_id = %key, path = %upload.abs.display(), "discarding an idle upload");
             self.lock().remove(&key);
             upload.discard();
         }
