@@ -42,7 +42,11 @@ struct Hashing<'a, W> {
 }
 
 impl<W: AsyncWrite + Unpin> AsyncWrite for Hashing<'_, W> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
         let written = Pin::new(&mut *this.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = &written {
@@ -201,9 +205,12 @@ impl Client {
         advance(options, head);
         let from = start + head;
         let plan = plan_chunks(total - from, chunk as usize).into_iter().filter(|&(_, len)| len > 0);
-        let mut reads = futures::stream::iter(plan)
-            .map(|(offset, len)| async move { (from + offset, len, self.read(path, from + offset, len).await) })
-            .buffered(window);
+        let mut reads =
+            futures::stream::iter(plan)
+                .map(|(offset, len)| async move {
+                    (from + offset, len, self.read(path, from + offset, len).await)
+                })
+                .buffered(window);
         while let Some((offset, len, reply)) = reads.next().await {
             self.fill_range(path, offset, len, reply?.content, out).await?;
             advance(options, len);
@@ -234,7 +241,10 @@ impl Client {
             if more.content.is_empty() {
                 return Err(changed(
                     path,
-                    format!("file shrank to {} bytes while being read (expected more than {pos})", more.total_size),
+                    format!(
+                        "file shrank to {} bytes while being read (expected more than {pos})",
+                        more.total_size
+                    ),
                 ));
             }
             content = more.content;

@@ -209,7 +209,8 @@ impl Client {
             agent => agent.min(self.max_payload()),
         };
         let chunk = write_chunk_size(max_payload, path.len() + id.len());
-        let window = options.window.unwrap_or_else(|| window_for(chunk)).min(opened.window.max(1) as usize).max(1);
+        let window =
+            options.window.unwrap_or_else(|| window_for(chunk)).min(opened.window.max(1) as usize).max(1);
         let progress = options.progress.clone();
         let mut hasher = blake3::Hasher::new();
         let mut in_flight = FuturesUnordered::new();
@@ -280,7 +281,9 @@ impl Client {
         };
         let written = self.write(request).await?.bytes_written;
         if written != len {
-            return Err(ClientError::Protocol(format!("agent wrote {written} of {len} bytes at offset {offset}")));
+            return Err(ClientError::Protocol(format!(
+                "agent wrote {written} of {len} bytes at offset {offset}"
+            )));
         }
         if let Some(p) = progress {
             p.advance(len);

@@ -10,8 +10,8 @@ use tether_client::{
 };
 use tokio::io::AsyncWriteExt;
 
-use super::{format, progress};
 use super::report::FAILURE;
+use super::{format, progress};
 
 /// Parses an octal permission mode (`644`, `0644`, `0o644`).
 pub fn parse_mode(text: &str) -> Result<u32, String> {
@@ -103,7 +103,10 @@ pub async fn get(
         client.get_file(remote, &target, &options).await.with_context(|| format!("reading {remote}"))?;
     if json {
         let transfer = report_json(&report);
-        println!("{}", json!({ "remote": remote, "local": target, "bytes": report.size, "transfer": transfer }));
+        println!(
+            "{}",
+            json!({ "remote": remote, "local": target, "bytes": report.size, "transfer": transfer })
+        );
     } else {
         println!("{remote} -> {} ({} bytes){}", target.display(), report.size, resumed_note(&report));
     }
@@ -134,8 +137,8 @@ fn precondition(flags: &PutFlags) -> anyhow::Result<Option<Precondition>> {
         return Ok(Some(Precondition::Absent));
     }
     let Some(hex) = &flags.if_match else { return Ok(None) };
-    let digest =
-        blake3::Hash::from_hex(hex.trim()).with_context(|| format!("{hex:?} is not a BLAKE3 digest in hex"))?;
+    let digest = blake3::Hash::from_hex(hex.trim())
+        .with_context(|| format!("{hex:?} is not a BLAKE3 digest in hex"))?;
     Ok(Some(Precondition::Digest(*digest.as_bytes())))
 }
 
@@ -193,7 +196,10 @@ pub async fn put(
     .with_context(|| format!("writing {remote}"))?;
     if json {
         let transfer = report_json(&report);
-        println!("{}", json!({ "local": local, "remote": remote, "bytes": report.size, "transfer": transfer }));
+        println!(
+            "{}",
+            json!({ "local": local, "remote": remote, "bytes": report.size, "transfer": transfer })
+        );
     } else {
         println!("{} -> {remote} ({} bytes){}", local.display(), report.size, resumed_note(&report));
     }

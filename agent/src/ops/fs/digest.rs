@@ -61,7 +61,11 @@ pub async fn fs_digest(paths: Arc<Paths>, req: pb::FsDigestRequest) -> OpResult<
             return Err(not_regular(&r.abs, kind_of(&st), "hash"));
         }
         let (size, hash) = hash_file(&file).map_err(|e| OpError::from_io(&e, "read", &r.abs))?;
-        Ok(pb::FsDigestResponse { size, modified_ms: modified_ms(&st), blake3: hash.as_bytes().to_vec().into() })
+        Ok(pb::FsDigestResponse {
+            size,
+            modified_ms: modified_ms(&st),
+            blake3: hash.as_bytes().to_vec().into(),
+        })
     })
     .await
 }
@@ -100,7 +104,9 @@ pub fn check_precondition(
         return Ok(());
     }
     let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let file = File::from(nix::fcntl::openat(dir, name, flags, Mode::empty()).map_err(|e| paths.errno(e, "open", abs))?);
+    let file = File::from(
+        nix::fcntl::openat(dir, name, flags, Mode::empty()).map_err(|e| paths.errno(e, "open", abs))?,
+    );
     let (_, hash) = hash_file(&file).map_err(|e| OpError::from_io(&e, "read", abs))?;
     if hash.as_bytes().as_slice() != want.blake3.as_ref() {
         return Err(failed("changed: its content digest differs from the expected one".into()));

@@ -114,7 +114,9 @@ impl Transfers {
         let upload = found.ok_or_else(|| {
             OpError::new(
                 ErrorCode::NotFound,
-                format!("no upload is open under transfer id {id:?} (an idle one is discarded): open it again"),
+                format!(
+                    "no upload is open under transfer id {id:?} (an idle one is discarded): open it again"
+                ),
             )
             .with("transfer_id", id)
         })?;
@@ -167,7 +169,8 @@ impl Transfers {
             }
             let mut progress = upload.progress();
             progress.last_active = Instant::now();
-            let held = progress.held.iter().map(|(offset, length)| pb::ByteRange { offset, length }).collect();
+            let held =
+                progress.held.iter().map(|(offset, length)| pb::ByteRange { offset, length }).collect();
             drop(progress);
             this.lock().insert(key, upload);
             Ok(pb::TransferOpenResponse {
@@ -188,7 +191,9 @@ impl Transfers {
         deadline: Duration,
     ) -> OpResult<pb::FsWriteResponse> {
         if req.append || !req.use_offset {
-            return Err(OpError::protocol("fs_write with a transfer_id writes at offset: set use_offset, not append"));
+            return Err(OpError::protocol(
+                "fs_write with a transfer_id writes at offset: set use_offset, not append",
+            ));
         }
         let end = req.offset.saturating_add(req.content.len() as u64);
         if end > MAX_WRITE_END {
@@ -199,7 +204,10 @@ impl Transfers {
         under_deadline(deadline, move |_gate| {
             let closed = upload.closed.read().unwrap_or_else(PoisonError::into_inner);
             if *closed {
-                return Err(OpError::new(ErrorCode::NotFound, "the upload was committed or discarded meanwhile"));
+                return Err(OpError::new(
+                    ErrorCode::NotFound,
+                    "the upload was committed or discarded meanwhile",
+                ));
             }
             let io = |e: std::io::Error| OpError::from_io(&e, "write upload chunk of", &upload.abs);
             upload.file.write_all_at(&req.content, req.offset).map_err(io)?;
@@ -217,7 +225,9 @@ impl Transfers {
         deadline: Duration,
     ) -> OpResult<pb::TransferCommitResponse> {
         if req.blake3.len() != blake3::OUT_LEN {
-            return Err(OpError::protocol("transfer_commit.blake3 must be the 32-byte BLAKE3 of the content"));
+            return Err(OpError::protocol(
+                "transfer_commit.blake3 must be the 32-byte BLAKE3 of the content",
+            ));
         }
         let upload = self.find(&req.transfer_id, &req.path)?;
         let id = req.transfer_id.clone();
@@ -283,7 +293,8 @@ impl Transfers {
 
 /// A transfer id names a file: 8..64 of `[A-Za-z0-9_-]`.
 fn check_id(id: &str) -> OpResult<()> {
-    let ok = (8..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let ok = (8..=64).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if ok {
         return Ok(());
     }
@@ -313,7 +324,9 @@ fn create(paths: &Paths, req: &pb::TransferOpenRequest, mode: Option<Mode>, gate
     let initial = if mode.is_some() || existing.is_some() { 0o600 } else { 0o666 };
     let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let fd = gate
-        .commit_in(dir.as_fd(), || nix::fcntl::openat(dir.as_fd(), tmp_name.as_os_str(), flags, Mode::from_bits_truncate(initial)))?
+        .commit_in(dir.as_fd(), || {
+            nix::fcntl::openat(dir.as_fd(), tmp_name.as_os_str(), flags, Mode::from_bits_truncate(initial))
+        })?
         .map_err(|e| paths.errno(e, "create upload file beside", &target.abs))?;
     let file = File::from(fd);
     let st = nix::sys::stat::fstat(file.as_fd()).map_err(|e| paths.errno(e, "stat", &target.abs))?;
@@ -365,12 +378,21 @@ impl Upload {
     fn discard(&self) {
         let mut closed = self.closed.write().unwrap_or_else(PoisonError::into_inner);
         if !*closed {
-            let _ = nix::unistd::unlinkat(self.dir.as_fd(), self.tmp_name.as_os_str(), UnlinkatFlags::NoRemoveDir);
+            let _ = nix::unistd::unlinkat(
+                self.dir.as_fd(),
+                self.tmp_name.as_os_str(),
+                UnlinkatFlags::NoRemoveDir,
+            );
             *closed = true;
         }
     }
 
-    fn commit(&self, paths: &Paths, req: &pb::TransferCommitRequest, gate: &Gate) -> OpResult<pb::TransferCommitResponse> {
+    fn commit(
+        &self,
+        paths: &Paths,
+        req: &pb::TransferCommitRequest,
+        gate: &Gate,
+    ) -> OpResult<pb::TransferCommitResponse> {
         let mut closed = self.closed.write().unwrap_or_else(PoisonError::into_inner);
         if *closed {
             return Err(OpError::new(ErrorCode::NotFound, "the upload was committed or discarded meanwhile"));
@@ -391,7 +413,11 @@ impl Upload {
         *closed = true;
         let result = self.verify_and_place(paths, req, &mut progress, gate);
         if result.is_err() {
-            let _ = nix::unistd::unlinkat(self.dir.as_fd(), self.tmp_name.as_os_str(), UnlinkatFlags::NoRemoveDir);
+            let _ = nix::unistd::unlinkat(
+                self.dir.as_fd(),
+                self.tmp_name.as_os_str(),
+                UnlinkatFlags::NoRemoveDir,
+            );
         }
         result
     }
@@ -411,7 +437,10 @@ impl Upload {
         if digest.as_bytes().as_slice() != req.blake3.as_ref() {
             return Err(OpError::new(
                 ErrorCode::Os,
-                format!("{}: the uploaded content's BLAKE3 differs from the client's; the target is untouched", abs.display()),
+                format!(
+                    "{}: the uploaded content's BLAKE3 differs from the client's; the target is untouched",
+                    abs.display()
+                ),
             )
             .retryable()
             .with("reason", "digest_mismatch")
@@ -432,7 +461,13 @@ impl Upload {
         }
         self.file.sync_all().map_err(io)?;
         gate.commit_in(self.dir.as_fd(), || {
-            nix::fcntl::renameat2(self.dir.as_fd(), self.tmp_name.as_os_str(), self.dir.as_fd(), self.name.as_os_str(), RenameFlags::empty())
+            nix::fcntl::renameat2(
+                self.dir.as_fd(),
+                self.tmp_name.as_os_str(),
+                self.dir.as_fd(),
+                self.name.as_os_str(),
+                RenameFlags::empty(),
+            )
         })?
         .map_err(|e| paths.errno(e, "rename into place", abs))?;
         sync_dir(self.dir.as_fd());
