@@ -8,14 +8,12 @@
 //! disagrees: the remote file changed meanwhile).
 
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::io::{AsyncSeekExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::client::Client;
 use crate::error::ClientError;
@@ -35,32 +33,81 @@ pub struct GetOptions {
     pub restart: bool,
 }
 
-/// An `AsyncWrite` that hashes what it passes on.
-struct Hashing<'a, W> {
-    inner: &'a mut W,
-    hasher: &'a mut blake3::Hasher,
+/// Where downloaded bytes go, in order; it hashes them as well.
+trait Sink {
+    async fn accept(&mut self, data: Bytes) -> Result<(), ClientError>;
+    /// Flushes (and syncs, for a file); the digest of all the content.
+    async fn finish(&mut self) -> Result<blake3::Hash, ClientError>;
 }
 
-impl<W: AsyncWrite + Unpin> AsyncWrite for Hashing<'_, W> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = &mut *self;
-        let written = Pin::new(&mut *this.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = &written {
-            this.hasher.update(&buf[..*n]);
+/// Any `AsyncWrite`, hashed on the way.
+struct WriterSink<'a, W> {
+    out: &'a mut W,
+    hasher: blake3::Hasher,
+}
+
+impl<W: AsyncWrite + Unpin> Sink for WriterSink<'_, W> {
+    async fn accept(&mut self, data: Bytes) -> Result<(), ClientError> {
+        self.hasher.update(&data);
+        self.out.write_all(&data).await.map_err(|e| ClientError::io("writing download", e))
+    }
+
+    async fn finish(&mut self) -> Result<blake3::Hash, ClientError> {
+        self.out.flush().await.map_err(|e| ClientError::io("writing download", e))?;
+        Ok(self.hasher.finalize())
+    }
+}
+
+/// A local file written and hashed by a thread of its own, so neither the copy nor the hash
+/// holds up the requests in flight; a few chunks queue between them, no more.
+struct FileSink {
+    tx: Option<tokio::sync::mpsc::Sender<Bytes>>,
+    thread: Option<tokio::task::JoinHandle<std::io::Result<blake3::Hasher>>>,
+    path: PathBuf,
+}
+
+impl FileSink {
+    fn new(mut file: std::fs::File, mut hasher: blake3::Hasher, path: PathBuf, depth: usize) -> FileSink {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(depth.max(1));
+        let thread = tokio::task::spawn_blocking(move || {
+            while let Some(data) = rx.blocking_recv() {
+                std::io::Write::write_all(&mut file, &data)?;
+                hasher.update(&data);
+            }
+            file.sync_all()?;
+            Ok(hasher)
+        });
+        FileSink { tx: Some(tx), thread: Some(thread), path }
+    }
+
+    async fn join(&mut self) -> Result<blake3::Hasher, ClientError> {
+        self.tx = None;
+        let thread = self
+            .thread
+            .take()
+            .ok_or_else(|| ClientError::Protocol("download sink already finished".into()))?;
+        let joined =
+            thread.await.map_err(|e| ClientError::Protocol(format!("the download writer failed: {e}")))?;
+        joined.map_err(|e| ClientError::io(format!("writing {}", self.path.display()), e))
+    }
+}
+
+impl Sink for FileSink {
+    async fn accept(&mut self, data: Bytes) -> Result<(), ClientError> {
+        let sent = match &self.tx {
+            Some(tx) => tx.send(data).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            return Ok(());
         }
-        written
+        // The writer stopped: its error says why.
+        self.join().await?;
+        Err(ClientError::Protocol("the download writer stopped early".into()))
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_shutdown(cx)
+    async fn finish(&mut self) -> Result<blake3::Hash, ClientError> {
+        Ok(self.join().await?.finalize())
     }
 }
 
@@ -68,6 +115,7 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for Hashing<'_, W> {
 struct Fetched {
     total: u64,
     verified: bool,
+    digest: blake3::Hash,
 }
 
 /// The hidden partial file `get_file` writes beside `local`.
@@ -83,8 +131,8 @@ impl Client {
     /// its BLAKE3 against the agent's; returns the bytes written. The size is taken from the first
     /// reply; a file that changes meanwhile fails with [`ClientError::FileChanged`].
     pub async fn download<W: AsyncWrite + Unpin>(&self, path: &str, out: &mut W) -> Result<u64, ClientError> {
-        let mut hasher = blake3::Hasher::new();
-        let fetched = self.fetch(path, 0, &mut hasher, out, &GetOptions::default()).await?;
+        let mut sink = WriterSink { out, hasher: blake3::Hasher::new() };
+        let fetched = self.fetch(path, 0, &mut sink, &GetOptions::default()).await?;
         Ok(fetched.total)
     }
 
@@ -99,25 +147,16 @@ impl Client {
         let partial = partial_path(local)?;
         let mut restart = options.restart;
         loop {
-            let io = |e| ClientError::io(format!("writing {}", partial.display()), e);
-            let mut file = tokio::fs::OpenOptions::new()
-                .create(true)
-                .read(true)
-                .write(true)
-                .truncate(false)
-                .open(&partial)
-                .await
-                .map_err(io)?;
-            if restart {
-                file.set_len(0).await.map_err(io)?;
+            let (file, start, hasher) = open_partial(&partial, restart).await?;
+            let window = options.window.unwrap_or_else(|| window_for(self.chunk_size()));
+            let mut sink = FileSink::new(file, hasher, partial.clone(), window);
+            let fetched = self.fetch(path, start, &mut sink, options).await;
+            if fetched.is_err() && sink.thread.is_some() {
+                // Let the writer finish with the partial file before it is kept or reopened.
+                let _ = sink.join().await;
             }
-            let start = file.metadata().await.map_err(io)?.len();
-            let mut hasher = hash_prefix(&partial, start).await?;
-            file.seek(std::io::SeekFrom::Start(start)).await.map_err(io)?;
-            match self.fetch(path, start, &mut hasher, &mut file, options).await {
+            match fetched {
                 Ok(fetched) => {
-                    file.sync_all().await.map_err(io)?;
-                    drop(file);
                     tokio::fs::rename(&partial, local)
                         .await
                         .map_err(|e| ClientError::io(format!("renaming onto {}", local.display()), e))?;
@@ -125,7 +164,7 @@ impl Client {
                         size: fetched.total,
                         sent: fetched.total - start,
                         skipped: start,
-                        blake3: hasher.finalize().to_hex().to_string(),
+                        blake3: fetched.digest.to_hex().to_string(),
                         resumed: start > 0,
                         agent_received: 0,
                         verified: fetched.verified,
@@ -144,12 +183,11 @@ impl Client {
 
     /// Reads `path` from `start` to its end into `out`, feeding `hasher` (which holds
     /// `[0, start)` already), and checks the result against the agent's digest.
-    async fn fetch<W: AsyncWrite + Unpin>(
+    async fn fetch(
         &self,
         path: &str,
         start: u64,
-        hasher: &mut blake3::Hasher,
-        out: &mut W,
+        sink: &mut impl Sink,
         options: &GetOptions,
     ) -> Result<Fetched, ClientError> {
         let chunk = self.chunk_size() as u64;
@@ -164,15 +202,13 @@ impl Client {
         }
         let digest_timeout = self.request_timeout() + Duration::from_secs(total / SLOWEST_HASH);
         let window = options.window.unwrap_or_else(|| window_for(chunk as usize)).max(1);
-        let mut sink = Hashing { inner: out, hasher };
-        let reads = self.read_rest(path, start, total, first.content, &mut sink, window, options);
+        let reads = self.read_rest(path, start, total, first.content, sink, window, options);
         let (read, digest) = tokio::join!(reads, self.digest(path, digest_timeout));
         read?;
-        sink.flush().await.map_err(|e| ClientError::io("writing download", e))?;
-        let ours = sink.hasher.clone().finalize();
+        let ours = sink.finish().await?;
         match digest {
             Ok(theirs) if theirs.size == total && theirs.blake3.as_ref() == ours.as_bytes() => {
-                Ok(Fetched { total, verified: true })
+                Ok(Fetched { total, verified: true, digest: ours })
             }
             Ok(theirs) => Err(changed(
                 path,
@@ -181,7 +217,7 @@ impl Client {
                     theirs.size
                 ),
             )),
-            Err(e) if unknown_op(&e) => Ok(Fetched { total, verified: false }),
+            Err(e) if unknown_op(&e) => Ok(Fetched { total, verified: false, digest: ours }),
             Err(e) => Err(e),
         }
     }
@@ -189,13 +225,13 @@ impl Client {
     /// Writes the first reply's content, then the rest of `[start, total)` read with `window`
     /// ranged reads in flight, in order.
     #[allow(clippy::too_many_arguments)]
-    async fn read_rest<W: AsyncWrite + Unpin>(
+    async fn read_rest(
         &self,
         path: &str,
         start: u64,
         total: u64,
         first: Bytes,
-        out: &mut W,
+        out: &mut impl Sink,
         window: usize,
         options: &GetOptions,
     ) -> Result<(), ClientError> {
@@ -220,19 +256,19 @@ impl Client {
 
     /// Writes `content` (the reply for `offset..offset+len`) to `out`, then reads whatever the
     /// agent left out of that range (it may cap a reply) until the range is complete.
-    async fn fill_range<W: AsyncWrite + Unpin>(
+    async fn fill_range(
         &self,
         path: &str,
         offset: u64,
         len: u64,
         mut content: Bytes,
-        out: &mut W,
+        out: &mut impl Sink,
     ) -> Result<(), ClientError> {
         let end = offset + len;
         let mut pos = offset;
         loop {
             let take = content.len().min(usize::try_from(end - pos).unwrap_or(usize::MAX));
-            out.write_all(&content[..take]).await.map_err(|e| ClientError::io("writing download", e))?;
+            out.accept(content.slice(..take)).await?;
             pos += take as u64;
             if pos >= end {
                 return Ok(());
@@ -262,17 +298,24 @@ fn changed(path: &str, message: String) -> ClientError {
     ClientError::FileChanged { path: path.to_owned(), message }
 }
 
-/// The hasher over the first `len` bytes of the partial file (read off the async workers).
-async fn hash_prefix(partial: &Path, len: u64) -> Result<blake3::Hasher, ClientError> {
-    let mut hasher = blake3::Hasher::new();
-    if len == 0 {
-        return Ok(hasher);
-    }
+/// Opens (creates) the partial file, emptied when `restart`; it is positioned at its end, with
+/// its length and the hasher over what it holds (read off the async workers).
+async fn open_partial(
+    partial: &Path,
+    restart: bool,
+) -> Result<(std::fs::File, u64, blake3::Hasher), ClientError> {
     let path = partial.to_owned();
     tokio::task::spawn_blocking(move || {
-        let file = std::fs::File::open(&path)?;
-        std::io::copy(&mut std::io::Read::take(file, len), &mut hasher)?;
-        Ok(hasher)
+        let mut file =
+            std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path)?;
+        if restart {
+            file.set_len(0)?;
+        }
+        let len = file.metadata()?.len();
+        let mut hasher = blake3::Hasher::new();
+        std::io::copy(&mut std::io::Read::take(&mut file, len), &mut hasher)?;
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(len))?;
+        Ok((file, len, hasher))
     })
     .await
     .map_err(|e| ClientError::Protocol(format!("hashing the partial download failed: {e}")))?
