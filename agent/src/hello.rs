@@ -84,7 +84,7 @@ fn capabilities(config: &Config, max_payload: usize, commands: &CommandCaps) -> 
         max_payload: max_payload as u64,
         transfers: true,
         transfer_window: crate::ops::fs::TRANSFER_WINDOW,
-        transfer_idle_ms: crate::ops::fs::TRANSFER_IDLE.as_millis() as u64,
+        transfer_idle_ms: config.transfer_idle_timeout.as_millis() as u64,
         ..Default::default()
     };
     commands.fill(&mut caps);

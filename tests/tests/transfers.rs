@@ -15,7 +15,7 @@ use futures::StreamExt;
 use prost::Message;
 use tether_proto::pb::control_request::Op;
 use tether_proto::pb::control_response::Result as Reply;
-use tether_tests::{Agent, Nats, Proc, error_code, eventually, pb};
+use tether_tests::{Agent, AgentOpts, Nats, Proc, error_code, eventually, pb};
 
 /// Deterministic bytes that no compression or pattern shortcut could fake.
 fn noise(len: usize) -> Vec<u8> {
@@ -409,4 +409,20 @@ async fn a_commit_with_bytes_missing_names_them_and_keeps_the_upload() {
     agent.call(chunk(id, path, 4000, &content[4000..6000])).await.unwrap();
     agent.call(commit_req(id, path, &content)).await.unwrap();
     assert_eq!(std::fs::read(agent.root.join("h.bin")).unwrap(), content);
+}
+
+#[tokio::test]
+async fn an_abandoned_upload_is_discarded_with_its_temp_file_after_the_idle_time() {
+    let nats = Nats::start().await;
+    let opts = AgentOpts { args: vec!["--transfer-idle-timeout".into(), "1s".into()], ..Default::default() };
+    let agent = Agent::start_with(&nats, opts).await;
+    assert_eq!(agent.caps().transfer_idle_ms, 1000);
+    let (id, path) = ("abandoned-upload-1", "/workspace/a.bin");
+    agent.call(open_req(id, path)).await.unwrap();
+    agent.call(chunk(id, path, 0, b"half of it")).await.unwrap();
+    assert_eq!(upload_temps(&agent.root).len(), 1);
+    eventually("the idle upload's temp file to go", || upload_temps(&agent.root).is_empty()).await;
+    let err = agent.call(chunk(id, path, 10, b"the rest")).await.unwrap_err();
+    assert_eq!(error_code(&err), pb::ErrorCode::NotFound, "{err:?}");
+    assert!(!agent.root.join("a.bin").exists());
 }
