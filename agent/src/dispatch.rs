@@ -142,7 +142,7 @@ impl Dispatcher {
                 Reply::TransferCommit(self.transfers.commit(paths, req, self.mutation_deadline).await?)
             }
             Op::TransferAbort(req) => Reply::TransferAbort(self.transfers.abort(req).await?),
-            Op::FsDigest(req) => Reply::FsDigest(fs::digest(paths, req).await?),
+            Op::FsDigest(req) => Reply::FsDigest(fs::digest(paths, req, self.transfers.digests()).await?),
             Op::FsList(req) => Reply::FsList(fs::list(paths, req, budget).await?),
             Op::FsStat(req) => Reply::FsStat(fs::stat(paths, req).await?),
             Op::FsMkdir(req) => Reply::FsMkdir(fs::mkdir(paths, req, self.mutation_deadline).await?),

@@ -10,7 +10,7 @@
 //! without the disk.
 //!
 //! `cargo build --release -p tether-agent -p tether-client -p tether-tests --bins &&
-//!  target/release/bench-transfer [MIB] [DIR]` (default 1024 MiB)
+//!  target/release/bench-transfer [MIB] [DIR] [ROUNDS]` (default 1024 MiB, temp dir, 3 rounds)
 
 use std::io::Write;
 use std::path::Path;
@@ -113,11 +113,33 @@ fn blake3_of(json: &str) -> String {
     json[at..at + 64].to_owned()
 }
 
+/// The median of `samples` (sorted in place).
+fn median<T: Copy + PartialOrd>(samples: &mut [T]) -> T {
+    samples.sort_by(|a, b| a.partial_cmp(b).expect("comparable"));
+    samples[samples.len() / 2]
+}
+
+/// One measured case: wall times and peak RSS (KiB) of the client process, per round.
+#[derive(Default)]
+struct Case {
+    times: Vec<Duration>,
+    rss: Vec<i64>,
+}
+
+impl Case {
+    fn add(&mut self, (time, rss, _): (Duration, i64, String)) {
+        self.times.push(time);
+        self.rss.push(rss);
+    }
+}
+
 #[tokio::main]
 async fn main() {
-    let mib: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1024);
+    let mut args = std::env::args().skip(1);
+    let mib: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(1024);
+    let base = args.next().map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
     let size = mib << 20;
-    let base = std::env::args().nth(2).map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
     let nats = Nats::start().await;
     let root = tempfile::tempdir_in(&base).expect("tempdir");
     let opts = AgentOpts { root: Some(root.path().canonicalize().expect("root")), ..Default::default() };
@@ -131,37 +153,63 @@ async fn main() {
     let window = window_for(chunk).min(agent.caps().transfer_window as usize);
     let count = size.div_ceil(chunk as u64);
     println!(
-        "{mib} MiB in {}, max_payload {}, {chunk}-byte messages, {window} in flight",
+        "{mib} MiB in {}, max_payload {}, {chunk}-byte messages, {window} in flight, {rounds} rounds",
         base.display(),
         nc.max_payload()
     );
-
     let payload = Bytes::from(vec![0x5au8; chunk]);
     let _sink = responder(&nats, "bench.sink", Bytes::from_static(b"ok")).await;
     let _source = responder(&nats, "bench.source", payload.clone()).await;
-    let raw_write = raw(&nc, "bench.sink", count, payload.clone(), window).await;
-    let raw_read = raw(&nc, "bench.source", count, Bytes::from_static(b"read"), window).await;
 
-    let (put, put_rss, put_out) = timed(
-        agent.tetherctl(&nats).args(["--json", "put", "--quiet"]).arg(&original).arg("/workspace/big.bin"),
-    );
-    let agent_after_put = vm_hwm(agent.proc.pid());
+    let (mut raw_write, mut raw_read) = (Vec::new(), Vec::new());
+    let (mut put, mut get_known, mut get_cold) = (Case::default(), Case::default(), Case::default());
     let copy = local.path().join("copy.bin");
-    let (get, get_rss, get_out) =
-        timed(agent.tetherctl(&nats).args(["--json", "get", "--quiet", "/workspace/big.bin"]).arg(&copy));
-    let agent_after_get = vm_hwm(agent.proc.pid());
-    assert_eq!(blake3_of(&put_out), blake3_of(&get_out), "the round trip changed the content");
+    let remote = root.path().join("big.bin");
+    // Rounds interleave the cases, so load from other work falls on all alike.
+    for _ in 0..rounds {
+        raw_write.push(raw(&nc, "bench.sink", count, payload.clone(), window).await);
+        let sent = timed(
+            agent
+                .tetherctl(&nats)
+                .args(["--json", "put", "--quiet"])
+                .arg(&original)
+                .arg("/workspace/big.bin"),
+        );
+        let sent_digest = blake3_of(&sent.2);
+        put.add(sent);
+        raw_read.push(raw(&nc, "bench.source", count, Bytes::from_static(b"read"), window).await);
+        let got =
+            timed(agent.tetherctl(&nats).args(["--json", "get", "--quiet", "/workspace/big.bin"]).arg(&copy));
+        assert_eq!(blake3_of(&got.2), sent_digest, "the round trip changed the content");
+        get_known.add(got);
+        // A metadata change the agent did not make: its remembered digest no longer holds.
+        let mode = std::fs::metadata(&remote).expect("remote file").permissions();
+        std::fs::set_permissions(&remote, mode).expect("chmod");
+        std::os::unix::fs::chown(&remote, None, None).expect("touch ctime");
+        let got =
+            timed(agent.tetherctl(&nats).args(["--json", "get", "--quiet", "/workspace/big.bin"]).arg(&copy));
+        assert_eq!(blake3_of(&got.2), sent_digest, "the round trip changed the content");
+        get_cold.add(got);
+    }
+    let agent_rss = vm_hwm(agent.proc.pid());
 
     println!();
-    println!("| transfer | MiB/s | × raw NATS | client peak RSS MiB | agent peak RSS MiB |");
+    println!(
+        "| transfer (median of {rounds}) | MiB/s | × raw NATS | client peak RSS MiB | agent peak RSS MiB |"
+    );
     println!("|---|---:|---:|---:|---:|");
-    let row = |what: &str, d: Duration, base: Duration, client: i64, agent: i64| {
-        let ratio = base.as_secs_f64() / d.as_secs_f64();
-        let rss = |kib: i64| format!("{:.0}", kib as f64 / 1024.0);
-        println!("| {what} | {:.0} | {ratio:.2} | {} | {} |", mib_s(size, d), rss(client), rss(agent));
+    let rss = |kib: i64| format!("{:.0}", kib as f64 / 1024.0);
+    let row = |what: &str, case: &mut Case, base: Duration| {
+        let t = median(&mut case.times);
+        let ratio = base.as_secs_f64() / t.as_secs_f64();
+        let peak = case.rss.iter().copied().max().unwrap_or(0);
+        println!("| {what} | {:.0} | {ratio:.2} | {} | {} |", mib_s(size, t), rss(peak), rss(agent_rss));
     };
-    println!("| raw NATS request/reply, {chunk} B replies | {:.0} | 1.00 | | |", mib_s(size, raw_read));
-    row("tetherctl get", get, raw_read, get_rss, agent_after_get);
-    println!("| raw NATS request/reply, {chunk} B requests | {:.0} | 1.00 | | |", mib_s(size, raw_write));
-    row("tetherctl put", put, raw_write, put_rss, agent_after_put);
+    let read_base = median(&mut raw_read);
+    let write_base = median(&mut raw_write);
+    println!("| raw NATS request/reply, {chunk} B replies | {:.0} | 1.00 | | |", mib_s(size, read_base));
+    row("`tetherctl get` (digest known from the upload)", &mut get_known, read_base);
+    row("`tetherctl get` (agent hashes the file meanwhile)", &mut get_cold, read_base);
+    println!("| raw NATS request/reply, {chunk} B requests | {:.0} | 1.00 | | |", mib_s(size, write_base));
+    row("`tetherctl put`", &mut put, write_base);
 }

@@ -1,12 +1,18 @@
 //! BLAKE3 digests of file content (README "Transfers"): fs_digest, which a download checks its
 //! copy against, and the precondition of an upload ("fail if the target changed since I read
 //! it"). Files are read in fixed blocks with positional reads, never whole into memory.
+//!
+//! fs_digest reads the whole file, a second pass beside the download's own reads; so digests are
+//! remembered (in memory, a bounded number) by file identity and used again only while the
+//! file's size, mtime and ctime are those it had when hashed. An upload's commit enters the
+//! digest it has just checked, so a download of a file that came through an upload reads it once.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use nix::fcntl::OFlag;
 use nix::sys::stat::{FileStat, Mode};
@@ -46,12 +52,63 @@ pub fn hash_file(file: &File) -> std::io::Result<(u64, blake3::Hash)> {
     Ok((size, hasher.finalize()))
 }
 
+/// Entries [`Digests`] keeps at most; past that it starts afresh.
+const REMEMBERED: usize = 4096;
+
+/// What must not have changed for a remembered digest to hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    size: i64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(st: &FileStat) -> Stamp {
+        Stamp {
+            size: st.st_size,
+            mtime: (st.st_mtime, st.st_mtime_nsec),
+            ctime: (st.st_ctime, st.st_ctime_nsec),
+        }
+    }
+}
+
+/// Digests the agent computed, by (device, inode).
+#[derive(Default)]
+pub struct Digests {
+    known: Mutex<HashMap<(u64, u64), (Stamp, blake3::Hash)>>,
+}
+
+impl Digests {
+    /// The digest of the file `st` describes, if it was hashed as it is now.
+    fn get(&self, st: &FileStat) -> Option<blake3::Hash> {
+        let known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        match known.get(&(st.st_dev, st.st_ino)) {
+            Some((stamp, hash)) if *stamp == Stamp::of(st) => Some(*hash),
+            _ => None,
+        }
+    }
+
+    /// Remembers `hash` for the file `st` describes.
+    pub fn remember(&self, st: &FileStat, hash: blake3::Hash) {
+        let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        if known.len() >= REMEMBERED {
+            known.clear();
+        }
+        known.insert((st.st_dev, st.st_ino), (Stamp::of(st), hash));
+    }
+}
+
 fn modified_ms(st: &FileStat) -> i64 {
     st.st_mtime * 1000 + st.st_mtime_nsec / 1_000_000
 }
 
 /// fs_digest: the size, modification time and BLAKE3 of a regular file.
-pub async fn fs_digest(paths: Arc<Paths>, req: pb::FsDigestRequest) -> OpResult<pb::FsDigestResponse> {
+pub async fn fs_digest(
+    paths: Arc<Paths>,
+    req: pb::FsDigestRequest,
+    digests: Arc<Digests>,
+) -> OpResult<pb::FsDigestResponse> {
     blocking(move || {
         let r = paths.resolve(&req.path)?;
         // O_NONBLOCK: a FIFO must not hang a worker; it is refused just below.
@@ -60,12 +117,20 @@ pub async fn fs_digest(paths: Arc<Paths>, req: pb::FsDigestRequest) -> OpResult<
         if kind_of(&st) != FsEntryKind::File {
             return Err(not_regular(&r.abs, kind_of(&st), "hash"));
         }
-        let (size, hash) = hash_file(&file).map_err(|e| OpError::from_io(&e, "read", &r.abs))?;
-        Ok(pb::FsDigestResponse {
+        let respond = |size: u64, hash: blake3::Hash| pb::FsDigestResponse {
             size,
             modified_ms: modified_ms(&st),
             blake3: hash.as_bytes().to_vec().into(),
-        })
+        };
+        if let Some(hash) = digests.get(&st) {
+            return Ok(respond(st.st_size as u64, hash));
+        }
+        let (size, hash) = hash_file(&file).map_err(|e| OpError::from_io(&e, "read", &r.abs))?;
+        let after = nix::sys::stat::fstat(file.as_fd()).map_err(|e| paths.errno(e, "stat", &r.abs))?;
+        if Stamp::of(&after) == Stamp::of(&st) && size == st.st_size as u64 {
+            digests.remember(&st, hash);
+        }
+        Ok(respond(size, hash))
     })
     .await
 }
@@ -131,5 +196,22 @@ mod tests {
         hash_range(&f, &mut h, 10, data.len() as u64).unwrap();
         assert_eq!(h.finalize(), blake3::hash(&data));
         assert!(hash_range(&f, &mut blake3::Hasher::new(), 0, data.len() as u64 + 1).is_err());
+    }
+
+    #[test]
+    fn a_remembered_digest_holds_only_while_the_file_is_unchanged() {
+        let mut f = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut f, b"one").unwrap();
+        let st = nix::sys::stat::fstat(f.as_fd()).unwrap();
+        let digests = Digests::default();
+        assert_eq!(digests.get(&st), None);
+        digests.remember(&st, blake3::hash(b"one"));
+        assert_eq!(digests.get(&nix::sys::stat::fstat(f.as_fd()).unwrap()), Some(blake3::hash(b"one")));
+        std::io::Write::write_all(&mut f, b" two").unwrap();
+        assert_eq!(
+            digests.get(&nix::sys::stat::fstat(f.as_fd()).unwrap()),
+            None,
+            "a changed file is hashed again"
+        );
     }
 }
