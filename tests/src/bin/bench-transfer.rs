@@ -113,6 +113,19 @@ fn blake3_of(json: &str) -> String {
     json[at..at + 64].to_owned()
 }
 
+/// A durable local copy of `from` (copy, fsync): what the disk allows a durable write.
+fn local_copy(from: &Path, to: &Path) -> Duration {
+    let start = Instant::now();
+    let mut src = std::fs::File::open(from).expect("open");
+    let mut dst = std::fs::File::create(to).expect("create");
+    std::io::copy(&mut src, &mut dst).expect("copy");
+    dst.sync_all().expect("fsync");
+    let took = start.elapsed();
+    drop(dst);
+    std::fs::remove_file(to).expect("remove");
+    took
+}
+
 /// The median of `samples` (sorted in place).
 fn median<T: Copy + PartialOrd>(samples: &mut [T]) -> T {
     samples.sort_by(|a, b| a.partial_cmp(b).expect("comparable"));
@@ -161,12 +174,13 @@ async fn main() {
     let _sink = responder(&nats, "bench.sink", Bytes::from_static(b"ok")).await;
     let _source = responder(&nats, "bench.source", payload.clone()).await;
 
-    let (mut raw_write, mut raw_read) = (Vec::new(), Vec::new());
+    let (mut raw_write, mut raw_read, mut disk) = (Vec::new(), Vec::new(), Vec::new());
     let (mut put, mut get_known, mut get_cold) = (Case::default(), Case::default(), Case::default());
     let copy = local.path().join("copy.bin");
     let remote = root.path().join("big.bin");
     // Rounds interleave the cases, so load from other work falls on all alike.
     for _ in 0..rounds {
+        disk.push(local_copy(&original, &local.path().join("disk.bin")));
         raw_write.push(raw(&nc, "bench.sink", count, payload.clone(), window).await);
         let sent = timed(
             agent
@@ -212,4 +226,10 @@ async fn main() {
     row("`tetherctl get` (agent hashes the file meanwhile)", &mut get_cold, read_base);
     println!("| raw NATS request/reply, {chunk} B requests | {:.0} | 1.00 | | |", mib_s(size, write_base));
     row("`tetherctl put`", &mut put, write_base);
+    let disk = median(&mut disk);
+    println!(
+        "| local copy + fsync in {} (the disk's ceiling) | {:.0} | | | |",
+        base.display(),
+        mib_s(size, disk)
+    );
 }

@@ -42,6 +42,11 @@ impl RangeSet {
         }
     }
 
+    /// The end of the last range (0 when empty).
+    pub fn end(&self) -> u64 {
+        self.ranges.last().map_or(0, |&(_, e)| e)
+    }
+
     /// The ranges as `(offset, length)`.
     pub fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.ranges.iter().map(|&(s, e)| (s, e - s))
@@ -94,6 +99,7 @@ mod tests {
         let s = set(&[(0, 5), (10, 15), (3, 11), (20, 25), (30, 31)]);
         assert_eq!(s.iter().collect::<Vec<_>>(), vec![(0, 15), (20, 5), (30, 1)]);
         assert_eq!(s.covered_from(0), 15);
+        assert_eq!(s.end(), 31);
         assert_eq!(s.covered_from(15), 15);
         assert_eq!(s.covered_from(22), 25);
         assert_eq!(s.missing(40, 10), vec![(15, 5), (25, 5), (31, 9)]);

@@ -37,6 +37,8 @@ use super::{lstat_at, nearest_dir, sync_dir};
 use crate::error::{OpError, OpResult};
 use crate::paths::Paths;
 
+/// Uploads open at once; more are refused (DRAINING) until some commit or go idle.
+const MAX_OPEN: usize = 1024;
 /// Chunk writes of one upload the agent takes in flight (Capabilities.transfer_window).
 pub const WINDOW: u32 = 16;
 /// An upload idle this long is discarded with its temp file (Capabilities.transfer_idle_ms).
@@ -162,6 +164,11 @@ impl Transfers {
                     return Err(OpError::protocol(format!(
                         "transfer id {:?} is already used for {:?}",
                         req.transfer_id, upload.path
+                    )));
+                }
+                None if this.lock().len() >= MAX_OPEN => {
+                    return Err(OpError::draining(format!(
+                        "{MAX_OPEN} uploads are open: commit or abort one, or wait for idle ones to go"
                     )));
                 }
                 None => (Arc::new(create(&paths, &req, mode, gate)?), false),
@@ -407,20 +414,31 @@ impl Upload {
             return Err(OpError::new(ErrorCode::NotFound, "the upload was committed or discarded meanwhile"));
         }
         let mut progress = self.progress();
-        if !progress.held.is_exactly(req.size) {
+        let beyond = progress.held.end() > req.size;
+        if !beyond && !progress.held.is_exactly(req.size) {
             let missing: Vec<String> =
                 progress.held.missing(req.size, 8).iter().map(|(o, l)| format!("{o}+{l}")).collect();
             return Err(OpError::protocol(format!(
-                "the upload does not hold exactly {} bytes; missing {}",
+                "the upload does not hold all {} bytes yet; missing {}",
                 req.size,
-                if missing.is_empty() { "nothing, but it holds more".to_owned() } else { missing.join(", ") }
+                missing.join(", ")
             ))
             .with("reason", "incomplete")
             .with("missing", missing.join(",")));
         }
         // From here the upload ends, committed or not.
         *closed = true;
-        let result = self.verify_and_place(paths, req, &mut progress, gate, digests);
+        let result = if beyond {
+            // Bytes past the end (an earlier run of a longer content): sending more cannot help.
+            Err(OpError::protocol(format!(
+                "the upload holds bytes past the {} the commit names (an earlier, longer content?); \
+                 it is discarded: upload again",
+                req.size
+            ))
+            .with("reason", "oversized"))
+        } else {
+            self.verify_and_place(paths, req, &mut progress, gate, digests)
+        };
         if result.is_err() {
             let _ = nix::unistd::unlinkat(
                 self.dir.as_fd(),
