@@ -57,10 +57,10 @@ fn same_bytes(a: &Path, expected: &[u8]) {
 /// Hidden upload temp files left in `dir`.
 fn upload_temps(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
-        .unwrap()
+        .expect("list the directory")
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().contains(".tether-xfer-"))
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().contains(".tether-xfer-")))
         .collect()
 }
 
@@ -89,8 +89,8 @@ impl Proxy {
     ) -> Proxy {
         let id = format!("{}-proxy", agent.id);
         let nc = nats.client().await;
-        let mut requests = nc.subscribe(format!("agent.{}.{id}.rpc", agent.ws)).await.unwrap();
-        nc.flush().await.unwrap();
+        let mut requests = nc.subscribe(format!("agent.{}.{id}.rpc", agent.ws)).await.expect("subscribe");
+        nc.flush().await.expect("flush");
         let real = agent.rpc_subject();
         let (forwarded, answered, dropped) = Default::default();
         let counts: (Arc<AtomicU64>, Arc<AtomicU64>, Arc<AtomicU64>) =
@@ -171,12 +171,13 @@ async fn a_chunk_corrupted_on_the_way_fails_the_upload_and_leaves_the_target_unt
     let flipped = Arc::new(AtomicU64::new(0));
     let flips = flipped.clone();
     let proxy = Proxy::start(&agent, &nats, move |request| {
-        if let Some(chunk) = upload_chunk(request) {
-            if chunk.offset > 0 && flips.fetch_add(1, Ordering::SeqCst) == 0 {
-                let mut content = chunk.content.to_vec();
-                content[17] ^= 0x40;
-                chunk.content = content.into();
-            }
+        if let Some(chunk) = upload_chunk(request)
+            && chunk.offset > 0
+            && flips.fetch_add(1, Ordering::SeqCst) == 0
+        {
+            let mut content = chunk.content.to_vec();
+            content[17] ^= 0x40;
+            chunk.content = content.into();
         }
         true
     })
