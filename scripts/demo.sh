@@ -59,6 +59,14 @@ ctl stat /workspace/docs/README.md
 ctl exec --shell -- 'wc -l docs/README.md'
 ctl get /workspace/docs/README.md "$work/copy.md"
 cmp README.md "$work/copy.md" && echo "round trip: byte-identical"
+head -c 64M /dev/urandom >"$work/big.bin"
+ctl put "$work/big.bin" /workspace/big.bin     # windowed; the agent checks its BLAKE3 before the rename
+report=$("$bin/tetherctl" --json get /workspace/big.bin "$work/big.copy")
+digest=$(printf '%s' "$report" | sed 's/.*"blake3":"\([0-9a-f]*\)".*/\1/')
+echo "get: $report"
+echo "someone else's edit" >"$work/root/big.bin"
+ctl put --if-match "$digest" "$work/big.bin" /workspace/big.bin \
+  || echo "(refused: the remote file changed since that get; nothing was written)"
 ctl cat /etc/hostname || echo "(confined: the agent refused a path outside its workspace root, as it should)"
 ctl metrics
 ctl shell -- sh -c 'echo "a terminal on $(tty), $(stty size) rows/cols, through the relay"; exit 3' </dev/null \

@@ -119,6 +119,10 @@ pub struct RunArgs {
     /// long answers TIMEOUT and releases its fence scope [default: 30s, min 100ms].
     #[arg(long, env = "TETHER_FS_MUTATION_DEADLINE", value_parser = humantime::parse_duration)]
     pub fs_mutation_deadline: Option<Duration>,
+    /// An upload (transfer_open) that receives nothing for this long is discarded with its
+    /// hidden temp file; a re-run after that starts over [default: 1h, min 1s].
+    #[arg(long, env = "TETHER_TRANSFER_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub transfer_idle_timeout: Option<Duration>,
 }
 
 /// The config file: the same settings as the flags.
@@ -152,6 +156,8 @@ struct FileConfig {
     pty_idle_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     fs_mutation_deadline: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    transfer_idle_timeout: Option<Duration>,
     #[serde(default)]
     confine: ConfineFile,
 }
@@ -254,6 +260,7 @@ pub struct Config {
     pub relay: Option<RelayLink>,
     pub pty_idle_timeout: Duration,
     pub fs_mutation_deadline: Duration,
+    pub transfer_idle_timeout: Duration,
     pub confine: ConfineConfig,
     /// Files holding the agent's credentials (token, password, creds): never readable by commands.
     pub secret_files: Vec<PathBuf>,
@@ -356,6 +363,11 @@ impl Config {
                 .or(file.fs_mutation_deadline)
                 .unwrap_or(crate::ops::fs::DEFAULT_MUTATION_DEADLINE)
                 .max(Duration::from_millis(100)),
+            transfer_idle_timeout: args
+                .transfer_idle_timeout
+                .or(file.transfer_idle_timeout)
+                .unwrap_or(crate::ops::fs::TRANSFER_IDLE)
+                .max(Duration::from_secs(1)),
             confine,
             secret_files,
         })

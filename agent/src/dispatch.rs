@@ -31,6 +31,8 @@ pub struct Dispatcher {
     pub fence: Arc<Fence>,
     pub terminals: Arc<Terminals>,
     pub metrics: Arc<Mutex<MetricsSampler>>,
+    /// Open verified uploads (transfer_open .. transfer_commit).
+    pub transfers: Arc<fs::Transfers>,
     /// How long a file mutation may hold its fence scope before it answers TIMEOUT.
     pub mutation_deadline: Duration,
     started: Instant,
@@ -51,6 +53,7 @@ impl Dispatcher {
             fence,
             terminals,
             metrics: Arc::new(Mutex::new(MetricsSampler::new())),
+            transfers: Arc::new(fs::Transfers::default()),
             mutation_deadline: fs::DEFAULT_MUTATION_DEADLINE,
             started: Instant::now(),
         }
@@ -75,6 +78,7 @@ impl Dispatcher {
             fence_scope = %scope_label(&request.fence_scope),
         );
         let request_id = request.request_id.clone();
+        self.transfers.note_max_payload(max_payload);
         let budget = max_payload.saturating_sub(ENVELOPE_OVERHEAD + request_id.len());
         let result = self.serve(request, budget).instrument(span.clone()).await;
         if let Err(e) = &result {
@@ -127,7 +131,18 @@ impl Dispatcher {
                 )
             }
             Op::FsRead(req) => Reply::FsRead(fs::read(paths, req, budget).await?),
+            Op::FsWrite(req) if !req.transfer_id.is_empty() => {
+                Reply::FsWrite(self.transfers.write_chunk(req, self.mutation_deadline).await?)
+            }
             Op::FsWrite(req) => Reply::FsWrite(fs::write(paths, req, self.mutation_deadline).await?),
+            Op::TransferOpen(req) => {
+                Reply::TransferOpen(self.transfers.open(paths, req, self.mutation_deadline).await?)
+            }
+            Op::TransferCommit(req) => {
+                Reply::TransferCommit(self.transfers.commit(paths, req, self.mutation_deadline).await?)
+            }
+            Op::TransferAbort(req) => Reply::TransferAbort(self.transfers.abort(req).await?),
+            Op::FsDigest(req) => Reply::FsDigest(fs::digest(paths, req, self.transfers.digests()).await?),
             Op::FsList(req) => Reply::FsList(fs::list(paths, req, budget).await?),
             Op::FsStat(req) => Reply::FsStat(fs::stat(paths, req).await?),
             Op::FsMkdir(req) => Reply::FsMkdir(fs::mkdir(paths, req, self.mutation_deadline).await?),
@@ -176,7 +191,16 @@ impl Dispatcher {
 /// Ops that commit a side effect quickly and so keep the fence shared until they commit (under
 /// `mutation_deadline`, so one that blocks cannot keep its scope from advancing).
 fn mutates_briefly(op: &Op) -> bool {
-    matches!(op, Op::FsWrite(_) | Op::FsMkdir(_) | Op::FsMove(_) | Op::FsRemove(_))
+    matches!(
+        op,
+        Op::FsWrite(_)
+            | Op::FsMkdir(_)
+            | Op::FsMove(_)
+            | Op::FsRemove(_)
+            | Op::TransferOpen(_)
+            | Op::TransferCommit(_)
+            | Op::TransferAbort(_)
+    )
 }
 
 /// Known ops this agent does not serve yet answer UNSUPPORTED before touching the fence.
@@ -210,6 +234,10 @@ fn op_name(op: Option<&Op>) -> &'static str {
         Some(Op::Metrics(_)) => "metrics",
         Some(Op::DesktopInput(_)) => "desktop_input",
         Some(Op::DesktopScreenshot(_)) => "desktop_screenshot",
+        Some(Op::TransferOpen(_)) => "transfer_open",
+        Some(Op::TransferCommit(_)) => "transfer_commit",
+        Some(Op::TransferAbort(_)) => "transfer_abort",
+        Some(Op::FsDigest(_)) => "fs_digest",
     }
 }
 

@@ -82,6 +82,9 @@ fn capabilities(config: &Config, max_payload: usize, commands: &CommandCaps) -> 
         virtual_root: config.virtual_root.clone(),
         fence_scoped: true,
         max_payload: max_payload as u64,
+        transfers: true,
+        transfer_window: crate::ops::fs::TRANSFER_WINDOW,
+        transfer_idle_ms: config.transfer_idle_timeout.as_millis() as u64,
         ..Default::default()
     };
     commands.fill(&mut caps);

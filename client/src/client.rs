@@ -215,6 +215,38 @@ impl Client {
         expect_result!(self.call(Op::FsWrite(request)).await?, FsWrite, "fs_write")
     }
 
+    /// Opens (or, with the id of one still open, resumes) a verified upload; see
+    /// [`Client::put_from`] for whole uploads.
+    pub async fn transfer_open(
+        &self,
+        request: pb::TransferOpenRequest,
+    ) -> Result<pb::TransferOpenResponse, ClientError> {
+        expect_result!(self.call(Op::TransferOpen(request)).await?, TransferOpen, "transfer_open")
+    }
+
+    /// Commits a verified upload: the agent checks the digest, then renames it into place.
+    pub async fn transfer_commit(
+        &self,
+        request: pb::TransferCommitRequest,
+        timeout: Duration,
+    ) -> Result<pb::TransferCommitResponse, ClientError> {
+        let result = self.call_with_timeout(Op::TransferCommit(request), timeout).await?;
+        expect_result!(result, TransferCommit, "transfer_commit")
+    }
+
+    /// Discards an open upload and its temp file; false if none was open under that id.
+    pub async fn transfer_abort(&self, transfer_id: &str) -> Result<bool, ClientError> {
+        let op = Op::TransferAbort(pb::TransferAbortRequest { transfer_id: transfer_id.to_owned() });
+        Ok(expect_result!(self.call(op).await?, TransferAbort, "transfer_abort")?.found)
+    }
+
+    /// The size, modification time and BLAKE3 digest of a remote file (the agent reads it
+    /// whole: allow `timeout` for that).
+    pub async fn digest(&self, path: &str, timeout: Duration) -> Result<pb::FsDigestResponse, ClientError> {
+        let op = Op::FsDigest(pb::FsDigestRequest { path: path.to_owned() });
+        expect_result!(self.call_with_timeout(op, timeout).await?, FsDigest, "fs_digest")
+    }
+
     /// Lists a directory (`max_entries` 0 = as many as fit one reply; see `truncated`).
     pub async fn list(
         &self,

@@ -65,6 +65,10 @@ pub fn op_name(op: &Op) -> &'static str {
         Op::Metrics(_) => "metrics",
         Op::DesktopInput(_) => "desktop_input",
         Op::DesktopScreenshot(_) => "desktop_screenshot",
+        Op::TransferOpen(_) => "transfer_open",
+        Op::TransferCommit(_) => "transfer_commit",
+        Op::TransferAbort(_) => "transfer_abort",
+        Op::FsDigest(_) => "fs_digest",
     }
 }
 
@@ -89,6 +93,10 @@ pub fn result_name(result: &OpResult) -> &'static str {
         OpResult::Metrics(_) => "metrics",
         OpResult::DesktopInput(_) => "desktop_input",
         OpResult::DesktopScreenshot(_) => "desktop_screenshot",
+        OpResult::TransferOpen(_) => "transfer_open",
+        OpResult::TransferCommit(_) => "transfer_commit",
+        OpResult::TransferAbort(_) => "transfer_abort",
+        OpResult::FsDigest(_) => "fs_digest",
     }
 }
 

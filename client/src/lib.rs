@@ -21,19 +21,26 @@
 
 mod client;
 mod config;
+mod download;
 mod envelope;
 mod error;
 mod events;
 mod transfer;
 mod unique;
+mod upload;
 pub mod viewer;
 
 pub use client::{Client, exec_reply_timeout};
 pub use config::{ClientConfig, DEFAULT_NATS_URL, DEFAULT_REQUEST_TIMEOUT, EXEC_TIMEOUT_MARGIN, NatsAuth};
+pub use download::{GetOptions, partial_path};
 pub use envelope::{build_request, op_name, open_response};
 pub use error::ClientError;
 pub use events::{AgentMessage, EventStream};
 pub use transfer::{READ_AHEAD, WriteOptions, chunk_size, plan_chunks, temp_upload_path, write_chunk_size};
+pub use upload::{
+    MAX_WINDOW, Precondition, Progress, PutOptions, TARGET_IN_FLIGHT, TransferReport, derive_transfer_id,
+    gaps, window_for,
+};
 pub use viewer::{InputSlot, Viewer, ViewerConfig, ViewerError, ViewerEvent, ViewerInput};
 
 /// The protobuf types of the wire contract (re-exported from `tether-proto`).

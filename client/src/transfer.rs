@@ -1,23 +1,25 @@
 //! Whole-file transfer of any size over messages capped at `max_payload`.
 //!
 //! Downloads are a sequence of ranged fs_reads sized to fit a reply, driven by the `total_size`
-//! of the first reply. Uploads that fit one message are a single truncating fs_write (atomic on
-//! the agent); larger ones are written in positional chunks to a hidden sibling file that is
-//! then moved over the target, so a reader sees the old file or the new one, never a half.
+//! of the first reply (windowed and checked against the agent's digest: `download.rs`). Uploads
+//! that fit one message are a single truncating fs_write (atomic on the agent); larger ones go
+//! through the verified upload of `upload.rs`, or, against an agent without it, are written in
+//! positional chunks to a hidden sibling file that is then moved over the target, so a reader
+//! sees the old file or the new one, never a half.
 
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use tether_proto::pb;
 
 use crate::client::Client;
 use crate::error::ClientError;
 use crate::unique;
+use crate::upload::{PutOptions, unknown_op};
 
 /// Room left in every message for the envelope and the other fields.
 pub const ENVELOPE_ALLOWANCE: usize = 4 * 1024;
-/// Ranged reads a download keeps in flight.
+/// Ranged reads a download keeps in flight at least (see [`crate::window_for`]).
 pub const READ_AHEAD: usize = 4;
 /// Smallest chunk we ever use, whatever the server says.
 pub const MIN_CHUNK: usize = 1024;
@@ -75,12 +77,12 @@ pub fn temp_upload_path(path: &str, suffix: u64) -> Result<String, ClientError> 
 }
 
 /// Where upload bytes come from: a buffer already in memory, or a reader.
-trait ChunkSource {
+pub(crate) trait ChunkSource {
     /// The next `max` bytes (fewer only at the end; empty once exhausted).
     async fn next_chunk(&mut self, max: usize) -> Result<Bytes, ClientError>;
 }
 
-struct BytesSource(Bytes);
+pub(crate) struct BytesSource(pub(crate) Bytes);
 
 impl ChunkSource for BytesSource {
     async fn next_chunk(&mut self, max: usize) -> Result<Bytes, ClientError> {
@@ -89,7 +91,7 @@ impl ChunkSource for BytesSource {
     }
 }
 
-struct ReaderSource<R>(R);
+pub(crate) struct ReaderSource<R>(pub(crate) R);
 
 impl<R: AsyncRead + Unpin> ChunkSource for ReaderSource<R> {
     async fn next_chunk(&mut self, max: usize) -> Result<Bytes, ClientError> {
@@ -98,6 +100,22 @@ impl<R: AsyncRead + Unpin> ChunkSource for ReaderSource<R> {
         while limited.read_buf(&mut buf).await.map_err(|e| ClientError::io("reading upload source", e))? > 0 {
         }
         Ok(buf.freeze())
+    }
+}
+
+/// Chunks already read, then the rest of a source.
+struct Prefixed<S> {
+    head: std::collections::VecDeque<Bytes>,
+    rest: S,
+}
+
+impl<S: ChunkSource> ChunkSource for Prefixed<S> {
+    async fn next_chunk(&mut self, max: usize) -> Result<Bytes, ClientError> {
+        match self.head.front_mut() {
+            Some(first) if first.len() > max => Ok(first.split_to(max)),
+            Some(_) => Ok(self.head.pop_front().unwrap_or_default()),
+            None => self.rest.next_chunk(max).await,
+        }
     }
 }
 
@@ -112,63 +130,6 @@ impl Client {
         let mut out = Vec::new();
         self.download(path, &mut out).await?;
         Ok(Bytes::from(out))
-    }
-
-    /// Streams a whole file into `out` with ranged reads (up to [`READ_AHEAD`] in flight);
-    /// returns the bytes written. The size is taken from the first reply: a file that grows
-    /// meanwhile is read up to that size, one that shrinks fails with
-    /// [`ClientError::FileChanged`].
-    pub async fn download<W: AsyncWrite + Unpin>(&self, path: &str, out: &mut W) -> Result<u64, ClientError> {
-        let chunk = self.chunk_size() as u64;
-        let first = self.read(path, 0, chunk).await?;
-        let total = first.total_size;
-        let head = total.min(chunk);
-        self.fill_range(path, 0, head, first.content, out).await?;
-        let plan = plan_chunks(total - head, chunk as usize).into_iter().filter(|&(_, len)| len > 0);
-        let mut reads =
-            futures::stream::iter(plan)
-                .map(|(offset, len)| async move {
-                    (offset + head, len, self.read(path, offset + head, len).await)
-                })
-                .buffered(READ_AHEAD);
-        while let Some((offset, len, reply)) = reads.next().await {
-            self.fill_range(path, offset, len, reply?.content, out).await?;
-        }
-        out.flush().await.map_err(|e| ClientError::io("writing download", e))?;
-        Ok(total)
-    }
-
-    /// Writes `content` (the reply for `offset..offset+len`) to `out`, then reads whatever the
-    /// agent left out of that range (it may cap a reply) until the range is complete.
-    async fn fill_range<W: AsyncWrite + Unpin>(
-        &self,
-        path: &str,
-        offset: u64,
-        len: u64,
-        mut content: Bytes,
-        out: &mut W,
-    ) -> Result<(), ClientError> {
-        let end = offset + len;
-        let mut pos = offset;
-        loop {
-            let take = content.len().min(usize::try_from(end - pos).unwrap_or(usize::MAX));
-            out.write_all(&content[..take]).await.map_err(|e| ClientError::io("writing download", e))?;
-            pos += take as u64;
-            if pos >= end {
-                return Ok(());
-            }
-            let more = self.read(path, pos, end - pos).await?;
-            if more.content.is_empty() {
-                return Err(ClientError::FileChanged {
-                    path: path.to_owned(),
-                    message: format!(
-                        "file shrank to {} bytes while being read (expected more than {pos})",
-                        more.total_size
-                    ),
-                });
-            }
-            content = more.content;
-        }
     }
 
     /// Writes `data` to `path`, replacing it atomically; returns the bytes written.
@@ -203,6 +164,20 @@ impl Client {
         let second = if first.len() == chunk { source.next_chunk(chunk).await? } else { Bytes::new() };
         if second.is_empty() {
             return self.write_whole(path, first, options).await;
+        }
+        let id = format!("{:016x}{:016x}", unique::random_u64(), unique::random_u64());
+        let put = PutOptions { write: options, ..Default::default() };
+        match self.open_upload(path, &id, &put).await {
+            Ok(opened) => {
+                let source = Prefixed { head: [first, second].into(), rest: source };
+                let sent = self.send_upload(path, &id, opened, source, &put).await;
+                if let Err(err) = &sent {
+                    self.discard_upload(&id, err).await;
+                }
+                return sent.map(|report| report.size);
+            }
+            Err(e) if unknown_op(&e) => {}
+            Err(e) => return Err(e),
         }
         let temp = temp_upload_path(path, unique::random_u64())?;
         let mode = self.mode_to_keep(path, options.mode).await?;
@@ -279,6 +254,16 @@ impl Client {
             next = source.next_chunk(chunk).await?;
         }
         Ok(offset)
+    }
+
+    /// Best-effort removal of a failed verified upload (skipped when the agent is gone).
+    async fn discard_upload(&self, id: &str, cause: &ClientError) {
+        if matches!(cause, ClientError::AgentOffline { .. } | ClientError::Timeout { .. }) {
+            return;
+        }
+        if let Err(e) = self.transfer_abort(id).await {
+            tracing::warn!(transfer_id = id, error = %e, "could not discard a failed upload");
+        }
     }
 
     /// Best-effort removal of a failed upload's temp file (skipped when the agent is gone).

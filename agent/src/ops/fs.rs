@@ -1,7 +1,8 @@
 //! Filesystem ops (`PROTOCOL.md` §5: fs_read, fs_write, fs_list, fs_stat, fs_mkdir, fs_move,
 //! fs_remove). Every path goes through `Paths`, so every open is confined in the kernel; the
 //! final component is then handled with `*at` calls on its parent's descriptor. All work runs
-//! on the blocking pool; the mutations under a deadline ([`commit`]).
+//! on the blocking pool; the mutations under a deadline ([`commit`]). Verified, resumable
+//! uploads and file digests are in [`transfer`] and [`digest`].
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -26,12 +27,17 @@ use crate::error::{OpError, OpResult};
 use crate::paths::{Paths, Resolved, via_fd};
 
 mod commit;
+mod digest;
 mod kind;
 mod mode;
+mod ranges;
+mod transfer;
 mod write;
 mod xdev;
 
 pub use commit::DEFAULT_DEADLINE as DEFAULT_MUTATION_DEADLINE;
+pub use digest::fs_digest as digest;
+pub use transfer::{DEFAULT_IDLE as TRANSFER_IDLE, Transfers, WINDOW as TRANSFER_WINDOW};
 pub use write::MAX_WRITE_END;
 
 /// Bytes a read reply spends besides the content: field tags, length prefixes, total_size.

@@ -5,11 +5,13 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use serde_json::json;
-use tether_client::{Client, WriteOptions, pb};
+use tether_client::{
+    Client, GetOptions, Precondition, PutOptions, TransferReport, WriteOptions, derive_transfer_id, pb,
+};
 use tokio::io::AsyncWriteExt;
 
-use super::format;
 use super::report::FAILURE;
+use super::{format, progress};
 
 /// Parses an octal permission mode (`644`, `0644`, `0o644`).
 pub fn parse_mode(text: &str) -> Result<u32, String> {
@@ -46,47 +48,113 @@ fn local_target(remote: &str, local: Option<PathBuf>) -> anyhow::Result<PathBuf>
     }
 }
 
+/// Flags of `get` and `put` about the transfer itself.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TransferFlags {
+    /// No progress bar (there is none anyway when stderr is not a terminal).
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+/// Flags of `get`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct GetFlags {
+    /// Start over instead of continuing the partial file an interrupted run left.
+    #[arg(long)]
+    pub restart: bool,
+    #[command(flatten)]
+    pub transfer: TransferFlags,
+}
+
+/// Flags of `put` beyond mode and parents.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct PutFlags {
+    /// Names the upload on the agent, so a re-run resumes it (default: derived from the local
+    /// file, its size and time, and REMOTE; stdin uploads do not resume).
+    #[arg(long)]
+    pub transfer_id: Option<String>,
+    /// Fail, writing nothing, unless the remote file's BLAKE3 is this (hex; `get --json` prints it).
+    #[arg(long, value_name = "BLAKE3", conflicts_with = "if_absent")]
+    pub if_match: Option<String>,
+    /// Fail, writing nothing, if the remote file exists.
+    #[arg(long)]
+    pub if_absent: bool,
+    #[command(flatten)]
+    pub transfer: TransferFlags,
+}
+
 pub async fn get(
     client: &Client,
     remote: &str,
     local: Option<PathBuf>,
+    flags: &GetFlags,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     if local.as_deref() == Some(Path::new("-")) {
         return cat(client, remote).await;
     }
     let target = local_target(remote, local)?;
-    let bytes = download_atomically(client, remote, &target).await?;
+    let options = GetOptions {
+        progress: progress::bar(remote, flags.transfer.quiet),
+        restart: flags.restart,
+        ..Default::default()
+    };
+    let report =
+        client.get_file(remote, &target, &options).await.with_context(|| format!("reading {remote}"))?;
     if json {
-        println!("{}", json!({ "remote": remote, "local": target, "bytes": bytes }));
+        let transfer = report_json(&report);
+        println!(
+            "{}",
+            json!({ "remote": remote, "local": target, "bytes": report.size, "transfer": transfer })
+        );
     } else {
-        println!("{remote} -> {} ({bytes} bytes)", target.display());
+        println!("{remote} -> {} ({} bytes){}", target.display(), report.size, resumed_note(&report));
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Downloads into a hidden sibling of `target` and renames it into place, so a failed download
-/// never leaves a truncated file under the real name.
-async fn download_atomically(client: &Client, remote: &str, target: &Path) -> anyhow::Result<u64> {
-    let name = target.file_name().with_context(|| format!("{} is not a file name", target.display()))?;
-    let partial =
-        target.with_file_name(format!(".{}.tetherctl-part-{}", name.to_string_lossy(), std::process::id()));
-    let result = async {
-        let mut file = tokio::fs::File::create(&partial)
-            .await
-            .with_context(|| format!("creating {}", partial.display()))?;
-        let bytes = client.download(remote, &mut file).await.with_context(|| format!("reading {remote}"))?;
-        file.sync_all().await.with_context(|| format!("writing {}", partial.display()))?;
-        tokio::fs::rename(&partial, target)
-            .await
-            .with_context(|| format!("renaming onto {}", target.display()))?;
-        Ok(bytes)
+fn report_json(report: &TransferReport) -> serde_json::Value {
+    json!({
+        "sent": report.sent,
+        "skipped": report.skipped,
+        "blake3": report.blake3,
+        "resumed": report.resumed,
+        "verified": report.verified,
+        "agent_received": report.agent_received,
+    })
+}
+
+fn resumed_note(report: &TransferReport) -> String {
+    match report.resumed {
+        true => format!(", resumed: {} bytes were already there, {} sent", report.skipped, report.sent),
+        false => String::new(),
     }
-    .await;
-    if result.is_err() {
-        let _ = tokio::fs::remove_file(&partial).await;
+}
+
+/// The precondition `put` asks for.
+fn precondition(flags: &PutFlags) -> anyhow::Result<Option<Precondition>> {
+    if flags.if_absent {
+        return Ok(Some(Precondition::Absent));
     }
-    result
+    let Some(hex) = &flags.if_match else { return Ok(None) };
+    let digest = blake3::Hash::from_hex(hex.trim())
+        .with_context(|| format!("{hex:?} is not a BLAKE3 digest in hex"))?;
+    Ok(Some(Precondition::Digest(*digest.as_bytes())))
+}
+
+/// The transfer id of a file upload: the same for a re-run of the same command on the same,
+/// unchanged file.
+fn derived_transfer_id(local: &Path, meta: &std::fs::Metadata, remote: &str) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let abs = std::fs::canonicalize(local).unwrap_or_else(|_| local.to_owned());
+    derive_transfer_id(&[
+        b"tetherctl put",
+        abs.as_os_str().as_encoded_bytes(),
+        &meta.len().to_le_bytes(),
+        &meta.mtime().to_le_bytes(),
+        &meta.mtime_nsec().to_le_bytes(),
+        remote.as_bytes(),
+    ])
 }
 
 /// The remote path `put` writes: REMOTE, or `REMOTE<local name>` when REMOTE ends with `/`.
@@ -104,24 +172,36 @@ pub async fn put(
     client: &Client,
     local: &Path,
     remote: &str,
-    mode: u32,
-    parents: bool,
+    write: WriteOptions,
+    flags: &PutFlags,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let remote = remote_target(local, remote)?;
-    let options = WriteOptions { mode, create_parents: parents };
-    let bytes = if local == Path::new("-") {
-        client.write_file_from(&remote, tokio::io::stdin(), options).await
+    let mut options = PutOptions {
+        write,
+        transfer_id: flags.transfer_id.clone(),
+        precondition: precondition(flags)?,
+        progress: progress::bar(&remote, flags.transfer.quiet),
+        ..Default::default()
+    };
+    let report = if local == Path::new("-") {
+        client.put_from(&remote, tokio::io::stdin(), None, &options).await
     } else {
-        let file =
-            tokio::fs::File::open(local).await.with_context(|| format!("opening {}", local.display()))?;
-        client.write_file_from(&remote, file, options).await
+        let meta = std::fs::metadata(local).with_context(|| format!("opening {}", local.display()))?;
+        if options.transfer_id.is_none() {
+            options.transfer_id = Some(derived_transfer_id(local, &meta, &remote));
+        }
+        client.put_file(local, &remote, &options).await
     }
     .with_context(|| format!("writing {remote}"))?;
     if json {
-        println!("{}", json!({ "local": local, "remote": remote, "bytes": bytes }));
+        let transfer = report_json(&report);
+        println!(
+            "{}",
+            json!({ "local": local, "remote": remote, "bytes": report.size, "transfer": transfer })
+        );
     } else {
-        println!("{} -> {remote} ({bytes} bytes)", local.display());
+        println!("{} -> {remote} ({} bytes){}", local.display(), report.size, resumed_note(&report));
     }
     Ok(ExitCode::SUCCESS)
 }

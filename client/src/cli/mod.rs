@@ -7,6 +7,7 @@ mod format;
 mod fs;
 mod info;
 mod mint;
+mod progress;
 pub mod report;
 mod shell;
 mod tty;
@@ -44,9 +45,16 @@ pub enum Command {
     Exec(exec::ExecArgs),
     /// Print a remote file to stdout.
     Cat { path: String },
-    /// Download a remote file (LOCAL defaults to the remote file's name; `-` is stdout).
-    Get { remote: String, local: Option<PathBuf> },
-    /// Upload a local file (`-` reads stdin); the remote file is replaced atomically.
+    /// Download a remote file (LOCAL defaults to the remote file's name; `-` is stdout),
+    /// checked against the agent's BLAKE3; an interrupted download resumes.
+    Get {
+        remote: String,
+        local: Option<PathBuf>,
+        #[command(flatten)]
+        flags: fs::GetFlags,
+    },
+    /// Upload a local file (`-` reads stdin); the remote file is replaced atomically once the
+    /// agent has checked its BLAKE3; an interrupted upload resumes.
     Put {
         local: PathBuf,
         /// Remote path; ending in `/` keeps the local file name.
@@ -57,6 +65,8 @@ pub enum Command {
         /// Create missing parent directories.
         #[arg(long, short = 'p')]
         parents: bool,
+        #[command(flatten)]
+        flags: fs::PutFlags,
     },
     /// List a directory (default: the agent's workspace root).
     Ls {
@@ -121,9 +131,10 @@ pub async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ping => info::ping(&client, json).await,
         Command::Exec(args) => exec::run(&client, args, json).await,
         Command::Cat { path } => fs::cat(&client, &path).await,
-        Command::Get { remote, local } => fs::get(&client, &remote, local, json).await,
-        Command::Put { local, remote, mode, parents } => {
-            fs::put(&client, &local, &remote, mode.unwrap_or(0), parents, json).await
+        Command::Get { remote, local, flags } => fs::get(&client, &remote, local, &flags, json).await,
+        Command::Put { local, remote, mode, parents, flags } => {
+            let write = tether_client::WriteOptions { mode: mode.unwrap_or(0), create_parents: parents };
+            fs::put(&client, &local, &remote, write, &flags, json).await
         }
         Command::Ls { recursive, max_entries, path } => {
             fs::ls(&client, path.as_deref().unwrap_or(""), recursive, max_entries, json).await

@@ -212,7 +212,7 @@ fn in_place(at: &Landing<'_>, content: &[u8], placement: Placement, gate: &Gate)
 
 /// A final symlink is written through only when its target stays inside the consent; the
 /// kernel resolves it beneath the root, so a link pointing out is CONSENT_REQUIRED.
-fn final_target(paths: &Paths, r: &Resolved) -> OpResult<Resolved> {
+pub(super) fn final_target(paths: &Paths, r: &Resolved) -> OpResult<Resolved> {
     let (dir, name) = paths.open_parent(r)?;
     match lstat_at(paths, dir.as_fd(), &name, &r.abs)? {
         Some(st) if kind_of(&st) == FsEntryKind::Symlink => {
