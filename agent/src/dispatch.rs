@@ -12,6 +12,7 @@ use tracing::Instrument;
 
 use crate::error::{OpError, OpResult};
 use crate::fence::{Admission, Fence, scope_label};
+use crate::ops::desktop::Desktop;
 use crate::ops::pty::{FencedBy, Terminals};
 use crate::ops::{exec, fs, metrics::MetricsSampler};
 use crate::paths::Paths;
@@ -33,6 +34,8 @@ pub struct Dispatcher {
     pub metrics: Arc<Mutex<MetricsSampler>>,
     /// How long a file mutation may hold its fence scope before it answers TIMEOUT.
     pub mutation_deadline: Duration,
+    /// The screen (or why there is none).
+    pub desktop: Arc<Desktop>,
     started: Instant,
 }
 
@@ -52,6 +55,7 @@ impl Dispatcher {
             terminals,
             metrics: Arc::new(Mutex::new(MetricsSampler::new())),
             mutation_deadline: fs::DEFAULT_MUTATION_DEADLINE,
+            desktop: Arc::new(Desktop::unavailable("no display is configured", false)),
             started: Instant::now(),
         }
     }
@@ -144,6 +148,11 @@ impl Dispatcher {
             Op::PtyWrite(req) => Reply::PtyWrite(self.terminals.write(scope, req).await?),
             Op::PtyResize(req) => Reply::PtyResize(self.terminals.resize(scope, req)?),
             Op::PtyClose(req) => Reply::PtyClose(self.terminals.close(scope, req).await?),
+            Op::DesktopScreenshot(req) => Reply::DesktopScreenshot(self.desktop.screenshot(req, budget).await?),
+            Op::DesktopInput(req) => Reply::DesktopInput(self.desktop.input(req).await?),
+            Op::DesktopAct(req) => {
+                Reply::DesktopAct(self.desktop.act(req, budget, admission.cancel.clone()).await?)
+            }
             other => return Err(unsupported(&other).unwrap_or_else(|| OpError::unsupported("not served"))),
         })
     }
@@ -176,14 +185,14 @@ impl Dispatcher {
 /// Ops that commit a side effect quickly and so keep the fence shared until they commit (under
 /// `mutation_deadline`, so one that blocks cannot keep its scope from advancing).
 fn mutates_briefly(op: &Op) -> bool {
-    matches!(op, Op::FsWrite(_) | Op::FsMkdir(_) | Op::FsMove(_) | Op::FsRemove(_))
+    matches!(op, Op::FsWrite(_) | Op::FsMkdir(_) | Op::FsMove(_) | Op::FsRemove(_) | Op::DesktopInput(_))
 }
 
 /// Known ops this agent does not serve yet answer UNSUPPORTED before touching the fence.
 fn unsupported(op: &Op) -> Option<OpError> {
     let what = match op {
         Op::Git(_) => "git",
-        Op::DesktopEnsure(_) | Op::DesktopInput(_) | Op::DesktopScreenshot(_) => "the desktop",
+        Op::DesktopEnsure(_) => "the desktop stream",
         _ => return None,
     };
     Some(OpError::unsupported(format!("this agent does not serve {what} yet")).with("op", op_name(Some(op))))
@@ -210,6 +219,7 @@ fn op_name(op: Option<&Op>) -> &'static str {
         Some(Op::Metrics(_)) => "metrics",
         Some(Op::DesktopInput(_)) => "desktop_input",
         Some(Op::DesktopScreenshot(_)) => "desktop_screenshot",
+        Some(Op::DesktopAct(_)) => "desktop_act",
     }
 }
 

@@ -4,4 +4,5 @@
 pub mod exec;
 pub mod fs;
 pub mod metrics;
+pub mod desktop;
 pub mod pty;
