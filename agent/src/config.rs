@@ -119,6 +119,8 @@ pub struct RunArgs {
     /// long answers TIMEOUT and releases its fence scope [default: 30s, min 100ms].
     #[arg(long, env = "TETHER_FS_MUTATION_DEADLINE", value_parser = humantime::parse_duration)]
     pub fs_mutation_deadline: Option<Duration>,
+    #[command(flatten)]
+    pub desktop: crate::display::DesktopArgs,
 }
 
 /// The config file: the same settings as the flags.
@@ -154,6 +156,8 @@ struct FileConfig {
     fs_mutation_deadline: Option<Duration>,
     #[serde(default)]
     confine: ConfineFile,
+    #[serde(default)]
+    desktop: crate::display::DesktopFile,
 }
 
 /// The `[confine]` table of the config file.
@@ -255,6 +259,8 @@ pub struct Config {
     pub pty_idle_timeout: Duration,
     pub fs_mutation_deadline: Duration,
     pub confine: ConfineConfig,
+    /// The desktop: screen-control consent and the managed virtual display.
+    pub desktop: crate::display::DesktopConfig,
     /// Files holding the agent's credentials (token, password, creds): never readable by commands.
     pub secret_files: Vec<PathBuf>,
 }
@@ -357,6 +363,7 @@ impl Config {
                 .unwrap_or(crate::ops::fs::DEFAULT_MUTATION_DEADLINE)
                 .max(Duration::from_millis(100)),
             confine,
+            desktop: crate::display::DesktopConfig::resolve(args.desktop, file.desktop)?,
             secret_files,
         })
     }

@@ -59,8 +59,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let (config, root) = (config.clone(), paths.workspace_root().to_owned());
         Arc::new(tokio::task::spawn_blocking(move || Sandbox::setup(&config, &root)).await??)
     };
+    let display = {
+        let (desktop, state_dir) = (config.desktop.clone(), config.state_dir.clone());
+        tokio::task::spawn_blocking(move || crate::display::setup(&desktop, &state_dir)).await?
+    };
     let secret_names: Vec<String> = SECRET_ENV_VARS.iter().map(|s| s.to_string()).collect();
     let mut launcher = Launcher::from_current_env(&secret_names);
+    if let Some(name) = &display.display_env {
+        // Commands the agent runs (a browser, a GUI app) open on the managed display.
+        launcher.set_base_env("DISPLAY", name.into());
+    }
     sandbox.install(&mut launcher);
     let launcher = Arc::new(launcher);
     let terminals = Arc::new(Terminals::new(
@@ -72,6 +80,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ));
     let mut dispatcher = Dispatcher::new(paths.clone(), launcher, sandbox.clone(), fence, terminals);
     dispatcher.mutation_deadline = config.fs_mutation_deadline;
+    let desktop = Arc::new(display.desktop);
+    dispatcher.desktop = desktop.clone();
     let dispatcher = Arc::new(dispatcher);
     let requests = client.subscribe(rpc.clone()).await.context("subscribing to the rpc subject")?;
     // The server must hold our subscription before Hello tells anyone to send requests.
@@ -94,6 +104,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         paths: paths.clone(),
         commands,
         nats_unauthenticated,
+        desktop,
     };
     announce.hello().await;
     let draining = Arc::new(AtomicBool::new(false));
@@ -116,6 +127,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     dispatcher.terminals.wait_closed(CANCEL_GRACE).await;
     announce.going_offline().await;
     tokio::task::spawn_blocking(move || sandbox.shutdown()).await?;
+    #[cfg(target_os = "linux")]
+    if let Some(xvfb) = display.xvfb {
+        tokio::task::spawn_blocking(move || drop(xvfb)).await?;
+    }
     Ok(())
 }
 
@@ -271,6 +286,7 @@ struct Announcer {
     commands: CommandCaps,
     /// The server admits clients without credentials (allowed by the operator).
     nats_unauthenticated: bool,
+    desktop: Arc<crate::ops::desktop::Desktop>,
 }
 
 impl Announcer {
@@ -284,6 +300,7 @@ impl Announcer {
         );
         if let Some(caps) = hello.capabilities.as_mut() {
             caps.nats_unauthenticated = self.nats_unauthenticated;
+            self.desktop.fill(caps);
         }
         self.send(self.config.subjects.hello(), hello.encode_to_vec()).await;
         tracing::info!(subject = %self.config.subjects.hello(), "hello published");

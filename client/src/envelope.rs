@@ -65,6 +65,7 @@ pub fn op_name(op: &Op) -> &'static str {
         Op::Metrics(_) => "metrics",
         Op::DesktopInput(_) => "desktop_input",
         Op::DesktopScreenshot(_) => "desktop_screenshot",
+        Op::DesktopAct(_) => "desktop_act",
     }
 }
 
@@ -89,6 +90,7 @@ pub fn result_name(result: &OpResult) -> &'static str {
         OpResult::Metrics(_) => "metrics",
         OpResult::DesktopInput(_) => "desktop_input",
         OpResult::DesktopScreenshot(_) => "desktop_screenshot",
+        OpResult::DesktopAct(_) => "desktop_act",
     }
 }
 
