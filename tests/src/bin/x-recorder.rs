@@ -5,7 +5,7 @@
 //! screenshot can show).
 //!
 //! Usage: x-recorder X Y WIDTH HEIGHT  (display from $DISPLAY). Prints `ready`, then
-//! `button N X Y`, `key KEYSYM STATE` and `char C` lines.
+//! `button N X Y`, `release N X Y`, `key KEYSYM STATE` and `char C` lines.
 
 use std::io::Write;
 
@@ -59,7 +59,7 @@ fn main() {
     let (conn, screen) = RustConnection::connect(None).expect("connect");
     let root = conn.setup().roots[screen].root;
     let win = conn.generate_id().unwrap();
-    let mask = EventMask::KEY_PRESS | EventMask::BUTTON_PRESS | EventMask::EXPOSURE | EventMask::STRUCTURE_NOTIFY;
+    let mask = EventMask::KEY_PRESS | EventMask::BUTTON_PRESS | EventMask::BUTTON_RELEASE | EventMask::EXPOSURE | EventMask::STRUCTURE_NOTIFY;
     let attrs = CreateWindowAux::new().background_pixel(GREY).event_mask(mask).override_redirect(1);
     conn.create_window(0, win, root, x as i16, y as i16, w as u16, h as u16, 0, WindowClass::INPUT_OUTPUT, 0, &attrs)
         .unwrap();
@@ -93,6 +93,7 @@ fn main() {
                 }
                 format!("button {} {} {}", e.detail, e.root_x, e.root_y)
             }
+            Event::ButtonRelease(e) => format!("release {} {} {}", e.detail, e.root_x, e.root_y),
             Event::KeyPress(e) => {
                 let shifted = u16::from(e.state) & u16::from(KeyButMask::SHIFT) != 0;
                 let keysym = keymap.keysym(e.detail, shifted);
