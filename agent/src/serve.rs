@@ -65,11 +65,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let secret_names: Vec<String> = SECRET_ENV_VARS.iter().map(|s| s.to_string()).collect();
     let mut launcher = Launcher::from_current_env(&secret_names);
-    if let Some(name) = &display.display_env {
-        // Commands the agent runs (a browser, a GUI app) open on the managed display.
-        launcher.set_base_env("DISPLAY", name.into());
-    }
     sandbox.install(&mut launcher);
+    if let Some(name) = &display.display_env {
+        // Commands the agent runs (a browser, a GUI app) open on the managed display; confined
+        // ones are told about it only with screen-control consent (see README "Desktop").
+        if config.desktop.consent_screen_control || !sandbox.capabilities().confined {
+            launcher.set_base_env("DISPLAY", name.into());
+        }
+    }
     let launcher = Arc::new(launcher);
     let terminals = Arc::new(Terminals::new(
         config.relay.clone(),
