@@ -46,7 +46,6 @@ impl Keymap {
 
 fn text_of(keysym: u32) -> Option<char> {
     match keysym {
-        0xff0d => Some('\n'),
         0x20..=0x7e | 0xa0..=0xff => char::from_u32(keysym),
         k if k >> 24 == 1 => char::from_u32(k & 0xffffff),
         _ => None,
