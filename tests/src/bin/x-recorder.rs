@@ -1,8 +1,8 @@
 //! A tiny X client for desktop tests: maps a window at the given place, takes the input focus,
 //! and prints every key and button event it receives, one line each, translating keys with its
 //! own copy of the keymap (refreshed on MappingNotify), so the agent's input path is checked
-//! by something other than itself. A left click paints the window green (an effect a
-//! screenshot can show).
+//! by something other than itself. A left click toggles the window between grey and green (an
+//! effect a screenshot can show).
 //!
 //! Usage: x-recorder X Y WIDTH HEIGHT  (display from $DISPLAY). Prints `ready`, then
 //! `button N X Y`, `release N X Y`, `key KEYSYM STATE` and `char C` lines.
@@ -67,6 +67,7 @@ fn main() {
     let mut keymap = Keymap::load(&conn);
     let mut out = std::io::stdout();
     let mut ready = false;
+    let mut green = false;
     loop {
         let event = match conn.wait_for_event() {
             Ok(event) => event,
@@ -85,7 +86,9 @@ fn main() {
             }
             Event::ButtonPress(e) => {
                 if e.detail == 1 {
-                    conn.change_window_attributes(win, &ChangeWindowAttributesAux::new().background_pixel(GREEN))
+                    green = !green;
+                    let colour = if green { GREEN } else { GREY };
+                    conn.change_window_attributes(win, &ChangeWindowAttributesAux::new().background_pixel(colour))
                         .unwrap();
                     conn.clear_area(false, win, 0, 0, 0, 0).unwrap();
                     conn.flush().unwrap();

@@ -18,6 +18,8 @@ pub mod screen;
 pub mod thread;
 #[cfg(all(feature = "desktop", target_os = "linux"))]
 pub mod x11;
+#[cfg(all(feature = "desktop", target_os = "linux"))]
+pub use x11::X11Screen;
 
 use tether_proto::pb;
 use tokio_util::sync::CancellationToken;

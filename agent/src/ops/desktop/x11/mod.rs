@@ -63,6 +63,14 @@ impl X11Screen {
         Ok(X11Screen { conn, root, shm: None, shm_usable: true, xfixes, input, input_error })
     }
 
+    /// Captures with GetImage from now on, as if MIT-SHM were missing (benchmarks compare).
+    pub fn disable_shm(&mut self) {
+        if let Some(old) = self.shm.take() {
+            old.release(&self.conn);
+        }
+        self.shm_usable = false;
+    }
+
     fn input(&mut self) -> OpResult<(&RustConnection, &mut Input)> {
         match (&mut self.input, &self.input_error) {
             (Some(input), _) => Ok((&self.conn, input)),
