@@ -148,7 +148,9 @@ impl Dispatcher {
             Op::PtyWrite(req) => Reply::PtyWrite(self.terminals.write(scope, req).await?),
             Op::PtyResize(req) => Reply::PtyResize(self.terminals.resize(scope, req)?),
             Op::PtyClose(req) => Reply::PtyClose(self.terminals.close(scope, req).await?),
-            Op::DesktopScreenshot(req) => Reply::DesktopScreenshot(self.desktop.screenshot(req, budget).await?),
+            Op::DesktopScreenshot(req) => {
+                Reply::DesktopScreenshot(self.desktop.screenshot(req, budget).await?)
+            }
             Op::DesktopInput(req) => Reply::DesktopInput(self.desktop.input(req).await?),
             Op::DesktopAct(req) => {
                 Reply::DesktopAct(self.desktop.act(req, budget, admission.cancel.clone()).await?)

@@ -284,7 +284,11 @@ impl Client {
         &self,
         request: pb::DesktopScreenshotRequest,
     ) -> Result<pb::DesktopScreenshotResponse, ClientError> {
-        expect_result!(self.call(Op::DesktopScreenshot(request)).await?, DesktopScreenshot, "desktop_screenshot")
+        expect_result!(
+            self.call(Op::DesktopScreenshot(request)).await?,
+            DesktopScreenshot,
+            "desktop_screenshot"
+        )
     }
 
     /// Injects one input event (needs the agent's screen-control consent).
@@ -294,13 +298,20 @@ impl Client {
     }
 
     /// Runs input actions, then takes a screenshot once the screen has settled.
-    pub async fn desktop_act(&self, request: pb::DesktopActRequest) -> Result<pb::DesktopActResponse, ClientError> {
+    pub async fn desktop_act(
+        &self,
+        request: pb::DesktopActRequest,
+    ) -> Result<pb::DesktopActResponse, ClientError> {
         let wait = request.actions.iter().filter_map(|a| match a.action {
             Some(pb::desktop_action::Action::WaitMs(ms)) => Some(u64::from(ms)),
             _ => None,
         });
         let timeout = self.request_timeout() + Duration::from_millis(wait.sum::<u64>() + 10_000);
-        expect_result!(self.call_with_timeout(Op::DesktopAct(request), timeout).await?, DesktopAct, "desktop_act")
+        expect_result!(
+            self.call_with_timeout(Op::DesktopAct(request), timeout).await?,
+            DesktopAct,
+            "desktop_act"
+        )
     }
 }
 

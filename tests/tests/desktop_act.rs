@@ -77,7 +77,10 @@ async fn a_failing_action_stops_the_list_and_names_its_index() {
     assert_eq!(err.detail["actions_done"], "2", "{err:?}");
     let lines = window.drain(std::time::Duration::from_millis(300)).to_vec();
     assert!(lines.contains(&"button 1 10 10".to_owned()), "{lines:?}");
-    assert!(!lines.iter().any(|l| l.starts_with("button 1 20 20")), "nothing after the failure ran: {lines:?}");
+    assert!(
+        !lines.iter().any(|l| l.starts_with("button 1 20 20")),
+        "nothing after the failure ran: {lines:?}"
+    );
 }
 
 #[tokio::test]

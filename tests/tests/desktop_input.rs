@@ -62,7 +62,11 @@ async fn pointer_moves_and_clicks_land_where_asked() {
     input(&agent, right).await.expect("right click");
     window.expect("a right click", |l| l == "button 3 260 210");
     input(&agent, pointer(300, 250, pb::PointerAction::DoubleClick)).await.expect("double click");
-    let clicks = window.drain(std::time::Duration::from_millis(300)).iter().filter(|l| *l == "button 1 300 250").count();
+    let clicks = window
+        .drain(std::time::Duration::from_millis(300))
+        .iter()
+        .filter(|l| *l == "button 1 300 250")
+        .count();
     assert_eq!(clicks, 2, "a double click is two presses");
     let wheel = Event::Scroll(pb::ScrollEvent { x: 200, y: 150, delta_y: 3, ..Default::default() });
     input(&agent, wheel).await.expect("scroll");
@@ -114,11 +118,13 @@ async fn typed_text_and_chords_reach_the_focused_window() {
     input(&agent, key("ctrl+alt+t")).await.expect("chord");
     // KeyPress of 't' with Control (4) and Mod1/Alt (8) held.
     let line = window.expect("ctrl+alt+t", |l| l.starts_with("key 0x74 "));
-    let state: u16 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let state: u16 = line.rsplit(' ').next().expect("test step").parse().expect("test step");
     assert_eq!(state & 0xc, 0xc, "Control and Alt held: {line}");
     input(&agent, key("shift+Tab")).await.expect("shift+Tab");
     window.expect("shift+Tab", |l| l.starts_with("key 0xfe20 ") || l.starts_with("key 0xff09 1"));
-    for (chord, keysym) in [("F5", "0xffc2"), ("PageDown", "0xff56"), ("Escape", "0xff1b"), ("Left", "0xff51")] {
+    for (chord, keysym) in
+        [("F5", "0xffc2"), ("PageDown", "0xff56"), ("Escape", "0xff1b"), ("Left", "0xff51")]
+    {
         input(&agent, key(chord)).await.expect(chord);
         window.expect(chord, |l| l.starts_with(&format!("key {keysym} ")));
     }

@@ -56,7 +56,10 @@ async fn a_screenshot_is_the_display_and_shows_its_colours_in_png_and_jpeg() {
     assert!(caps.desktop, "a capturable display is claimed: {caps:?}");
     assert!(caps.desktop_unavailable_reason.is_empty());
     let display = caps.display.as_ref().expect("display in Hello");
-    assert_eq!((display.id.as_str(), display.width, display.height, display.r#virtual), (xvfb.display.as_str(), 1024, 768, false));
+    assert_eq!(
+        (display.id.as_str(), display.width, display.height, display.r#virtual),
+        (xvfb.display.as_str(), 1024, 768, false)
+    );
     assert!(!caps.consented_screen_control, "no consent was given");
     assert!(caps.desktop_act);
 
@@ -71,13 +74,21 @@ async fn a_screenshot_is_the_display_and_shows_its_colours_in_png_and_jpeg() {
 
     let jpeg = shot(
         &agent,
-        pb::DesktopScreenshotRequest { format: pb::ImageFormat::Jpeg as i32, quality: 80, ..Default::default() },
+        pb::DesktopScreenshotRequest {
+            format: pb::ImageFormat::Jpeg as i32,
+            quality: 80,
+            ..Default::default()
+        },
     )
     .await;
     assert_eq!(jpeg.format, pb::ImageFormat::Jpeg as i32);
     let (w, h, rgb) = decode_jpeg(&jpeg.png);
     assert_eq!((w, h), (1024, 768));
-    assert!(near(pixel(&rgb, w, 512, 384), [0xc8, 0x1e, 0x5a], 12), "JPEG colour: {:?}", pixel(&rgb, w, 512, 384));
+    assert!(
+        near(pixel(&rgb, w, 512, 384), [0xc8, 0x1e, 0x5a], 12),
+        "JPEG colour: {:?}",
+        pixel(&rgb, w, 512, 384)
+    );
     assert!(jpeg.png.len() < png.png.len() * 4, "a flat JPEG is small");
 
     // The screen changes; the next screenshot shows it.
@@ -92,7 +103,9 @@ async fn a_target_size_scales_down_keeping_the_aspect_ratio() {
     xvfb.paint_root("#3366cc");
     let nats = Nats::start().await;
     let agent = Agent::start_with(&nats, on(&xvfb)).await;
-    let small = shot(&agent, pb::DesktopScreenshotRequest { max_width: 640, max_height: 640, ..Default::default() }).await;
+    let small =
+        shot(&agent, pb::DesktopScreenshotRequest { max_width: 640, max_height: 640, ..Default::default() })
+            .await;
     assert_eq!((small.width, small.height), (640, 400));
     assert_eq!((small.native_width, small.native_height), (1280, 800));
     let (w, h, rgb) = decode_png(&small.png);
@@ -138,8 +151,8 @@ fn paint_noise(xvfb: &Xvfb, height: u16) {
     let conn = xvfb.connect();
     let screen = &conn.setup().roots[0];
     let (root, depth) = (screen.root, screen.root_depth);
-    let gc = conn.generate_id().unwrap();
-    conn.create_gc(gc, root, &Default::default()).unwrap();
+    let gc = conn.generate_id().expect("test step");
+    conn.create_gc(gc, root, &Default::default()).expect("test step");
     let mut seed = 0x9e37_79b9_u32;
     let rows = 20u16;
     for band in 0..(height / rows) {
@@ -152,9 +165,9 @@ fn paint_noise(xvfb: &Xvfb, height: u16) {
             })
             .collect();
         conn.put_image(ImageFormat::Z_PIXMAP, root, gc, 1280, rows, 0, (band * rows) as i16, 0, depth, &data)
-            .unwrap();
+            .expect("test step");
     }
-    conn.sync().unwrap();
+    conn.sync().expect("test step");
 }
 
 #[tokio::test]

@@ -31,14 +31,18 @@ async fn tetherctl_takes_screenshots_and_drives_the_pointer_and_keyboard() {
     let dir = tempfile::tempdir().expect("tempdir");
 
     let png = dir.path().join("shot.png");
-    let out = run(&agent, &nats, &["--json", "screenshot", "-o", png.to_str().unwrap(), "--max-width", "640"]);
+    let out = run(
+        &agent,
+        &nats,
+        &["--json", "screenshot", "-o", png.to_str().expect("test step"), "--max-width", "640"],
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!((report["width"].as_u64(), report["height"].as_u64()), (Some(640), Some(400)));
     assert_eq!(report["native_width"].as_u64(), Some(1280));
-    assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
+    assert!(std::fs::read(&png).expect("test step").starts_with(b"\x89PNG"));
     let jpeg = dir.path().join("shot.jpeg");
-    run(&agent, &nats, &["screenshot", "-o", jpeg.to_str().unwrap(), "--jpeg", "70"]);
-    assert!(std::fs::read(&jpeg).unwrap().starts_with(&[0xff, 0xd8]));
+    run(&agent, &nats, &["screenshot", "-o", jpeg.to_str().expect("test step"), "--jpeg", "70"]);
+    assert!(std::fs::read(&jpeg).expect("test step").starts_with(&[0xff, 0xd8]));
 
     let mut window = xvfb.recorder(0, 0, 1280, 800);
     run(&agent, &nats, &["move", "40", "50"]);
@@ -57,14 +61,21 @@ async fn tetherctl_takes_screenshots_and_drives_the_pointer_and_keyboard() {
     window.expect("ctrl+c", |l| l.starts_with("key 0x63 "));
 
     let act = dir.path().join("act.json");
-    std::fs::write(&act, r#"{"actions": [{"type": "ok"}, {"key": "Return"}], "screenshot": {"max_width": 320}}"#)
-        .unwrap();
+    std::fs::write(
+        &act,
+        r#"{"actions": [{"type": "ok"}, {"key": "Return"}], "screenshot": {"max_width": 320}}"#,
+    )
+    .expect("test step");
     let after = dir.path().join("after.png");
-    let out = run(&agent, &nats, &["--json", "act", act.to_str().unwrap(), "-o", after.to_str().unwrap()]);
+    let out = run(
+        &agent,
+        &nats,
+        &["--json", "act", act.to_str().expect("test step"), "-o", after.to_str().expect("test step")],
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(report["actions_done"].as_u64(), Some(2), "{report}");
     assert_eq!(report["screenshot"]["width"].as_u64(), Some(320));
-    assert!(std::fs::read(&after).unwrap().starts_with(b"\x89PNG"));
+    assert!(std::fs::read(&after).expect("test step").starts_with(b"\x89PNG"));
     window.expect_typed("hi ✓ok");
     window.expect("Return", |l| l.starts_with("key 0xff0d "));
 }

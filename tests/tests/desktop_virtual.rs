@@ -34,7 +34,10 @@ async fn the_agent_runs_its_own_xvfb_and_stops_it_when_it_stops() {
     let caps = agent.caps();
     assert!(caps.desktop, "{caps:?}\n{}", agent.log());
     let display = caps.display.as_ref().expect("display");
-    assert_eq!((display.id.clone(), display.width, display.height, display.r#virtual), (format!(":{number}"), 800, 600, true));
+    assert_eq!(
+        (display.id.clone(), display.width, display.height, display.r#virtual),
+        (format!(":{number}"), 800, 600, true)
+    );
     assert!(answers(number));
     let shot = match agent.call(Op::DesktopScreenshot(Default::default())).await {
         Ok(Reply::DesktopScreenshot(shot)) => shot,
@@ -42,7 +45,11 @@ async fn the_agent_runs_its_own_xvfb_and_stops_it_when_it_stops() {
     };
     assert_eq!((shot.width, shot.height), (800, 600));
     let reply = exec_reply("exec", &agent, agent.call(Op::Exec(op::sh("echo \"$DISPLAY\""))).await);
-    assert_eq!(text(&reply.stdout).trim(), format!(":{number}"), "commands are pointed at the managed display");
+    assert_eq!(
+        text(&reply.stdout).trim(),
+        format!(":{number}"),
+        "commands are pointed at the managed display"
+    );
 
     let xvfb = read_pid(&agent.state_dir.join("xvfb.pid"));
     assert!(pid_alive(xvfb));

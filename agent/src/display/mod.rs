@@ -45,7 +45,7 @@ pub struct DesktopFile {
 }
 
 /// The desktop settings, resolved.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DesktopConfig {
     pub consent_screen_control: bool,
     /// `Some((display number, width, height))` when the agent manages a virtual display.
@@ -84,15 +84,12 @@ impl DesktopConfig {
             false => None,
         };
         Ok(DesktopConfig {
-            consent_screen_control: args.consent_screen_control.or(file.consent_screen_control).unwrap_or(false),
+            consent_screen_control: args
+                .consent_screen_control
+                .or(file.consent_screen_control)
+                .unwrap_or(false),
             virtual_display,
         })
-    }
-}
-
-impl Default for DesktopConfig {
-    fn default() -> Self {
-        DesktopConfig { consent_screen_control: false, virtual_display: None }
     }
 }
 
@@ -140,7 +137,10 @@ pub fn setup(config: &DesktopConfig, state_dir: &Path) -> DisplaySetup {
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "the virtual display did not start");
                 DisplaySetup {
-                    desktop: Desktop::unavailable(format!("the virtual display did not start: {e:#}"), consent),
+                    desktop: Desktop::unavailable(
+                        format!("the virtual display did not start: {e:#}"),
+                        consent,
+                    ),
                     display_env: None,
                     xvfb: None,
                 }
@@ -150,9 +150,10 @@ pub fn setup(config: &DesktopConfig, state_dir: &Path) -> DisplaySetup {
     let _ = state_dir;
     let desktop = match std::env::var("DISPLAY") {
         Ok(display) if !display.is_empty() => open(Some(display), false, consent),
-        _ if cfg!(target_os = "linux") => {
-            Desktop::unavailable("no display: $DISPLAY is not set and --virtual-desktop was not given", consent)
-        }
+        _ if cfg!(target_os = "linux") => Desktop::unavailable(
+            "no display: $DISPLAY is not set and --virtual-desktop was not given",
+            consent,
+        ),
         _ => open(None, false, consent),
     };
     DisplaySetup {
@@ -188,7 +189,11 @@ mod tests {
 
     #[test]
     fn flags_override_the_file_and_a_display_without_virtual_desktop_is_refused() {
-        let file = DesktopFile { virtual_desktop: Some(true), virtual_geometry: Some("800x600".into()), ..Default::default() };
+        let file = DesktopFile {
+            virtual_desktop: Some(true),
+            virtual_geometry: Some("800x600".into()),
+            ..Default::default()
+        };
         let args = DesktopArgs { virtual_display: Some(":42".into()), ..Default::default() };
         let config = DesktopConfig::resolve(args, file).unwrap();
         assert_eq!(config.virtual_display, Some(VirtualSpec { number: 42, width: 800, height: 600 }));

@@ -114,7 +114,8 @@ impl Xvfb {
         let pid_file = state_dir.join("xvfb.pid");
         reclaim(spec.number, &pid_file)?;
         let log_path = state_dir.join("xvfb.log");
-        let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+        let log =
+            std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
         let mut cmd = Command::new("Xvfb");
         cmd.arg(spec.name())
             .args(["-screen", "0", &format!("{}x{}x24", spec.width, spec.height)])

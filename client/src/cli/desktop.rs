@@ -131,7 +131,13 @@ pub async fn screenshot(client: &Client, args: ScreenshotArgs, json: bool) -> an
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn pointer_event(x: i32, y: i32, action: pb::PointerAction, button: ButtonArg, space: (u32, u32)) -> Event {
+pub fn pointer_event(
+    x: i32,
+    y: i32,
+    action: pb::PointerAction,
+    button: ButtonArg,
+    space: (u32, u32),
+) -> Event {
     Event::Pointer(pb::PointerEvent {
         x,
         y,
@@ -316,9 +322,11 @@ pub fn act_request(file: &ActFile) -> pb::DesktopActRequest {
                     is_text: false,
                     action: pb::KeyAction::Press as i32,
                 }),
-                ActStep::Type(text) => {
-                    Action::Key(pb::KeyEvent { key: text.clone(), is_text: true, action: pb::KeyAction::Press as i32 })
-                }
+                ActStep::Type(text) => Action::Key(pb::KeyEvent {
+                    key: text.clone(),
+                    is_text: true,
+                    action: pb::KeyAction::Press as i32,
+                }),
                 ActStep::WaitMs(ms) => Action::WaitMs(*ms),
             };
             pb::DesktopAction { action: Some(action) }
@@ -327,13 +335,15 @@ pub fn act_request(file: &ActFile) -> pb::DesktopActRequest {
     let screenshot = match &file.screenshot {
         None | Some(ShotSpec::Enabled(true)) => Some(pb::DesktopScreenshotRequest::default()),
         Some(ShotSpec::Enabled(false)) => None,
-        Some(ShotSpec::Options { max_width, max_height, jpeg, cursor }) => Some(pb::DesktopScreenshotRequest {
-            max_width: *max_width,
-            max_height: *max_height,
-            format: if jpeg.is_some() { pb::ImageFormat::Jpeg } else { pb::ImageFormat::Png } as i32,
-            quality: jpeg.unwrap_or(0),
-            cursor: *cursor,
-        }),
+        Some(ShotSpec::Options { max_width, max_height, jpeg, cursor }) => {
+            Some(pb::DesktopScreenshotRequest {
+                max_width: *max_width,
+                max_height: *max_height,
+                format: if jpeg.is_some() { pb::ImageFormat::Jpeg } else { pb::ImageFormat::Png } as i32,
+                quality: jpeg.unwrap_or(0),
+                cursor: *cursor,
+            })
+        }
     };
     pb::DesktopActRequest {
         actions,
@@ -343,9 +353,15 @@ pub fn act_request(file: &ActFile) -> pb::DesktopActRequest {
     }
 }
 
-pub async fn act(client: &Client, file: &Path, output: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
+pub async fn act(
+    client: &Client,
+    file: &Path,
+    output: Option<PathBuf>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let parsed: ActFile = serde_json::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
+    let parsed: ActFile =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
     let request = act_request(&parsed);
     let reply = client.desktop_act(request).await.context("act")?;
     let settle = pb::SettleOutcome::try_from(reply.settle).unwrap_or_default().as_str_name();

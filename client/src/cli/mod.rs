@@ -208,7 +208,8 @@ pub async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
             desktop::input(&client, desktop::pointer_event(x, y, action, button, space.get()), json).await
         }
         Command::Move { x, y, space } => {
-            let event = desktop::pointer_event(x, y, pb::PointerAction::Move, Default::default(), space.get());
+            let event =
+                desktop::pointer_event(x, y, pb::PointerAction::Move, Default::default(), space.get());
             desktop::input(&client, event, json).await
         }
         Command::Drag { x1, y1, x2, y2, button, space } => {

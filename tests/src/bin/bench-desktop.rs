@@ -3,7 +3,7 @@
 //! tool-driven computer-use stacks do), GetImage instead of MIT-SHM, PNG at the encoder's
 //! default settings instead of the fast ones, a Lanczos3 resize instead of bilinear.
 //!
-//! `cargo build --release -p tether-tests --bins && target/release/bench-desktop [ROUNDS]`
+//! `cargo build --release --workspace --bins && target/release/bench-desktop [ROUNDS]`
 //! (needs Xvfb, xsetroot and xdotool: scripts/setup.sh installs them.)
 
 use std::process::Command;
@@ -36,7 +36,9 @@ fn row(what: &str, mut samples: Vec<Duration>, baseline: Option<(&str, Duration)
     samples.sort();
     let (p50, p99) = (percentile(&samples, 0.5), percentile(&samples, 0.99));
     let versus = match baseline {
-        Some((name, b)) => format!("{name}: {} ms, {:.1}x faster", ms(b), b.as_secs_f64() / p50.as_secs_f64()),
+        Some((name, b)) => {
+            format!("{name}: {} ms, {:.1}x faster", ms(b), b.as_secs_f64() / p50.as_secs_f64())
+        }
         None => String::new(),
     };
     println!("| {what} | {} | {} | {versus} |", ms(p50), ms(p99));
@@ -109,7 +111,24 @@ fn xdotool(xvfb: &Xvfb, args: &[&str]) {
 }
 
 fn shot_request(format: pb::ImageFormat, quality: u32) -> Op {
-    Op::DesktopScreenshot(pb::DesktopScreenshotRequest { format: format as i32, quality, ..Default::default() })
+    Op::DesktopScreenshot(pb::DesktopScreenshotRequest {
+        format: format as i32,
+        quality,
+        ..Default::default()
+    })
+}
+
+fn png_with(rgb: &[u8], frame: &Frame, c: png::Compression, f: png::Filter) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, frame.width, frame.height);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.set_compression(c);
+    encoder.set_filter(f);
+    let mut writer = encoder.write_header().expect("header");
+    writer.write_image_data(rgb).expect("data");
+    writer.finish().expect("finish");
+    out
 }
 
 fn default_png(frame: &Frame) -> Vec<u8> {
@@ -171,10 +190,26 @@ async fn main() {
     let slow_png_p50 = row("PNG encode, png crate defaults", slow_png, None);
     let fast_png = time(rounds, || encode::png(&frame).expect("png"));
     row("PNG encode, fast settings", fast_png, Some(("defaults", slow_png_p50)));
-    println!("| (PNG size: fast {} KB, defaults {} KB) | | | |", encode::png(&frame).unwrap().len() / 1024, default_png(&frame).len() / 1024);
+    println!(
+        "| (PNG size: fast {} KB, defaults {} KB) | | | |",
+        encode::png(&frame).expect("test step").len() / 1024,
+        default_png(&frame).len() / 1024
+    );
+    let rgb: Vec<u8> = frame.bgra.chunks_exact(4).flat_map(|p| [p[2], p[1], p[0]]).collect();
+    for (c, f) in
+        [(png::Compression::Fastest, png::Filter::Up), (png::Compression::Balanced, png::Filter::Up)]
+    {
+        let size = png_with(&rgb, &frame, c, f).len() / 1024;
+        row(
+            &format!("PNG encode (RGB given), {c:?} + {f:?} filter: {size} KB"),
+            time(rounds / 5 + 1, || png_with(&rgb, &frame, c, f)),
+            None,
+        );
+    }
     row("JPEG q80 encode", time(rounds, || encode::jpeg(&frame, 80).expect("jpeg")), None);
     let big = doubled(&frame);
-    let lanczos_p50 = row("downscale 2560x1600 -> 1280x800, Lanczos3", time(rounds, || lanczos(&big, 1280, 800)), None);
+    let lanczos_p50 =
+        row("downscale 2560x1600 -> 1280x800, Lanczos3", time(rounds, || lanczos(&big, 1280, 800)), None);
     row(
         "downscale 2560x1600 -> 1280x800, bilinear (agent)",
         time(rounds, || encode::resize(&big, 1280, 800).expect("resize")),
@@ -191,13 +226,25 @@ async fn main() {
 
     let mut window = xvfb.recorder(200, 200, 400, 300);
     let click = || {
-        let event = pb::PointerEvent { x: 10, y: 10, action: pb::PointerAction::Click as i32, ..Default::default() };
+        let event =
+            pb::PointerEvent { x: 10, y: 10, action: pb::PointerAction::Click as i32, ..Default::default() };
         Op::DesktopInput(pb::DesktopInputRequest { event: Some(Event::Pointer(event)) })
     };
     let xdo_click = time(rounds.min(50), || xdotool(&xvfb, &["mousemove", "10", "10", "click", "1"]));
-    let xdo_click_p50 = percentile(&{ let mut s = xdo_click.clone(); s.sort(); s }, 0.5);
+    let xdo_click_p50 = percentile(
+        &{
+            let mut s = xdo_click.clone();
+            s.sort();
+            s
+        },
+        0.5,
+    );
     row("click: xdotool process per action", xdo_click, None);
-    row("click (desktop_input)", time_async(rounds, || call(&agent, click())).await, Some(("xdotool", xdo_click_p50)));
+    row(
+        "click (desktop_input)",
+        time_async(rounds, || call(&agent, click())).await,
+        Some(("xdotool", xdo_click_p50)),
+    );
 
     let typing = || {
         let event = pb::KeyEvent { key: TEXT_50.into(), is_text: true, action: pb::KeyAction::Press as i32 };
@@ -208,13 +255,19 @@ async fn main() {
     let xdo_type = time(rounds.min(30), || xdotool(&xvfb, &["type", "--delay", "0", TEXT_50]));
     let xdo_fast_p50 = row("type 50 chars: xdotool type --delay 0", xdo_type, None);
     let ours = time_async(rounds.min(50), || call(&agent, typing())).await;
-    let ours_p50 = row("type 50 chars (desktop_input text)", ours, Some(("xdotool default", xdo_default_p50)));
+    let ours_p50 =
+        row("type 50 chars (desktop_input text)", ours, Some(("xdotool default", xdo_default_p50)));
     println!("| (vs xdotool --delay 0: {:.1}x) | | | |", xdo_fast_p50.as_secs_f64() / ours_p50.as_secs_f64());
     window.drain(Duration::from_millis(200));
 
     // Each click toggles the recorder window's colour: the screen changes every time.
     let act = || {
-        let event = pb::PointerEvent { x: 300, y: 300, action: pb::PointerAction::Click as i32, ..Default::default() };
+        let event = pb::PointerEvent {
+            x: 300,
+            y: 300,
+            action: pb::PointerAction::Click as i32,
+            ..Default::default()
+        };
         Op::DesktopAct(pb::DesktopActRequest {
             actions: vec![pb::DesktopAction { action: Some(pb::desktop_action::Action::Pointer(event)) }],
             screenshot: Some(pb::DesktopScreenshotRequest::default()),
@@ -236,7 +289,11 @@ async fn main() {
         percentile(&s, 0.5)
     };
     let fixed = xdo_click_p50 + Duration::from_secs(2) + shot_p50;
-    row("act-then-look: click + settled PNG screenshot", samples, Some(("xdotool click + sleep 2 s + screenshot", fixed)));
+    row(
+        "act-then-look: click + settled PNG screenshot",
+        samples,
+        Some(("xdotool click + sleep 2 s + screenshot", fixed)),
+    );
     let names: Vec<String> = outcomes
         .iter()
         .map(|(k, n)| format!("{} {n}", pb::SettleOutcome::try_from(*k).unwrap_or_default().as_str_name()))

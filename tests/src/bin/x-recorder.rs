@@ -27,7 +27,8 @@ struct Keymap {
 impl Keymap {
     fn load(conn: &RustConnection) -> Keymap {
         let (min, max) = (conn.setup().min_keycode, conn.setup().max_keycode);
-        let reply = conn.get_keyboard_mapping(min, max - min + 1).unwrap().reply().unwrap();
+        let reply =
+            conn.get_keyboard_mapping(min, max - min + 1).expect("x11 request").reply().expect("x11 request");
         Keymap { min, per: reply.keysyms_per_keycode.into(), syms: reply.keysyms }
     }
 
@@ -57,13 +58,29 @@ fn main() {
     let [x, y, w, h] = args[..] else { panic!("usage: x-recorder X Y WIDTH HEIGHT") };
     let (conn, screen) = RustConnection::connect(None).expect("connect");
     let root = conn.setup().roots[screen].root;
-    let win = conn.generate_id().unwrap();
-    let mask = EventMask::KEY_PRESS | EventMask::BUTTON_PRESS | EventMask::BUTTON_RELEASE | EventMask::EXPOSURE | EventMask::STRUCTURE_NOTIFY;
+    let win = conn.generate_id().expect("x11 request");
+    let mask = EventMask::KEY_PRESS
+        | EventMask::BUTTON_PRESS
+        | EventMask::BUTTON_RELEASE
+        | EventMask::EXPOSURE
+        | EventMask::STRUCTURE_NOTIFY;
     let attrs = CreateWindowAux::new().background_pixel(GREY).event_mask(mask).override_redirect(1);
-    conn.create_window(0, win, root, x as i16, y as i16, w as u16, h as u16, 0, WindowClass::INPUT_OUTPUT, 0, &attrs)
-        .unwrap();
-    conn.map_window(win).unwrap();
-    conn.flush().unwrap();
+    conn.create_window(
+        0,
+        win,
+        root,
+        x as i16,
+        y as i16,
+        w as u16,
+        h as u16,
+        0,
+        WindowClass::INPUT_OUTPUT,
+        0,
+        &attrs,
+    )
+    .expect("x11 request");
+    conn.map_window(win).expect("x11 request");
+    conn.flush().expect("x11 request");
     let mut keymap = Keymap::load(&conn);
     let mut out = std::io::stdout();
     let mut ready = false;
@@ -76,8 +93,9 @@ fn main() {
         let line = match event {
             Event::Expose(_) | Event::MapNotify(_) if !ready => {
                 ready = true;
-                conn.set_input_focus(InputFocus::POINTER_ROOT, win, x11rb::CURRENT_TIME).unwrap();
-                conn.sync().unwrap();
+                conn.set_input_focus(InputFocus::POINTER_ROOT, win, x11rb::CURRENT_TIME)
+                    .expect("x11 request");
+                conn.sync().expect("x11 request");
                 format!("ready {win}")
             }
             Event::MappingNotify(_) => {
@@ -88,10 +106,13 @@ fn main() {
                 if e.detail == 1 {
                     green = !green;
                     let colour = if green { GREEN } else { GREY };
-                    conn.change_window_attributes(win, &ChangeWindowAttributesAux::new().background_pixel(colour))
-                        .unwrap();
-                    conn.clear_area(false, win, 0, 0, 0, 0).unwrap();
-                    conn.flush().unwrap();
+                    conn.change_window_attributes(
+                        win,
+                        &ChangeWindowAttributesAux::new().background_pixel(colour),
+                    )
+                    .expect("x11 request");
+                    conn.clear_area(false, win, 0, 0, 0, 0).expect("x11 request");
+                    conn.flush().expect("x11 request");
                 }
                 format!("button {} {} {}", e.detail, e.root_x, e.root_y)
             }

@@ -44,7 +44,11 @@ pub fn parse(request: &pb::DesktopActRequest) -> OpResult<Vec<Vec<Action>>> {
 
 /// Runs the actions in order; a failing one stops the list and its error names its index.
 /// An epoch advance (`cancel`) stops the list before its next action.
-pub async fn run(screen: &ScreenThread, actions: Vec<Vec<Action>>, cancel: &CancellationToken) -> OpResult<()> {
+pub async fn run(
+    screen: &ScreenThread,
+    actions: Vec<Vec<Action>>,
+    cancel: &CancellationToken,
+) -> OpResult<()> {
     for (i, steps) in actions.into_iter().enumerate() {
         if cancel.is_cancelled() {
             // Plain, so dispatch reports it as FENCED.

@@ -39,7 +39,9 @@ pub fn parse_chord(chord: &str) -> OpResult<Chord> {
     let Some((key, modifiers)) = parts.split_last() else { return Err(bad("empty")) };
     let modifiers = modifiers
         .iter()
-        .map(|m| modifier(m).ok_or_else(|| bad(&format!("{m:?} is not a modifier (ctrl, shift, alt, super)"))))
+        .map(|m| {
+            modifier(m).ok_or_else(|| bad(&format!("{m:?} is not a modifier (ctrl, shift, alt, super)")))
+        })
         .collect::<OpResult<Vec<u32>>>()?;
     let key = named_key(key).ok_or_else(|| bad(&format!("unknown key {key:?}")))?;
     Ok(Chord { modifiers, key })

@@ -4,11 +4,11 @@
 //! encoding on the blocking pool, so a stream pump can reuse capture -> frame -> encode.
 //! Without the `desktop` cargo feature every op answers UNSUPPORTED with the reason.
 
-pub mod keys;
 #[cfg(feature = "desktop")]
 pub mod act;
 #[cfg(feature = "desktop")]
 pub mod encode;
+pub mod keys;
 #[cfg(all(feature = "desktop", not(target_os = "linux")))]
 pub mod portable;
 #[cfg(feature = "desktop")]
@@ -225,7 +225,9 @@ async fn encode_shot(
     budget: usize,
 ) -> OpResult<pb::DesktopScreenshotResponse> {
     let (format, wire) = match pb::ImageFormat::try_from(request.format) {
-        Ok(pb::ImageFormat::Unspecified | pb::ImageFormat::Png) => (encode::Format::Png, pb::ImageFormat::Png),
+        Ok(pb::ImageFormat::Unspecified | pb::ImageFormat::Png) => {
+            (encode::Format::Png, pb::ImageFormat::Png)
+        }
         Ok(pb::ImageFormat::Jpeg) => {
             let quality = match request.quality {
                 0 => encode::DEFAULT_JPEG_QUALITY,

@@ -47,7 +47,9 @@ impl Point {
         if space == native {
             return Ok((self.x, self.y));
         }
-        let map = |v: i32, from: u32, to: u32| ((2 * i64::from(v) + 1) * i64::from(to) / (2 * i64::from(from))) as i32;
+        let map = |v: i32, from: u32, to: u32| {
+            ((2 * i64::from(v) + 1) * i64::from(to) / (2 * i64::from(from))) as i32
+        };
         Ok((map(self.x, space.0, native.0), map(self.y, space.1, native.1)))
     }
 }
@@ -84,7 +86,10 @@ pub fn pointer(event: &pb::PointerEvent) -> OpResult<Vec<Action>> {
         Ok(pb::PointerAction::Click) => vec![at, press(true), press(false)],
         Ok(pb::PointerAction::DoubleClick) => vec![at, press(true), press(false), press(true), press(false)],
         Ok(pb::PointerAction::Unspecified) | Err(_) => {
-            return Err(OpError::protocol(format!("pointer action {} is not one of MOVE..DOUBLE_CLICK", event.action)));
+            return Err(OpError::protocol(format!(
+                "pointer action {} is not one of MOVE..DOUBLE_CLICK",
+                event.action
+            )));
         }
     })
 }
@@ -142,7 +147,9 @@ pub fn act(action: &pb::DesktopAction) -> OpResult<Vec<Action>> {
             to: Point::new(d.to_x, d.to_y, d.space_width, d.space_height)?,
             button: button(d.button)?,
         }]),
-        Some(A::WaitMs(ms)) => Ok(vec![Action::Wait(std::time::Duration::from_millis((*ms).min(MAX_WAIT_MS).into()))]),
+        Some(A::WaitMs(ms)) => {
+            Ok(vec![Action::Wait(std::time::Duration::from_millis((*ms).min(MAX_WAIT_MS).into()))])
+        }
         None => Err(OpError::protocol("act entry carries no action")),
     }
 }
@@ -182,7 +189,10 @@ pub fn apply(screen: &mut dyn Screen, actions: &[Action]) -> OpResult<()> {
                 screen.pointer_move(fx, fy)?;
                 screen.button(*button, true)?;
                 for step in 1..=DRAG_STEPS {
-                    screen.pointer_move(fx + (tx - fx) * step / DRAG_STEPS, fy + (ty - fy) * step / DRAG_STEPS)?;
+                    screen.pointer_move(
+                        fx + (tx - fx) * step / DRAG_STEPS,
+                        fy + (ty - fy) * step / DRAG_STEPS,
+                    )?;
                 }
                 screen.button(*button, false)?;
             }
@@ -209,7 +219,12 @@ mod tests {
 
     #[test]
     fn events_become_actions_and_bad_ones_are_refused() {
-        let click = pb::PointerEvent { x: 1, y: 2, action: pb::PointerAction::DoubleClick as i32, ..Default::default() };
+        let click = pb::PointerEvent {
+            x: 1,
+            y: 2,
+            action: pb::PointerAction::DoubleClick as i32,
+            ..Default::default()
+        };
         assert_eq!(pointer(&click).unwrap().len(), 5);
         let unset = pb::PointerEvent { action: 0, ..Default::default() };
         assert!(pointer(&unset).is_err());

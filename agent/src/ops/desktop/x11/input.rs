@@ -84,10 +84,9 @@ pub struct Input {
 
 impl Input {
     pub fn new(conn: &RustConnection, root: Window) -> OpResult<Input> {
-        conn.xtest_get_version(2, 2)
-            .map_err(|e| x11_error("XTEST", e))?
-            .reply()
-            .map_err(|_| OpError::unsupported("the X server has no XTEST extension: input cannot be injected"))?;
+        conn.xtest_get_version(2, 2).map_err(|e| x11_error("XTEST", e))?.reply().map_err(|_| {
+            OpError::unsupported("the X server has no XTEST extension: input cannot be injected")
+        })?;
         Ok(Input { root, keymap: Keymap::load(conn)? })
     }
 

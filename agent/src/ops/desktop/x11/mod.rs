@@ -95,10 +95,10 @@ impl X11Screen {
         if !self.shm_usable {
             return;
         }
-        if self.shm.as_ref().is_some_and(|s| s.size() < len) {
-            if let Some(old) = self.shm.take() {
-                old.release(&self.conn);
-            }
+        if self.shm.as_ref().is_some_and(|s| s.size() < len)
+            && let Some(old) = self.shm.take()
+        {
+            old.release(&self.conn);
         }
         if self.shm.is_none() {
             self.shm = ShmSegment::new(&self.conn, len);
