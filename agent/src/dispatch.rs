@@ -152,6 +152,10 @@ impl Dispatcher {
                 Reply::DesktopScreenshot(self.desktop.screenshot(req, budget).await?)
             }
             Op::DesktopInput(req) => Reply::DesktopInput(self.desktop.input(req).await?),
+            Op::DesktopEnsure(req) => {
+                let fenced = FencedBy { scope: scope.to_owned(), epoch, cancel: admission.cancel.clone() };
+                Reply::DesktopEnsure(self.desktop.ensure(req, fenced).await?)
+            }
             Op::DesktopAct(req) => {
                 Reply::DesktopAct(self.desktop.act(req, budget, admission.cancel.clone()).await?)
             }
@@ -194,7 +198,6 @@ fn mutates_briefly(op: &Op) -> bool {
 fn unsupported(op: &Op) -> Option<OpError> {
     let what = match op {
         Op::Git(_) => "git",
-        Op::DesktopEnsure(_) => "the desktop stream",
         _ => return None,
     };
     Some(OpError::unsupported(format!("this agent does not serve {what} yet")).with("op", op_name(Some(op))))

@@ -81,9 +81,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         (config.subjects.workspace_id(), config.subjects.agent_id()),
         config.pty_idle_timeout,
     ));
+    #[cfg(feature = "desktop")]
+    let desktop = display.desktop.with_stream(
+        config.relay.clone(),
+        (config.subjects.workspace_id(), config.subjects.agent_id()),
+        config.desktop.stream,
+        fence.clone(),
+    );
+    #[cfg(not(feature = "desktop"))]
+    let desktop = display.desktop;
     let mut dispatcher = Dispatcher::new(paths.clone(), launcher, sandbox.clone(), fence, terminals);
     dispatcher.mutation_deadline = config.fs_mutation_deadline;
-    let desktop = Arc::new(display.desktop);
+    let desktop = Arc::new(desktop);
     dispatcher.desktop = desktop.clone();
     let dispatcher = Arc::new(dispatcher);
     let requests = client.subscribe(rpc.clone()).await.context("subscribing to the rpc subject")?;

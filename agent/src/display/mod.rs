@@ -32,6 +32,15 @@ pub struct DesktopArgs {
     /// The virtual display's size, WIDTHxHEIGHT [default: 1280x800].
     #[arg(long, env = "TETHER_VIRTUAL_GEOMETRY", value_parser = parse_geometry)]
     pub virtual_geometry: Option<(u32, u32)>,
+    /// Most frames a second the desktop stream sends (1-60) [default: 10].
+    #[arg(long, env = "TETHER_DESKTOP_FPS", value_parser = clap::value_parser!(u32).range(1..=60))]
+    pub desktop_fps: Option<u32>,
+    /// JPEG quality of the desktop stream (1-100) [default: 70].
+    #[arg(long, env = "TETHER_DESKTOP_QUALITY", value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub desktop_quality: Option<u8>,
+    /// Stream lossless PNG frames instead of JPEG.
+    #[arg(long, env = "TETHER_DESKTOP_STREAM_PNG", num_args = 0..=1, default_missing_value = "true")]
+    pub desktop_stream_png: Option<bool>,
 }
 
 /// The config file's `[desktop]` table: the same settings.
@@ -42,6 +51,9 @@ pub struct DesktopFile {
     virtual_desktop: Option<bool>,
     virtual_display: Option<String>,
     virtual_geometry: Option<String>,
+    desktop_fps: Option<u32>,
+    desktop_quality: Option<u8>,
+    desktop_stream_png: Option<bool>,
 }
 
 /// The desktop settings, resolved.
@@ -50,6 +62,9 @@ pub struct DesktopConfig {
     pub consent_screen_control: bool,
     /// `Some((display number, width, height))` when the agent manages a virtual display.
     pub virtual_display: Option<VirtualSpec>,
+    /// How `desktop_ensure`'s stream encodes and paces frames.
+    #[cfg(feature = "desktop")]
+    pub stream: crate::stream::desktop::StreamOptions,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,12 +98,25 @@ impl DesktopConfig {
             false if name.is_some() => anyhow::bail!("--virtual-display needs --virtual-desktop"),
             false => None,
         };
+        let fps = args.desktop_fps.or(file.desktop_fps).unwrap_or(10);
+        let quality = args.desktop_quality.or(file.desktop_quality).unwrap_or(70);
+        if !(1..=60).contains(&fps) || !(1..=100).contains(&quality) {
+            anyhow::bail!("desktop_fps must be 1..60 and desktop_quality 1..100");
+        }
+        let png = args.desktop_stream_png.or(file.desktop_stream_png).unwrap_or(false);
+        #[cfg(not(feature = "desktop"))]
+        let _ = png;
         Ok(DesktopConfig {
-            consent_screen_control: args
-                .consent_screen_control
-                .or(file.consent_screen_control)
-                .unwrap_or(false),
+            consent_screen_control: args.consent_screen_control.or(file.consent_screen_control).unwrap_or(false),
             virtual_display,
+            #[cfg(feature = "desktop")]
+            stream: crate::stream::desktop::StreamOptions {
+                fps,
+                format: match png {
+                    true => crate::ops::desktop::encode::Format::Png,
+                    false => crate::ops::desktop::encode::Format::Jpeg { quality },
+                },
+            },
         })
     }
 }

@@ -44,6 +44,8 @@ pub struct Desktop {
     info: Option<DisplayInfo>,
     unavailable: String,
     consent: bool,
+    #[cfg(feature = "desktop")]
+    stream: Option<crate::stream::desktop::DesktopStream>,
 }
 
 impl Desktop {
@@ -55,6 +57,8 @@ impl Desktop {
             info: None,
             unavailable: reason.into(),
             consent,
+            #[cfg(feature = "desktop")]
+            stream: None,
         }
     }
 
@@ -81,7 +85,7 @@ impl Desktop {
                 let id = display.unwrap_or_else(|| std::env::var("DISPLAY").unwrap_or_default());
                 let info = DisplayInfo { id, width, height, is_virtual, backend, input };
                 tracing::info!(display = %info.id, width, height, backend, input, "desktop ready");
-                Desktop { screen: Some(screen), info: Some(info), unavailable: String::new(), consent }
+                Desktop { screen: Some(screen), info: Some(info), unavailable: String::new(), consent, stream: None }
             }
             Err(e) => {
                 tracing::warn!(error = %e.message, "no desktop: the screen cannot be captured");
@@ -135,6 +139,14 @@ impl Desktop {
 
 #[cfg(not(feature = "desktop"))]
 impl Desktop {
+    pub async fn ensure(
+        &self,
+        _: pb::DesktopEnsureRequest,
+        _: crate::ops::pty::FencedBy,
+    ) -> OpResult<pb::DesktopEnsureResponse> {
+        Err(self.no_desktop())
+    }
+
     pub async fn screenshot(
         &self,
         _: pb::DesktopScreenshotRequest,
@@ -165,6 +177,39 @@ const SHOT_OVERHEAD: usize = 64;
 
 #[cfg(feature = "desktop")]
 impl Desktop {
+    /// Lets `desktop_ensure` stream this desktop through `relay` (without one it answers
+    /// UNSUPPORTED).
+    pub fn with_stream(
+        mut self,
+        relay: Option<crate::config::RelayLink>,
+        ids: (&str, &str),
+        options: crate::stream::desktop::StreamOptions,
+        fence: std::sync::Arc<crate::fence::Fence>,
+    ) -> Desktop {
+        if let Some(screen) = &self.screen {
+            let stream = crate::stream::desktop::DesktopStream::new(relay, ids, options, screen.clone(), self.consent, fence);
+            self.stream = Some(stream);
+        }
+        self
+    }
+
+    /// The one desktop stream channel (opened on first use; see `stream::desktop`).
+    pub async fn ensure(
+        &self,
+        request: pb::DesktopEnsureRequest,
+        fenced: crate::ops::pty::FencedBy,
+    ) -> OpResult<pb::DesktopEnsureResponse> {
+        let stream = self.stream.as_ref().ok_or_else(|| self.no_desktop())?;
+        let channel = stream.ensure(&request, fenced).await?;
+        let display = self.info.as_ref().map(|info| pb::Display {
+            id: info.id.clone(),
+            width: info.width,
+            height: info.height,
+            r#virtual: info.is_virtual,
+        });
+        Ok(pb::DesktopEnsureResponse { channel: Some(channel), display })
+    }
+
     pub async fn screenshot(
         &self,
         request: pb::DesktopScreenshotRequest,
