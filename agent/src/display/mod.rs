@@ -107,7 +107,10 @@ impl DesktopConfig {
         #[cfg(not(feature = "desktop"))]
         let _ = png;
         Ok(DesktopConfig {
-            consent_screen_control: args.consent_screen_control.or(file.consent_screen_control).unwrap_or(false),
+            consent_screen_control: args
+                .consent_screen_control
+                .or(file.consent_screen_control)
+                .unwrap_or(false),
             virtual_display,
             #[cfg(feature = "desktop")]
             stream: crate::stream::desktop::StreamOptions {

@@ -34,8 +34,12 @@ use crate::ops::pty::FencedBy;
 pub const DESKTOP_PORT: u32 = 6080;
 /// How long ensure waits for the relay to accept the channel.
 const OPEN_WAIT: Duration = Duration::from_secs(15);
-/// Bytes of recent frames kept to resend after a relay restart.
-const OUTBOX_BYTES: usize = 8 << 20;
+/// Bytes of recent frames kept to resend after a relay restart (frames are whole images, so
+/// little is needed: a viewer only wants the newest).
+const OUTBOX_BYTES: usize = 2 << 20;
+/// Largest frame sent: under the relay's default message limit (1 MiB) with room for the
+/// envelope. A larger image is downscaled until it fits, as screenshots are.
+const MAX_FRAME_BYTES: usize = (1 << 20) - 4096;
 /// With no viewer attached for this long, capturing stops until one joins (or an ensure).
 pub const PAUSE_AFTER: Duration = Duration::from_secs(30);
 
@@ -99,16 +103,19 @@ impl DesktopStream {
     }
 
     /// Returns the live channel, or opens one and returns once the relay holds it.
-    pub async fn ensure(&self, request: &pb::DesktopEnsureRequest, fenced: FencedBy) -> OpResult<pb::StreamChannel> {
+    pub async fn ensure(
+        &self,
+        request: &pb::DesktopEnsureRequest,
+        fenced: FencedBy,
+    ) -> OpResult<pb::StreamChannel> {
         let mut live = self.live.lock().await;
         if let Some(l) = live.as_ref().filter(|l| !l.ended.is_cancelled()) {
             l.wake.notify_one();
             return Ok(l.channel.clone());
         }
-        let relay = self
-            .relay
-            .clone()
-            .ok_or_else(|| OpError::unsupported("no relay is configured (--relay-url): the desktop cannot stream"))?;
+        let relay = self.relay.clone().ok_or_else(|| {
+            OpError::unsupported("no relay is configured (--relay-url): the desktop cannot stream")
+        })?;
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         let channel = pb::StreamChannel {
             channel_id: format!("desktop-{}-{}-{n}", self.ids.1, std::process::id()),
@@ -121,7 +128,8 @@ impl DesktopStream {
         let (inbound, in_rx) = mpsc::channel(256);
         let (end_tx, end) = oneshot::channel();
         let (viewers, viewers_rx) = watch::channel(0);
-        let pump = Pump::new(relay, channel.clone(), Endpoint { output, inbound, end, viewers }, OUTBOX_BYTES);
+        let pump =
+            Pump::new(relay, channel.clone(), Endpoint { output, inbound, end, viewers }, OUTBOX_BYTES);
         let (accepted_tx, accepted) = oneshot::channel();
         self.pumps.spawn(pump.run(accepted_tx));
         let ended = CancellationToken::new();
@@ -138,7 +146,9 @@ impl DesktopStream {
         let fence = self.fence.clone();
         tokio::spawn(async move {
             let mut close = capture.run(fenced.cancel.clone()).await;
-            if close.reason == pb::StreamCloseReason::Fenced as i32 && !fence.is_stale(&fenced.scope, fenced.epoch).await {
+            if close.reason == pb::StreamCloseReason::Fenced as i32
+                && !fence.is_stale(&fenced.scope, fenced.epoch).await
+            {
                 close = self::close(pb::StreamCloseReason::Normal, "the agent is stopping");
             }
             let _ = end_tx.send(close);
@@ -218,13 +228,10 @@ impl Capture {
             let (format, max) = (self.options.format, self.max);
             let frame = Arc::new(frame);
             let source = frame.clone();
-            let encoded = tokio::task::spawn_blocking(move || {
-                let size = encode::target_size((source.width, source.height), max);
-                encode::encode(&encode::resize(&source, size.0, size.1)?, format)
-            })
-            .await;
+            let encoded =
+                tokio::task::spawn_blocking(move || encode::fit(&source, max, format, MAX_FRAME_BYTES)).await;
             let bytes = match encoded {
-                Ok(Ok(bytes)) => bytes,
+                Ok(Ok(encoded)) => encoded.bytes,
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e.message, "desktop stream encode failed");
                     continue;
@@ -249,7 +256,12 @@ fn close(reason: pb::StreamCloseReason, message: &str) -> pb::StreamClose {
 }
 
 /// Injects viewer input under the consent rule; refusals are counted, never injected.
-async fn inject(mut inbound: mpsc::Receiver<Inbound>, screen: ScreenThread, consent: bool, refused: Arc<AtomicU64>) {
+async fn inject(
+    mut inbound: mpsc::Receiver<Inbound>,
+    screen: ScreenThread,
+    consent: bool,
+    refused: Arc<AtomicU64>,
+) {
     use pb::desktop_input::Event;
     while let Some(message) = inbound.recv().await {
         let Inbound::Desktop(input) = message else { continue };

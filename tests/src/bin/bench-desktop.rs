@@ -299,4 +299,116 @@ async fn main() {
         .map(|(k, n)| format!("{} {n}", pb::SettleOutcome::try_from(*k).unwrap_or_default().as_str_name()))
         .collect();
     println!("| (settle outcomes: {}) | | | |", names.join(", "));
+    drop(window);
+    drop(agent);
+    stream(&xvfb, &nats).await;
+}
+
+/// The agent's CPU time so far (user + system), from /proc.
+fn cpu_time(pid: i32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("agent stat");
+    let fields: Vec<&str> = stat.rsplit(')').next().expect("stat").split_whitespace().collect();
+    // After the command name: state is field 3, utime 14 and stime 15 (1-based) -> 11, 12 here.
+    let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    // SAFETY: sysconf only reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+/// Frames, bytes and agent CPU a viewer sees over `window`.
+async fn watch(ws: &mut tether_tests::relay::Ws, pid: i32, window: Duration) -> (usize, usize, f64) {
+    let cpu = cpu_time(pid);
+    let deadline = Instant::now() + window;
+    let (mut frames, mut bytes) = (0, 0);
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match tokio::time::timeout(left, tether_tests::relay::recv(ws)).await {
+            Ok(Some(tether_proto::frame::Frame::Data(f))) => {
+                frames += 1;
+                bytes += f.data.len();
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the relay closed the viewer"),
+            Err(_) => break,
+        }
+    }
+    let used = (cpu_time(pid) - cpu).as_secs_f64() / window.as_secs_f64() * 100.0;
+    (frames, bytes, used)
+}
+
+/// The desktop stream through a real relay: a static screen, then one where a 300x200 block
+/// moves every 10 ms (a dragged window), at `--desktop-fps 30`.
+async fn stream(xvfb: &Xvfb, nats: &Nats) {
+    use tether_proto::token::ViewerMode;
+    use tether_tests::relay::{self, Relay};
+    let relay = Relay::start(&[]).await;
+    let opts = AgentOpts {
+        env: vec![("DISPLAY".into(), xvfb.display.clone())],
+        args: vec!["--desktop-fps".into(), "30".into()],
+        relay_url: Some(relay.stream_url()),
+        ..Default::default()
+    };
+    let agent = Agent::start_with(nats, opts).await;
+    let Reply::DesktopEnsure(ensured) =
+        call(&agent, Op::DesktopEnsure(pb::DesktopEnsureRequest::default())).await
+    else {
+        panic!("desktop_ensure")
+    };
+    let channel = ensured.channel.expect("channel");
+    let token = relay::viewer_token(&relay::claims_for(&channel, "bench", ViewerMode::View));
+    let open = tether_proto::frame::Frame::Open(pb::StreamOpen {
+        channel: Some(channel.clone()),
+        token,
+        role: pb::StreamRole::Client as i32,
+        resume_from_seq: 0,
+    });
+    let url = relay.url_for(&channel.workspace_id, &channel.agent_id, channel.port, &channel.channel_id);
+    let (mut ws, ack) = relay::open(&url, open).await;
+    assert!(ack.accepted);
+    let pid = agent.proc.pid();
+    watch(&mut ws, pid, Duration::from_secs(1)).await; // the first frames
+    let window = Duration::from_secs(5);
+    let (frames, bytes, cpu) = watch(&mut ws, pid, window).await;
+    println!("\nDesktop stream (JPEG q70, --desktop-fps 30), one viewer through the relay:\n");
+    println!("| screen | frames/s | bytes/s | agent CPU % |\n|---|---:|---:|---:|");
+    let secs = window.as_secs_f64();
+    println!(
+        "| static (after the first frame) | {:.1} | {:.0} | {cpu:.1} |",
+        frames as f64 / secs,
+        bytes as f64 / secs
+    );
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let painter = {
+        let (stop, display) = (stop.clone(), xvfb.display.clone());
+        std::thread::spawn(move || {
+            let (conn, _) = x11rb::rust_connection::RustConnection::connect(Some(&display)).expect("x11");
+            let root = conn.setup().roots[0].root;
+            let gc = conn.generate_id().expect("id");
+            conn.create_gc(gc, root, &x11rb::protocol::xproto::CreateGCAux::new()).expect("gc");
+            let mut step = 0i32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let x = (step * 7) % 980;
+                let colour = 0x3050a0 + (step as u32 % 64) * 0x10203;
+                conn.change_gc(gc, &x11rb::protocol::xproto::ChangeGCAux::new().foreground(colour))
+                    .expect("gc");
+                conn.poly_fill_rectangle(
+                    root,
+                    gc,
+                    &[Rectangle { x: x as i16, y: 300, width: 300, height: 200 }],
+                )
+                .expect("fill");
+                conn.sync().expect("sync");
+                step += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let (frames, bytes, cpu) = watch(&mut ws, pid, window).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    painter.join().expect("painter");
+    println!(
+        "| changing (a 300x200 block moving every 10 ms) | {:.1} | {:.0} | {cpu:.1} |",
+        frames as f64 / secs,
+        bytes as f64 / secs
+    );
 }

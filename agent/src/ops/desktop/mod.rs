@@ -85,7 +85,13 @@ impl Desktop {
                 let id = display.unwrap_or_else(|| std::env::var("DISPLAY").unwrap_or_default());
                 let info = DisplayInfo { id, width, height, is_virtual, backend, input };
                 tracing::info!(display = %info.id, width, height, backend, input, "desktop ready");
-                Desktop { screen: Some(screen), info: Some(info), unavailable: String::new(), consent, stream: None }
+                Desktop {
+                    screen: Some(screen),
+                    info: Some(info),
+                    unavailable: String::new(),
+                    consent,
+                    stream: None,
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e.message, "no desktop: the screen cannot be captured");
@@ -187,7 +193,14 @@ impl Desktop {
         fence: std::sync::Arc<crate::fence::Fence>,
     ) -> Desktop {
         if let Some(screen) = &self.screen {
-            let stream = crate::stream::desktop::DesktopStream::new(relay, ids, options, screen.clone(), self.consent, fence);
+            let stream = crate::stream::desktop::DesktopStream::new(
+                relay,
+                ids,
+                options,
+                screen.clone(),
+                self.consent,
+                fence,
+            );
             self.stream = Some(stream);
         }
         self
