@@ -297,6 +297,14 @@ impl Client {
         expect_result!(self.call(op).await?, DesktopInput, "desktop_input").map(|_| ())
     }
 
+    /// Ensures the agent's desktop stream; returns its channel and display.
+    pub async fn desktop_ensure(
+        &self,
+        request: pb::DesktopEnsureRequest,
+    ) -> Result<pb::DesktopEnsureResponse, ClientError> {
+        expect_result!(self.call(Op::DesktopEnsure(request)).await?, DesktopEnsure, "desktop_ensure")
+    }
+
     /// Runs input actions, then takes a screenshot once the screen has settled.
     pub async fn desktop_act(
         &self,

@@ -82,6 +82,16 @@ async fn one_channel_whole_frames_and_frames_only_when_the_screen_changes() {
     assert_eq!(channel.kind, pb::StreamKind::Desktop as i32);
     assert_eq!(channel.port, 6080);
     assert_eq!(first.display.map(|d| (d.width, d.height)), Some((640, 480)));
+    // `tetherctl desktop` ensures the same channel and prints where a viewer dials.
+    let out = agent
+        .tetherctl(&_nats)
+        .args(["--json", "desktop", "--relay-url", &relay.stream_url()])
+        .output()
+        .expect("tetherctl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(printed["channel_id"].as_str(), Some(channel.channel_id.as_str()));
+    assert!(printed["viewer_url"].as_str().is_some_and(|u| u.contains("port=6080")), "{printed}");
 
     let mut ws = viewer(&relay, &channel, "v1", ViewerMode::View).await;
     let initial = frames_within(&mut ws, Duration::from_millis(800)).await;

@@ -389,6 +389,49 @@ pub async fn act(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Ensures the desktop stream and prints its channel, the relay URL a viewer dials and the
+/// command that mints that viewer's token.
+pub async fn ensure(
+    client: &Client,
+    relay_url: Option<&str>,
+    (width, height): (u32, u32),
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let reply =
+        client.desktop_ensure(pb::DesktopEnsureRequest { width, height }).await.context("desktop_ensure")?;
+    let channel = reply.channel.context("the agent named no channel")?;
+    let url = relay_url.map(|base| tether_proto::stream::stream_url(base, &channel));
+    let mint = format!(
+        "tetherctl mint-token viewer --port {} --channel {} --mode control",
+        channel.port, channel.channel_id
+    );
+    let display = reply.display.unwrap_or_default();
+    if json {
+        let value = json!({
+            "channel_id": channel.channel_id,
+            "workspace_id": channel.workspace_id,
+            "agent_id": channel.agent_id,
+            "port": channel.port,
+            "display": {"id": display.id, "width": display.width, "height": display.height, "virtual": display.r#virtual},
+            "viewer_url": url,
+            "viewer_token_command": mint,
+        });
+        println!("{value}");
+    } else {
+        println!(
+            "channel {} (port {}), display {} {}x{}",
+            channel.channel_id, channel.port, display.id, display.width, display.height
+        );
+        match url {
+            Some(url) => println!("viewer URL: {url}"),
+            None => println!("viewer URL: give --relay-url (or TETHER_RELAY_URL) to print it"),
+        }
+        println!("viewer token (the relay's viewer secret in TETHER_RELAY_VIEWER_SECRET): {mint}");
+        println!("frames are whole JPEG (or PNG) images, one per StreamFrame; input is DesktopInput");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -159,6 +159,18 @@ pub enum Command {
     },
     /// Type text (any Unicode).
     Type { text: String },
+    /// Ensure the agent's desktop stream; print its channel, viewer URL and token command.
+    Desktop {
+        /// The relay's /stream URL, for the viewer URL.
+        #[arg(long, env = "TETHER_RELAY_URL")]
+        relay_url: Option<String>,
+        /// Scale the stream down to fit this width (0 = native).
+        #[arg(long, default_value_t = 0)]
+        width: u32,
+        /// Scale the stream down to fit this height (0 = native).
+        #[arg(long, default_value_t = 0)]
+        height: u32,
+    },
     /// Run the actions of a JSON file, then save one screenshot taken once the screen settled.
     Act {
         file: PathBuf,
@@ -229,6 +241,9 @@ pub async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Type { text } => desktop::input(&client, desktop::text_event(&text), json).await,
         Command::Act { file, output } => desktop::act(&client, &file, output, json).await,
+        Command::Desktop { relay_url, width, height } => {
+            desktop::ensure(&client, relay_url.as_deref(), (width, height), json).await
+        }
     }
 }
 
