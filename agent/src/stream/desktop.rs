@@ -218,7 +218,8 @@ impl Capture {
             let frame = match self.screen.run(|s| s.capture(false)).await {
                 Ok(frame) => frame,
                 Err(e) => {
-                    tracing::warn!(error = %e.message, "desktop stream capture failed");
+                    tracing::warn!(error = %e.message, "desktop stream capture failed; retrying in a second");
+                    next = Instant::now() + Duration::from_secs(1);
                     continue;
                 }
             };

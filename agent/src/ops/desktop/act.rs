@@ -21,6 +21,8 @@ const MAX_SETTLE_TIMEOUT: Duration = Duration::from_millis(10_000);
 const DEFAULT_SETTLE_QUIET: Duration = Duration::from_millis(250);
 /// Most entries one act request may carry.
 pub const MAX_ACTIONS: usize = 1000;
+/// Most time the `wait_ms` entries of one act request may add up to.
+pub const MAX_TOTAL_WAIT: Duration = Duration::from_secs(60);
 
 /// How the wait for a settled screen ended.
 pub struct Settled {
@@ -34,12 +36,26 @@ pub fn parse(request: &pb::DesktopActRequest) -> OpResult<Vec<Vec<Action>>> {
     if request.actions.len() > MAX_ACTIONS {
         return Err(OpError::protocol(format!("an act request carries at most {MAX_ACTIONS} actions")));
     }
-    request
+    let parsed: Vec<Vec<Action>> = request
         .actions
         .iter()
         .enumerate()
         .map(|(i, a)| request::act(a).map_err(|e| e.with("action_index", i).with("actions_done", 0)))
-        .collect()
+        .collect::<OpResult<_>>()?;
+    let waits: Duration = parsed
+        .iter()
+        .flatten()
+        .map(|a| match a {
+            Action::Wait(d) => *d,
+            _ => Duration::ZERO,
+        })
+        .sum();
+    if waits > MAX_TOTAL_WAIT {
+        return Err(OpError::protocol(format!(
+            "the waits of one act request add up to at most {MAX_TOTAL_WAIT:?} (these: {waits:?})"
+        )));
+    }
+    Ok(parsed)
 }
 
 /// Runs the actions in order; a failing one stops the list and its error names its index.

@@ -177,6 +177,10 @@ impl Desktop {
     }
 }
 
+/// How long one desktop_input may wait for the display.
+#[cfg(feature = "desktop")]
+const INPUT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Bytes of a screenshot reply besides the image (sizes, format, tags).
 #[cfg(feature = "desktop")]
 const SHOT_OVERHEAD: usize = 64;
@@ -238,7 +242,10 @@ impl Desktop {
         self.require_consent()?;
         let screen = self.screen()?;
         let actions = request::input(&request)?;
-        screen.run(move |s| request::apply(s, &actions)).await?;
+        // A wedged display must not hold the request (and its fence scope) forever.
+        tokio::time::timeout(INPUT_DEADLINE, screen.run(move |s| request::apply(s, &actions)))
+            .await
+            .map_err(|_| OpError::new(pb::ErrorCode::Timeout, "the display did not take the input in time"))??;
         Ok(pb::DesktopInputResponse {})
     }
 
