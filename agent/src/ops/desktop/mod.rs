@@ -245,7 +245,9 @@ impl Desktop {
         // A wedged display must not hold the request (and its fence scope) forever.
         tokio::time::timeout(INPUT_DEADLINE, screen.run(move |s| request::apply(s, &actions)))
             .await
-            .map_err(|_| OpError::new(pb::ErrorCode::Timeout, "the display did not take the input in time"))??;
+            .map_err(|_| {
+                OpError::new(pb::ErrorCode::Timeout, "the display did not take the input in time")
+            })??;
         Ok(pb::DesktopInputResponse {})
     }
 
