@@ -122,6 +122,13 @@ impl Xvfb {
     }
 }
 
+/// SIGTERM, so Xvfb removes its lock file and socket (a SIGKILL would leave them in /tmp).
+impl Drop for Xvfb {
+    fn drop(&mut self) {
+        self._proc.stop(Duration::from_secs(5));
+    }
+}
+
 /// The event log of an `x-recorder` window.
 pub struct Recorder {
     lines: mpsc::Receiver<String>,
