@@ -131,6 +131,20 @@ async fn typed_text_and_chords_reach_the_focused_window() {
 }
 
 #[tokio::test]
+async fn more_unmapped_characters_than_spare_keys_all_arrive_in_order() {
+    let xvfb = Xvfb::start(800, 600);
+    let nats = Nats::start().await;
+    let agent = agent(&nats, &xvfb, true).await;
+    let mut window = xvfb.recorder(0, 0, 400, 300);
+    input(&agent, pointer(50, 50, pb::PointerAction::Click)).await.expect("focus click");
+    // 300 distinct CJK characters: more than a keymap has spare keycodes, so borrowed keys
+    // are remapped while the client may still be reading what was typed on them.
+    let cjk: String = (0x4e00u32..0x4e00 + 300).filter_map(char::from_u32).collect();
+    input(&agent, text(&cjk)).await.expect("type");
+    window.expect_typed(&cjk);
+}
+
+#[tokio::test]
 async fn without_consent_input_is_refused_and_nothing_moves() {
     let xvfb = Xvfb::start(800, 600);
     let nats = Nats::start().await;
