@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up, then runs the whole thing locally: a nats-server and a tether-relay on loopback, a
 # tether-agent that lends them a scratch workspace, and a short tetherctl session against it
-# (exec, files, a terminal through the relay). Everything it starts is stopped when it ends (or
+# (exec, files, a terminal through the relay, a screenshot and a click on a virtual display). Everything it starts is stopped when it ends (or
 # on Ctrl-C).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +38,8 @@ export TETHER_RELAY_URL="ws://127.0.0.1:$relay_port/stream"
 # The agent gets only its own producer token, never the relay's secrets.
 TETHER_RELAY_TOKEN="$("$bin/tetherctl" mint-token producer --ttl 1h)" \
   env -u TETHER_RELAY_PRODUCER_SECRET -u TETHER_RELAY_VIEWER_SECRET \
-  "$bin/tether-agent" run --workspace-root "$work/root" --state-dir "$work/state" 2>"$work/agent.log" & pids+=($!)
+  "$bin/tether-agent" run --workspace-root "$work/root" --state-dir "$work/state" \
+  --virtual-desktop --virtual-display "${DEMO_DISPLAY:-:97}" --consent-screen-control 2>"$work/agent.log" & pids+=($!)
 
 # Echo each command as a user would type it (arguments with spaces in single quotes), then run it.
 shown() {
@@ -71,5 +72,7 @@ ctl cat /etc/hostname || echo "(confined: the agent refused a path outside its w
 ctl metrics
 ctl shell -- sh -c 'echo "a terminal on $(tty), $(stty size) rows/cols, through the relay"; exit 3' </dev/null \
   || echo "(tetherctl shell exited with the remote shell's code: $?)"
+ctl screenshot -o "$work/screen.png" --max-width 640 && file "$work/screen.png" 2>/dev/null || true
+ctl click 320 200 --space 640x400 && echo "(clicked the virtual display's centre, given in screenshot pixels)"
 printf '\nDemo done. Agent log: last lines\n'
 tail -n 5 "$work/agent.log"

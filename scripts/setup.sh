@@ -3,7 +3,8 @@
 # compiled at build time), nats-server (tests and the demo run a real one), tmux (the
 # `tetherctl shell` test types into a real terminal through it), and the system python3 and git
 # the confined-command tests run (a confined command sees only system locations, so a python3
-# under the home directory does not count). Idempotent: installs only what is missing.
+# under the home directory does not count), and Xvfb with xsetroot (x11-xserver-utils) for the
+# desktop tests and `--virtual-desktop`. Idempotent: installs only what is missing.
 set -euo pipefail
 
 need=()
@@ -12,6 +13,8 @@ command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
 [ -x /usr/bin/python3 ] || need+=(python3)
 command -v git >/dev/null 2>&1 || need+=(git)
+command -v Xvfb >/dev/null 2>&1 || need+=(xvfb xauth)
+command -v xsetroot >/dev/null 2>&1 || need+=(x11-xserver-utils)
 
 if ((${#need[@]})); then
   sudo=""

@@ -123,6 +123,8 @@ pub struct RunArgs {
     /// hidden temp file; a re-run after that starts over [default: 1h, min 1s].
     #[arg(long, env = "TETHER_TRANSFER_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
     pub transfer_idle_timeout: Option<Duration>,
+    #[command(flatten)]
+    pub desktop: crate::display::DesktopArgs,
 }
 
 /// The config file: the same settings as the flags.
@@ -160,6 +162,8 @@ struct FileConfig {
     transfer_idle_timeout: Option<Duration>,
     #[serde(default)]
     confine: ConfineFile,
+    #[serde(default)]
+    desktop: crate::display::DesktopFile,
 }
 
 /// The `[confine]` table of the config file.
@@ -262,6 +266,8 @@ pub struct Config {
     pub fs_mutation_deadline: Duration,
     pub transfer_idle_timeout: Duration,
     pub confine: ConfineConfig,
+    /// The desktop: screen-control consent and the managed virtual display.
+    pub desktop: crate::display::DesktopConfig,
     /// Files holding the agent's credentials (token, password, creds): never readable by commands.
     pub secret_files: Vec<PathBuf>,
 }
@@ -369,6 +375,7 @@ impl Config {
                 .unwrap_or(crate::ops::fs::TRANSFER_IDLE)
                 .max(Duration::from_secs(1)),
             confine,
+            desktop: crate::display::DesktopConfig::resolve(args.desktop, file.desktop)?,
             secret_files,
         })
     }

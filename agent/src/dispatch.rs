@@ -12,6 +12,7 @@ use tracing::Instrument;
 
 use crate::error::{OpError, OpResult};
 use crate::fence::{Admission, Fence, scope_label};
+use crate::ops::desktop::Desktop;
 use crate::ops::pty::{FencedBy, Terminals};
 use crate::ops::{exec, fs, metrics::MetricsSampler};
 use crate::paths::Paths;
@@ -35,6 +36,8 @@ pub struct Dispatcher {
     pub transfers: Arc<fs::Transfers>,
     /// How long a file mutation may hold its fence scope before it answers TIMEOUT.
     pub mutation_deadline: Duration,
+    /// The screen (or why there is none).
+    pub desktop: Arc<Desktop>,
     started: Instant,
 }
 
@@ -55,6 +58,7 @@ impl Dispatcher {
             metrics: Arc::new(Mutex::new(MetricsSampler::new())),
             transfers: Arc::new(fs::Transfers::default()),
             mutation_deadline: fs::DEFAULT_MUTATION_DEADLINE,
+            desktop: Arc::new(Desktop::unavailable("no display is configured", false)),
             started: Instant::now(),
         }
     }
@@ -159,6 +163,17 @@ impl Dispatcher {
             Op::PtyWrite(req) => Reply::PtyWrite(self.terminals.write(scope, req).await?),
             Op::PtyResize(req) => Reply::PtyResize(self.terminals.resize(scope, req)?),
             Op::PtyClose(req) => Reply::PtyClose(self.terminals.close(scope, req).await?),
+            Op::DesktopScreenshot(req) => {
+                Reply::DesktopScreenshot(self.desktop.screenshot(req, budget).await?)
+            }
+            Op::DesktopInput(req) => Reply::DesktopInput(self.desktop.input(req).await?),
+            Op::DesktopEnsure(req) => {
+                let fenced = FencedBy { scope: scope.to_owned(), epoch, cancel: admission.cancel.clone() };
+                Reply::DesktopEnsure(self.desktop.ensure(req, fenced).await?)
+            }
+            Op::DesktopAct(req) => {
+                Reply::DesktopAct(self.desktop.act(req, budget, admission.cancel.clone()).await?)
+            }
             other => return Err(unsupported(&other).unwrap_or_else(|| OpError::unsupported("not served"))),
         })
     }
@@ -200,6 +215,7 @@ fn mutates_briefly(op: &Op) -> bool {
             | Op::TransferOpen(_)
             | Op::TransferCommit(_)
             | Op::TransferAbort(_)
+            | Op::DesktopInput(_)
     )
 }
 
@@ -207,7 +223,6 @@ fn mutates_briefly(op: &Op) -> bool {
 fn unsupported(op: &Op) -> Option<OpError> {
     let what = match op {
         Op::Git(_) => "git",
-        Op::DesktopEnsure(_) | Op::DesktopInput(_) | Op::DesktopScreenshot(_) => "the desktop",
         _ => return None,
     };
     Some(OpError::unsupported(format!("this agent does not serve {what} yet")).with("op", op_name(Some(op))))
@@ -238,6 +253,7 @@ fn op_name(op: Option<&Op>) -> &'static str {
         Some(Op::TransferCommit(_)) => "transfer_commit",
         Some(Op::TransferAbort(_)) => "transfer_abort",
         Some(Op::FsDigest(_)) => "fs_digest",
+        Some(Op::DesktopAct(_)) => "desktop_act",
     }
 }
 

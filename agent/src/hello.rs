@@ -78,7 +78,8 @@ fn capabilities(config: &Config, max_payload: usize, commands: &CommandCaps) -> 
         consented_whole_machine: config.whole_machine,
         consented_screen_control: false,
         display: None,
-        desktop_unavailable_reason: "this agent build does not serve the desktop yet".to_owned(),
+        // Filled from the desktop the agent opened (`Desktop::fill`).
+        desktop_unavailable_reason: String::new(),
         virtual_root: config.virtual_root.clone(),
         fence_scoped: true,
         max_payload: max_payload as u64,

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod dispatch;
+pub mod display;
 pub mod error;
 pub mod fence;
 pub mod hello;

@@ -59,9 +59,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let (config, root) = (config.clone(), paths.workspace_root().to_owned());
         Arc::new(tokio::task::spawn_blocking(move || Sandbox::setup(&config, &root)).await??)
     };
+    let display = {
+        let (desktop, state_dir) = (config.desktop.clone(), config.state_dir.clone());
+        tokio::task::spawn_blocking(move || crate::display::setup(&desktop, &state_dir)).await?
+    };
     let secret_names: Vec<String> = SECRET_ENV_VARS.iter().map(|s| s.to_string()).collect();
     let mut launcher = Launcher::from_current_env(&secret_names);
     sandbox.install(&mut launcher);
+    if let Some(name) = &display.display_env {
+        // Commands the agent runs (a browser, a GUI app) open on the managed display; confined
+        // ones are told about it only with screen-control consent (see README "Desktop").
+        if config.desktop.consent_screen_control || !sandbox.capabilities().confined {
+            launcher.set_base_env("DISPLAY", name.into());
+        }
+    }
     let launcher = Arc::new(launcher);
     let terminals = Arc::new(Terminals::new(
         config.relay.clone(),
@@ -70,9 +81,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         (config.subjects.workspace_id(), config.subjects.agent_id()),
         config.pty_idle_timeout,
     ));
+    #[cfg(feature = "desktop")]
+    let desktop = display.desktop.with_stream(
+        config.relay.clone(),
+        (config.subjects.workspace_id(), config.subjects.agent_id()),
+        config.desktop.stream,
+        fence.clone(),
+    );
+    #[cfg(not(feature = "desktop"))]
+    let desktop = display.desktop;
     let mut dispatcher = Dispatcher::new(paths.clone(), launcher, sandbox.clone(), fence, terminals);
     dispatcher.mutation_deadline = config.fs_mutation_deadline;
     dispatcher.transfers = Arc::new(crate::ops::fs::Transfers::new(config.transfer_idle_timeout));
+    let desktop = Arc::new(desktop);
+    dispatcher.desktop = desktop.clone();
     let dispatcher = Arc::new(dispatcher);
     let requests = client.subscribe(rpc.clone()).await.context("subscribing to the rpc subject")?;
     // The server must hold our subscription before Hello tells anyone to send requests.
@@ -95,6 +117,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         paths: paths.clone(),
         commands,
         nats_unauthenticated,
+        desktop,
     };
     announce.hello().await;
     let draining = Arc::new(AtomicBool::new(false));
@@ -117,6 +140,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     dispatcher.terminals.wait_closed(CANCEL_GRACE).await;
     announce.going_offline().await;
     tokio::task::spawn_blocking(move || sandbox.shutdown()).await?;
+    #[cfg(target_os = "linux")]
+    if let Some(xvfb) = display.xvfb {
+        tokio::task::spawn_blocking(move || drop(xvfb)).await?;
+    }
     Ok(())
 }
 
@@ -272,6 +299,7 @@ struct Announcer {
     commands: CommandCaps,
     /// The server admits clients without credentials (allowed by the operator).
     nats_unauthenticated: bool,
+    desktop: Arc<crate::ops::desktop::Desktop>,
 }
 
 impl Announcer {
@@ -285,6 +313,7 @@ impl Announcer {
         );
         if let Some(caps) = hello.capabilities.as_mut() {
             caps.nats_unauthenticated = self.nats_unauthenticated;
+            self.desktop.fill(caps);
         }
         self.send(self.config.subjects.hello(), hello.encode_to_vec()).await;
         tracing::info!(subject = %self.config.subjects.hello(), "hello published");

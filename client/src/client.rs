@@ -310,6 +310,49 @@ impl Client {
     pub async fn metrics(&self) -> Result<pb::MetricsSample, ClientError> {
         expect_result!(self.call(Op::Metrics(pb::MetricsRequest {})).await?, Metrics, "metrics")
     }
+
+    /// Takes a screenshot (PNG unless the request asks for JPEG).
+    pub async fn screenshot(
+        &self,
+        request: pb::DesktopScreenshotRequest,
+    ) -> Result<pb::DesktopScreenshotResponse, ClientError> {
+        expect_result!(
+            self.call(Op::DesktopScreenshot(request)).await?,
+            DesktopScreenshot,
+            "desktop_screenshot"
+        )
+    }
+
+    /// Injects one input event (needs the agent's screen-control consent).
+    pub async fn desktop_input(&self, event: pb::desktop_input_request::Event) -> Result<(), ClientError> {
+        let op = Op::DesktopInput(pb::DesktopInputRequest { event: Some(event) });
+        expect_result!(self.call(op).await?, DesktopInput, "desktop_input").map(|_| ())
+    }
+
+    /// Ensures the agent's desktop stream; returns its channel and display.
+    pub async fn desktop_ensure(
+        &self,
+        request: pb::DesktopEnsureRequest,
+    ) -> Result<pb::DesktopEnsureResponse, ClientError> {
+        expect_result!(self.call(Op::DesktopEnsure(request)).await?, DesktopEnsure, "desktop_ensure")
+    }
+
+    /// Runs input actions, then takes a screenshot once the screen has settled.
+    pub async fn desktop_act(
+        &self,
+        request: pb::DesktopActRequest,
+    ) -> Result<pb::DesktopActResponse, ClientError> {
+        let wait = request.actions.iter().filter_map(|a| match a.action {
+            Some(pb::desktop_action::Action::WaitMs(ms)) => Some(u64::from(ms)),
+            _ => None,
+        });
+        let timeout = self.request_timeout() + Duration::from_millis(wait.sum::<u64>() + 10_000);
+        expect_result!(
+            self.call_with_timeout(Op::DesktopAct(request), timeout).await?,
+            DesktopAct,
+            "desktop_act"
+        )
+    }
 }
 
 impl std::fmt::Debug for Client {

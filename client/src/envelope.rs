@@ -69,6 +69,7 @@ pub fn op_name(op: &Op) -> &'static str {
         Op::TransferCommit(_) => "transfer_commit",
         Op::TransferAbort(_) => "transfer_abort",
         Op::FsDigest(_) => "fs_digest",
+        Op::DesktopAct(_) => "desktop_act",
     }
 }
 
@@ -97,6 +98,7 @@ pub fn result_name(result: &OpResult) -> &'static str {
         OpResult::TransferCommit(_) => "transfer_commit",
         OpResult::TransferAbort(_) => "transfer_abort",
         OpResult::FsDigest(_) => "fs_digest",
+        OpResult::DesktopAct(_) => "desktop_act",
     }
 }
 

@@ -2,6 +2,8 @@
 //! and the pump that keeps one channel flowing across relay restarts. What produces the bytes (a
 //! PTY today, a desktop later) is behind [`pump::Endpoint`]; nothing here knows about terminals.
 
+#[cfg(feature = "desktop")]
+pub mod desktop;
 pub mod link;
 pub mod outbox;
 pub mod pump;

@@ -2,6 +2,7 @@
 
 mod connect;
 mod credential;
+mod desktop;
 mod exec;
 mod format;
 mod fs;
@@ -16,6 +17,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tether_proto::pb;
 
 pub use connect::ConnArgs;
 
@@ -112,6 +114,80 @@ pub enum Command {
     Shell(shell::ShellArgs),
     /// Print a relay token: `producer` for an agent, `viewer` for a viewer.
     MintToken(mint::MintArgs),
+    /// Save a screenshot of the agent's display (PNG, or JPEG with --jpeg).
+    Screenshot(desktop::ScreenshotArgs),
+    /// Click at X Y (needs the agent's screen-control consent).
+    Click {
+        x: i32,
+        y: i32,
+        #[arg(long, value_enum, default_value_t)]
+        button: desktop::ButtonArg,
+        /// Double-click.
+        #[arg(long)]
+        double: bool,
+        #[command(flatten)]
+        space: desktop::SpaceArg,
+    },
+    /// Move the pointer to X Y.
+    Move {
+        x: i32,
+        y: i32,
+        #[command(flatten)]
+        space: desktop::SpaceArg,
+    },
+    /// Press at X1 Y1, move to X2 Y2 with the button held, release.
+    Drag {
+        x1: i32,
+        y1: i32,
+        x2: i32,
+        y2: i32,
+        #[arg(long, value_enum, default_value_t)]
+        button: desktop::ButtonArg,
+        #[command(flatten)]
+        space: desktop::SpaceArg,
+    },
+    /// Scroll by wheel notches (positive DY = down, DX = right), where the pointer is or --at X Y.
+    Scroll {
+        #[arg(allow_negative_numbers = true)]
+        dx: i32,
+        #[arg(allow_negative_numbers = true)]
+        dy: i32,
+        #[arg(long, num_args = 2, value_names = ["X", "Y"])]
+        at: Option<Vec<i32>>,
+        #[command(flatten)]
+        space: desktop::SpaceArg,
+    },
+    /// Press a key or chord: Enter, ctrl+c, shift+Tab, ctrl+alt+t, F5, PageDown, super.
+    Key {
+        chord: String,
+        /// Only press (hold) the keys.
+        #[arg(long, conflicts_with = "up")]
+        down: bool,
+        /// Only release the keys.
+        #[arg(long)]
+        up: bool,
+    },
+    /// Type text (any Unicode).
+    Type { text: String },
+    /// Ensure the agent's desktop stream; print its channel, viewer URL and token command.
+    Desktop {
+        /// The relay's /stream URL, for the viewer URL.
+        #[arg(long, env = "TETHER_RELAY_URL")]
+        relay_url: Option<String>,
+        /// Scale the stream down to fit this width (0 = native).
+        #[arg(long, default_value_t = 0)]
+        width: u32,
+        /// Scale the stream down to fit this height (0 = native).
+        #[arg(long, default_value_t = 0)]
+        height: u32,
+    },
+    /// Run the actions of a JSON file, then save one screenshot taken once the screen settled.
+    Act {
+        file: PathBuf,
+        /// Where to save the screenshot [default: act.png or act.jpeg].
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
 }
 
 /// Runs one parsed command line; returns the process exit code.
@@ -149,6 +225,36 @@ pub async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Events => info::events(&client, json).await,
         Command::Shell(args) => shell::run(&client, args).await,
         Command::MintToken(_) => unreachable!("handled before connecting"),
+        Command::Screenshot(args) => desktop::screenshot(&client, args, json).await,
+        Command::Click { x, y, button, double, space } => {
+            let action = if double { pb::PointerAction::DoubleClick } else { pb::PointerAction::Click };
+            desktop::input(&client, desktop::pointer_event(x, y, action, button, space.get()), json).await
+        }
+        Command::Move { x, y, space } => {
+            let event =
+                desktop::pointer_event(x, y, pb::PointerAction::Move, Default::default(), space.get());
+            desktop::input(&client, event, json).await
+        }
+        Command::Drag { x1, y1, x2, y2, button, space } => {
+            desktop::drag(&client, (x1, y1, x2, y2), button, space.get(), json).await
+        }
+        Command::Scroll { dx, dy, at, space } => {
+            let at = at.map(|v| (v[0], v[1]));
+            desktop::input(&client, desktop::scroll_event(dx, dy, at, space.get()), json).await
+        }
+        Command::Key { chord, down, up } => {
+            let action = match (down, up) {
+                (true, _) => pb::KeyAction::Down,
+                (_, true) => pb::KeyAction::Up,
+                _ => pb::KeyAction::Press,
+            };
+            desktop::input(&client, desktop::key_event(&chord, action), json).await
+        }
+        Command::Type { text } => desktop::input(&client, desktop::text_event(&text), json).await,
+        Command::Act { file, output } => desktop::act(&client, &file, output, json).await,
+        Command::Desktop { relay_url, width, height } => {
+            desktop::ensure(&client, relay_url.as_deref(), (width, height), json).await
+        }
     }
 }
 

@@ -1,0 +1,288 @@
+//! The desktop stream (`desktop_ensure`): one channel per agent (kind DESKTOP, port 6080) fed by
+//! one capture loop, however often it is ensured. The loop reuses the desktop ops' pieces
+//! (capture on the desktop thread, encode on the blocking pool) and sends a frame only when
+//! the screen changed (a byte compare of the capture, well under a millisecond), at most `fps`
+//! a second, JPEG by default; a viewer that joins gets the current frame at once. Every frame is
+//! a whole image, so a viewer never needs an older one. While no viewer has been attached for
+//! [`PAUSE_AFTER`] the loop stops capturing, until a viewer joins or the stream is ensured
+//! again. DesktopInput from viewers is injected only with screen-control consent (the relay
+//! already drops it from view-mode tokens); each refusal is counted. An epoch advance of the
+//! fence scope that opened the channel closes it FENCED.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tether_proto::pb;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::pump::{Endpoint, Inbound, Pump};
+use crate::config::RelayLink;
+use crate::error::{OpError, OpResult};
+use crate::fence::Fence;
+use crate::ops::desktop::encode::{self, Format};
+use crate::ops::desktop::request;
+use crate::ops::desktop::screen::Frame;
+use crate::ops::desktop::thread::ScreenThread;
+use crate::ops::pty::FencedBy;
+
+/// The logical port of the desktop stream.
+pub const DESKTOP_PORT: u32 = 6080;
+/// How long ensure waits for the relay to accept the channel.
+const OPEN_WAIT: Duration = Duration::from_secs(15);
+/// Bytes of recent frames kept to resend after a relay restart (frames are whole images, so
+/// little is needed: a viewer only wants the newest).
+const OUTBOX_BYTES: usize = 2 << 20;
+/// Largest frame sent: under the relay's default message limit (1 MiB) with room for the
+/// envelope. A larger image is downscaled until it fits, as screenshots are.
+const MAX_FRAME_BYTES: usize = (1 << 20) - 4096;
+/// With no viewer attached for this long, capturing stops until one joins (or an ensure).
+pub const PAUSE_AFTER: Duration = Duration::from_secs(30);
+
+/// How the stream encodes frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamOptions {
+    pub fps: u32,
+    pub format: Format,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        StreamOptions { fps: 10, format: Format::Jpeg { quality: 70 } }
+    }
+}
+
+struct Live {
+    channel: pb::StreamChannel,
+    /// Fires when the channel has ended (the capture loop stopped).
+    ended: CancellationToken,
+    /// Wakes a paused capture loop.
+    wake: Arc<Notify>,
+}
+
+/// The agent's one desktop stream.
+pub struct DesktopStream {
+    relay: Option<RelayLink>,
+    ids: (String, String),
+    options: StreamOptions,
+    screen: ScreenThread,
+    consent: bool,
+    fence: Arc<Fence>,
+    live: tokio::sync::Mutex<Option<Live>>,
+    next_id: AtomicU64,
+    pumps: TaskTracker,
+    /// Viewer input refused for want of consent.
+    pub refused_inputs: Arc<AtomicU64>,
+}
+
+impl DesktopStream {
+    pub fn new(
+        relay: Option<RelayLink>,
+        (workspace_id, agent_id): (&str, &str),
+        options: StreamOptions,
+        screen: ScreenThread,
+        consent: bool,
+        fence: Arc<Fence>,
+    ) -> Self {
+        DesktopStream {
+            relay,
+            ids: (workspace_id.to_owned(), agent_id.to_owned()),
+            options,
+            screen,
+            consent,
+            fence,
+            live: tokio::sync::Mutex::new(None),
+            next_id: AtomicU64::new(0),
+            pumps: TaskTracker::new(),
+            refused_inputs: Arc::default(),
+        }
+    }
+
+    /// Returns the live channel, or opens one and returns once the relay holds it.
+    pub async fn ensure(
+        &self,
+        request: &pb::DesktopEnsureRequest,
+        fenced: FencedBy,
+    ) -> OpResult<pb::StreamChannel> {
+        let mut live = self.live.lock().await;
+        if let Some(l) = live.as_ref().filter(|l| !l.ended.is_cancelled()) {
+            l.wake.notify_one();
+            return Ok(l.channel.clone());
+        }
+        let relay = self.relay.clone().ok_or_else(|| {
+            OpError::unsupported("no relay is configured (--relay-url): the desktop cannot stream")
+        })?;
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let channel = pb::StreamChannel {
+            channel_id: format!("desktop-{}-{}-{n}", self.ids.1, std::process::id()),
+            workspace_id: self.ids.0.clone(),
+            agent_id: self.ids.1.clone(),
+            kind: pb::StreamKind::Desktop as i32,
+            port: DESKTOP_PORT,
+        };
+        let (out_tx, output) = mpsc::channel(2);
+        let (inbound, in_rx) = mpsc::channel(256);
+        let (end_tx, end) = oneshot::channel();
+        let (viewers, viewers_rx) = watch::channel(0);
+        let pump =
+            Pump::new(relay, channel.clone(), Endpoint { output, inbound, end, viewers }, OUTBOX_BYTES);
+        let (accepted_tx, accepted) = oneshot::channel();
+        self.pumps.spawn(pump.run(accepted_tx));
+        let ended = CancellationToken::new();
+        let wake = Arc::new(Notify::new());
+        let capture = Capture {
+            screen: self.screen.clone(),
+            options: self.options,
+            max: (request.width, request.height),
+            output: out_tx,
+            viewers: viewers_rx,
+            wake: wake.clone(),
+        };
+        let done = ended.clone();
+        let fence = self.fence.clone();
+        tokio::spawn(async move {
+            let mut close = capture.run(fenced.cancel.clone()).await;
+            if close.reason == pb::StreamCloseReason::Fenced as i32
+                && !fence.is_stale(&fenced.scope, fenced.epoch).await
+            {
+                close = self::close(pb::StreamCloseReason::Normal, "the agent is stopping");
+            }
+            let _ = end_tx.send(close);
+            done.cancel();
+        });
+        tokio::spawn(inject(in_rx, self.screen.clone(), self.consent, self.refused_inputs.clone()));
+        match tokio::time::timeout(OPEN_WAIT, accepted).await {
+            Ok(Ok(Ok(()))) => {}
+            other => {
+                ended.cancel();
+                let why = match other {
+                    Ok(Ok(Err(e))) => e.to_string(),
+                    _ => format!("the relay did not accept the channel within {OPEN_WAIT:?}"),
+                };
+                return Err(OpError::new(pb::ErrorCode::Stream, why).retryable());
+            }
+        }
+        tracing::info!(channel = %channel.channel_id, fps = self.options.fps, "desktop stream open");
+        *live = Some(Live { channel: channel.clone(), ended, wake });
+        Ok(channel)
+    }
+}
+
+/// The capture side of one channel.
+struct Capture {
+    screen: ScreenThread,
+    options: StreamOptions,
+    max: (u32, u32),
+    output: mpsc::Sender<Bytes>,
+    viewers: watch::Receiver<u32>,
+    wake: Arc<Notify>,
+}
+
+impl Capture {
+    /// Streams until `stop` (an epoch advance: FENCED, or shutdown) or the pump goes away;
+    /// returns the channel's StreamClose.
+    async fn run(mut self, stop: CancellationToken) -> pb::StreamClose {
+        let period = Duration::from_secs(1) / self.options.fps.clamp(1, 60);
+        let mut last: Option<Frame> = None;
+        let mut watched = 0u32;
+        let mut unwatched_since = Instant::now();
+        let mut next = Instant::now();
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return close(pb::StreamCloseReason::Fenced, "the fence scope moved past the epoch that opened this stream"),
+                () = tokio::time::sleep_until(next) => {}
+            }
+            next += period;
+            let viewers = *self.viewers.borrow_and_update();
+            if viewers > 0 {
+                unwatched_since = Instant::now();
+            } else if unwatched_since.elapsed() >= PAUSE_AFTER {
+                tracing::debug!("no viewer for a while: desktop capture paused");
+                tokio::select! {
+                    () = stop.cancelled() => continue,
+                    _ = self.viewers.changed() => {}
+                    () = self.wake.notified() => {}
+                }
+                unwatched_since = Instant::now();
+                next = Instant::now();
+                last = None;
+                continue;
+            }
+            // A viewer joined: it gets the current frame even if nothing changed.
+            let joined = viewers > watched;
+            watched = viewers;
+            let frame = match self.screen.run(|s| s.capture(false)).await {
+                Ok(frame) => frame,
+                Err(e) => {
+                    tracing::warn!(error = %e.message, "desktop stream capture failed; retrying in a second");
+                    next = Instant::now() + Duration::from_secs(1);
+                    continue;
+                }
+            };
+            if !joined && last.as_ref() == Some(&frame) {
+                continue;
+            }
+            let (format, max) = (self.options.format, self.max);
+            let frame = Arc::new(frame);
+            let source = frame.clone();
+            let encoded =
+                tokio::task::spawn_blocking(move || encode::fit(&source, max, format, MAX_FRAME_BYTES)).await;
+            let bytes = match encoded {
+                Ok(Ok(encoded)) => encoded.bytes,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e.message, "desktop stream encode failed");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "desktop stream encode failed");
+                    continue;
+                }
+            };
+            if self.output.send(bytes.into()).await.is_err() {
+                return close(pb::StreamCloseReason::TransportError, "the stream's pump stopped");
+            }
+            last = Arc::into_inner(frame);
+            // Never fall behind by more than one period (a slow encode skips ticks).
+            next = next.max(Instant::now());
+        }
+    }
+}
+
+fn close(reason: pb::StreamCloseReason, message: &str) -> pb::StreamClose {
+    pb::StreamClose { channel_id: String::new(), reason: reason as i32, message: message.to_owned() }
+}
+
+/// Injects viewer input under the consent rule; refusals are counted, never injected.
+async fn inject(
+    mut inbound: mpsc::Receiver<Inbound>,
+    screen: ScreenThread,
+    consent: bool,
+    refused: Arc<AtomicU64>,
+) {
+    use pb::desktop_input::Event;
+    while let Some(message) = inbound.recv().await {
+        let Inbound::Desktop(input) = message else { continue };
+        if !consent {
+            let n = refused.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(refused = n, "viewer desktop input refused: no screen-control consent");
+            continue;
+        }
+        let actions = match input.event {
+            Some(Event::Pointer(p)) => request::pointer(&p),
+            Some(Event::Key(k)) => request::key(&k),
+            Some(Event::Scroll(s)) => request::scroll(&s),
+            None => continue,
+        };
+        let result = match actions {
+            Ok(actions) => screen.run(move |s| request::apply(s, &actions)).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            tracing::info!(error = %e.message, "viewer desktop input failed");
+        }
+    }
+}
