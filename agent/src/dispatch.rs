@@ -13,6 +13,7 @@ use tracing::Instrument;
 use crate::error::{OpError, OpResult};
 use crate::fence::{Admission, Fence, scope_label};
 use crate::ops::pty::{FencedBy, Terminals};
+use crate::ops::tree::{self, Trees};
 use crate::ops::{exec, fs, metrics::MetricsSampler};
 use crate::paths::Paths;
 use crate::process::Launcher;
@@ -33,6 +34,8 @@ pub struct Dispatcher {
     pub metrics: Arc<Mutex<MetricsSampler>>,
     /// How long a file mutation may hold its fence scope before it answers TIMEOUT.
     pub mutation_deadline: Duration,
+    /// The tree ops' digest cache (workspace sync).
+    pub trees: Arc<Trees>,
     started: Instant,
 }
 
@@ -52,6 +55,7 @@ impl Dispatcher {
             terminals,
             metrics: Arc::new(Mutex::new(MetricsSampler::new())),
             mutation_deadline: fs::DEFAULT_MUTATION_DEADLINE,
+            trees: Arc::new(Trees::in_memory()),
             started: Instant::now(),
         }
     }
@@ -134,6 +138,13 @@ impl Dispatcher {
             Op::FsMove(req) => Reply::FsMove(fs::rename(paths, req, self.mutation_deadline).await?),
             Op::FsRemove(req) => Reply::FsRemove(fs::remove(paths, req, self.mutation_deadline).await?),
             Op::Metrics(_) => Reply::Metrics(self.sample_metrics().await?),
+            Op::TreeManifest(req) => {
+                Reply::TreeManifest(tree::manifest::manifest(paths, self.trees.clone(), req, budget).await?)
+            }
+            Op::BatchWrite(req) => Reply::BatchWrite(
+                tree::write::write(paths, self.trees.clone(), req, self.mutation_deadline).await?,
+            ),
+            Op::BatchRead(req) => Reply::BatchRead(tree::read::read(paths, req, budget).await?),
             Op::PtyOpen(req) => {
                 self.sandbox.admit()?;
                 let cwd = paths.resolve_cwd(&req.cwd)?;
@@ -176,7 +187,7 @@ impl Dispatcher {
 /// Ops that commit a side effect quickly and so keep the fence shared until they commit (under
 /// `mutation_deadline`, so one that blocks cannot keep its scope from advancing).
 fn mutates_briefly(op: &Op) -> bool {
-    matches!(op, Op::FsWrite(_) | Op::FsMkdir(_) | Op::FsMove(_) | Op::FsRemove(_))
+    matches!(op, Op::FsWrite(_) | Op::FsMkdir(_) | Op::FsMove(_) | Op::FsRemove(_) | Op::BatchWrite(_))
 }
 
 /// Known ops this agent does not serve yet answer UNSUPPORTED before touching the fence.
@@ -210,6 +221,9 @@ fn op_name(op: Option<&Op>) -> &'static str {
         Some(Op::Metrics(_)) => "metrics",
         Some(Op::DesktopInput(_)) => "desktop_input",
         Some(Op::DesktopScreenshot(_)) => "desktop_screenshot",
+        Some(Op::TreeManifest(_)) => "tree_manifest",
+        Some(Op::BatchWrite(_)) => "batch_write",
+        Some(Op::BatchRead(_)) => "batch_read",
     }
 }
 

@@ -82,6 +82,7 @@ fn capabilities(config: &Config, max_payload: usize, commands: &CommandCaps) -> 
         virtual_root: config.virtual_root.clone(),
         fence_scoped: true,
         max_payload: max_payload as u64,
+        tree_sync: true,
         ..Default::default()
     };
     commands.fill(&mut caps);

@@ -72,6 +72,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ));
     let mut dispatcher = Dispatcher::new(paths.clone(), launcher, sandbox.clone(), fence, terminals);
     dispatcher.mutation_deadline = config.fs_mutation_deadline;
+    dispatcher.trees = Arc::new(crate::ops::tree::Trees::open(&config.state_dir));
     let dispatcher = Arc::new(dispatcher);
     let requests = client.subscribe(rpc.clone()).await.context("subscribing to the rpc subject")?;
     // The server must hold our subscription before Hello tells anyone to send requests.

@@ -65,6 +65,9 @@ pub fn op_name(op: &Op) -> &'static str {
         Op::Metrics(_) => "metrics",
         Op::DesktopInput(_) => "desktop_input",
         Op::DesktopScreenshot(_) => "desktop_screenshot",
+        Op::TreeManifest(_) => "tree_manifest",
+        Op::BatchWrite(_) => "batch_write",
+        Op::BatchRead(_) => "batch_read",
     }
 }
 
@@ -89,6 +92,9 @@ pub fn result_name(result: &OpResult) -> &'static str {
         OpResult::Metrics(_) => "metrics",
         OpResult::DesktopInput(_) => "desktop_input",
         OpResult::DesktopScreenshot(_) => "desktop_screenshot",
+        OpResult::TreeManifest(_) => "tree_manifest",
+        OpResult::BatchWrite(_) => "batch_write",
+        OpResult::BatchRead(_) => "batch_read",
     }
 }
 
