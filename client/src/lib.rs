@@ -24,6 +24,7 @@ mod config;
 mod envelope;
 mod error;
 mod events;
+pub mod sync;
 mod transfer;
 mod unique;
 pub mod viewer;
@@ -33,6 +34,9 @@ pub use config::{ClientConfig, DEFAULT_NATS_URL, DEFAULT_REQUEST_TIMEOUT, EXEC_T
 pub use envelope::{build_request, op_name, open_response};
 pub use error::ClientError;
 pub use events::{AgentMessage, EventStream};
+pub use sync::{
+    DownOptions, DownReport, Prefer, SyncError, UpOptions, UpReport, snapshot, sync_down, sync_up,
+};
 pub use transfer::{READ_AHEAD, WriteOptions, chunk_size, plan_chunks, temp_upload_path, write_chunk_size};
 pub use viewer::{InputSlot, Viewer, ViewerConfig, ViewerError, ViewerEvent, ViewerInput};
 
