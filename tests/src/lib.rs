@@ -7,6 +7,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod relay;
+pub mod tree;
 
 use anyhow::{Context, bail};
 use futures::StreamExt;

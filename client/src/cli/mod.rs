@@ -9,6 +9,7 @@ mod info;
 mod mint;
 pub mod report;
 mod shell;
+mod sync;
 mod tty;
 
 use std::path::PathBuf;
@@ -102,6 +103,9 @@ pub enum Command {
     Shell(shell::ShellArgs),
     /// Print a relay token: `producer` for an agent, `viewer` for a viewer.
     MintToken(mint::MintArgs),
+    /// Sync a directory tree with the agent: `up`, `down` (three-way with a baseline), `snapshot`.
+    #[command(subcommand)]
+    Sync(sync::SyncCommand),
 }
 
 /// Runs one parsed command line; returns the process exit code.
@@ -109,6 +113,13 @@ pub async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::MintToken(args) = cli.command {
         mint::run(args, cli.conn.workspace_id.as_deref(), cli.conn.agent_id.as_deref())?;
         return Ok(ExitCode::SUCCESS);
+    }
+    if let Command::Sync(sub) = cli.command {
+        if !sync::needs_agent(&sub) {
+            return sync::snapshot(sub, cli.json);
+        }
+        let client = connect::connect(&cli.conn).await?;
+        return sync::run(&client, sub, cli.json).await;
     }
     if let (Command::Shell(shell), None) = (&cli.command, &cli.conn.fence_scope) {
         // A terminal belongs to the fence scope that opened it: a reattachable one needs the
@@ -137,7 +148,7 @@ pub async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Metrics => info::metrics(&client, json).await,
         Command::Events => info::events(&client, json).await,
         Command::Shell(args) => shell::run(&client, args).await,
-        Command::MintToken(_) => unreachable!("handled before connecting"),
+        Command::MintToken(_) | Command::Sync(_) => unreachable!("handled before"),
     }
 }
 
