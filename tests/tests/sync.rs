@@ -141,6 +141,7 @@ async fn excludes_are_honoured_on_both_ends_and_preserves_survive_delete() {
 
     let cli = agent
         .tetherctl(&nats)
+        .env("XDG_CACHE_HOME", agent.state_dir.join("client-cache"))
         .args([
             "--fence-scope",
             "excl",
