@@ -2,6 +2,7 @@
 //! reported and never followed, digests from the [`DigestCache`] when a file's stat is
 //! unchanged), and write files into it atomically.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -9,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
-use tether_proto::digests::{DigestCache, StatKey};
+use tether_proto::digests::{DigestCache, RACY_WINDOW, StatKey};
 
 use super::SyncError;
 use super::manifest::{Entry, Kind, Manifest, hex};
@@ -23,6 +24,9 @@ pub struct LocalScan {
     pub bytes_hashed: u64,
     /// Names left out because they are not UTF-8 (the wire carries UTF-8 paths).
     pub skipped: Vec<PathBuf>,
+    /// What `stat` said of each regular file when it was scanned: a file still the same when
+    /// it is sent has the scanned content (see [`unchanged_since`]).
+    pub stats: HashMap<String, StatKey>,
 }
 
 /// The gitignore-style matcher of `patterns` (relative to the tree root).
@@ -84,6 +88,7 @@ fn walk(
             Entry { kind: Kind::Symlink, size: 0, mode, digest: None, target }
         } else if ft.is_file() {
             let digest = digest(&path, &meta, cache, scan).map(|d| hex(&d));
+            scan.stats.insert(rel.clone(), stat_key(&meta));
             Entry { kind: Kind::File, size: meta.len(), mode, digest, target: None }
         } else {
             Entry { kind: Kind::Other, size: 0, mode, digest: None, target: None }
@@ -133,6 +138,13 @@ fn digest(
         cache.remember(key, d, hashed_at);
     }
     Some(d)
+}
+
+/// Whether a file that `stat` now describes as `now` still has the content it had when it was
+/// `then`: the same stat, with a ctime old enough that a change since would have moved it.
+pub fn unchanged_since(then: &StatKey, now: &StatKey) -> bool {
+    let now_ns = SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as i64;
+    then == now && now.ctime_ns < now_ns - RACY_WINDOW.as_nanos() as i64
 }
 
 /// BLAKE3 of everything `reader` yields, and how many bytes that was.

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use tether_proto::digests::StatKey;
 use tether_proto::pb;
 
 use super::local::{self, LocalScan};
@@ -90,7 +91,7 @@ pub async fn sync_up(
         ..Default::default()
     };
     if !opts.dry_run {
-        Sender { client, local, remote, manifest: &scan.manifest, report: &mut report }.send().await?;
+        Sender { client, local, remote, scan: &scan, manifest: &scan.manifest, report: &mut report }.send().await?;
         if let Some(out) = &opts.baseline_out {
             scan.manifest.save(out)?;
         }
@@ -103,6 +104,7 @@ struct Sender<'a> {
     client: &'a Client,
     local: &'a Path,
     remote: &'a str,
+    scan: &'a LocalScan,
     manifest: &'a Manifest,
     report: &'a mut UpReport,
 }
@@ -112,6 +114,8 @@ struct Pending {
     path: String,
     entry: Entry,
     mode_only: bool,
+    /// The file's stat when it was scanned.
+    stat: Option<StatKey>,
 }
 
 impl Sender<'_> {
@@ -134,7 +138,8 @@ impl Sender<'_> {
                 if !mode_only && large(entry) {
                     big.push(path.clone());
                 } else {
-                    pending.push(Pending { path: path.clone(), entry: entry.clone(), mode_only });
+                    let stat = self.scan.stats.get(path).copied();
+                    pending.push(Pending { path: path.clone(), entry: entry.clone(), mode_only, stat });
                 }
             }
         }
@@ -244,10 +249,14 @@ fn build_entries(local: &Path, group: Vec<Pending>) -> Result<(Vec<pb::BatchEntr
             }
             Kind::File => {
                 let path = local.join(&p.path);
-                let content = read_nofollow(&path)?;
-                let digest = super::manifest::hex(blake3::hash(&content).as_bytes());
-                if p.entry.digest.as_deref() != Some(digest.as_str()) {
-                    return Err(SyncError::Changed { path: path.display().to_string() });
+                let (content, now) = read_nofollow(&path)?;
+                // The content must be what the plan was made from: the same stat says so
+                // (as for the digest cache), else the digest is checked.
+                if !p.stat.is_some_and(|then| local::unchanged_since(&then, &now)) {
+                    let digest = super::manifest::hex(blake3::hash(&content).as_bytes());
+                    if p.entry.digest.as_deref() != Some(digest.as_str()) {
+                        return Err(SyncError::Changed { path: path.display().to_string() });
+                    }
                 }
                 files += 1;
                 bytes += content.len() as u64;
@@ -261,16 +270,16 @@ fn build_entries(local: &Path, group: Vec<Pending>) -> Result<(Vec<pb::BatchEntr
     Ok((entries, files, bytes))
 }
 
-/// A regular file's content, never through a symlink.
-fn read_nofollow(path: &Path) -> Result<Vec<u8>, SyncError> {
+/// A regular file's content, never through a symlink, and its stat after the read.
+fn read_nofollow(path: &Path) -> Result<(Vec<u8>, StatKey), SyncError> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let mut content = Vec::new();
-    std::fs::OpenOptions::new()
+    let read = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
-        .and_then(|mut f| f.read_to_end(&mut content))
-        .map_err(|e| SyncError::io(format!("reading {}", path.display()), e))?;
-    Ok(content)
+        .and_then(|mut f| f.read_to_end(&mut content).and_then(|_| f.metadata()));
+    let meta = read.map_err(|e| SyncError::io(format!("reading {}", path.display()), e))?;
+    Ok((content, local::stat_key(&meta)))
 }

@@ -194,6 +194,16 @@ async fn main() {
     row("first sync up", first.elapsed, rsync_first, tar_first);
     eprintln!("  (first: {} files sent in {} batches, {} large)", first.files_sent, first.batches, first.large_files);
 
+    // The first re-sync after the upload: the agent hashes the large files, which came through
+    // the chunked transfer (it remembers the digests of what batch_write wrote, not of those).
+    let after = sync::sync_up(&c, &local, "bench", &opts).await.expect("re-sync");
+    assert!(after.plan.is_empty(), "{after:?}");
+    row(
+        &format!("first re-sync after it (agent hashes {} files uploaded by the transfer)", after.remote.files_hashed),
+        after.elapsed,
+        None,
+        None,
+    );
     let mut same = Vec::new();
     for _ in 0..rounds {
         let r = sync::sync_up(&c, &local, "bench", &opts).await.expect("re-sync");
