@@ -32,7 +32,9 @@ async fn every_merge_case_of_sync_down_against_a_baseline() {
     let agent = Agent::start(&nats).await;
     let dir = tempfile::tempdir().unwrap();
     let (local, base) = (dir.path().join("work"), dir.path().join("base.json"));
-    for name in ["r_only", "l_only", "same", "both", "r_del", "l_del", "del_vs_mod", "mod_vs_del", "exe", "stay"] {
+    for name in
+        ["r_only", "l_only", "same", "both", "r_del", "l_del", "del_vs_mod", "mod_vs_del", "exe", "stay"]
+    {
         put(&local, name, format!("{name} v0").as_bytes(), 0o644);
     }
     put(&local, "gone/inner.txt", b"inner", 0o644);
@@ -76,12 +78,20 @@ async fn every_merge_case_of_sync_down_against_a_baseline() {
     assert_eq!(read(&local.join("same")).as_deref(), Some("same both"));
     assert!(!local.join("same.remote").exists(), "the same change on both sides is no conflict");
     assert_eq!(read(&local.join("both")).as_deref(), Some("both local"), "a conflict keeps the local file");
-    assert_eq!(read(&local.join("both.remote")).as_deref(), Some("both remote"), "and saves the remote beside");
+    assert_eq!(
+        read(&local.join("both.remote")).as_deref(),
+        Some("both remote"),
+        "and saves the remote beside"
+    );
     assert!(!local.join("r_del").exists(), "deleted only remotely: deleted");
     assert!(!local.join("l_del").exists(), "deleted only locally: stays deleted");
     assert!(!local.join("del_vs_mod").exists(), "deleted here, changed there: local state kept");
     assert_eq!(read(&local.join("del_vs_mod.remote")).as_deref(), Some("del_vs_mod remote"));
-    assert_eq!(read(&local.join("mod_vs_del")).as_deref(), Some("mod_vs_del local"), "changed here, deleted there");
+    assert_eq!(
+        read(&local.join("mod_vs_del")).as_deref(),
+        Some("mod_vs_del local"),
+        "changed here, deleted there"
+    );
     let mode = std::fs::metadata(local.join("exe")).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o755, "a remote mode change is taken");
     assert!(!local.join("gone").exists(), "a directory deleted remotely goes once empty");

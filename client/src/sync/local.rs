@@ -143,7 +143,8 @@ fn digest(
 /// Whether a file that `stat` now describes as `now` still has the content it had when it was
 /// `then`: the same stat, with a ctime old enough that a change since would have moved it.
 pub fn unchanged_since(then: &StatKey, now: &StatKey) -> bool {
-    let now_ns = SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as i64;
+    let now_ns =
+        SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as i64;
     then == now && now.ctime_ns < now_ns - RACY_WINDOW.as_nanos() as i64
 }
 

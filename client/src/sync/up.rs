@@ -91,7 +91,9 @@ pub async fn sync_up(
         ..Default::default()
     };
     if !opts.dry_run {
-        Sender { client, local, remote, scan: &scan, manifest: &scan.manifest, report: &mut report }.send().await?;
+        Sender { client, local, remote, scan: &scan, manifest: &scan.manifest, report: &mut report }
+            .send()
+            .await?;
         if let Some(out) = &opts.baseline_out {
             scan.manifest.save(out)?;
         }

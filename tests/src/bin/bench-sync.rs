@@ -75,7 +75,10 @@ impl Ssh {
         }
         std::fs::copy(d.join("user.pub"), d.join("authorized_keys")).map_err(|e| e.to_string())?;
         let _ = std::fs::create_dir_all("/run/sshd"); // privilege separation directory
-        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
         let config = format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {host}\nAuthorizedKeysFile {auth}\nPermitRootLogin yes\n\
              PasswordAuthentication no\nStrictModes no\nUsePAM no\nPidFile {pid}\n",
@@ -155,7 +158,10 @@ impl Drop for Ssh {
 
 fn which(name: &str) -> Result<PathBuf, String> {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.exists()).ok_or(format!("{name} is not installed"))
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.exists())
+        .ok_or(format!("{name} is not installed"))
 }
 
 #[tokio::main]
@@ -168,7 +174,10 @@ async fn main() {
     let local = work.path().join("local");
     generate(&local, files, mib);
     let (n, bytes) = sync::snapshot(&local, &[], None).expect("snapshot").totals();
-    println!("tree: {n} files, {:.1} MiB, {rounds} rounds per re-sync case\n", bytes as f64 / (1 << 20) as f64);
+    println!(
+        "tree: {n} files, {:.1} MiB, {rounds} rounds per re-sync case\n",
+        bytes as f64 / (1 << 20) as f64
+    );
     // Let the generated files leave the digest caches' racy window (50 ms) before timing.
     std::thread::sleep(Duration::from_millis(200));
 
@@ -177,7 +186,11 @@ async fn main() {
     let c = client(&nats, &agent, "bench", 1).await;
     let cache = work.path().join("digests.bin");
     let base = work.path().join("base.json");
-    let opts = UpOptions { digest_cache: Some(cache.clone()), baseline_out: Some(base.clone()), ..Default::default() };
+    let opts = UpOptions {
+        digest_cache: Some(cache.clone()),
+        baseline_out: Some(base.clone()),
+        ..Default::default()
+    };
 
     println!("| case | tether (ms) | rsync -a over ssh (ms) | tar \\| ssh \\| tar (ms) | tether / rsync |");
     println!("|---|---:|---:|---:|---:|");
@@ -192,14 +205,20 @@ async fn main() {
         Err(_) => (None, None),
     };
     row("first sync up", first.elapsed, rsync_first, tar_first);
-    eprintln!("  (first: {} files sent in {} batches, {} large)", first.files_sent, first.batches, first.large_files);
+    eprintln!(
+        "  (first: {} files sent in {} batches, {} large)",
+        first.files_sent, first.batches, first.large_files
+    );
 
     // The first re-sync after the upload: the agent hashes the large files, which came through
     // the chunked transfer (it remembers the digests of what batch_write wrote, not of those).
     let after = sync::sync_up(&c, &local, "bench", &opts).await.expect("re-sync");
     assert!(after.plan.is_empty(), "{after:?}");
     row(
-        &format!("first re-sync after it (agent hashes {} files uploaded by the transfer)", after.remote.files_hashed),
+        &format!(
+            "first re-sync after it (agent hashes {} files uploaded by the transfer)",
+            after.remote.files_hashed
+        ),
         after.elapsed,
         None,
         None,
@@ -211,7 +230,13 @@ async fn main() {
         same.push(r.elapsed);
     }
     let rsync_same = ssh.as_ref().ok().map(|s| {
-        median((0..rounds).map(|_| s.rsync(&format!("{}/", local.display()), &format!("127.0.0.1:{}/", rsync_dst.display()))).collect())
+        median(
+            (0..rounds)
+                .map(|_| {
+                    s.rsync(&format!("{}/", local.display()), &format!("127.0.0.1:{}/", rsync_dst.display()))
+                })
+                .collect(),
+        )
     });
     row("no-change re-sync (median)", median(same), rsync_same, None);
     let cli = cli_no_change(&nats, &agent, &local, &work.path().join("cli-cache"), rounds);
@@ -225,10 +250,17 @@ async fn main() {
         assert_eq!((r.files_sent, r.remote.files_hashed), (1, 0), "{r:?}");
         one.push(r.elapsed);
         if let Ok(s) = &ssh {
-            rsync_one.push(s.rsync(&format!("{}/", local.display()), &format!("127.0.0.1:{}/", rsync_dst.display())));
+            rsync_one.push(
+                s.rsync(&format!("{}/", local.display()), &format!("127.0.0.1:{}/", rsync_dst.display())),
+            );
         }
     }
-    row("one-file-changed re-sync (median)", median(one), (!rsync_one.is_empty()).then(|| median(rsync_one)), None);
+    row(
+        "one-file-changed re-sync (median)",
+        median(one),
+        (!rsync_one.is_empty()).then(|| median(rsync_one)),
+        None,
+    );
 
     // The job changes 100 files and adds 10 remotely; meanwhile 10 local edits. Then pull.
     sync::sync_up(&c, &local, "bench", &opts).await.expect("baseline sync up");
@@ -243,14 +275,18 @@ async fn main() {
         change_one(&local, 7000 + i, 3);
     }
     std::thread::sleep(Duration::from_millis(100));
-    let down_opts = DownOptions { baseline: Some(base.clone()), digest_cache: Some(cache.clone()), ..Default::default() };
+    let down_opts =
+        DownOptions { baseline: Some(base.clone()), digest_cache: Some(cache.clone()), ..Default::default() };
     let down = sync::sync_down(&c, "bench", &local, &down_opts).await.expect("sync down");
     assert_eq!((down.files_received, down.unresolved()), (110, 0), "{down:?}");
     let rsync_down = ssh.as_ref().ok().map(|s| {
         for i in 0..100 {
             change_one(&rsync_dst, 100 + i * 37, 9);
         }
-        s.rsync(&format!("127.0.0.1:{}/", rsync_dst.display()), &format!("{}/", work.path().join("rsync-back").display()))
+        s.rsync(
+            &format!("127.0.0.1:{}/", rsync_dst.display()),
+            &format!("{}/", work.path().join("rsync-back").display()),
+        )
     });
     row("sync down, baseline merge (110 remote changes, 10 local)", down.elapsed, rsync_down, None);
     match &ssh {

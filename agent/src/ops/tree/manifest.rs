@@ -138,6 +138,9 @@ impl Page<'_> {
                 tracing::debug!(dir = prefix, "a name that is not UTF-8 is left out of the manifest");
                 continue;
             };
+            if is_temp_name(text) {
+                continue;
+            }
             let rel = if prefix.is_empty() { text.to_owned() } else { format!("{prefix}/{text}") };
             let name = OsStr::from_bytes(&name);
             let Ok(st) = nix::sys::stat::fstatat(handle.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) else {
@@ -221,6 +224,11 @@ impl Page<'_> {
     }
 }
 
+/// A batch write's temp file (see `write`): in flight, or left by a crash; never part of a tree.
+fn is_temp_name(name: &str) -> bool {
+    name.starts_with(super::write::TEMP_PREFIX) && name.ends_with(".tmp")
+}
+
 /// BLAKE3 of everything `file` holds from its start, and how many bytes that was.
 pub fn hash(mut file: &File) -> std::io::Result<([u8; 32], u64)> {
     let mut hasher = blake3::Hasher::new();
@@ -238,4 +246,54 @@ pub fn hash(mut file: &File) -> std::io::Result<([u8; 32], u64)> {
         }
     }
     Ok((*hasher.finalize().as_bytes(), total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn page(paths: &Arc<Paths>, trees: &Arc<Trees>, after: &str, max: u32) -> pb::TreeManifestResponse {
+        let req = pb::TreeManifestRequest {
+            root: "t".into(),
+            after: after.into(),
+            max_entries: max,
+            ..Default::default()
+        };
+        manifest(paths.clone(), trees.clone(), req, 1 << 20).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn pages_of_one_entry_walk_the_whole_tree_once_in_component_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path().join("t");
+        for file in ["a/b/c", "a/b.x", "a.b", "a-c/x", "b", "a/z"] {
+            std::fs::create_dir_all(t.join(file).parent().unwrap()).unwrap();
+            std::fs::write(t.join(file), file).unwrap();
+        }
+        std::fs::create_dir(t.join("empty")).unwrap();
+        std::os::unix::fs::symlink("/etc", t.join("a/link")).unwrap();
+        std::fs::write(t.join(".tether-batch-1-2.tmp"), "in flight").unwrap();
+        let paths = Arc::new(Paths::new(dir.path(), "/workspace", None, true).unwrap());
+        let trees = Arc::new(Trees::in_memory());
+        let whole = page(&paths, &trees, "", 0).await;
+        assert!(whole.next_after.is_empty());
+        let all: Vec<String> = whole.entries.iter().map(|e| e.path.clone()).collect();
+        let expected = ["a", "a/b", "a/b/c", "a/b.x", "a/link", "a/z", "a-c", "a-c/x", "a.b", "b", "empty"];
+        assert_eq!(all, expected);
+        let mut paged = Vec::new();
+        let mut after = String::new();
+        for _ in 0..50 {
+            let p = page(&paths, &trees, &after, 1).await;
+            paged.extend(p.entries.iter().map(|e| e.path.clone()));
+            if p.next_after.is_empty() {
+                break;
+            }
+            after = p.next_after;
+        }
+        assert_eq!(paged, all);
+        let link = whole.entries.iter().find(|e| e.path == "a/link").unwrap();
+        assert_eq!((link.kind(), link.symlink_target.as_str()), (FsEntryKind::Symlink, "/etc"));
+        let file = whole.entries.iter().find(|e| e.path == "b").unwrap();
+        assert_eq!(file.digest.as_ref(), blake3::hash(b"b").as_bytes());
+    }
 }

@@ -38,6 +38,9 @@ const DIR_MODE: u32 = 0o755;
 
 static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// How a batch's temp files are named (`.tether-batch-<pid>-<seq>.tmp`); manifests skip them.
+pub const TEMP_PREFIX: &str = ".tether-batch-";
+
 /// One entry, checked.
 struct Item<'a> {
     parts: Vec<&'a OsStr>,
@@ -271,7 +274,7 @@ impl Batch<'_> {
         }
         let Some(dir) = stage.parents.get(&parent) else { return Ok(()) };
         let temp = OsString::from(format!(
-            ".tether-batch-{}-{}.tmp",
+            "{TEMP_PREFIX}{}-{}.tmp",
             std::process::id(),
             TEMP_SEQ.fetch_add(1, Ordering::Relaxed)
         ));
