@@ -291,7 +291,7 @@ impl Apply<'_> {
             let n = self.client.download(&remote_path(self.remote, &f.rel), &mut file).await?;
             file.sync_all().await.map_err(|e| SyncError::io(format!("writing {}", temp.display()), e))?;
             drop(file);
-            let check = std::fs::File::open(&temp).and_then(|file| local::hash_reader(file));
+            let check = std::fs::File::open(&temp).and_then(local::hash_reader);
             let (digest, _) = check.map_err(|e| SyncError::io(format!("reading {}", temp.display()), e))?;
             if Some(hex(&digest)) != f.entry.digest {
                 return Err(SyncError::Changed { path: remote_path(self.remote, &f.rel) });

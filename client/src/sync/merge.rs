@@ -153,7 +153,8 @@ mod tests {
     #[test]
     fn every_combination_of_three_versions_is_decided_as_specified() {
         let (a, b, c) = (Some(file("a")), Some(file("b")), Some(file("c")));
-        let cases: Vec<(Option<Entry>, Option<Entry>, Option<Entry>, &str)> = vec![
+        type Case = (Option<Entry>, Option<Entry>, Option<Entry>, &'static str);
+        let cases: Vec<Case> = vec![
             (a.clone(), a.clone(), a.clone(), "unchanged"),
             (a.clone(), a.clone(), b.clone(), "remote changed"),
             (a.clone(), b.clone(), a.clone(), "local changed"),

@@ -256,11 +256,11 @@ impl Batch<'_> {
             }
         }
         // Every temp file's data reaches the disk before any of them is renamed into place.
-        if !stage.files.is_empty() {
-            if let Err(e) = nix::unistd::syncfs(self.root) {
-                stage.discard();
-                return Err(self.os(e, "sync", ""));
-            }
+        if !stage.files.is_empty()
+            && let Err(e) = nix::unistd::syncfs(self.root)
+        {
+            stage.discard();
+            return Err(self.os(e, "sync", ""));
         }
         Ok(stage)
     }
