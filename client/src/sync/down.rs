@@ -23,6 +23,10 @@ use crate::transfer::ENVELOPE_ALLOWANCE;
 
 static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// Groups of at most this many files fsync each file rather than the whole filesystem
+/// (`syncfs` also waits for everything else dirty on it).
+const FSYNC_EACH_UP_TO: usize = 16;
+
 /// Options of [`sync_down`].
 #[derive(Debug, Clone)]
 pub struct DownOptions {
@@ -226,6 +230,7 @@ impl Apply<'_> {
             .buffered(IN_FLIGHT);
         while let Some(read) = reads.next().await {
             let (group, files) = read?;
+            let fsync_each = group.len() <= FSYNC_EACH_UP_TO;
             let mut staged = Vec::with_capacity(group.len());
             for (f, got) in group.into_iter().zip(files) {
                 if got.missing
@@ -241,11 +246,12 @@ impl Apply<'_> {
                     TEMP_SEQ.fetch_add(1, Ordering::Relaxed),
                     &got.content,
                     f.entry.mode,
+                    fsync_each,
                 )?;
                 self.report.bytes_received += got.content.len() as u64;
                 staged.push((temp, f));
             }
-            self.land(staged)?;
+            self.land(staged, fsync_each)?;
         }
         for f in large {
             self.fetch_large(f).await?;
@@ -253,12 +259,13 @@ impl Apply<'_> {
         Ok(())
     }
 
-    /// Syncs the filesystem once, then renames every staged file into place.
-    fn land(&mut self, staged: Vec<(PathBuf, Fetch)>) -> Result<(), SyncError> {
+    /// Syncs the filesystem once (unless each file was synced), then renames every staged file
+    /// into place.
+    fn land(&mut self, staged: Vec<(PathBuf, Fetch)>, synced: bool) -> Result<(), SyncError> {
         if staged.is_empty() {
             return Ok(());
         }
-        if let Err(e) = sync_filesystem(self.local) {
+        if let Err(e) = if synced { Ok(()) } else { sync_filesystem(self.local) } {
             discard(&staged);
             return Err(e);
         }

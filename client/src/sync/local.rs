@@ -173,13 +173,21 @@ pub fn temp_beside(target: &Path, seq: u64) -> PathBuf {
     target.with_file_name(format!(".{keep}.tether-sync-{}-{seq}", std::process::id()))
 }
 
-/// Writes `content` with `mode` to a temp file beside `target` (not yet renamed, not synced).
-pub fn write_temp(target: &Path, seq: u64, content: &[u8], mode: u32) -> Result<PathBuf, SyncError> {
+/// Writes `content` with `mode` to a temp file beside `target` (not yet renamed; synced only
+/// with `sync`, else the caller syncs the filesystem once for a whole batch).
+pub fn write_temp(
+    target: &Path,
+    seq: u64,
+    content: &[u8],
+    mode: u32,
+    sync: bool,
+) -> Result<PathBuf, SyncError> {
     let temp = temp_beside(target, seq);
     let written = (|| {
         let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temp)?;
         file.write_all(content)?;
-        file.set_permissions(std::fs::Permissions::from_mode(if mode == 0 { 0o644 } else { mode }))
+        file.set_permissions(std::fs::Permissions::from_mode(if mode == 0 { 0o644 } else { mode }))?;
+        if sync { file.sync_data() } else { Ok(()) }
     })();
     match written {
         Ok(()) => Ok(temp),

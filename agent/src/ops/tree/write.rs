@@ -10,7 +10,9 @@
 //! reader (or a crash) sees the old file or the new one. Durability is bought per batch, not
 //! per file: one `syncfs` after all temp files are written (their data is on disk before any
 //! rename), then the renames, then one `fsync` of each directory renamed into. A crash after
-//! the reply loses nothing; a crash during the batch leaves each file old or new.
+//! the reply loses nothing; a crash during the batch leaves each file old or new. A batch of
+//! at most [`FSYNC_EACH_UP_TO`] files fsyncs each instead: `syncfs` also waits for whatever else
+//! is dirty on the filesystem (a build's output), which a re-sync of one file should not.
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -37,6 +39,9 @@ const FILE_MODE: u32 = 0o644;
 const DIR_MODE: u32 = 0o755;
 
 static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Batches with at most this many files fsync each file rather than the whole filesystem.
+pub const FSYNC_EACH_UP_TO: usize = 16;
 
 /// How a batch's temp files are named (`.tether-batch-<pid>-<seq>.tmp`); manifests skip them.
 pub const TEMP_PREFIX: &str = ".tether-batch-";
@@ -248,7 +253,8 @@ impl Batch<'_> {
     /// visible changes yet), then syncs the filesystem once. On failure the temp files made so
     /// far are removed.
     fn stage(&mut self, items: &[Item<'_>]) -> OpResult<Stage> {
-        let mut stage = Stage::default();
+        let files = items.iter().filter(|i| i.kind == FsEntryKind::File && !i.entry.mode_only).count();
+        let mut stage = Stage { fsync_each: files <= FSYNC_EACH_UP_TO, ..Stage::default() };
         for item in items.iter().filter(|i| i.kind != FsEntryKind::Directory && !i.entry.mode_only) {
             if let Err(e) = self.stage_one(item, &mut stage) {
                 stage.discard();
@@ -257,6 +263,7 @@ impl Batch<'_> {
         }
         // Every temp file's data reaches the disk before any of them is renamed into place.
         if !stage.files.is_empty()
+            && !stage.fsync_each
             && let Err(e) = nix::unistd::syncfs(self.root)
         {
             stage.discard();
@@ -285,7 +292,7 @@ impl Batch<'_> {
                 None
             }
             _ => {
-                let written = temp_file(dir.as_fd(), &temp, item);
+                let written = temp_file(dir.as_fd(), &temp, item, stage.fsync_each);
                 if written.is_err() {
                     let _ = nix::unistd::unlinkat(dir.as_fd(), temp.as_os_str(), UnlinkatFlags::NoRemoveDir);
                 }
@@ -395,6 +402,8 @@ impl Batch<'_> {
 struct Stage {
     files: Vec<Staged>,
     parents: BTreeMap<String, OwnedFd>,
+    /// Each temp file is synced as it is written (a small batch), not the filesystem after.
+    fsync_each: bool,
 }
 
 #[derive(Clone)]
@@ -418,14 +427,17 @@ impl Stage {
     }
 }
 
-/// Creates temp file `temp` in `dir` with the entry's content and mode (not synced: the batch
-/// syncs once for all).
-fn temp_file(dir: BorrowedFd<'_>, temp: &OsStr, item: &Item<'_>) -> std::io::Result<()> {
+/// Creates temp file `temp` in `dir` with the entry's content and mode, synced when `sync`
+/// (else the batch syncs once for all).
+fn temp_file(dir: BorrowedFd<'_>, temp: &OsStr, item: &Item<'_>, sync: bool) -> std::io::Result<()> {
     let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let fd = nix::fcntl::openat(dir, temp, flags, Mode::from_bits_truncate(0o600))?;
     let mut file = File::from(fd);
     file.write_all(&item.entry.content)?;
     let mode = if item.entry.mode == 0 { FILE_MODE } else { item.entry.mode };
     nix::sys::stat::fchmod(file.as_fd(), Mode::from_bits_truncate(mode))?;
+    if sync {
+        file.sync_data()?;
+    }
     Ok(())
 }
