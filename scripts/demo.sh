@@ -68,6 +68,13 @@ echo "get: $report"
 echo "someone else's edit" >"$work/root/big.bin"
 ctl put --if-match "$digest" "$work/big.bin" /workspace/big.bin \
   || echo "(refused: the remote file changed since that get; nothing was written)"
+mkdir -p "$work/proj/src" && echo 'fn main() {}' > "$work/proj/src/main.rs" && echo v1 > "$work/proj/notes.txt"
+ctl sync up "$work/proj" /workspace/proj --baseline-out "$work/base.json"
+ctl sync up "$work/proj" /workspace/proj           # nothing changed: nothing sent
+ctl exec --cwd /workspace/proj --shell -- 'echo built > out.txt; echo remote > notes.txt'
+echo "local edit" > "$work/proj/src/main.rs"
+ctl sync down /workspace/proj "$work/proj" --baseline "$work/base.json"
+echo "notes.txt: $(cat "$work/proj/notes.txt") (taken), out.txt: $(cat "$work/proj/out.txt"), main.rs: $(cat "$work/proj/src/main.rs") (kept)"
 ctl cat /etc/hostname || echo "(confined: the agent refused a path outside its workspace root, as it should)"
 ctl metrics
 ctl shell -- sh -c 'echo "a terminal on $(tty), $(stty size) rows/cols, through the relay"; exit 3' </dev/null \

@@ -14,6 +14,7 @@ use crate::error::{OpError, OpResult};
 use crate::fence::{Admission, Fence, scope_label};
 use crate::ops::desktop::Desktop;
 use crate::ops::pty::{FencedBy, Terminals};
+use crate::ops::tree::{self, Trees};
 use crate::ops::{exec, fs, metrics::MetricsSampler};
 use crate::paths::Paths;
 use crate::process::Launcher;
@@ -38,6 +39,8 @@ pub struct Dispatcher {
     pub mutation_deadline: Duration,
     /// The screen (or why there is none).
     pub desktop: Arc<Desktop>,
+    /// The tree ops' digest cache (workspace sync).
+    pub trees: Arc<Trees>,
     started: Instant,
 }
 
@@ -59,6 +62,7 @@ impl Dispatcher {
             transfers: Arc::new(fs::Transfers::default()),
             mutation_deadline: fs::DEFAULT_MUTATION_DEADLINE,
             desktop: Arc::new(Desktop::unavailable("no display is configured", false)),
+            trees: Arc::new(Trees::in_memory()),
             started: Instant::now(),
         }
     }
@@ -153,6 +157,13 @@ impl Dispatcher {
             Op::FsMove(req) => Reply::FsMove(fs::rename(paths, req, self.mutation_deadline).await?),
             Op::FsRemove(req) => Reply::FsRemove(fs::remove(paths, req, self.mutation_deadline).await?),
             Op::Metrics(_) => Reply::Metrics(self.sample_metrics().await?),
+            Op::TreeManifest(req) => {
+                Reply::TreeManifest(tree::manifest::manifest(paths, self.trees.clone(), req, budget).await?)
+            }
+            Op::BatchWrite(req) => Reply::BatchWrite(
+                tree::write::write(paths, self.trees.clone(), req, self.mutation_deadline).await?,
+            ),
+            Op::BatchRead(req) => Reply::BatchRead(tree::read::read(paths, req, budget).await?),
             Op::PtyOpen(req) => {
                 self.sandbox.admit()?;
                 let cwd = paths.resolve_cwd(&req.cwd)?;
@@ -216,6 +227,7 @@ fn mutates_briefly(op: &Op) -> bool {
             | Op::TransferCommit(_)
             | Op::TransferAbort(_)
             | Op::DesktopInput(_)
+            | Op::BatchWrite(_)
     )
 }
 
@@ -254,6 +266,9 @@ fn op_name(op: Option<&Op>) -> &'static str {
         Some(Op::TransferAbort(_)) => "transfer_abort",
         Some(Op::FsDigest(_)) => "fs_digest",
         Some(Op::DesktopAct(_)) => "desktop_act",
+        Some(Op::TreeManifest(_)) => "tree_manifest",
+        Some(Op::BatchWrite(_)) => "batch_write",
+        Some(Op::BatchRead(_)) => "batch_read",
     }
 }
 

@@ -86,6 +86,7 @@ fn capabilities(config: &Config, max_payload: usize, commands: &CommandCaps) -> 
         transfers: true,
         transfer_window: crate::ops::fs::TRANSFER_WINDOW,
         transfer_idle_ms: config.transfer_idle_timeout.as_millis() as u64,
+        tree_sync: true,
         ..Default::default()
     };
     commands.fill(&mut caps);

@@ -70,6 +70,9 @@ pub fn op_name(op: &Op) -> &'static str {
         Op::TransferAbort(_) => "transfer_abort",
         Op::FsDigest(_) => "fs_digest",
         Op::DesktopAct(_) => "desktop_act",
+        Op::TreeManifest(_) => "tree_manifest",
+        Op::BatchWrite(_) => "batch_write",
+        Op::BatchRead(_) => "batch_read",
     }
 }
 
@@ -99,6 +102,9 @@ pub fn result_name(result: &OpResult) -> &'static str {
         OpResult::TransferAbort(_) => "transfer_abort",
         OpResult::FsDigest(_) => "fs_digest",
         OpResult::DesktopAct(_) => "desktop_act",
+        OpResult::TreeManifest(_) => "tree_manifest",
+        OpResult::BatchWrite(_) => "batch_write",
+        OpResult::BatchRead(_) => "batch_read",
     }
 }
 

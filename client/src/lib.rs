@@ -25,6 +25,7 @@ mod download;
 mod envelope;
 mod error;
 mod events;
+pub mod sync;
 mod transfer;
 mod unique;
 mod upload;
@@ -36,6 +37,9 @@ pub use download::{GetOptions, partial_path};
 pub use envelope::{build_request, op_name, open_response};
 pub use error::ClientError;
 pub use events::{AgentMessage, EventStream};
+pub use sync::{
+    DownOptions, DownReport, Prefer, SyncError, UpOptions, UpReport, snapshot, sync_down, sync_up,
+};
 pub use transfer::{READ_AHEAD, WriteOptions, chunk_size, plan_chunks, temp_upload_path, write_chunk_size};
 pub use upload::{
     MAX_WINDOW, Precondition, Progress, PutOptions, TARGET_IN_FLIGHT, TransferReport, derive_transfer_id,

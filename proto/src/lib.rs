@@ -1,6 +1,7 @@
 //! The Tether wire contract in one place: the protobuf messages of `PROTOCOL.md`, the NATS
 //! subject names, and the relay's one-byte-tag frame codec. Pure: no sockets, no runtime.
 
+pub mod digests;
 pub mod frame;
 pub mod stream;
 pub mod subjects;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 pub mod relay;
 pub mod xvfb;
+pub mod tree;
 
 use anyhow::{Context, bail};
 use futures::StreamExt;

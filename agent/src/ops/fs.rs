@@ -20,8 +20,7 @@ use nix::unistd::UnlinkatFlags;
 use prost::Message;
 use tether_proto::pb;
 
-use self::commit::under_deadline;
-use self::kind::{kind_of, not_regular};
+use self::kind::not_regular;
 use self::write::Placement;
 use crate::error::{OpError, OpResult};
 use crate::paths::{Paths, Resolved, via_fd};
@@ -38,6 +37,9 @@ mod xdev;
 pub use commit::DEFAULT_DEADLINE as DEFAULT_MUTATION_DEADLINE;
 pub use digest::fs_digest as digest;
 pub use transfer::{DEFAULT_IDLE as TRANSFER_IDLE, Transfers, WINDOW as TRANSFER_WINDOW};
+// For the tree ops (`ops::tree`), which commit the same way.
+pub(crate) use commit::{Gate, under_deadline};
+pub(crate) use kind::kind_of;
 pub use write::MAX_WRITE_END;
 
 /// Bytes a read reply spends besides the content: field tags, length prefixes, total_size.
@@ -151,7 +153,7 @@ pub async fn write(
 /// Makes a rename or unlink in `dir` durable, as far as it can: the change is already made, so
 /// a directory that cannot be synced (one the agent may write but not read, mode 0300) is
 /// logged, never reported as a failure of the op (a retry would then find it done).
-fn sync_dir(dir: BorrowedFd<'_>) {
+pub(crate) fn sync_dir(dir: BorrowedFd<'_>) {
     if let Err(e) = try_sync_dir(dir) {
         tracing::warn!(error = %e, "a directory could not be synced after a change in it");
     }
@@ -354,7 +356,7 @@ pub async fn rename(
 
 /// The deepest directory that exists on the way to `r` (`r` itself if it is one), for the
 /// gate's probe before directories are created there.
-fn nearest_dir(paths: &Paths, r: &Resolved) -> OpResult<OwnedFd> {
+pub(crate) fn nearest_dir(paths: &Paths, r: &Resolved) -> OpResult<OwnedFd> {
     let mut at = r.abs.clone();
     loop {
         let found =

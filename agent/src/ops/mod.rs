@@ -6,3 +6,4 @@ pub mod exec;
 pub mod fs;
 pub mod metrics;
 pub mod pty;
+pub mod tree;

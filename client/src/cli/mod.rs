@@ -11,6 +11,7 @@ mod mint;
 mod progress;
 pub mod report;
 mod shell;
+mod sync;
 mod tty;
 
 use std::path::PathBuf;
@@ -188,6 +189,9 @@ pub enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// Sync a directory tree with the agent: `up`, `down` (three-way with a baseline), `snapshot`.
+    #[command(subcommand)]
+    Sync(sync::SyncCommand),
 }
 
 /// Runs one parsed command line; returns the process exit code.
@@ -195,6 +199,13 @@ pub async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::MintToken(args) = cli.command {
         mint::run(args, cli.conn.workspace_id.as_deref(), cli.conn.agent_id.as_deref())?;
         return Ok(ExitCode::SUCCESS);
+    }
+    if let Command::Sync(sub) = cli.command {
+        if !sync::needs_agent(&sub) {
+            return sync::snapshot(sub, cli.json);
+        }
+        let client = connect::connect(&cli.conn).await?;
+        return sync::run(&client, sub, cli.json).await;
     }
     if let (Command::Shell(shell), None) = (&cli.command, &cli.conn.fence_scope) {
         // A terminal belongs to the fence scope that opened it: a reattachable one needs the
@@ -255,6 +266,7 @@ pub async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Desktop { relay_url, width, height } => {
             desktop::ensure(&client, relay_url.as_deref(), (width, height), json).await
         }
+        Command::MintToken(_) | Command::Sync(_) => unreachable!("handled before"),
     }
 }
 
