@@ -7,8 +7,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod relay;
-pub mod xvfb;
 pub mod tree;
+pub mod xvfb;
 
 use anyhow::{Context, bail};
 use futures::StreamExt;

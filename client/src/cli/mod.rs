@@ -235,7 +235,6 @@ pub async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Metrics => info::metrics(&client, json).await,
         Command::Events => info::events(&client, json).await,
         Command::Shell(args) => shell::run(&client, args).await,
-        Command::MintToken(_) => unreachable!("handled before connecting"),
         Command::Screenshot(args) => desktop::screenshot(&client, args, json).await,
         Command::Click { x, y, button, double, space } => {
             let action = if double { pb::PointerAction::DoubleClick } else { pb::PointerAction::Click };
@@ -266,7 +265,7 @@ pub async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Desktop { relay_url, width, height } => {
             desktop::ensure(&client, relay_url.as_deref(), (width, height), json).await
         }
-        Command::MintToken(_) | Command::Sync(_) => unreachable!("handled before"),
+        Command::MintToken(_) | Command::Sync(_) => unreachable!("handled before connecting"),
     }
 }
 
