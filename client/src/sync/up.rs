@@ -17,6 +17,7 @@ use super::rpc::RemoteScan;
 use super::{IN_FLIGHT, SyncError, open_cache, remote_path};
 use crate::client::Client;
 use crate::transfer::{ENVELOPE_ALLOWANCE, WriteOptions};
+use crate::upload::{PutOptions, derive_transfer_id};
 
 /// Bytes an entry costs in a batch besides its path and content (tags, lengths, mode, kind).
 const ENTRY_OVERHEAD: usize = 24;
@@ -216,18 +217,28 @@ impl Sender<'_> {
         Ok(())
     }
 
-    /// One large file through the chunked transfer (atomic on the agent, mode kept).
+    /// One large file through the verified transfer (BLAKE3 checked by the agent before its
+    /// atomic rename, mode kept). The transfer id is derived from the target and the content's
+    /// digest, so a sync killed half-way through this file sends only the rest when re-run.
     async fn send_large(&mut self, rel: &str) -> Result<(), SyncError> {
         let Some(entry) = self.manifest.entries.get(rel) else { return Ok(()) };
         let path = self.local.join(rel);
         let file = tokio::fs::File::open(&path)
             .await
             .map_err(|e| SyncError::io(format!("opening {}", path.display()), e))?;
-        let options = WriteOptions { mode: entry.mode, create_parents: true };
-        let sent = self.client.write_file_from(&remote_path(self.remote, rel), file, options).await?;
+        let remote = remote_path(self.remote, rel);
+        // Without a digest (none is known for the content) the upload gets a random id.
+        let transfer_id =
+            entry.digest.as_ref().map(|d| derive_transfer_id(&[b"sync up", remote.as_bytes(), d.as_bytes()]));
+        let options = PutOptions {
+            write: WriteOptions { mode: entry.mode, create_parents: true },
+            transfer_id,
+            ..Default::default()
+        };
+        let report = self.client.put_from(&remote, file, Some(entry.size), &options).await?;
         self.report.files_sent += 1;
         self.report.large_files += 1;
-        self.report.bytes_sent += sent;
+        self.report.bytes_sent += report.sent;
         Ok(())
     }
 }
