@@ -83,6 +83,20 @@ impl Ring {
         evicted
     }
 
+    /// Evicts every entry but the newest (a desktop channel, whose every frame is a whole
+    /// image, needs no older one). Returns how many sequenced entries were evicted.
+    pub fn keep_newest(&mut self) -> u64 {
+        let mut evicted = 0;
+        while self.entries.len() > 1 {
+            if let Some(old) = self.entries.pop_front() {
+                self.held -= old.msg.len();
+                self.first_pos += 1;
+                evicted += u64::from(old.sequenced);
+            }
+        }
+        evicted
+    }
+
     /// The entry at `pos`, if still held.
     pub fn get(&self, pos: u64) -> Option<&Entry> {
         let idx = pos.checked_sub(self.first_pos)?;

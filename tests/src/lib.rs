@@ -218,7 +218,13 @@ impl Nats {
             Some(token) => async_nats::ConnectOptions::with_token(token.clone()),
             None => async_nats::ConnectOptions::new(),
         };
-        options.connect(&self.url).await.expect("connect to test nats-server")
+        // Requests are bounded by the callers' own (longer) timeouts: the client's 10 s default
+        // failed slow-but-correct requests (300 remapped characters typed) on a loaded machine.
+        options
+            .request_timeout(Some(Duration::from_secs(60)))
+            .connect(&self.url)
+            .await
+            .expect("connect to test nats-server")
     }
 }
 

@@ -425,12 +425,16 @@ impl ChannelState {
     /// Backpressure: the producer may read its next frame while every viewer's queue has room,
     /// so a burst is paced to the viewers instead of overrunning one of them.
     pub fn producer_may_read(&self) -> bool {
-        self.viewers.values().all(|v| self.backlog(v) < self.queue_bytes())
+        // A desktop viewer behind the newest frame skips to it instead of holding anyone up.
+        self.is_desktop() || self.viewers.values().all(|v| self.backlog(v) < self.queue_bytes())
     }
 
     /// The producer waited the whole stall grace for room: the viewers whose queue is still
     /// full are too slow; drop them so the others (and the producer) go on.
     pub fn kick_stalled(&mut self, m: &Metrics) {
+        if self.is_desktop() {
+            return;
+        }
         let full = self.queue_bytes();
         let stalled: Vec<ConnId> =
             self.viewers.iter().filter(|(_, v)| self.backlog(v) >= full).map(|(c, _)| *c).collect();
@@ -472,6 +476,12 @@ impl ChannelState {
         m.received(Dir::Down, msg.len());
         m.evicted(Dir::Down, self.down.push(seq, true, msg));
         self.down_next = Some(after);
+        if self.is_desktop() {
+            // Latest wins: every desktop frame is a whole image, so the channel holds only the
+            // newest, and a viewer behind it skips to it (see `next_for_viewer`), never kicked.
+            m.evicted(Dir::Down, self.down.keep_newest());
+            return;
+        }
         // A viewer still replaying from before it joined can be overtaken by eviction.
         let first = self.down.first_pos();
         let evicted: Vec<ConnId> =
@@ -498,6 +508,7 @@ impl ChannelState {
         }
         let first = self.down.first_pos();
         let head = self.down.head_pos();
+        let latest_wins = self.is_desktop();
         let Some(v) = self.viewers.get_mut(&conn) else {
             return Next::Close(self.close(pb::StreamCloseReason::TransportError, "not attached"));
         };
@@ -507,6 +518,9 @@ impl ChannelState {
         let mut pos = v.cursor.max(first);
         while pos < head && bytes < max_bytes {
             let Some(e) = self.down.get(pos) else { break };
+            if e.seq > v.expected && latest_wins {
+                v.expected = e.seq;
+            }
             if e.seq > v.expected {
                 if out.is_empty() {
                     gap = Some(e.seq);

@@ -569,3 +569,41 @@ fn a_seq_of_u64_max_is_a_protocol_error_of_the_peer_that_sent_it() {
     let text = m.render(Default::default());
     assert!(text.contains("tether_relay_protocol_violations_total 3"), "{text}");
 }
+
+#[test]
+fn a_desktop_channel_holds_only_the_newest_frame_and_a_late_or_slow_viewer_skips_to_it() {
+    let m = Metrics::default();
+    let mut c = chan(6080);
+    c.join_producer(P, pb::StreamKind::Desktop, 0, &m).unwrap();
+    for seq in 0..5 {
+        c.producer_frame(P, seq, data(seq, &[seq as u8; 40]), &m);
+    }
+    // A viewer joining (from 0) or resuming (from 2) gets the newest whole image, not the stale.
+    assert_eq!(c.join_viewer(V1, pb::StreamKind::Desktop, grant("s/a", ViewerMode::View), 0, &m).unwrap(), 4);
+    assert_eq!(c.join_viewer(V2, pb::StreamKind::Desktop, grant("s/b", ViewerMode::View), 2, &m).unwrap(), 4);
+    assert_eq!(drain(&mut c, V1, &m).0, [(4, vec![4u8; 40])]);
+    // V2 reads nothing while five more frames arrive: it is neither kicked nor holding up the
+    // producer, and then takes only the newest.
+    for seq in 5..10 {
+        assert!(c.producer_may_read(), "a lagging desktop viewer must not stall the producer");
+        c.producer_frame(P, seq, data(seq, b"frame"), &m);
+    }
+    c.kick_stalled(&m);
+    let (frames, _, close) = drain(&mut c, V2, &m);
+    assert_eq!((seqs(&frames), close), (vec![9], None));
+    assert_eq!(seqs(&drain(&mut c, V1, &m).0), [9]);
+    assert!(c.down.held_bytes() < 2 * data(9, b"frame").len(), "one frame held, not the history");
+}
+
+#[test]
+fn a_terminal_channel_still_replays_every_frame_and_kicks_a_viewer_it_evicted() {
+    let m = Metrics::default();
+    let mut c = ChannelState::new("c", 7681, Limits { ring_bytes: 200, ..limits() }, Instant::now());
+    c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap();
+    c.join_viewer(V1, pb::StreamKind::Pty, grant("s/a", ViewerMode::View), 0, &m).unwrap();
+    for seq in 0..20 {
+        c.producer_frame(P, seq, data(seq, b"0123456789"), &m);
+    }
+    let (frames, _, close) = drain(&mut c, V1, &m);
+    assert!(frames.is_empty() && close.is_some(), "a terminal viewer is never fed a stream with holes");
+}
