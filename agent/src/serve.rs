@@ -66,13 +66,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let secret_names: Vec<String> = SECRET_ENV_VARS.iter().map(|s| s.to_string()).collect();
     let mut launcher = Launcher::from_current_env(&secret_names);
     sandbox.install(&mut launcher);
-    if let Some(name) = &display.display_env {
-        // Commands the agent runs (a browser, a GUI app) open on the managed display; confined
-        // ones are told about it only with screen-control consent (see README "Desktop").
-        if config.desktop.consent_screen_control || !sandbox.capabilities().confined {
-            launcher.set_base_env("DISPLAY", name.into());
-        }
-    }
+    let _display_bridge = command_display(&config, &display, &sandbox, &mut launcher).await;
     let launcher = Arc::new(launcher);
     let terminals = Arc::new(Terminals::new(
         config.relay.clone(),
@@ -395,5 +389,33 @@ async fn heartbeat(
             draining: draining.load(Ordering::Relaxed),
         };
         announce.event(agent_event::Event::Heartbeat(beat)).await;
+    }
+}
+
+/// Points the commands the agent runs (a browser, a GUI app) at the managed display: unconfined
+/// ones at its socket, confined ones, only with screen-control consent, at the loopback bridge
+/// to it (see README "Desktop"). The bridge lives as long as what this returns.
+async fn command_display(
+    config: &Config,
+    display: &crate::display::DisplaySetup,
+    sandbox: &Sandbox,
+    launcher: &mut Launcher,
+) -> Option<crate::display::bridge::DisplayBridge> {
+    let name = display.display_env.as_ref()?;
+    if !sandbox.capabilities().confined {
+        launcher.set_base_env("DISPLAY", name.into());
+        return None;
+    }
+    let spec = config.desktop.virtual_display.as_ref().filter(|_| config.desktop.consent_screen_control)?;
+    match crate::display::bridge::DisplayBridge::start(spec.number).await {
+        Ok(bridge) => {
+            tracing::info!(display = %bridge.display, "confined commands reach the managed display through a loopback bridge");
+            launcher.set_base_env("DISPLAY", bridge.display.clone().into());
+            Some(bridge)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no display bridge: confined commands cannot open windows on the managed display");
+            None
+        }
     }
 }

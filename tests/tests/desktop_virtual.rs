@@ -1,7 +1,8 @@
 //! The managed virtual display: `--virtual-desktop` starts Xvfb, reports it in Hello, points
 //! the commands the agent runs at it, and stops it when the agent stops (SIGTERM), and even
 //! when the agent is killed (SIGKILL); a stale lock and socket are reclaimed; a display some
-//! other X server holds is left alone.
+//! other X server holds is left alone; a GUI program a confined command starts draws on it with
+//! screen-control consent, and cannot reach it without.
 
 use std::time::Duration;
 
@@ -47,8 +48,8 @@ async fn the_agent_runs_its_own_xvfb_and_stops_it_when_it_stops() {
     let reply = exec_reply("exec", &agent, agent.call(Op::Exec(op::sh("echo \"$DISPLAY\""))).await);
     assert_eq!(
         text(&reply.stdout).trim(),
-        format!(":{number}"),
-        "commands are pointed at the managed display"
+        format!("127.0.0.1:{number}"),
+        "confined commands are pointed at the managed display's loopback bridge"
     );
 
     let xvfb = read_pid(&agent.state_dir.join("xvfb.pid"));
@@ -97,4 +98,45 @@ async fn a_stale_lock_is_reclaimed_but_a_live_foreign_display_is_left_alone() {
     assert!(!caps.desktop);
     assert!(caps.desktop_unavailable_reason.contains("another X server"), "{caps:?}");
     assert!(answers(foreign.number), "the foreign display still answers");
+}
+
+/// The colour at the centre of a PNG screenshot of the agent's display.
+async fn centre_colour(agent: &Agent) -> [u8; 3] {
+    let shot = match agent.call(Op::DesktopScreenshot(Default::default())).await {
+        Ok(Reply::DesktopScreenshot(shot)) => shot,
+        other => panic!("{other:?}"),
+    };
+    let mut reader = png::Decoder::new(std::io::Cursor::new(shot.png)).read_info().expect("a PNG");
+    let mut rgb = vec![0; reader.output_buffer_size().expect("size")];
+    let info = reader.next_frame(&mut rgb).expect("PNG frame");
+    let at = (((info.height / 2) * info.width + info.width / 2) * 3) as usize;
+    [rgb[at], rgb[at + 1], rgb[at + 2]]
+}
+
+#[tokio::test]
+async fn a_confined_command_draws_on_the_managed_display_only_with_consent() {
+    let nats = Nats::start().await;
+    let number = free_display();
+    let agent = Agent::start_with(&nats, virtual_opts(number, "640x480")).await;
+    assert!(agent.caps().commands_confined && agent.caps().desktop, "{:?}\n{}", agent.caps(), agent.log());
+    // xsetroot is an ordinary X client: it opens $DISPLAY and paints the root window.
+    let reply = exec_reply("exec", &agent, agent.call(Op::Exec(op::sh("xsetroot -solid '#00ff00'"))).await);
+    assert_eq!(reply.exit_code, 0, "xsetroot under confinement: {}", text(&reply.stderr));
+    assert_eq!(centre_colour(&agent).await, [0, 255, 0], "the command's drawing is on the screen");
+    drop(agent);
+
+    // Without consent there is no DISPLAY and no bridge: naming the display by hand fails too.
+    let number = free_display();
+    let mut opts = virtual_opts(number, "640x480");
+    opts.args.retain(|a| a != "--consent-screen-control");
+    let agent = Agent::start_with(&nats, opts).await;
+    assert!(agent.caps().desktop);
+    let script = format!(
+        "test -z \"$DISPLAY\" || exit 7; xsetroot -display 127.0.0.1:{number} -solid '#ff0000' || \
+         xsetroot -display :{number} -solid '#ff0000'"
+    );
+    let reply = exec_reply("exec", &agent, agent.call(Op::Exec(op::sh(&script))).await);
+    assert_ne!(reply.exit_code, 7, "a confined command without consent was given a DISPLAY");
+    assert_ne!(reply.exit_code, 0, "a confined command without consent reached the display");
+    assert_ne!(centre_colour(&agent).await, [255, 0, 0]);
 }

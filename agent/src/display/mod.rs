@@ -2,6 +2,7 @@
 //! starts Xvfb and stops it with itself), or `$DISPLAY` when one answers. Settings come from
 //! flags, `TETHER_*` variables or the config file's `[desktop]` table.
 
+pub mod bridge;
 #[cfg(target_os = "linux")]
 pub mod xvfb;
 
