@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Sets up, then runs the whole thing locally: a nats-server and a tether-relay on loopback, a
 # tether-agent that lends them a scratch workspace, and a short tetherctl session against it
-# (exec, files, a terminal through the relay, a screenshot and a click on a virtual display). Everything it starts is stopped when it ends (or
-# on Ctrl-C).
+# (exec, files, a terminal through the relay, a GUI command, a screenshot and a click on a
+# virtual display). Everything it starts is stopped when it ends (or on Ctrl-C).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -79,6 +79,7 @@ ctl cat /etc/hostname || echo "(confined: the agent refused a path outside its w
 ctl metrics
 ctl shell -- sh -c 'echo "a terminal on $(tty), $(stty size) rows/cols, through the relay"; exit 3' </dev/null \
   || echo "(tetherctl shell exited with the remote shell's code: $?)"
+ctl exec --shell -- 'xsetroot -solid "#3465a4" && echo "a confined command painted the virtual display ($DISPLAY)"'
 ctl screenshot -o "$work/screen.png" --max-width 640 && file "$work/screen.png" 2>/dev/null || true
 ctl click 320 200 --space 640x400 && echo "(clicked the virtual display's centre, given in screenshot pixels)"
 printf '\nDemo done. Agent log: last lines\n'
