@@ -101,6 +101,10 @@ pub struct RunArgs {
     /// NATS .creds file (JWT + nkey seed).
     #[arg(long, env = "TETHER_NATS_CREDS")]
     pub nats_creds: Option<PathBuf>,
+    /// File holding the agent's NKey seed (`SU...`), as `tether-agent enroll` writes it. Refused
+    /// when group- or world-readable.
+    #[arg(long, env = "TETHER_NATS_NKEY")]
+    pub nats_nkey: Option<PathBuf>,
     /// CA certificate (PEM) to verify the NATS server; implies TLS.
     #[arg(long, env = "TETHER_NATS_TLS_CA")]
     pub nats_tls_ca: Option<PathBuf>,
@@ -151,6 +155,7 @@ struct FileConfig {
     nats_password_file: Option<PathBuf>,
     nats_token_file: Option<PathBuf>,
     nats_creds: Option<PathBuf>,
+    nats_nkey: Option<PathBuf>,
     nats_tls_ca: Option<PathBuf>,
     relay_url: Option<String>,
     relay_token_file: Option<PathBuf>,
@@ -234,6 +239,8 @@ pub enum NatsAuth {
         password: Secret,
     },
     CredsFile(PathBuf),
+    /// An NKey seed: the server knows the public key and checks a signature of its nonce.
+    Nkey(Secret),
 }
 
 /// Where terminals stream: the relay's `/stream` URL and the agent's producer token.
@@ -306,9 +313,13 @@ impl Config {
         let token_file = args.nats_token_file.or(file.nats_token_file);
         let password_file = args.nats_password_file.or(file.nats_password_file);
         let creds = args.nats_creds.or(file.nats_creds);
+        let nkey = args.nats_nkey.or(file.nats_nkey);
         let relay_token_file = args.relay_token_file.or(file.relay_token_file);
-        let secret_files =
-            [&token_file, &password_file, &creds, &relay_token_file].into_iter().flatten().cloned().collect();
+        let secret_files = [&token_file, &password_file, &creds, &nkey, &relay_token_file]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
         let nats_auth = nats_auth(
             env("TETHER_NATS_TOKEN"),
             token_file,
@@ -316,6 +327,7 @@ impl Config {
             env("TETHER_NATS_PASSWORD"),
             password_file,
             creds,
+            nkey,
         )?;
         let confine = confine_config(
             ConfineFile {
@@ -447,6 +459,22 @@ fn read_secret_file(path: &Path) -> anyhow::Result<Secret> {
     Ok(Secret(value))
 }
 
+/// A secret file only its owner may read (an NKey seed): group- or world-readable, it is
+/// refused with the command that fixes it.
+pub fn read_private_secret_file(path: &Path) -> anyhow::Result<Secret> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).with_context(|| format!("reading secret file {}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        bail!(
+            "secret file {} is readable by others (mode {mode:03o}); fix it with: chmod 600 {}",
+            path.display(),
+            path.display()
+        );
+    }
+    read_secret_file(path)
+}
+
 fn relay_link(
     url: Option<String>,
     token_env: Option<String>,
@@ -479,6 +507,7 @@ fn nats_auth(
     password_env: Option<String>,
     password_file: Option<PathBuf>,
     creds: Option<PathBuf>,
+    nkey: Option<PathBuf>,
 ) -> anyhow::Result<NatsAuth> {
     let token = match (token_env.filter(|t| !t.is_empty()), token_file) {
         (Some(t), _) => Some(Secret(t)),
@@ -490,9 +519,13 @@ fn nats_auth(
         (None, Some(path)) => Some(read_secret_file(&path)?),
         (None, None) => None,
     };
-    let chosen = [token.is_some(), user.is_some(), creds.is_some()].iter().filter(|x| **x).count();
+    let chosen =
+        [token.is_some(), user.is_some(), creds.is_some(), nkey.is_some()].iter().filter(|x| **x).count();
     if chosen > 1 {
-        bail!("choose one NATS auth method: token, user+password, or creds file");
+        bail!("choose one NATS auth method: token, user+password, creds file or NKey seed file");
+    }
+    if let Some(path) = nkey {
+        return Ok(NatsAuth::Nkey(read_private_secret_file(&path)?));
     }
     Ok(match (token, user, password, creds) {
         (Some(token), ..) => NatsAuth::Token(token),

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod dispatch;
 pub mod display;
+pub mod enroll;
 pub mod error;
 pub mod fence;
 pub mod hello;

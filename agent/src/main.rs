@@ -24,6 +24,8 @@ enum Command {
     /// Inspect or reset held fence epochs (only while the agent is stopped).
     #[command(subcommand)]
     Fence(FenceCommand),
+    /// Enroll this machine with the bundle an operator sent (`tetherctl enrollment create`).
+    Enroll(tether_agent::enroll::EnrollArgs),
 }
 
 #[derive(Subcommand)]
@@ -56,6 +58,17 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => Config::resolve(*args, |k| std::env::var(k).ok())
             .and_then(|config| tokio::runtime::Runtime::new()?.block_on(tether_agent::serve::run(config))),
+        Command::Enroll(args) => tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(tether_agent::enroll::enroll(args)))
+            .map(|enrolled| {
+                println!(
+                    "enrolled: config {}, workspace {}\nstart the agent with:\n  tether-agent run --config {}",
+                    enrolled.config_file.display(),
+                    enrolled.workspace_root.display(),
+                    enrolled.config_file.display()
+                );
+            }),
         Command::Fence(FenceCommand::List { state_dir }) => fence::list(&state_dir).map(|scopes| {
             for (scope, held) in scopes {
                 println!("{held}\t{scope:?}");

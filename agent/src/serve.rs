@@ -233,12 +233,16 @@ async fn connect(config: &Config, events: mpsc::UnboundedSender<Event>) -> anyho
         NatsAuth::CredsFile(path) => ConnectOptions::with_credentials_file(path)
             .await
             .with_context(|| format!("reading NATS creds file {}", path.display()))?,
+        NatsAuth::Nkey(seed) => ConnectOptions::with_nkey(seed.expose().to_owned()),
     };
     if let Some(ca) = &config.nats_tls_ca {
         options = options.add_root_certificates(ca.clone()).require_tls(true);
     }
     let options = options
         .name(format!("tether-agent {}", config.subjects))
+        // The agent's own requests (its duplicate-runner probe) take their replies under its
+        // own subjects, so a least-privilege identity needs no right on the shared `_INBOX.>`.
+        .custom_inbox_prefix(config.subjects.inbox_prefix())
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(5))
         .event_callback(move |event| {

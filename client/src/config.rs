@@ -31,6 +31,8 @@ pub enum NatsAuth {
     UserPassword { user: String, password: String },
     /// A `.creds` file (JWT + nkey seed), as issued for decentralised auth.
     CredsFile(PathBuf),
+    /// A file holding an NKey seed (`SU...`), as `tetherctl credentials control-plane` writes it.
+    NkeyFile(PathBuf),
 }
 
 impl fmt::Debug for NatsAuth {
@@ -42,6 +44,7 @@ impl fmt::Debug for NatsAuth {
                 write!(f, "UserPassword {{ user: {user:?}, password: <redacted> }}")
             }
             Self::CredsFile(path) => f.debug_tuple("CredsFile").field(path).finish(),
+            Self::NkeyFile(path) => f.debug_tuple("NkeyFile").field(path).finish(),
         }
     }
 }
@@ -178,7 +181,10 @@ impl ClientConfig {
     pub async fn connect_options(&self) -> Result<async_nats::ConnectOptions, ClientError> {
         let mut options = async_nats::ConnectOptions::new()
             .name(&self.connection_name)
-            .request_timeout(Some(self.request_timeout));
+            .request_timeout(Some(self.request_timeout))
+            // Replies come under the workspace's own inbox prefix, the one a control-plane
+            // identity of this workspace may subscribe to (README "Enrollment").
+            .custom_inbox_prefix(format!("_INBOX.{}", self.subjects.workspace_id()));
         options = match &self.auth {
             NatsAuth::None => options,
             NatsAuth::Token(token) => options.token(token.clone()),
@@ -188,6 +194,15 @@ impl ClientConfig {
             NatsAuth::CredsFile(path) => options.credentials_file(path).await.map_err(|e| {
                 ClientError::InvalidArgument(format!("cannot use NATS creds file {}: {e}", path.display()))
             })?,
+            NatsAuth::NkeyFile(path) => {
+                let seed = std::fs::read_to_string(path).map_err(|e| {
+                    ClientError::InvalidArgument(format!(
+                        "cannot read NKey seed file {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                options.nkey(seed.trim().to_owned())
+            }
         };
         if let Some(ca) = &self.tls_ca_file {
             options = options.add_root_certificates(ca.clone()).require_tls(true);

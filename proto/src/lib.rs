@@ -2,6 +2,7 @@
 //! subject names, and the relay's one-byte-tag frame codec. Pure: no sockets, no runtime.
 
 pub mod digests;
+pub mod enrollment;
 pub mod frame;
 pub mod stream;
 pub mod subjects;

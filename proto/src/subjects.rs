@@ -59,6 +59,12 @@ impl AgentSubjects {
         self.subject("events")
     }
 
+    /// Prefix of the inboxes the agent's own requests take replies on (under its subjects, so
+    /// its least-privilege NATS identity covers them).
+    pub fn inbox_prefix(&self) -> String {
+        self.subject("inbox")
+    }
+
     fn subject(&self, leaf: &str) -> String {
         format!("agent.{}.{}.{leaf}", self.workspace_id, self.agent_id)
     }

@@ -173,6 +173,23 @@ impl Nats {
         }
     }
 
+    /// Starts a server whose configuration `include`s the authorization file `auth` (as
+    /// `tetherctl enrollment create` writes it) on a free loopback port; [`Nats::reload`] makes
+    /// it read the file again. Clients need their own credentials (no harness token).
+    pub async fn start_including(auth: &Path) -> Nats {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let local = dir.path().join("auth.conf");
+        std::os::unix::fs::symlink(auth, &local).expect("link the auth file beside nats.conf");
+        let extra = "include \"auth.conf\"".to_owned();
+        let (proc, port) = Self::launch(dir.path(), "-1", &extra).await;
+        Nats { url: format!("nats://127.0.0.1:{port}"), port, token: None, extra, _dir: dir, _proc: proc }
+    }
+
+    /// Makes the server read its configuration (and the files it includes) again.
+    pub fn reload(&self) {
+        self._proc.signal(nix::sys::signal::Signal::SIGHUP);
+    }
+
     /// Gives `cmd` (an agent, tetherctl) this server's credentials, the way an operator would:
     /// in the environment, never on the command line.
     pub fn auth_env<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {

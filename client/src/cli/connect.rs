@@ -35,6 +35,10 @@ pub struct ConnArgs {
     #[arg(long, env = "TETHER_NATS_CREDS", global = true)]
     pub nats_creds: Option<PathBuf>,
 
+    /// File holding an NKey seed (`tetherctl credentials control-plane` writes one).
+    #[arg(long, env = "TETHER_NATS_NKEY", global = true)]
+    pub nats_nkey: Option<PathBuf>,
+
     /// CA certificate (PEM) to verify the NATS server; implies TLS.
     #[arg(long, env = "TETHER_NATS_TLS_CA", global = true)]
     pub nats_tls_ca: Option<PathBuf>,
@@ -92,9 +96,17 @@ pub fn config(args: &ConnArgs, secrets: Secrets) -> anyhow::Result<ClientConfig>
 }
 
 fn auth(args: &ConnArgs, secrets: Secrets) -> anyhow::Result<NatsAuth> {
-    let chosen = [args.nats_user.is_some(), secrets.token.is_some(), args.nats_creds.is_some()];
+    let chosen = [
+        args.nats_user.is_some(),
+        secrets.token.is_some(),
+        args.nats_creds.is_some(),
+        args.nats_nkey.is_some(),
+    ];
     if chosen.iter().filter(|c| **c).count() > 1 {
-        bail!("choose one NATS authentication: --nats-user, {TOKEN_ENV} or --nats-creds");
+        bail!("choose one NATS authentication: --nats-user, {TOKEN_ENV}, --nats-creds or --nats-nkey");
+    }
+    if let Some(path) = &args.nats_nkey {
+        return Ok(NatsAuth::NkeyFile(path.clone()));
     }
     if let Some(user) = &args.nats_user {
         let Some(password) = secrets.password else {

@@ -111,14 +111,14 @@ fn viewer_claims(ws: &str, agent: &str, port: u32, session_id: &str, ttl: Durati
     }
 }
 
-fn secret(env: &str) -> anyhow::Result<Vec<u8>> {
+pub(super) fn secret(env: &str) -> anyhow::Result<Vec<u8>> {
     match std::env::var(env) {
         Ok(s) if !s.is_empty() => Ok(s.into_bytes()),
         _ => bail!("{env} is not set: it holds the relay secret that signs these tokens"),
     }
 }
 
-fn expiry(ttl: Duration) -> u64 {
+pub(super) fn expiry(ttl: Duration) -> u64 {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     now + ttl.as_secs().max(1)
 }

@@ -3,11 +3,13 @@
 mod connect;
 mod credential;
 mod desktop;
+mod enrollment;
 mod exec;
 mod format;
 mod fs;
 mod info;
 mod mint;
+mod nats_config;
 mod progress;
 pub mod report;
 mod shell;
@@ -115,6 +117,12 @@ pub enum Command {
     Shell(shell::ShellArgs),
     /// Print a relay token: `producer` for an agent, `viewer` for a viewer.
     MintToken(mint::MintArgs),
+    /// Enroll an agent: its own NATS identity, and the one line to paste on its machine.
+    #[command(subcommand)]
+    Enrollment(enrollment::EnrollmentCommand),
+    /// Create NATS identities for control planes.
+    #[command(subcommand)]
+    Credentials(enrollment::CredentialsCommand),
     /// Save a screenshot of the agent's display (PNG, or JPEG with --jpeg).
     Screenshot(desktop::ScreenshotArgs),
     /// Click at X Y (needs the agent's screen-control consent).
@@ -200,6 +208,14 @@ pub async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
         mint::run(args, cli.conn.workspace_id.as_deref(), cli.conn.agent_id.as_deref())?;
         return Ok(ExitCode::SUCCESS);
     }
+    if let Command::Enrollment(command) = cli.command {
+        enrollment::enrollment(command)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Command::Credentials(command) = cli.command {
+        enrollment::credentials(command)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Command::Sync(sub) = cli.command {
         if !sync::needs_agent(&sub) {
             return sync::snapshot(sub, cli.json);
@@ -265,7 +281,9 @@ pub async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Desktop { relay_url, width, height } => {
             desktop::ensure(&client, relay_url.as_deref(), (width, height), json).await
         }
-        Command::MintToken(_) | Command::Sync(_) => unreachable!("handled before connecting"),
+        Command::MintToken(_) | Command::Enrollment(_) | Command::Credentials(_) | Command::Sync(_) => {
+            unreachable!("handled before connecting")
+        }
     }
 }
 
