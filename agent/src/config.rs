@@ -131,6 +131,9 @@ pub struct RunArgs {
     pub desktop: crate::display::DesktopArgs,
 }
 
+/// How long a stopping agent lets in-flight requests finish when no grace is configured.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// The config file: the same settings as the flags.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -363,7 +366,7 @@ impl Config {
                 .unwrap_or(Duration::from_secs(5))
                 .max(Duration::from_millis(100)),
             max_in_flight,
-            shutdown_grace: args.shutdown_grace.or(file.shutdown_grace).unwrap_or(Duration::from_secs(5)),
+            shutdown_grace: args.shutdown_grace.or(file.shutdown_grace).unwrap_or(DEFAULT_SHUTDOWN_GRACE),
             nats_auth,
             allow_unauthenticated_nats: args
                 .allow_unauthenticated_nats

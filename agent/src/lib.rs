@@ -16,6 +16,7 @@ pub mod placement;
 pub mod process;
 pub mod sandbox;
 pub mod serve;
+pub mod service;
 pub mod size;
 pub mod state_lock;
 pub mod stream;

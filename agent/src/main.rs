@@ -26,6 +26,9 @@ enum Command {
     Fence(FenceCommand),
     /// Enroll this machine with the bundle an operator sent (`tetherctl enrollment create`).
     Enroll(tether_agent::enroll::EnrollArgs),
+    /// Run an enrolled agent as a service (systemd unit, or a LaunchAgent on macOS).
+    #[command(subcommand)]
+    Service(tether_agent::service::ServiceCommand),
 }
 
 #[derive(Subcommand)]
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
                     enrolled.config_file.display()
                 );
             }),
+        Command::Service(command) => tether_agent::service::run(command),
         Command::Fence(FenceCommand::List { state_dir }) => fence::list(&state_dir).map(|scopes| {
             for (scope, held) in scopes {
                 println!("{held}\t{scope:?}");

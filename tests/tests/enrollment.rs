@@ -208,3 +208,29 @@ async fn an_enrolled_agent_serves_with_least_privilege_and_bad_bundles_or_open_c
     let seed = std::fs::read_to_string(&seed_a).unwrap();
     assert!(!logs.contains(seed.trim()), "the seed never appears in the agent's log");
 }
+
+#[test]
+fn the_rendered_service_runs_the_enrolled_config_and_restarts_always() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, "workspace_id = \"w\"\n").unwrap();
+    let out = ok(&run(Command::new(bin("tether-agent"))
+        .args(["service", "install", "--print", "--name", "w-a", "--config"])
+        .arg(&config)
+        .env("HOME", dir.path())));
+    let (path, unit) = out.split_once('\n').expect("a path line, then the unit");
+    assert!(path.ends_with("/systemd/user/tether-agent-w-a.service"), "{path}");
+    let exec =
+        format!("ExecStart=\"{}\" run --config \"{}\"", bin("tether-agent").display(), config.display());
+    assert!(unit.contains(&exec), "{unit}");
+    assert!(unit.contains("Restart=always") && unit.contains("KillMode=mixed"), "{unit}");
+    assert!(!dir.path().join(".config/systemd").exists(), "--print writes nothing");
+    // Where systemd is installed, it checks the unit too.
+    if Command::new("systemd-analyze").arg("--version").output().is_ok_and(|o| o.status.success()) {
+        let file = dir.path().join("tether-agent-w-a.service");
+        std::fs::write(&file, unit).unwrap();
+        let verify = run(Command::new("systemd-analyze").args(["verify", "--man=no"]).arg(&file));
+        let said = String::from_utf8_lossy(&verify.stderr);
+        assert!(!said.contains("tether-agent-w-a.service:"), "systemd-analyze: {said}");
+    }
+}
