@@ -96,7 +96,6 @@ async fn an_enrolled_agent_serves_with_least_privilege_and_bad_bundles_or_open_c
     let nats = Nats::start_including(&auth).await;
     let bundle_a = create(&nats, &auth, "a");
     let bundle_b = create(&nats, &auth, "b");
-    assert!(!std::fs::read_to_string(&auth).unwrap().contains("SU"), "no seed in the server's file");
     nats.reload();
 
     // Damaged bundles are refused, each with its reason, and write nothing.
@@ -124,6 +123,11 @@ async fn an_enrolled_agent_serves_with_least_privilege_and_bad_bundles_or_open_c
     let seed_a = home.path().join("config/w-a/nats.nk");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&seed_a).unwrap().permissions().mode() & 0o777, 0o600);
+    let server_file = std::fs::read_to_string(&auth).unwrap();
+    for seed in [&seed_a, &control_seed] {
+        let seed = std::fs::read_to_string(seed).unwrap();
+        assert!(seed.starts_with("SU") && !server_file.contains(seed.trim()), "no seed in the server's file");
+    }
     assert_eq!(
         std::fs::metadata(home.path().join("config/w-a")).unwrap().permissions().mode() & 0o777,
         0o700
@@ -233,4 +237,14 @@ fn the_rendered_service_runs_the_enrolled_config_and_restarts_always() {
         let said = String::from_utf8_lossy(&verify.stderr);
         assert!(!said.contains("tether-agent-w-a.service:"), "systemd-analyze: {said}");
     }
+}
+
+#[test]
+fn the_packaged_nats_example_is_a_valid_server_config() {
+    let conf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/nats/nats-server.conf");
+    let out = run(Command::new("nats-server").arg("-c").arg(&conf).arg("-t"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let auth = std::fs::read_to_string(conf.with_file_name("tether-auth.conf")).unwrap();
+    assert_eq!(auth.matches("# tether: agent acme/").count(), 2, "{auth}");
+    assert_eq!(auth.matches("# tether: control-plane acme").count(), 1, "{auth}");
 }
