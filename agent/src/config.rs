@@ -679,6 +679,22 @@ allow_agent_server_ports = true"#
     }
 
     #[test]
+    fn dedup_limits_come_from_flags_over_the_file_with_floors() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "dedup_max_entries = 10\ndedup_ttl = \"2m\"\ndedup_max_bytes = \"8M\"").unwrap();
+        let args =
+            RunArgs { config: Some(file.path().to_owned()), dedup_max_entries: Some(0), ..base_args() };
+        let c = Config::resolve(args, no_env).unwrap();
+        let want =
+            crate::dedup::DedupLimits { max_entries: 0, ttl: Duration::from_secs(120), max_bytes: 8 << 20 };
+        assert_eq!(c.dedup, want);
+        let args = RunArgs { dedup_ttl: Some(Duration::ZERO), dedup_max_bytes: Some(1), ..base_args() };
+        let c = Config::resolve(args, no_env).unwrap();
+        assert_eq!((c.dedup.ttl, c.dedup.max_bytes), (Duration::from_secs(1), 1 << 20));
+        assert_eq!(Config::resolve(base_args(), no_env).unwrap().dedup, crate::dedup::DedupLimits::default());
+    }
+
+    #[test]
     fn the_packaged_example_config_parses() {
         let file: FileConfig = toml::from_str(include_str!("../../packaging/agent.example.toml")).unwrap();
         assert_eq!(file.agent_id.as_deref(), Some("my-laptop"));
