@@ -86,7 +86,8 @@ pub async fn fingerprint(request: pb::ControlRequest) -> OpResult<(pb::ControlRe
 
 /// Hashes the epoch, the resource policy and the op. Protobuf maps (`env`) encode in no fixed
 /// order, so they are taken out of the op and hashed sorted: the same request re-encoded by
-/// another client, or decoded twice here, hashes the same.
+/// another client, or decoded twice here, hashes the same. An fs_write's content is hashed
+/// where it lies instead of being copied into the encoding first.
 fn hash(request: &pb::ControlRequest) -> Fingerprint {
     let mut hasher = blake3::Hasher::new();
     hasher.update(&request.epoch.to_le_bytes());
@@ -94,14 +95,20 @@ fn hash(request: &pb::ControlRequest) -> Fingerprint {
         Some(policy) => hasher.update(&[1]).update(&policy.encode_to_vec()),
         None => hasher.update(&[0]),
     };
-    let (op, env) = match &request.op {
+    let (op, env, content) = match &request.op {
         Some(Op::Exec(exec)) => {
-            (Some(Op::Exec(pb::ExecRequest { env: HashMap::new(), ..exec.clone() })), Some(&exec.env))
+            (Some(Op::Exec(pb::ExecRequest { env: HashMap::new(), ..exec.clone() })), Some(&exec.env), None)
         }
-        Some(Op::PtyOpen(pty)) => {
-            (Some(Op::PtyOpen(pb::PtyOpenRequest { env: HashMap::new(), ..pty.clone() })), Some(&pty.env))
+        Some(Op::PtyOpen(pty)) => (
+            Some(Op::PtyOpen(pb::PtyOpenRequest { env: HashMap::new(), ..pty.clone() })),
+            Some(&pty.env),
+            None,
+        ),
+        Some(Op::FsWrite(write)) => {
+            let bare = pb::FsWriteRequest { content: Default::default(), ..write.clone() };
+            (Some(Op::FsWrite(bare)), None, Some(&write.content))
         }
-        _ => (None, None),
+        _ => (None, None, None),
     };
     let mut encoded = Vec::new();
     if let Some(op) = op.as_ref().or(request.op.as_ref()) {
@@ -109,6 +116,9 @@ fn hash(request: &pb::ControlRequest) -> Fingerprint {
         op.encode(&mut encoded);
     }
     hasher.update(&(encoded.len() as u64).to_le_bytes()).update(&encoded);
+    if let Some(content) = content {
+        hasher.update(&(content.len() as u64).to_le_bytes()).update(content);
+    }
     let mut env: Vec<_> = env.into_iter().flatten().collect();
     env.sort();
     for (name, value) in env {
