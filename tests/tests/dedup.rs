@@ -3,7 +3,8 @@
 //! gets the reply remembered from its first run and is not run again; a retry of one still
 //! running answers "in progress"; an id reused for a different request is refused; the cache
 //! is bounded; read-only requests are not remembered; a stale retry is FENCED whatever its
-//! first run answered; and `tether-client` retries a timed-out call with the same id.
+//! first run answered; and `tether-client` (and `tetherctl`) retry a timed-out call with the
+//! same id.
 
 use std::path::Path;
 use std::time::Duration;
@@ -254,4 +255,20 @@ async fn the_client_retries_a_timed_out_call_with_the_same_request_id() {
     let client = Client::from_nats(nats.client().await, &none);
     let err = client.exec(op::sh("sleep 1")).await.expect_err("no retry: the timeout is the answer");
     assert_eq!(err.code(), Some(pb::ErrorCode::Timeout));
+}
+
+#[tokio::test]
+async fn tetherctl_retries_with_the_same_id_and_the_command_runs_once() {
+    let nats = Nats::start().await;
+    let agent = Agent::start(&nats).await;
+    let _cleanup = KillAllIn(agent.root.clone());
+    let out = agent
+        .tetherctl(&nats)
+        .args(["--timeout", "400ms", "--retries", "30", "exec", "--shell", "--"])
+        .arg("echo ran >> runs; sleep 1.5; echo done")
+        .output()
+        .expect("tetherctl runs");
+    assert!(out.status.success(), "{out:?}\nagent log:\n{}", agent.log());
+    assert_eq!(text(&out.stdout), "done\n");
+    assert_eq!(runs(&agent.root.join("runs")), 1, "the retries were answered, not run");
 }
