@@ -55,7 +55,7 @@ fn exec_stdout(resp: &pb::ControlResponse) -> String {
 async fn a_retried_fs_write_gets_the_remembered_reply_and_does_not_write_again() {
     let nats = Nats::start().await;
     let agent = Agent::start(&nats).await;
-    let caps = agent.caps().request_dedup.clone().expect("Hello announces request_dedup");
+    let caps = agent.caps().request_dedup.expect("Hello announces request_dedup");
     assert_eq!((caps.max_entries, caps.ttl_ms), (4096, 600_000));
 
     let write = request("w-1", "s", 0, op::write("notes.txt", b"first"));
@@ -168,7 +168,7 @@ async fn the_cache_is_bounded_in_entries_and_in_bytes() {
         ..Default::default()
     };
     let agent = Agent::start_with(&nats, opts).await;
-    let caps = agent.caps().request_dedup.clone().expect("request_dedup");
+    let caps = agent.caps().request_dedup.expect("request_dedup");
     assert_eq!((caps.max_entries, caps.max_bytes), (8, 1 << 20));
 
     // Entries: 20 distinct requests; the 8 newest are remembered, the oldest was forgotten.
