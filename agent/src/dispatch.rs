@@ -109,40 +109,50 @@ impl Dispatcher {
             },
             false => (request, None),
         };
-        let (op, scope, epoch) = match request.op {
-            Some(op) => (op, request.fence_scope, request.epoch),
-            None => {
-                return reply(
-                    request_id,
-                    Err(OpError::protocol("request carries no known op")),
-                    max_payload,
-                    None,
-                );
-            }
+        let Some(op) = request.op else {
+            let e = OpError::protocol("request carries no known op");
+            return reply(request_id, Err(e), max_payload, None);
         };
+        let (scope, epoch) = (request.fence_scope, request.epoch);
         let admission = match self.admit(&op, &scope, epoch).await {
             Ok(admission) => admission,
             Err(e) => return reply(request_id, Err(e), max_payload, None),
         };
-        let ticket = match fingerprint.map(|print| self.replies.begin(&scope, &request_id, print)) {
+        let ticket = match fingerprint {
+            Some(print) => match self.look_up(&scope, &request_id, print, max_payload) {
+                Ok(ticket) => Some(ticket),
+                Err(answered) => return answered,
+            },
             None => None,
-            Some(Begin::Run(ticket)) => Some(ticket),
-            Some(Begin::Replay(bytes)) if bytes.len() <= max_payload => {
-                tracing::info!(bytes = bytes.len(), "answered a retry with the remembered reply");
-                return bytes;
-            }
-            Some(Begin::Replay(bytes)) => {
-                let e = OpError::payload_too_large(
-                    format!("the remembered reply is {} bytes, over this server's max_payload", bytes.len()),
-                    bytes.len(),
-                    max_payload,
-                );
-                return reply(request_id, Err(e), max_payload, None);
-            }
-            Some(Begin::Refuse(e)) => return reply(request_id, Err(e), max_payload, None),
         };
         let result = self.run_admitted(op, request.resource_policy, admission, (&scope, epoch), budget).await;
         reply(request_id, result, max_payload, ticket)
+    }
+
+    /// Looks an admitted request up in the reply cache: a ticket to run it, or the answer it
+    /// already has (its remembered reply, or a refusal: in progress, id reused, reply dropped).
+    fn look_up(
+        &self,
+        scope: &str,
+        request_id: &str,
+        print: dedup::Fingerprint,
+        max_payload: usize,
+    ) -> Result<Ticket, Bytes> {
+        let refusal = match self.replies.begin(scope, request_id, print) {
+            Begin::Run(ticket) => return Ok(ticket),
+            Begin::Replay(bytes) if bytes.len() <= max_payload => {
+                tracing::info!(bytes = bytes.len(), "answered a retry with the remembered reply");
+                return Err(bytes);
+            }
+            // Remembered under a server that allowed more (the agent reconnected elsewhere).
+            Begin::Replay(bytes) => OpError::payload_too_large(
+                format!("the remembered reply is {} bytes, over this server's max_payload", bytes.len()),
+                bytes.len(),
+                max_payload,
+            ),
+            Begin::Refuse(e) => e,
+        };
+        Err(reply(request_id.to_owned(), Err(refusal), max_payload, None))
     }
 
     /// Passes the fence; a short mutation keeps holding it (shared) until it commits.
