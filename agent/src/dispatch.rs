@@ -455,6 +455,38 @@ mod tests {
         assert!(dirs.path().join("root/allowed").exists());
     }
 
+    #[tokio::test]
+    async fn a_remembered_failure_is_replayed_and_a_retry_after_a_new_id_runs() {
+        let dirs = tempfile::tempdir().unwrap();
+        let d = dispatcher(
+            CommandPolicy { confinement: Confinement::WholeMachine, allow_unconfined: false },
+            &dirs,
+        );
+        let write = |id: &str| {
+            let op = Op::FsWrite(pb::FsWriteRequest {
+                path: "missing/f".into(),
+                content: Bytes::from_static(b"x"),
+                ..Default::default()
+            });
+            pb::ControlRequest {
+                request_id: id.into(),
+                fence_scope: "s".into(),
+                op: Some(op),
+                ..Default::default()
+            }
+            .encode_to_vec()
+        };
+        let first = d.handle(write("w1").into(), 1 << 20).await;
+        let err = pb::ControlResponse::decode(first.clone()).unwrap().error.expect("no parent directory");
+        assert_eq!(err.code, pb::ErrorCode::NotFound as i32, "{err:?}");
+        std::fs::create_dir(dirs.path().join("root/missing")).unwrap();
+        assert_eq!(d.handle(write("w1").into(), 1 << 20).await, first, "the same answer, not a second run");
+        assert!(!dirs.path().join("root/missing/f").exists());
+        let fresh = pb::ControlResponse::decode(d.handle(write("w2").into(), 1 << 20).await).unwrap();
+        assert!(fresh.error.is_none(), "{fresh:?}");
+        assert_eq!(d.replies.stats().entries, 2);
+    }
+
     #[test]
     fn oversized_replies_become_payload_too_large() {
         let big =
