@@ -75,6 +75,8 @@ ctl exec --cwd /workspace/proj --shell -- 'echo built > out.txt; echo remote > n
 echo "local edit" > "$work/proj/src/main.rs"
 ctl sync down /workspace/proj "$work/proj" --baseline "$work/base.json"
 echo "notes.txt: $(cat "$work/proj/notes.txt") (taken), out.txt: $(cat "$work/proj/out.txt"), main.rs: $(cat "$work/proj/src/main.rs") (kept)"
+ctl --timeout 1s exec --shell -- 'echo ran >> runs.txt; sleep 2; echo done'   # outlasts --timeout: resent with the same request id
+ctl exec --shell -- 'echo "runs: $(wc -l < runs.txt)"'   # 1: the agent answered the retries from its reply cache
 ctl cat /etc/hostname || echo "(confined: the agent refused a path outside its workspace root, as it should)"
 ctl metrics
 ctl shell -- sh -c 'echo "a terminal on $(tty), $(stty size) rows/cols, through the relay"; exit 3' </dev/null \

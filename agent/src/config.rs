@@ -127,6 +127,16 @@ pub struct RunArgs {
     /// hidden temp file; a re-run after that starts over [default: 1h, min 1s].
     #[arg(long, env = "TETHER_TRANSFER_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
     pub transfer_idle_timeout: Option<Duration>,
+    /// Replies of mutating requests remembered so a retry is not run again; 0 turns request
+    /// deduplication off [default: 4096].
+    #[arg(long, env = "TETHER_DEDUP_MAX_ENTRIES")]
+    pub dedup_max_entries: Option<usize>,
+    /// How long a reply is remembered for a retry [default: 10m, min 1s].
+    #[arg(long, env = "TETHER_DEDUP_TTL", value_parser = humantime::parse_duration)]
+    pub dedup_ttl: Option<Duration>,
+    /// Memory the remembered replies may take, e.g. "64M" [default: 64M, min 1M].
+    #[arg(long, env = "TETHER_DEDUP_MAX_BYTES", value_parser = crate::size::parse)]
+    pub dedup_max_bytes: Option<u64>,
     #[command(flatten)]
     pub desktop: crate::display::DesktopArgs,
 }
@@ -168,6 +178,11 @@ struct FileConfig {
     fs_mutation_deadline: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     transfer_idle_timeout: Option<Duration>,
+    dedup_max_entries: Option<usize>,
+    #[serde(default, with = "humantime_serde_opt")]
+    dedup_ttl: Option<Duration>,
+    #[serde(default, with = "crate::size::serde_opt")]
+    dedup_max_bytes: Option<u64>,
     #[serde(default)]
     confine: ConfineFile,
     #[serde(default)]
@@ -275,6 +290,8 @@ pub struct Config {
     pub pty_idle_timeout: Duration,
     pub fs_mutation_deadline: Duration,
     pub transfer_idle_timeout: Duration,
+    /// Bounds of the reply cache that deduplicates retried requests.
+    pub dedup: crate::dedup::DedupLimits,
     pub confine: ConfineConfig,
     /// The desktop: screen-control consent and the managed virtual display.
     pub desktop: crate::display::DesktopConfig,
@@ -389,6 +406,22 @@ impl Config {
                 .or(file.transfer_idle_timeout)
                 .unwrap_or(crate::ops::fs::TRANSFER_IDLE)
                 .max(Duration::from_secs(1)),
+            dedup: crate::dedup::DedupLimits {
+                max_entries: args
+                    .dedup_max_entries
+                    .or(file.dedup_max_entries)
+                    .unwrap_or(crate::dedup::DEFAULT_MAX_ENTRIES),
+                ttl: args
+                    .dedup_ttl
+                    .or(file.dedup_ttl)
+                    .unwrap_or(crate::dedup::DEFAULT_TTL)
+                    .max(Duration::from_secs(1)),
+                max_bytes: args
+                    .dedup_max_bytes
+                    .or(file.dedup_max_bytes)
+                    .map_or(crate::dedup::DEFAULT_MAX_BYTES, |b| usize::try_from(b).unwrap_or(usize::MAX))
+                    .max(1 << 20),
+            },
             confine,
             desktop: crate::display::DesktopConfig::resolve(args.desktop, file.desktop)?,
             secret_files,
@@ -679,6 +712,22 @@ allow_agent_server_ports = true"#
         let args = RunArgs { nats_token_file: Some(token.path().to_owned()), ..base_args() };
         let c = Config::resolve(args, no_env).unwrap();
         assert_eq!(c.secret_files, [token.path().to_owned()]);
+    }
+
+    #[test]
+    fn dedup_limits_come_from_flags_over_the_file_with_floors() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "dedup_max_entries = 10\ndedup_ttl = \"2m\"\ndedup_max_bytes = \"8M\"").unwrap();
+        let args =
+            RunArgs { config: Some(file.path().to_owned()), dedup_max_entries: Some(0), ..base_args() };
+        let c = Config::resolve(args, no_env).unwrap();
+        let want =
+            crate::dedup::DedupLimits { max_entries: 0, ttl: Duration::from_secs(120), max_bytes: 8 << 20 };
+        assert_eq!(c.dedup, want);
+        let args = RunArgs { dedup_ttl: Some(Duration::ZERO), dedup_max_bytes: Some(1), ..base_args() };
+        let c = Config::resolve(args, no_env).unwrap();
+        assert_eq!((c.dedup.ttl, c.dedup.max_bytes), (Duration::from_secs(1), 1 << 20));
+        assert_eq!(Config::resolve(base_args(), no_env).unwrap().dedup, crate::dedup::DedupLimits::default());
     }
 
     #[test]

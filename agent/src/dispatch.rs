@@ -1,6 +1,7 @@
-//! From request bytes to reply bytes: decode the envelope, pass the fence, route to one op
-//! family, and shape the reply so it always fits the server's `max_payload`. Knows nothing of
-//! NATS (that is `serve`) and nothing of how an op works (that is `ops`).
+//! From request bytes to reply bytes: decode the envelope, pass the fence, consult the reply
+//! cache (`dedup`) for mutating ops, route to one op family, and shape the reply so it always
+//! fits the server's `max_payload`. Knows nothing of NATS (that is `serve`) and nothing of how an
+//! op works (that is `ops`).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -10,6 +11,7 @@ use prost::Message;
 use tether_proto::pb::{self, control_request::Op, control_response::Result as Reply};
 use tracing::Instrument;
 
+use crate::dedup::{self, Begin, Replies, Ticket};
 use crate::error::{OpError, OpResult};
 use crate::fence::{Admission, Fence, scope_label};
 use crate::ops::desktop::Desktop;
@@ -41,6 +43,8 @@ pub struct Dispatcher {
     pub desktop: Arc<Desktop>,
     /// The tree ops' digest cache (workspace sync).
     pub trees: Arc<Trees>,
+    /// Replies of mutating requests, so a retry is answered without running again.
+    pub replies: Arc<Replies>,
     started: Instant,
 }
 
@@ -63,6 +67,7 @@ impl Dispatcher {
             mutation_deadline: fs::DEFAULT_MUTATION_DEADLINE,
             desktop: Arc::new(Desktop::unavailable("no display is configured", false)),
             trees: Arc::new(Trees::in_memory()),
+            replies: Replies::new(dedup::DedupLimits::default()),
             started: Instant::now(),
         }
     }
@@ -85,30 +90,96 @@ impl Dispatcher {
             epoch = request.epoch,
             fence_scope = %scope_label(&request.fence_scope),
         );
-        let request_id = request.request_id.clone();
         self.transfers.note_max_payload(max_payload);
-        let budget = max_payload.saturating_sub(ENVELOPE_OVERHEAD + request_id.len());
-        let result = self.serve(request, budget).instrument(span.clone()).await;
-        if let Err(e) = &result {
-            span.in_scope(|| tracing::info!(code = e.code.as_str_name(), message = %e.message, "op failed"));
-        }
-        encode(request_id, result, max_payload)
+        self.serve(request, max_payload).instrument(span).await
     }
 
-    async fn serve(&self, request: pb::ControlRequest, budget: usize) -> OpResult<Reply> {
-        let op = request.op.ok_or_else(|| OpError::protocol("request carries no known op"))?;
-        if let Some(unsupported) = unsupported(&op) {
+    /// Serves one request to its encoded reply. The fence comes first, then the reply cache
+    /// (so a remembered reply never hides a FENCED answer from a stale retry; see `dedup`).
+    async fn serve(&self, request: pb::ControlRequest, max_payload: usize) -> Bytes {
+        let request_id = request.request_id.clone();
+        let budget = max_payload.saturating_sub(ENVELOPE_OVERHEAD + request_id.len());
+        let remembered = self.replies.enabled()
+            && !request_id.is_empty()
+            && request.op.as_ref().is_some_and(dedup::remembered);
+        let (request, fingerprint) = match remembered {
+            true => match dedup::fingerprint(request).await {
+                Ok((request, print)) => (request, Some(print)),
+                Err(e) => return reply(request_id, Err(e), max_payload, None),
+            },
+            false => (request, None),
+        };
+        let Some(op) = request.op else {
+            let e = OpError::protocol("request carries no known op");
+            return reply(request_id, Err(e), max_payload, None);
+        };
+        let (scope, epoch) = (request.fence_scope, request.epoch);
+        let admission = match self.admit(&op, &scope, epoch).await {
+            Ok(admission) => admission,
+            Err(e) => return reply(request_id, Err(e), max_payload, None),
+        };
+        let ticket = match fingerprint {
+            Some(print) => match self.look_up(&scope, &request_id, print, max_payload) {
+                Ok(ticket) => Some(ticket),
+                Err(answered) => return answered,
+            },
+            None => None,
+        };
+        let result = self.run_admitted(op, request.resource_policy, admission, (&scope, epoch), budget).await;
+        reply(request_id, result, max_payload, ticket)
+    }
+
+    /// Looks an admitted request up in the reply cache: a ticket to run it, or the answer it
+    /// already has (its remembered reply, or a refusal: in progress, id reused, reply dropped).
+    fn look_up(
+        &self,
+        scope: &str,
+        request_id: &str,
+        print: dedup::Fingerprint,
+        max_payload: usize,
+    ) -> Result<Ticket, Bytes> {
+        let refusal = match self.replies.begin(scope, request_id, print) {
+            Begin::Run(ticket) => return Ok(ticket),
+            Begin::Replay(bytes) if bytes.len() <= max_payload => {
+                tracing::info!(bytes = bytes.len(), "answered a retry with the remembered reply");
+                return Err(bytes);
+            }
+            // Remembered under a server that allowed more (the agent reconnected elsewhere).
+            Begin::Replay(bytes) => OpError::payload_too_large(
+                format!("the remembered reply is {} bytes, over this server's max_payload", bytes.len()),
+                bytes.len(),
+                max_payload,
+            ),
+            Begin::Refuse(e) => e,
+        };
+        Err(reply(request_id.to_owned(), Err(refusal), max_payload, None))
+    }
+
+    /// Passes the fence; a short mutation keeps holding it (shared) until it commits.
+    async fn admit(&self, op: &Op, scope: &str, epoch: u32) -> OpResult<Admission> {
+        if let Some(unsupported) = unsupported(op) {
             return Err(unsupported);
         }
-        let (scope, epoch) = (request.fence_scope, request.epoch);
-        let mut admission = self.fence.admit(&scope, epoch).await?;
-        if !mutates_briefly(&op) {
+        let mut admission = self.fence.admit(scope, epoch).await?;
+        if !mutates_briefly(op) {
             admission.release_hold();
         }
-        match self.run(op, request.resource_policy, admission, (&scope, epoch), budget).await {
-            Err(e) if e == OpError::cancelled() && self.fence.is_stale(&scope, epoch).await => {
-                let held = self.fence.held(&scope).await;
-                Err(OpError::fenced(&scope, epoch, held).with("reason", "cancelled by an epoch advance"))
+        Ok(admission)
+    }
+
+    /// Runs an admitted op; work cancelled by an epoch advance answers FENCED.
+    async fn run_admitted(
+        &self,
+        op: Op,
+        resources: Option<pb::OperationResourcePolicy>,
+        admission: Admission,
+        (scope, epoch): (&str, u32),
+        budget: usize,
+    ) -> OpResult<Reply> {
+        match self.run(op, resources, admission, (scope, epoch), budget).await {
+            Err(e) if e == OpError::cancelled() && self.fence.is_stale(scope, epoch).await => {
+                let held = self.fence.held(scope).await;
+                Err(OpError::fenced(scope, epoch, held).with("reason", "cancelled by an epoch advance"))
             }
             other => other,
         }
@@ -212,6 +283,20 @@ impl Dispatcher {
         .await
         .map_err(|e| OpError::os(format!("metrics sampling failed: {e}")))
     }
+}
+
+/// Encodes the answer to a request and, when it holds a cache ticket, hands the reply to the
+/// cache: remembered unless it is a retryable failure, which invites a retry that must run.
+fn reply(request_id: String, result: OpResult<Reply>, max_payload: usize, ticket: Option<Ticket>) -> Bytes {
+    if let Err(e) = &result {
+        tracing::info!(code = e.code.as_str_name(), message = %e.message, "op failed");
+    }
+    let remember = !matches!(&result, Err(e) if e.retryable);
+    let bytes = encode(request_id, result, max_payload);
+    if let Some(ticket) = ticket {
+        ticket.finish(&bytes, remember);
+    }
+    bytes
 }
 
 /// Ops that commit a side effect quickly and so keep the fence shared until they commit (under
@@ -368,6 +453,38 @@ mod tests {
         let resp = call(&d, touch("allowed")).await;
         assert!(resp.error.is_none(), "{resp:?}");
         assert!(dirs.path().join("root/allowed").exists());
+    }
+
+    #[tokio::test]
+    async fn a_remembered_failure_is_replayed_and_a_retry_after_a_new_id_runs() {
+        let dirs = tempfile::tempdir().unwrap();
+        let d = dispatcher(
+            CommandPolicy { confinement: Confinement::WholeMachine, allow_unconfined: false },
+            &dirs,
+        );
+        let write = |id: &str| {
+            let op = Op::FsWrite(pb::FsWriteRequest {
+                path: "missing/f".into(),
+                content: Bytes::from_static(b"x"),
+                ..Default::default()
+            });
+            pb::ControlRequest {
+                request_id: id.into(),
+                fence_scope: "s".into(),
+                op: Some(op),
+                ..Default::default()
+            }
+            .encode_to_vec()
+        };
+        let first = d.handle(write("w1").into(), 1 << 20).await;
+        let err = pb::ControlResponse::decode(first.clone()).unwrap().error.expect("no parent directory");
+        assert_eq!(err.code, pb::ErrorCode::NotFound as i32, "{err:?}");
+        std::fs::create_dir(dirs.path().join("root/missing")).unwrap();
+        assert_eq!(d.handle(write("w1").into(), 1 << 20).await, first, "the same answer, not a second run");
+        assert!(!dirs.path().join("root/missing/f").exists());
+        let fresh = pb::ControlResponse::decode(d.handle(write("w2").into(), 1 << 20).await).unwrap();
+        assert!(fresh.error.is_none(), "{fresh:?}");
+        assert_eq!(d.replies.stats().entries, 2);
     }
 
     #[test]

@@ -87,6 +87,7 @@ fn capabilities(config: &Config, max_payload: usize, commands: &CommandCaps) -> 
         transfer_window: crate::ops::fs::TRANSFER_WINDOW,
         transfer_idle_ms: config.transfer_idle_timeout.as_millis() as u64,
         tree_sync: true,
+        request_dedup: config.dedup.capability(),
         ..Default::default()
     };
     commands.fill(&mut caps);

@@ -3,6 +3,7 @@
 //! fence to one op family in `ops`; ops know nothing of NATS.
 
 pub mod config;
+pub mod dedup;
 pub mod dispatch;
 pub mod display;
 pub mod enroll;

@@ -90,6 +90,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let desktop = Arc::new(desktop);
     dispatcher.desktop = desktop.clone();
     dispatcher.trees = Arc::new(crate::ops::tree::Trees::open(&config.state_dir));
+    dispatcher.replies = crate::dedup::Replies::new(config.dedup);
     let dispatcher = Arc::new(dispatcher);
     let requests = client.subscribe(rpc.clone()).await.context("subscribing to the rpc subject")?;
     // The server must hold our subscription before Hello tells anyone to send requests.

@@ -2,12 +2,14 @@
 //!
 //! Every method funnels into [`Client::call_with_timeout`], which builds the envelope (unique
 //! request id, the client's epoch and fence scope), sends it with NATS request/reply on
-//! `agent.<ws>.<id>.rpc`, and opens the reply. Chunked file transfer lives in `transfer.rs`,
-//! the hello/events subscription in `events.rs`.
+//! `agent.<ws>.<id>.rpc`, and opens the reply. A call that gets no reply in time is sent again
+//! byte for byte, request id included: the agent remembers the replies of mutating requests by
+//! that id (README "Retries and request deduplication"), so a retry never runs an op twice.
+//! Chunked file transfer lives in `transfer.rs`, the hello/events subscription in `events.rs`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prost::Message;
@@ -35,9 +37,17 @@ struct Inner {
     fence_scope: String,
     epoch: AtomicU32,
     request_timeout: Duration,
+    retries: u32,
     id_prefix: String,
     next_id: AtomicU64,
 }
+
+/// First pause before asking again about a request the agent reports in progress; it doubles
+/// up to [`MAX_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_millis(50);
+const MAX_PAUSE: Duration = Duration::from_secs(1);
+/// Shortest wait given to a send at the end of an attempt.
+const MIN_WAIT: Duration = Duration::from_millis(100);
 
 /// Picks the result variant an op must answer with, or fails with a protocol error.
 macro_rules! expect_result {
@@ -74,6 +84,7 @@ impl Client {
                 fence_scope: config.fence_scope().to_owned(),
                 epoch: AtomicU32::new(config.epoch()),
                 request_timeout: config.request_timeout(),
+                retries: config.retries(),
                 id_prefix: format!("{:016x}", unique::random_u64()),
                 next_id: AtomicU64::new(1),
             }),
@@ -125,7 +136,9 @@ impl Client {
         self.call_with_timeout(op, self.inner.request_timeout).await
     }
 
-    /// Sends one op, waiting at most `timeout` for the reply.
+    /// Sends one op, waiting at most `timeout` for the reply; with no reply by then (or an "in
+    /// progress" answer to a retry) it is sent again with the same request id, up to the
+    /// configured number of retries ([`crate::ClientConfig::with_retries`]).
     pub async fn call_with_timeout(&self, op: Op, timeout: Duration) -> Result<OpResult, ClientError> {
         let request_id = self.next_request_id();
         let epoch = self.epoch();
@@ -133,8 +146,7 @@ impl Client {
         let span = tracing::debug_span!("request", request_id = %request_id, op = op_name, epoch);
         async {
             let request = envelope::build_request(request_id.clone(), epoch, &self.inner.fence_scope, op);
-            let reply = self.send(envelope::encode_request(&request), timeout).await?;
-            let result = envelope::open_response(&request_id, &reply);
+            let result = self.exchange(&request_id, envelope::encode_request(&request), timeout).await;
             if let Err(err) = &result {
                 tracing::debug!(error = %err, "request failed");
             }
@@ -155,6 +167,43 @@ impl Client {
         let reply = self.send(envelope::encode_request(request), timeout).await?;
         pb::ControlResponse::decode(reply)
             .map_err(|e| ClientError::Protocol(format!("undecodable ControlResponse: {e}")))
+    }
+
+    /// Sends `payload` (the encoded request `request_id`) until it is answered: each attempt
+    /// waits up to `timeout`; an "in progress" answer (the first send of the same request is
+    /// still running on the agent) is asked again after a pause within the same attempt. The
+    /// very same bytes go every time, so the agent sees the same request and replays its reply.
+    async fn exchange(
+        &self,
+        request_id: &str,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<OpResult, ClientError> {
+        let mut retries_left = self.inner.retries;
+        let mut deadline = Instant::now() + timeout;
+        let mut pause = FIRST_PAUSE;
+        loop {
+            let wait = deadline.saturating_duration_since(Instant::now()).max(MIN_WAIT);
+            let result = match self.send(payload.clone(), wait).await {
+                Ok(reply) => envelope::open_response(request_id, &reply),
+                Err(e) => Err(e),
+            };
+            let in_progress = result.as_ref().is_err_and(ClientError::in_progress);
+            if in_progress && Instant::now() + pause < deadline {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_PAUSE);
+                continue;
+            }
+            let timed_out = matches!(result, Err(ClientError::Timeout { .. }));
+            if (timed_out || in_progress) && retries_left > 0 {
+                retries_left -= 1;
+                tracing::debug!(retries_left, "no reply yet: sending the request again with the same id");
+                deadline = Instant::now() + timeout;
+                pause = FIRST_PAUSE;
+                continue;
+            }
+            return result;
+        }
     }
 
     async fn send(&self, payload: Bytes, timeout: Duration) -> Result<Bytes, ClientError> {

@@ -18,6 +18,8 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Extra time an exec reply may take beyond the command's own `timeout_ms` (kill grace, drain,
 /// transport).
 pub const EXEC_TIMEOUT_MARGIN: Duration = Duration::from_secs(10);
+/// Default number of times a call that got no reply in time is sent again (same request id).
+pub const DEFAULT_RETRIES: u32 = 2;
 
 /// NATS authentication. `Debug` never shows a secret.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -69,6 +71,7 @@ pub struct ClientConfig {
     auth: NatsAuth,
     tls_ca_file: Option<PathBuf>,
     request_timeout: Duration,
+    retries: u32,
     fence_scope: String,
     epoch: u32,
     connection_name: String,
@@ -87,6 +90,7 @@ impl ClientConfig {
             auth: NatsAuth::None,
             tls_ca_file: None,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            retries: DEFAULT_RETRIES,
             fence_scope: unique::default_fence_scope(),
             epoch: 0,
             connection_name: "tether-client".to_owned(),
@@ -123,6 +127,16 @@ impl ClientConfig {
     /// [`crate::Client::exec`]).
     pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
+        self
+    }
+
+    /// How many times a call that got no reply within its timeout (or was answered "in
+    /// progress") is sent again, byte for byte with the same request id, so an agent that
+    /// deduplicates (Capabilities.request_dedup) answers it from its reply cache instead of
+    /// running it twice. 0 = never retry (use it with agents that do not announce
+    /// request_dedup when a call must not run twice). Default [`DEFAULT_RETRIES`].
+    pub fn with_retries(mut self, retries: u32) -> Self {
+        self.retries = retries;
         self
     }
 
@@ -167,6 +181,10 @@ impl ClientConfig {
 
     pub fn request_timeout(&self) -> Duration {
         self.request_timeout
+    }
+
+    pub fn retries(&self) -> u32 {
+        self.retries
     }
 
     pub fn fence_scope(&self) -> &str {

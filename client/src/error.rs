@@ -95,6 +95,13 @@ impl ClientError {
         }
     }
 
+    /// The agent is still running the first send of this very request (it answered a retry
+    /// with TIMEOUT, `reason=in_progress`): ask again later for its reply.
+    pub fn in_progress(&self) -> bool {
+        matches!(self, Self::Agent { code: pb::ErrorCode::Timeout, detail, .. }
+            if detail.get("reason").is_some_and(|r| r == "in_progress"))
+    }
+
     /// The agent's detail map (empty for errors that did not come from the agent).
     pub fn detail(&self) -> Option<&HashMap<String, String>> {
         match self {

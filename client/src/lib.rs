@@ -32,7 +32,9 @@ mod upload;
 pub mod viewer;
 
 pub use client::{Client, exec_reply_timeout};
-pub use config::{ClientConfig, DEFAULT_NATS_URL, DEFAULT_REQUEST_TIMEOUT, EXEC_TIMEOUT_MARGIN, NatsAuth};
+pub use config::{
+    ClientConfig, DEFAULT_NATS_URL, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRIES, EXEC_TIMEOUT_MARGIN, NatsAuth,
+};
 pub use download::{GetOptions, partial_path};
 pub use envelope::{build_request, op_name, open_response};
 pub use error::ClientError;

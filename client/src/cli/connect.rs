@@ -54,6 +54,11 @@ pub struct ConnArgs {
     /// How long to wait for a reply, e.g. 30s, 500ms, 2m (plain numbers are seconds).
     #[arg(long, default_value = "30s", value_parser = parse_duration, global = true)]
     pub timeout: Duration,
+
+    /// Times a request that got no reply within --timeout is sent again, with the same request
+    /// id (the agent answers a retry from its reply cache; nothing runs twice).
+    #[arg(long, env = "TETHER_RETRIES", default_value_t = tether_client::DEFAULT_RETRIES, global = true)]
+    pub retries: u32,
 }
 
 /// Secrets taken from the environment (kept apart so tests need not touch the process env).
@@ -82,6 +87,7 @@ pub fn config(args: &ConnArgs, secrets: Secrets) -> anyhow::Result<ClientConfig>
         .with_nats_urls(args.nats_urls.iter().filter(|u| !u.is_empty()).cloned())
         .with_auth(auth(args, secrets)?)
         .with_request_timeout(args.timeout)
+        .with_retries(args.retries)
         .with_connection_name("tetherctl");
     if let Some(scope) = &args.fence_scope {
         config = config.with_fence_scope(scope.clone())?;
