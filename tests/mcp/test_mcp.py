@@ -25,7 +25,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from mcp import ClientSession, StdioServerParameters, stdio_client
+from mcp import ClientSession, StdioServerParameters, stdio_client, types
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / "debug"
@@ -93,13 +93,13 @@ class Nats:
 class Agent:
     """A tether-agent serving `agent_id`; ready once `tetherctl ping` answers."""
 
-    def __init__(self, nats: Nats, tmp: Path, agent_id: str, args):
+    def __init__(self, nats: Nats, tmp: Path, agent_id: str, args, run=""):
         self.nats, self.id = nats, agent_id
-        self.root = tmp / f"{agent_id}-root"
-        state = tmp / f"{agent_id}-state"
+        self.root = tmp / f"{agent_id}{run}-root"
+        state = tmp / f"{agent_id}{run}-state"
         self.root.mkdir()
         state.mkdir()
-        self.log = tmp / f"{agent_id}.log"
+        self.log = tmp / f"{agent_id}{run}.log"
         env = {**os.environ, **nats.env(), "DISPLAY": "", "TETHER_LOG": "info,async_nats=warn"}
         argv = [str(BIN / "tether-agent"), "run", "--nats-url", nats.url, "--workspace-id", WS,
                 "--agent-id", agent_id, "--workspace-root", str(self.root), "--state-dir", str(state), *args]
@@ -149,11 +149,16 @@ class Recorder:
         raise AssertionError(f"x-recorder never printed the line wanted; it printed {self.seen}")
 
 
-def free_display():
-    for n in range(700 + os.getpid() % 100 * 20, 5000):
+def free_display(after=0):
+    for n in range(max(after + 1, 700 + os.getpid() % 100 * 20), 6000):
         if not Path(f"/tmp/.X{n}-lock").exists() and not Path(f"/tmp/.X11-unix/X{n}").exists():
             return n
     raise AssertionError("no free X display number")
+
+
+def desktop_args(number):
+    return ["--virtual-desktop", "--virtual-display", f":{number}",
+            "--virtual-geometry", f"{SCREEN[0]}x{SCREEN[1]}", "--consent-screen-control"]
 
 
 @pytest.fixture(scope="module")
@@ -167,14 +172,12 @@ def stack():
         nats = Nats(tmp)
         started.append(nats.proc)
         number = free_display()
-        desk_args = ["--virtual-desktop", "--virtual-display", f":{number}",
-                     "--virtual-geometry", f"{SCREEN[0]}x{SCREEN[1]}", "--consent-screen-control"]
         agents = {}
-        for name, args in [("desk", desk_args), ("plain", []), ("noscreen", ["--consent-screen-control"])]:
+        for name, args in [("desk", desktop_args(number)), ("plain", []), ("noscreen", ["--consent-screen-control"])]:
             agent = Agent(nats, tmp, f"{name}{os.getpid()}", args)
             started.append(agent.proc)
             agents[name] = agent
-        yield {"nats": nats, "display": f":{number}", **agents}
+        yield {"nats": nats, "tmp": tmp, "display": f":{number}", **agents}
     finally:
         for proc in reversed(started):
             proc.stop()
@@ -187,14 +190,14 @@ def anyio_backend():
 
 
 @asynccontextmanager
-async def session_with(agent: Agent):
+async def session_with(agent: Agent, message_handler=None):
     """An initialized MCP session with `tetherctl mcp` for `agent`."""
     server = StdioServerParameters(
         command=str(BIN / "tetherctl"), args=[*agent.conn_args(), "mcp"], env=agent.nats.env()
     )
     with anyio.fail_after(CALL):
         async with stdio_client(server) as (read, write):
-            async with ClientSession(read, write) as session:
+            async with ClientSession(read, write, message_handler=message_handler) as session:
                 await session.initialize()
                 yield session
 
@@ -295,3 +298,29 @@ async def test_refused_input_and_an_agent_without_a_desktop(stack):
         assert "screenshot" in names and "desktop_act" not in names, sorted(names)
         shot = await call(s, "screenshot")
         assert shot.is_error and text_of(shot).startswith("UNSUPPORTED: "), text_of(shot)
+
+
+@pytest.mark.anyio
+async def test_desktop_act_is_listed_once_the_agent_says_it_serves_it(stack):
+    """The agent behind a running server comes back with a desktop: its Hello updates the tool
+    list, and the client is told."""
+    old = stack["noscreen"]
+    changed = anyio.Event()
+
+    async def on_message(message):
+        if isinstance(message, types.ToolListChangedNotification):
+            changed.set()
+
+    async with session_with(old, on_message) as s:
+        assert "desktop_act" not in {t.name for t in (await s.list_tools()).tools}
+        old.proc.stop()
+        number = free_display(int(stack["display"][1:]))
+        new = Agent(stack["nats"], stack["tmp"], old.id, desktop_args(number), run="-again")
+        try:
+            with anyio.fail_after(WAIT):
+                await changed.wait()
+            assert "desktop_act" in {t.name for t in (await s.list_tools()).tools}
+            acted = await call(s, "desktop_act", actions=[{"action": "wait", "ms": 10}])
+            assert not acted.is_error, text_of(acted)
+        finally:
+            new.proc.stop()

@@ -79,6 +79,17 @@ pub enum Button {
     Middle,
 }
 
+impl Button {
+    fn proto(self) -> i32 {
+        let button = match self {
+            Button::Left => pb::PointerButton::Left,
+            Button::Right => pb::PointerButton::Right,
+            Button::Middle => pb::PointerButton::Middle,
+        };
+        button as i32
+    }
+}
+
 impl From<Button> for ButtonArg {
     fn from(b: Button) -> ButtonArg {
         match b {
@@ -225,11 +236,19 @@ impl ActParams {
 }
 
 fn step_action(step: &ActStep, space: (u32, u32)) -> Result<Action, String> {
-    let pointer =
-        |x, y, action, button: Button| match desktop::pointer_event(x, y, action, button.into(), space) {
-            Event::Pointer(p) => Action::Pointer(p),
-            _ => unreachable!("pointer_event makes pointer events"),
-        };
+    let pointer = |x, y, action: pb::PointerAction, button: Button| {
+        Action::Pointer(pb::PointerEvent {
+            x,
+            y,
+            action: action as i32,
+            button: button.proto(),
+            space_width: space.0,
+            space_height: space.1,
+        })
+    };
+    let key = |key: &String, is_text| {
+        Action::Key(pb::KeyEvent { key: key.clone(), is_text, action: pb::KeyAction::Press as i32 })
+    };
     Ok(match step {
         ActStep::Click { x, y, button } => pointer(*x, *y, pb::PointerAction::Click, *button),
         ActStep::DoubleClick { x, y } => pointer(*x, *y, pb::PointerAction::DoubleClick, Button::Left),
@@ -244,22 +263,23 @@ fn step_action(step: &ActStep, space: (u32, u32)) -> Result<Action, String> {
             space_height: space.1,
         }),
         ActStep::Scroll { dx, dy, x, y } => {
-            let params = ScrollParams { dx: *dx, dy: *dy, x: *x, y: *y };
-            match params.event(space)? {
-                Event::Scroll(s) => Action::Scroll(s),
-                _ => unreachable!("scroll_event makes scroll events"),
-            }
+            let (x, y, at_pointer) = match (x, y) {
+                (Some(x), Some(y)) => (*x, *y, false),
+                (None, None) => (0, 0, true),
+                _ => return Err("give both x and y, or neither".into()),
+            };
+            Action::Scroll(pb::ScrollEvent {
+                x,
+                y,
+                delta_x: *dx,
+                delta_y: *dy,
+                space_width: space.0,
+                space_height: space.1,
+                at_pointer,
+            })
         }
-        ActStep::Key { keys } => Action::Key(pb::KeyEvent {
-            key: keys.clone(),
-            is_text: false,
-            action: pb::KeyAction::Press as i32,
-        }),
-        ActStep::Type { text } => Action::Key(pb::KeyEvent {
-            key: text.clone(),
-            is_text: true,
-            action: pb::KeyAction::Press as i32,
-        }),
+        ActStep::Key { keys } => key(keys, false),
+        ActStep::Type { text } => key(text, true),
         ActStep::Wait { ms } => Action::WaitMs(*ms),
     })
 }
