@@ -226,6 +226,11 @@ async def test_commands_and_files(stack):
         assert out.startswith("exit code 3"), out
         assert "--- stdout ---\nhello\n" in out and "--- stderr ---\noops\n" in out, out
 
+        slow = await call(s, "run_command", command="echo started; sleep 30", timeout_seconds=1)
+        assert not slow.is_error, text_of(slow)
+        assert text_of(slow).startswith("timed out after "), text_of(slow)
+        assert "started" in text_of(slow), "output before the kill is kept"
+
         big = await call(s, "run_command", command="head -c 300000 /dev/zero | tr '\\0' a; echo END")
         out = text_of(big)
         assert "bytes cut here" in out and "stdout truncated: showing the first" in out, out[-400:]
