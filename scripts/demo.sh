@@ -2,7 +2,8 @@
 # Sets up, then runs the whole thing locally: a nats-server and a tether-relay on loopback, a
 # tether-agent that lends them a scratch workspace, and a short tetherctl session against it
 # (exec, files, a terminal through the relay, a GUI command, a screenshot and a click on a
-# virtual display). Everything it starts is stopped when it ends (or on Ctrl-C).
+# virtual display, a tool call through `tetherctl mcp`). Everything it starts is stopped when it
+# ends (or on Ctrl-C).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -84,5 +85,11 @@ ctl shell -- sh -c 'echo "a terminal on $(tty), $(stty size) rows/cols, through 
 ctl exec --shell -- 'xsetroot -solid "#3465a4" && echo "a confined command painted the virtual display ($DISPLAY)"'
 ctl screenshot -o "$work/screen.png" --max-width 640 && file "$work/screen.png" 2>/dev/null || true
 ctl click 320 200 --space 640x400 && echo "(clicked the virtual display's centre, given in screenshot pixels)"
+# What an MCP client (an AI assistant) sends `tetherctl mcp` on its stdin, and the answer.
+printf '\n\033[1m$ tetherctl mcp   # an assistant asks it to run a command\033[0m\n'
+printf '%s\n' '{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"demo","version":"0"}}}' \
+  '{"jsonrpc":"2.0","method":"notifications/initialized"}' \
+  '{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"run_command","arguments":{"command":"uname -sr"}}}' \
+  | "$bin/tetherctl" mcp | tail -n 1
 printf '\nDemo done. Agent log: last lines\n'
 tail -n 5 "$work/agent.log"

@@ -8,6 +8,9 @@ mod exec;
 mod format;
 mod fs;
 mod info;
+mod mcp;
+mod mcp_desktop;
+mod mcp_text;
 mod mint;
 mod nats_config;
 mod progress;
@@ -197,6 +200,10 @@ pub enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// Serve the agent to AI assistants as Model Context Protocol tools on stdin/stdout
+    /// (run_command, read_file, write_file, list_directory, screenshot, click, type_text,
+    /// press_keys, scroll, desktop_act).
+    Mcp(mcp::McpArgs),
     /// Sync a directory tree with the agent: `up`, `down` (three-way with a baseline), `snapshot`.
     #[command(subcommand)]
     Sync(sync::SyncCommand),
@@ -281,6 +288,7 @@ pub async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Desktop { relay_url, width, height } => {
             desktop::ensure(&client, relay_url.as_deref(), (width, height), json).await
         }
+        Command::Mcp(args) => mcp::run(client, args).await,
         Command::MintToken(_) | Command::Enrollment(_) | Command::Credentials(_) | Command::Sync(_) => {
             unreachable!("handled before connecting")
         }
