@@ -192,6 +192,7 @@ class AgentProc:
         args: list[str] | None = None,
         env: dict[str, str] | None = None,
         relay: Relay | None = None,
+        agent_id: str | None = None,
     ) -> None:
         self.dir = tempfile.TemporaryDirectory(prefix="tether-py-agent-")
         base = Path(self.dir.name).resolve()
@@ -201,7 +202,7 @@ class AgentProc:
         self.state.mkdir()
         self.log_path = base / "agent.log"
         self.ws = WS
-        self.id = f"pyagent{os.getpid()}-{next(_ids)}"
+        self.id = agent_id or new_agent_id()
         cmd = [
             str(binary("tether-agent")), "run",
             "--nats-url", nats_server.url, "--workspace-id", self.ws, "--agent-id", self.id,
@@ -257,6 +258,11 @@ class AgentProc:
     def stop(self) -> None:
         self.proc.stop()
         self.dir.cleanup()
+
+
+def new_agent_id() -> str:
+    """An agent id no other agent of this test run has."""
+    return f"pyagent{os.getpid()}-{next(_ids)}"
 
 
 def _free_display() -> int:
