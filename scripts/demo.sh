@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up, then runs the whole thing locally: a nats-server and a tether-relay on loopback, a
 # tether-agent that lends them a scratch workspace, and a short tetherctl session against it
-# (exec, files, a terminal through the relay, a screenshot and a click on a virtual display). Everything it starts is stopped when it ends (or
+# (exec, files, a terminal through the relay, a screenshot and a click on a virtual display),
+# then the Python example against the same agent. Everything it starts is stopped when it ends (or
 # on Ctrl-C).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -81,5 +82,8 @@ ctl shell -- sh -c 'echo "a terminal on $(tty), $(stty size) rows/cols, through 
   || echo "(tetherctl shell exited with the remote shell's code: $?)"
 ctl screenshot -o "$work/screen.png" --max-width 640 && file "$work/screen.png" 2>/dev/null || true
 ctl click 320 200 --space 640x400 && echo "(clicked the virtual display's centre, given in screenshot pixels)"
+# The same agent from Python (the package scripts/setup.sh installed into target/pyenv).
+printf '\n\033[1m$ python python/examples/quickstart.py\033[0m\n'
+(repo=$(pwd); cd "$work" && "$repo/target/pyenv/bin/python" "$repo/python/examples/quickstart.py")
 printf '\nDemo done. Agent log: last lines\n'
 tail -n 5 "$work/agent.log"
