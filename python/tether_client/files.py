@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, TypeVar
 
 from ._proto import tether_pb2 as pb
 from .errors import AgentOfflineError, FileChangedError, ProtocolError, TetherError
@@ -29,6 +30,8 @@ TEMP_NAME_EXTRA = 48
 TEMP_NAME_KEEP = 200
 #: Chunk requests kept in flight.
 WINDOW = 4
+
+T = TypeVar("T")
 
 
 def chunk_size(max_payload: int) -> int:
@@ -52,12 +55,12 @@ def temp_upload_path(path: str, suffix: int) -> str:
     return f"{directory}.{keep}.tether-upload-{suffix:016x}"
 
 
-async def _windowed(jobs: list, window: int) -> list:
+async def _windowed(jobs: list[Awaitable[T]], window: int) -> list[T]:
     """Runs the coroutines of `jobs` with at most `window` in flight; results in order. The
     first failure cancels the rest and is raised."""
     gate = asyncio.Semaphore(window)
 
-    async def gated(job):  # type: ignore[no-untyped-def]
+    async def gated(job: Awaitable[T]) -> T:
         async with gate:
             return await job
 

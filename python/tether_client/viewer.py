@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from urllib.parse import urlencode
 
+from google.protobuf.message import Message
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -72,15 +73,18 @@ class Closed:
 
     @property
     def reason_name(self) -> str:
-        return pb.StreamCloseReason.Name(self.reason) if self.reason in pb.StreamCloseReason.values() else str(self.reason)
+        try:
+            return pb.StreamCloseReason.Name(self.reason)
+        except ValueError:
+            return str(self.reason)
 
 
 ViewerEvent = Output | Gap | Reconnecting | Resumed | Closed
 
 
-def encode_frame(tag: int, message: object) -> bytes:
+def encode_frame(tag: int, message: Message) -> bytes:
     """One relay message: the tag byte, then the protobuf body."""
-    return bytes([tag]) + message.SerializeToString()  # type: ignore[attr-defined]
+    return bytes([tag]) + message.SerializeToString()
 
 
 def stream_url(relay_url: str, channel: pb.StreamChannel) -> str:
