@@ -3,7 +3,8 @@
 
 Starts a loopback nats-server and one real agent (the harness of python/tests), measures
 `ping` and `exec true` with `tether_client.Agent`, then runs the Rust `bench-client-rtt` on the
-same agent, and prints p50/p99 of both and the Python/Rust ratios. Figures go in BENCHMARKS.md.
+same agent, and prints p50/p99 of both and the Python/Rust ratios (two passes each, A-B-B-A,
+averaged). Figures go in BENCHMARKS.md.
 
     cargo build --release --workspace --bins
     TETHER_BIN_DIR=target/release target/pyenv/bin/python python/bench/bench_rtt.py [PING_ROUNDS]
@@ -70,6 +71,10 @@ def rust_side(server: NatsServer, proc: AgentProc, ping_rounds: int, exec_rounds
     return json.loads(out.stdout)
 
 
+def average(a: dict, b: dict) -> dict:
+    return {op: {k: (a[op][k] + b[op][k]) / 2 for k in ("p50_us", "p99_us")} for op in a}
+
+
 def main() -> None:
     ping_rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
     exec_rounds = max(ping_rounds // 4, 10)
@@ -78,8 +83,13 @@ def main() -> None:
     server = NatsServer()
     proc = AgentProc(server)
     try:
-        py = asyncio.run(python_side(server, proc, ping_rounds, exec_rounds))
-        rs = rust_side(server, proc, ping_rounds, exec_rounds)
+        # A-B-B-A order, averaged: a drift in the machine's load during the run (it is shared)
+        # weighs on both clients alike.
+        py1 = asyncio.run(python_side(server, proc, ping_rounds, exec_rounds))
+        rs1 = rust_side(server, proc, ping_rounds, exec_rounds)
+        rs2 = rust_side(server, proc, ping_rounds, exec_rounds)
+        py2 = asyncio.run(python_side(server, proc, ping_rounds, exec_rounds))
+        py, rs = average(py1, py2), average(rs1, rs2)
     finally:
         proc.stop()
         server.stop()
