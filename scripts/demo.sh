@@ -2,8 +2,8 @@
 # Sets up, then runs the whole thing locally: a nats-server and a tether-relay on loopback, a
 # tether-agent that lends them a scratch workspace, and a short tetherctl session against it
 # (exec, files, a terminal through the relay, a GUI command, a screenshot and a click on a
-# virtual display, a tool call through `tetherctl mcp`). Everything it starts is stopped when it
-# ends (or on Ctrl-C).
+# virtual display, a tool call through `tetherctl mcp`), then the Python example against the same
+# agent. Everything it starts is stopped when it ends (or on Ctrl-C).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -91,5 +91,8 @@ printf '%s\n' '{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocol
   '{"jsonrpc":"2.0","method":"notifications/initialized"}' \
   '{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"run_command","arguments":{"command":"uname -sr"}}}' \
   | "$bin/tetherctl" mcp | tail -n 1
+# The same agent from Python (the package scripts/setup.sh installed into target/pyenv).
+printf '\n\033[1m$ python python/examples/quickstart.py\033[0m\n'
+(repo=$(pwd); cd "$work" && "$repo/target/pyenv/bin/python" "$repo/python/examples/quickstart.py")
 printf '\nDemo done. Agent log: last lines\n'
 tail -n 5 "$work/agent.log"

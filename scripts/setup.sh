@@ -4,9 +4,9 @@
 # `tetherctl shell` test types into a real terminal through it), and the system python3 and git
 # the confined-command tests run (a confined command sees only system locations, so a python3
 # under the home directory does not count), and Xvfb with xsetroot (x11-xserver-utils) for the
-# desktop tests and `--virtual-desktop`, and python3-venv for the Python environment at
-# target/pyenv (the `tetherctl mcp` test client, tests/mcp). Idempotent: installs only what is
-# missing.
+# desktop tests and `--virtual-desktop`; then the Python environment of the Python package's
+# tests and the `tetherctl mcp` test client (a venv at target/pyenv, see below). Idempotent:
+# installs only what is missing.
 set -euo pipefail
 
 need=()
@@ -18,6 +18,8 @@ command -v tmux >/dev/null 2>&1 || need+=(tmux)
 command -v git >/dev/null 2>&1 || need+=(git)
 command -v Xvfb >/dev/null 2>&1 || need+=(xvfb xauth)
 command -v xsetroot >/dev/null 2>&1 || need+=(x11-xserver-utils)
+# The Python package (python/) is tested in a venv; Debian splits venv support out of python3.
+/usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 
 if ((${#need[@]})); then
   sudo=""
@@ -33,7 +35,24 @@ fi
 
 command -v cargo >/dev/null 2>&1 || { echo "setup: Rust (cargo) is required: https://rustup.rs" >&2; exit 1; }
 
-# The Python environment of the tests that use Python clients.
+# Python: a venv at target/pyenv (created if missing) holding the package (`pip install
+# ./python`, reinstalled each run so it tests what is checked out) and its pinned test tools.
+# Any python3 >= 3.10 will do: the system one first, else the one on PATH.
 cd "$(dirname "$0")/.."
-[ -x target/pyenv/bin/python ] || python3 -m venv target/pyenv
-target/pyenv/bin/pip install -q -r tests/mcp/requirements.txt
+pyenv=target/pyenv
+if [ ! -x "$pyenv/bin/python" ]; then
+  py=""
+  for candidate in /usr/bin/python3 python3; do
+    if "$candidate" -c 'import sys, venv; sys.exit(sys.version_info < (3, 10))' >/dev/null 2>&1; then
+      py=$candidate
+      break
+    fi
+  done
+  [ -n "$py" ] || { echo "setup: python3 >= 3.10 with venv is required" >&2; exit 1; }
+  echo "setup: creating $pyenv with $py" >&2
+  mkdir -p target
+  "$py" -m venv "$pyenv"
+fi
+"$pyenv/bin/python" -m pip install -q --disable-pip-version-check -r python/requirements-dev.txt
+"$pyenv/bin/python" -m pip install -q --disable-pip-version-check ./python
+"$pyenv/bin/python" -m pip install -q --disable-pip-version-check -r tests/mcp/requirements.txt

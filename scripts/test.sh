@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Sets up and runs the whole test suite: unit tests and end-to-end tests against a real
-# nats-server and the real binaries, then the `tetherctl mcp` test (a Python MCP client).
+# nats-server and the real binaries, then the Python package's (its generated protobuf code must
+# match proto/proto/tether.proto, and its pytest suite runs against the same binaries) and the
+# `tetherctl mcp` test (a Python MCP client).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --workspace --bins --locked
 cargo test --workspace --locked -- "$@"
+target/pyenv/bin/python python/scripts/gen_proto.py --check
+target/pyenv/bin/python -m pytest python/tests -q
 PYTHONDONTWRITEBYTECODE=1 target/pyenv/bin/python -m pytest -p no:cacheprovider -q tests/mcp
