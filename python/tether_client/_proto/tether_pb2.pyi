@@ -1134,7 +1134,7 @@ class Hello(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., workspace_id: _Optional[str] = ..., agent_version: _Optional[str] = ..., os: _Optional[_Union[Os, str]] = ..., arch: _Optional[_Union[Arch, str]] = ..., machine_name: _Optional[str] = ..., workspace_root: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., update_channel: _Optional[str] = ..., resume_token: _Optional[str] = ..., binary_sha256: _Optional[str] = ...) -> None: ...
 
 class Capabilities(_message.Message):
-    __slots__ = ("exec", "filesystem", "git", "pty", "desktop", "consented_whole_machine", "consented_screen_control", "display", "desktop_unavailable_reason", "virtual_root", "fence_scoped", "max_payload", "commands_confined", "landlock_abi", "unconfined_commands_allowed", "commands_unconfined_reason", "memory_limit", "memory_high_limit", "cpu_limit", "max_processes", "process_limit", "commands_scoped", "unix_sockets", "nats_unauthenticated", "network_confined", "max_total_processes", "default_memory_max_bytes", "transfers", "transfer_window", "transfer_idle_ms", "desktop_act", "desktop_backend", "desktop_input", "tree_sync")
+    __slots__ = ("exec", "filesystem", "git", "pty", "desktop", "consented_whole_machine", "consented_screen_control", "display", "desktop_unavailable_reason", "virtual_root", "fence_scoped", "max_payload", "commands_confined", "landlock_abi", "unconfined_commands_allowed", "commands_unconfined_reason", "memory_limit", "memory_high_limit", "cpu_limit", "max_processes", "process_limit", "commands_scoped", "unix_sockets", "nats_unauthenticated", "network_confined", "max_total_processes", "default_memory_max_bytes", "transfers", "transfer_window", "transfer_idle_ms", "desktop_act", "desktop_backend", "desktop_input", "tree_sync", "request_dedup")
     EXEC_FIELD_NUMBER: _ClassVar[int]
     FILESYSTEM_FIELD_NUMBER: _ClassVar[int]
     GIT_FIELD_NUMBER: _ClassVar[int]
@@ -1169,6 +1169,7 @@ class Capabilities(_message.Message):
     DESKTOP_BACKEND_FIELD_NUMBER: _ClassVar[int]
     DESKTOP_INPUT_FIELD_NUMBER: _ClassVar[int]
     TREE_SYNC_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_DEDUP_FIELD_NUMBER: _ClassVar[int]
     exec: bool
     filesystem: bool
     git: bool
@@ -1203,7 +1204,18 @@ class Capabilities(_message.Message):
     desktop_backend: str
     desktop_input: bool
     tree_sync: bool
-    def __init__(self, exec: _Optional[bool] = ..., filesystem: _Optional[bool] = ..., git: _Optional[bool] = ..., pty: _Optional[bool] = ..., desktop: _Optional[bool] = ..., consented_whole_machine: _Optional[bool] = ..., consented_screen_control: _Optional[bool] = ..., display: _Optional[_Union[Display, _Mapping]] = ..., desktop_unavailable_reason: _Optional[str] = ..., virtual_root: _Optional[str] = ..., fence_scoped: _Optional[bool] = ..., max_payload: _Optional[int] = ..., commands_confined: _Optional[bool] = ..., landlock_abi: _Optional[int] = ..., unconfined_commands_allowed: _Optional[bool] = ..., commands_unconfined_reason: _Optional[str] = ..., memory_limit: _Optional[_Union[LimitEnforcement, str]] = ..., memory_high_limit: _Optional[bool] = ..., cpu_limit: _Optional[bool] = ..., max_processes: _Optional[int] = ..., process_limit: _Optional[_Union[LimitEnforcement, str]] = ..., commands_scoped: _Optional[bool] = ..., unix_sockets: _Optional[_Union[UnixSocketConfinement, str]] = ..., nats_unauthenticated: _Optional[bool] = ..., network_confined: _Optional[bool] = ..., max_total_processes: _Optional[int] = ..., default_memory_max_bytes: _Optional[int] = ..., transfers: _Optional[bool] = ..., transfer_window: _Optional[int] = ..., transfer_idle_ms: _Optional[int] = ..., desktop_act: _Optional[bool] = ..., desktop_backend: _Optional[str] = ..., desktop_input: _Optional[bool] = ..., tree_sync: _Optional[bool] = ...) -> None: ...
+    request_dedup: RequestDedup
+    def __init__(self, exec: _Optional[bool] = ..., filesystem: _Optional[bool] = ..., git: _Optional[bool] = ..., pty: _Optional[bool] = ..., desktop: _Optional[bool] = ..., consented_whole_machine: _Optional[bool] = ..., consented_screen_control: _Optional[bool] = ..., display: _Optional[_Union[Display, _Mapping]] = ..., desktop_unavailable_reason: _Optional[str] = ..., virtual_root: _Optional[str] = ..., fence_scoped: _Optional[bool] = ..., max_payload: _Optional[int] = ..., commands_confined: _Optional[bool] = ..., landlock_abi: _Optional[int] = ..., unconfined_commands_allowed: _Optional[bool] = ..., commands_unconfined_reason: _Optional[str] = ..., memory_limit: _Optional[_Union[LimitEnforcement, str]] = ..., memory_high_limit: _Optional[bool] = ..., cpu_limit: _Optional[bool] = ..., max_processes: _Optional[int] = ..., process_limit: _Optional[_Union[LimitEnforcement, str]] = ..., commands_scoped: _Optional[bool] = ..., unix_sockets: _Optional[_Union[UnixSocketConfinement, str]] = ..., nats_unauthenticated: _Optional[bool] = ..., network_confined: _Optional[bool] = ..., max_total_processes: _Optional[int] = ..., default_memory_max_bytes: _Optional[int] = ..., transfers: _Optional[bool] = ..., transfer_window: _Optional[int] = ..., transfer_idle_ms: _Optional[int] = ..., desktop_act: _Optional[bool] = ..., desktop_backend: _Optional[str] = ..., desktop_input: _Optional[bool] = ..., tree_sync: _Optional[bool] = ..., request_dedup: _Optional[_Union[RequestDedup, _Mapping]] = ...) -> None: ...
+
+class RequestDedup(_message.Message):
+    __slots__ = ("max_entries", "ttl_ms", "max_bytes")
+    MAX_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    max_entries: int
+    ttl_ms: int
+    max_bytes: int
+    def __init__(self, max_entries: _Optional[int] = ..., ttl_ms: _Optional[int] = ..., max_bytes: _Optional[int] = ...) -> None: ...
 
 class HelloAck(_message.Message):
     __slots__ = ("epoch", "resume_token", "heartbeat_interval_ms")
