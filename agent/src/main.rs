@@ -13,6 +13,9 @@ use tracing_subscriber::EnvFilter;
 #[derive(Parser)]
 #[command(name = "tether-agent", version, about)]
 struct Cli {
+    /// Log lines as text, or as one JSON object per line (for log collectors).
+    #[arg(long, global = true, env = "TETHER_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,12 +54,15 @@ enum FenceCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("TETHER_LOG").unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn")),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format.as_str() {
+        "json" => logs.json().init(),
+        _ => logs.init(),
+    }
     harden_process();
     let result = match cli.command {
         Command::Run(args) => Config::resolve(*args, |k| std::env::var(k).ok())

@@ -108,6 +108,9 @@ impl RelayConfig {
 #[derive(Debug, Parser)]
 #[command(name = "tether-relay", version)]
 pub struct Cli {
+    /// Log lines as text, or as one JSON object per line (for log collectors).
+    #[arg(long, env = "TETHER_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
+    pub log_format: String,
     /// Address to listen on (port 0 picks a free port; the log says which).
     #[arg(long, env = "TETHER_RELAY_BIND", default_value = "0.0.0.0:8443")]
     pub bind: SocketAddr,

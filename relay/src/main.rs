@@ -10,11 +10,13 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format.as_str() {
+        "json" => logs.json().init(),
+        _ => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
     let config = match cli.into_config(|name| std::env::var(name).ok()) {
         Ok(config) => config,
         Err(e) => {

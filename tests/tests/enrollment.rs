@@ -139,7 +139,7 @@ async fn an_enrolled_agent_serves_with_least_privilege_and_bad_bundles_or_open_c
     let mut agent = Proc::spawn(
         "tether-agent",
         Command::new(bin("tether-agent"))
-            .args(["run", "--config"])
+            .args(["--log-format", "json", "run", "--config"])
             .arg(&config)
             .arg("--state-dir")
             .arg(state.path())
@@ -168,8 +168,13 @@ async fn an_enrolled_agent_serves_with_least_privilege_and_bad_bundles_or_open_c
         pinged = ctl(&["ping"]);
     }
     ok(&pinged);
-    let out = ok(&ctl(&["exec", "--", "sh", "-c", "echo enrolled-and-serving"]));
+    let out = ok(&ctl(&["exec", "--", "sh", "-c", "echo enrolled-and-serving; env"]));
     assert!(out.contains("enrolled-and-serving"), "{out}");
+    let seed = std::fs::read_to_string(home.path().join("config/w-a/nats.nk")).unwrap();
+    assert!(
+        !out.contains(seed.trim()) && !out.contains("nats.nk"),
+        "a command's environment names no credential: {out}"
+    );
 
     // Agent A's identity cannot read B's requests, answer or impersonate B: the server refuses.
     let (as_a, mut errors) = connect_as(&nats, &seed_a).await;
@@ -211,6 +216,10 @@ async fn an_enrolled_agent_serves_with_least_privilege_and_bad_bundles_or_open_c
     let logs = std::fs::read_to_string(&log).unwrap();
     let seed = std::fs::read_to_string(&seed_a).unwrap();
     assert!(!logs.contains(seed.trim()), "the seed never appears in the agent's log");
+    for line in logs.lines() {
+        let parsed: Result<serde_json::Value, _> = serde_json::from_str(line);
+        assert!(parsed.is_ok_and(|v| v["level"].is_string()), "--log-format json: one object a line: {line}");
+    }
 }
 
 #[test]
