@@ -479,6 +479,17 @@ fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
     toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
 }
 
+/// The state directory a config file sets (or the default for its ids).
+pub fn state_dir_of(config_file: &Path) -> anyhow::Result<PathBuf> {
+    let file = load_file(config_file)?;
+    if let Some(dir) = file.state_dir {
+        return Ok(dir);
+    }
+    let ws = file.workspace_id.context("the config file names no workspace_id")?;
+    let agent = file.agent_id.context("the config file names no agent_id")?;
+    default_state_dir(&AgentSubjects::new(&ws, &agent)?)
+}
+
 fn default_state_dir(subjects: &AgentSubjects) -> anyhow::Result<PathBuf> {
     let dirs = directories::ProjectDirs::from("dev", "tether", "tether-agent")
         .context("no home directory to keep state in; pass --state-dir")?;

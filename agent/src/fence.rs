@@ -180,6 +180,18 @@ impl Fence {
         }
     }
 
+    /// Every scope's held epoch, by its log label (for the status file).
+    pub async fn held_epochs(&self) -> Vec<(String, u32)> {
+        let locks: Vec<(String, Arc<RwLock<ScopeState>>)> =
+            self.lock_scopes().iter().map(|(scope, slot)| (scope.clone(), slot.lock.clone())).collect();
+        let mut held = Vec::with_capacity(locks.len());
+        for (scope, lock) in locks {
+            held.push((scope_label(&scope), lock.read().await.held));
+        }
+        held.sort();
+        held
+    }
+
     /// How many scopes the agent holds.
     pub fn scope_count(&self) -> usize {
         self.lock_scopes().len()

@@ -20,6 +20,7 @@ pub mod serve;
 pub mod service;
 pub mod size;
 pub mod state_lock;
+pub mod status;
 pub mod stream;
 
 pub use error::{OpError, OpResult};

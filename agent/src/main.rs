@@ -29,6 +29,8 @@ enum Command {
     Fence(FenceCommand),
     /// Enroll this machine with the bundle an operator sent (`tetherctl enrollment create`).
     Enroll(tether_agent::enroll::EnrollArgs),
+    /// What the agent on a state directory is doing: ids, NATS and relay, consents, epochs.
+    Status(tether_agent::status::StatusArgs),
     /// Run an enrolled agent as a service (systemd unit, or a LaunchAgent on macOS).
     #[command(subcommand)]
     Service(tether_agent::service::ServiceCommand),
@@ -79,6 +81,7 @@ fn main() -> ExitCode {
                 );
             }),
         Command::Service(command) => tether_agent::service::run(command),
+        Command::Status(args) => tether_agent::status::run(args),
         Command::Fence(FenceCommand::List { state_dir }) => fence::list(&state_dir).map(|scopes| {
             for (scope, held) in scopes {
                 println!("{held}\t{scope:?}");

@@ -28,6 +28,7 @@ use crate::paths::Paths;
 use crate::process::Launcher;
 use crate::sandbox::{CommandCaps, Sandbox};
 use crate::state_lock::StateLock;
+use crate::status::{self, Status};
 
 /// How long the duplicate-runner probe waits for an answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -114,8 +115,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         commands,
         nats_unauthenticated,
         desktop,
+        status: Arc::new(std::sync::Mutex::new(Status {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            workspace_id: config.subjects.workspace_id().to_owned(),
+            agent_id: config.subjects.agent_id().to_owned(),
+            nats_urls: config.nats_urls.iter().map(|u| status::redact_url(u)).collect(),
+            nats_connected: true,
+            nats_since: status::now_unix(),
+            relay_url: config.relay.as_ref().map(|r| status::redact_url(&r.url)),
+            consent_screen_control: config.desktop.consent_screen_control,
+            whole_machine: config.whole_machine,
+            commands_confined: sandbox.capabilities().confined,
+            landlock_abi: sandbox.capabilities().landlock_abi,
+            ..Default::default()
+        })),
     };
     announce.hello().await;
+    announce.update_status(|_| {}).await;
     let draining = Arc::new(AtomicBool::new(false));
     let in_flight = TaskTracker::new();
     let background = TaskTracker::new();
@@ -300,9 +317,23 @@ struct Announcer {
     /// The server admits clients without credentials (allowed by the operator).
     nats_unauthenticated: bool,
     desktop: Arc<crate::ops::desktop::Desktop>,
+    /// What `tether-agent status` reads, kept current in the state directory.
+    status: Arc<std::sync::Mutex<Status>>,
 }
 
 impl Announcer {
+    /// Applies `change` to the status and writes it (off the async workers).
+    async fn update_status(&self, change: impl FnOnce(&mut Status)) {
+        let snapshot = {
+            let mut status = self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            change(&mut status);
+            status.updated = status::now_unix();
+            status.clone()
+        };
+        let dir = self.config.state_dir.clone();
+        let _ = tokio::task::spawn_blocking(move || status::write(&dir, &snapshot)).await;
+    }
+
     async fn hello(&self) {
         let mut hello = hello::hello(
             &self.config,
@@ -351,12 +382,18 @@ impl Announcer {
                 Event::Connected if first => first = false,
                 Event::Connected => {
                     tracing::info!("reconnected to NATS");
+                    self.update_status(|s| (s.nats_connected, s.nats_since) = (true, status::now_unix()))
+                        .await;
                     if let Err(e) = self.client.flush().await {
                         tracing::warn!(error = %e, "flush after reconnect");
                     }
                     self.hello().await;
                 }
-                Event::Disconnected => tracing::warn!("disconnected from NATS; reconnecting"),
+                Event::Disconnected => {
+                    tracing::warn!("disconnected from NATS; reconnecting");
+                    self.update_status(|s| (s.nats_connected, s.nats_since) = (false, status::now_unix()))
+                        .await;
+                }
                 other => tracing::info!(event = %other, "NATS event"),
             }
         }
@@ -394,6 +431,8 @@ async fn heartbeat(
             draining: draining.load(Ordering::Relaxed),
         };
         announce.event(agent_event::Event::Heartbeat(beat)).await;
+        let held = dispatcher.fence.held_epochs().await;
+        announce.update_status(|s| s.held_epochs = held).await;
     }
 }
 

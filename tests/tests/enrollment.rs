@@ -176,6 +176,16 @@ async fn an_enrolled_agent_serves_with_least_privilege_and_bad_bundles_or_open_c
         "a command's environment names no credential: {out}"
     );
 
+    // `tether-agent status` reads what the running agent keeps in its state directory.
+    let status =
+        |state: &Path| ok(&run(Command::new(bin("tether-agent")).args(["status", "--state-dir"]).arg(state)));
+    let shown = status(state.path());
+    assert!(
+        shown.contains("w/a") && shown.contains("running    yes") && shown.contains("(connected"),
+        "{shown}"
+    );
+    assert!(shown.contains("commands   confined") || shown.contains("NOT confined"), "{shown}");
+
     // Agent A's identity cannot read B's requests, answer or impersonate B: the server refuses.
     let (as_a, mut errors) = connect_as(&nats, &seed_a).await;
     let _sub = as_a.subscribe("agent.w.b.rpc").await.unwrap();
@@ -213,6 +223,8 @@ async fn an_enrolled_agent_serves_with_least_privilege_and_bad_bundles_or_open_c
     .await;
     assert_eq!(offline, Ok(true), "going_offline\n{}", std::fs::read_to_string(&log).unwrap_or_default());
     agent.wait_exit(Duration::from_secs(15)).unwrap();
+    let shown = status(state.path());
+    assert!(shown.contains("running    no"), "{shown}");
     let logs = std::fs::read_to_string(&log).unwrap();
     let seed = std::fs::read_to_string(&seed_a).unwrap();
     assert!(!logs.contains(seed.trim()), "the seed never appears in the agent's log");
