@@ -17,6 +17,7 @@ command -v tmux >/dev/null 2>&1 || need+=(tmux)
 command -v git >/dev/null 2>&1 || need+=(git)
 command -v Xvfb >/dev/null 2>&1 || need+=(xvfb xauth)
 command -v xsetroot >/dev/null 2>&1 || need+=(x11-xserver-utils)
+command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
 # The Python package (python/) is tested in a venv; Debian splits venv support out of python3.
 /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 
