@@ -4,7 +4,8 @@
 # `tetherctl shell` test types into a real terminal through it), and the system python3 and git
 # the confined-command tests run (a confined command sees only system locations, so a python3
 # under the home directory does not count), and Xvfb with xsetroot (x11-xserver-utils) for the
-# desktop tests and `--virtual-desktop`; then the Python environment of the Python package's
+# desktop tests and `--virtual-desktop`, shellcheck (the installer is checked) and openssl (the
+# mutual-TLS test makes its certificates); then the Python environment of the Python package's
 # tests and the `tetherctl mcp` test client (a venv at target/pyenv, see below). Idempotent:
 # installs only what is missing.
 set -euo pipefail
@@ -18,6 +19,7 @@ command -v git >/dev/null 2>&1 || need+=(git)
 command -v Xvfb >/dev/null 2>&1 || need+=(xvfb xauth)
 command -v xsetroot >/dev/null 2>&1 || need+=(x11-xserver-utils)
 command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # The Python package (python/) is tested in a venv; Debian splits venv support out of python3.
 /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 

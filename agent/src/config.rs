@@ -108,6 +108,13 @@ pub struct RunArgs {
     /// CA certificate (PEM) to verify the NATS server; implies TLS.
     #[arg(long, env = "TETHER_NATS_TLS_CA")]
     pub nats_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for a NATS server that verifies clients (mutual TLS); with
+    /// --nats-tls-key.
+    #[arg(long, env = "TETHER_NATS_TLS_CERT", requires = "nats_tls_key")]
+    pub nats_tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM): a secret file.
+    #[arg(long, env = "TETHER_NATS_TLS_KEY", requires = "nats_tls_cert")]
+    pub nats_tls_key: Option<PathBuf>,
     /// Relay websocket URL for terminals, e.g. ws://127.0.0.1:8443/stream (the producer token
     /// comes from TETHER_RELAY_TOKEN or --relay-token-file). Without it, pty ops are unsupported.
     #[arg(long, env = "TETHER_RELAY_URL")]
@@ -170,6 +177,8 @@ struct FileConfig {
     nats_creds: Option<PathBuf>,
     nats_nkey: Option<PathBuf>,
     nats_tls_ca: Option<PathBuf>,
+    nats_tls_cert: Option<PathBuf>,
+    nats_tls_key: Option<PathBuf>,
     relay_url: Option<String>,
     relay_token_file: Option<PathBuf>,
     #[serde(default, with = "humantime_serde_opt")]
@@ -286,6 +295,8 @@ pub struct Config {
     /// Serve even when the NATS server admits clients without credentials.
     pub allow_unauthenticated_nats: bool,
     pub nats_tls_ca: Option<PathBuf>,
+    /// Client certificate and key for mutual TLS.
+    pub nats_tls_client: Option<(PathBuf, PathBuf)>,
     pub relay: Option<RelayLink>,
     pub pty_idle_timeout: Duration,
     pub fs_mutation_deadline: Duration,
@@ -335,7 +346,18 @@ impl Config {
         let creds = args.nats_creds.or(file.nats_creds);
         let nkey = args.nats_nkey.or(file.nats_nkey);
         let relay_token_file = args.relay_token_file.or(file.relay_token_file);
-        let secret_files = [&token_file, &password_file, &creds, &nkey, &relay_token_file]
+        let nats_tls_client = match (
+            args.nats_tls_cert.or(file.nats_tls_cert),
+            args.nats_tls_key.or(file.nats_tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => bail!(
+                "a NATS client certificate needs its key, and a key its certificate (nats_tls_cert, nats_tls_key)"
+            ),
+        };
+        let tls_key = nats_tls_client.as_ref().map(|(_, key)| key.clone());
+        let secret_files = [&token_file, &password_file, &creds, &nkey, &tls_key, &relay_token_file]
             .into_iter()
             .flatten()
             .cloned()
@@ -390,6 +412,7 @@ impl Config {
                 .or(file.allow_unauthenticated_nats)
                 .unwrap_or(false),
             nats_tls_ca: args.nats_tls_ca.or(file.nats_tls_ca),
+            nats_tls_client,
             relay,
             pty_idle_timeout: args
                 .pty_idle_timeout

@@ -256,6 +256,9 @@ async fn connect(config: &Config, events: mpsc::UnboundedSender<Event>) -> anyho
     if let Some(ca) = &config.nats_tls_ca {
         options = options.add_root_certificates(ca.clone()).require_tls(true);
     }
+    if let Some((cert, key)) = &config.nats_tls_client {
+        options = options.add_client_certificate(cert.clone(), key.clone()).require_tls(true);
+    }
     let options = options
         .name(format!("tether-agent {}", config.subjects))
         // The agent's own requests (its duplicate-runner probe) take their replies under its

@@ -70,6 +70,7 @@ pub struct ClientConfig {
     subjects: AgentSubjects,
     auth: NatsAuth,
     tls_ca_file: Option<PathBuf>,
+    tls_client: Option<(PathBuf, PathBuf)>,
     request_timeout: Duration,
     retries: u32,
     fence_scope: String,
@@ -89,6 +90,7 @@ impl ClientConfig {
             subjects,
             auth: NatsAuth::None,
             tls_ca_file: None,
+            tls_client: None,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             retries: DEFAULT_RETRIES,
             fence_scope: unique::default_fence_scope(),
@@ -114,6 +116,12 @@ impl ClientConfig {
     /// NATS credentials.
     pub fn with_auth(mut self, auth: NatsAuth) -> Self {
         self.auth = auth;
+        self
+    }
+
+    /// A client certificate and its key (PEM) for a server that verifies clients (mutual TLS).
+    pub fn with_tls_client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.tls_client = Some((cert.into(), key.into()));
         self
     }
 
@@ -224,6 +232,9 @@ impl ClientConfig {
         };
         if let Some(ca) = &self.tls_ca_file {
             options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let Some((cert, key)) = &self.tls_client {
+            options = options.add_client_certificate(cert.clone(), key.clone()).require_tls(true);
         }
         Ok(options)
     }

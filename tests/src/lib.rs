@@ -39,7 +39,9 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// The client port in a nats-server ports file (`{"nats":["nats://127.0.0.1:4222"],...}`).
 fn client_port(ports_file: &str) -> Option<u16> {
-    let rest = &ports_file[ports_file.find("nats://")? + "nats://".len()..];
+    // `nats://host:port`, or `tls://host:port` for a server with TLS.
+    let (at, scheme) = ["nats://", "tls://"].iter().find_map(|s| Some((ports_file.find(s)?, s.len())))?;
+    let rest = &ports_file[at + scheme..];
     let addr = &rest[..rest.find('"')?];
     addr.rsplit(':').next()?.parse().ok()
 }

@@ -43,6 +43,14 @@ pub struct ConnArgs {
     #[arg(long, env = "TETHER_NATS_TLS_CA", global = true)]
     pub nats_tls_ca: Option<PathBuf>,
 
+    /// Client certificate (PEM) for mutual TLS (with --nats-tls-key).
+    #[arg(long, env = "TETHER_NATS_TLS_CERT", global = true, requires = "nats_tls_key")]
+    pub nats_tls_cert: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "TETHER_NATS_TLS_KEY", global = true, requires = "nats_tls_cert")]
+    pub nats_tls_key: Option<PathBuf>,
+
     /// Fence scope to send (default: a fresh one per invocation).
     #[arg(long, env = "TETHER_FENCE_SCOPE", global = true)]
     pub fence_scope: Option<String>,
@@ -97,6 +105,9 @@ pub fn config(args: &ConnArgs, secrets: Secrets) -> anyhow::Result<ClientConfig>
     }
     if let Some(ca) = &args.nats_tls_ca {
         config = config.with_tls_ca_file(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&args.nats_tls_cert, &args.nats_tls_key) {
+        config = config.with_tls_client_cert(cert.clone(), key.clone());
     }
     Ok(config)
 }
