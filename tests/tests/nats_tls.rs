@@ -36,8 +36,8 @@ fn make_certs(dir: &Path) {
     );
     // X.509 v3 (with extensions) both: rustls refuses v1 certificates.
     std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
-        .unwrap();
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+        .expect("server.ext");
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").expect("client.ext");
     for (name, ext) in [("server", "server.ext"), ("client", "client.ext")] {
         let key = format!("{name}.key");
         let csr = format!("{name}.csr");
@@ -79,7 +79,7 @@ fn make_certs(dir: &Path) {
         );
     }
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir.join("client.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(dir.join("client.key"), std::fs::Permissions::from_mode(0o600)).expect("chmod");
 }
 
 fn tetherctl(nats: &Nats, certs: &Path, with_cert: bool) -> Output {
