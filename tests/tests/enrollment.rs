@@ -13,6 +13,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use nix::sys::signal::Signal;
 use prost::Message;
+use tether_tests::relay::{PRODUCER_SECRET, Relay, VIEWER_SECRET};
 use tether_tests::{Nats, Proc, bin, pb};
 
 fn run(cmd: &mut Command) -> Output {
@@ -37,10 +38,13 @@ fn tetherctl() -> Command {
     cmd
 }
 
-/// The bundle `tetherctl enrollment create` printed for agent `id` of workspace `w`.
-fn create(nats: &Nats, auth: &Path, id: &str) -> String {
+/// The bundle `tetherctl enrollment create` printed for agent `id` of workspace `w` (with the
+/// relay's URL and a producer token signed with its secret).
+fn create(nats: &Nats, relay: &Relay, auth: &Path, id: &str) -> String {
     let out = ok(&run(tetherctl()
         .args(["enrollment", "create", "--workspace-id", "w", "--agent-id", id, "--nats-url", &nats.url])
+        .args(["--relay-url", &relay.stream_url()])
+        .env("TETHER_RELAY_PRODUCER_SECRET", PRODUCER_SECRET)
         .arg("--server-config")
         .arg(auth)));
     let line = out.trim();
@@ -94,8 +98,9 @@ async fn an_enrolled_agent_serves_with_least_privilege_and_bad_bundles_or_open_c
         .arg("-o")
         .arg(&control_seed)));
     let nats = Nats::start_including(&auth).await;
-    let bundle_a = create(&nats, &auth, "a");
-    let bundle_b = create(&nats, &auth, "b");
+    let relay = Relay::start(&[]).await;
+    let bundle_a = create(&nats, &relay, &auth, "a");
+    let bundle_b = create(&nats, &relay, &auth, "b");
     nats.reload();
 
     // Damaged bundles are refused, each with its reason, and write nothing.
@@ -176,6 +181,21 @@ async fn an_enrolled_agent_serves_with_least_privilege_and_bad_bundles_or_open_c
         "a command's environment names no credential: {out}"
     );
 
+    // A terminal through the relay, with the producer token that came in the bundle.
+    let mut shell = tetherctl();
+    shell
+        .args(["--nats-url", &nats.url, "--workspace-id", "w", "--agent-id", "a", "--nats-nkey"])
+        .arg(&control_seed)
+        .args(["shell", "--", "sh", "-c", "echo term-$((6*7))"])
+        .env("TETHER_RELAY_URL", relay.stream_url())
+        .env("TETHER_RELAY_VIEWER_SECRET", VIEWER_SECRET);
+    let out = run(&mut shell);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("term-42"),
+        "{out:?}\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+
     // `tether-agent status` reads what the running agent keeps in its state directory.
     let status =
         |state: &Path| ok(&run(Command::new(bin("tether-agent")).args(["status", "--state-dir"]).arg(state)));
@@ -227,7 +247,12 @@ async fn an_enrolled_agent_serves_with_least_privilege_and_bad_bundles_or_open_c
     assert!(shown.contains("running    no"), "{shown}");
     let logs = std::fs::read_to_string(&log).unwrap();
     let seed = std::fs::read_to_string(&seed_a).unwrap();
-    assert!(!logs.contains(seed.trim()), "the seed never appears in the agent's log");
+    let relay_token = std::fs::read_to_string(home.path().join("config/w-a/relay.token")).unwrap();
+    for (what, text) in [("agent", &logs), ("relay", &relay.log_text())] {
+        for secret in [seed.trim(), relay_token.trim(), PRODUCER_SECRET, VIEWER_SECRET] {
+            assert!(!text.contains(secret), "a secret appears in the {what} log");
+        }
+    }
     for line in logs.lines() {
         let parsed: Result<serde_json::Value, _> = serde_json::from_str(line);
         assert!(parsed.is_ok_and(|v| v["level"].is_string()), "--log-format json: one object a line: {line}");
