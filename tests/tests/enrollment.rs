@@ -176,8 +176,9 @@ async fn an_enrolled_agent_serves_with_least_privilege_and_bad_bundles_or_open_c
     let out = ok(&ctl(&["exec", "--", "sh", "-c", "echo enrolled-and-serving; env"]));
     assert!(out.contains("enrolled-and-serving"), "{out}");
     let seed = std::fs::read_to_string(home.path().join("config/w-a/nats.nk")).unwrap();
+    let token = std::fs::read_to_string(home.path().join("config/w-a/relay.token")).unwrap();
     assert!(
-        !out.contains(seed.trim()) && !out.contains("nats.nk"),
+        !out.contains(seed.trim()) && !out.contains(token.trim()) && !out.contains("nats.nk"),
         "a command's environment names no credential: {out}"
     );
 
