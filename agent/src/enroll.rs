@@ -31,6 +31,9 @@ pub struct EnrollArgs {
     /// The directory the agent lends [default: ~/tether/NAME].
     #[arg(long)]
     workspace_root: Option<PathBuf>,
+    /// Also install and start the service (`tether-agent service install --name NAME`).
+    #[arg(long)]
+    service: bool,
 }
 
 /// Where an enrollment went.
@@ -82,7 +85,13 @@ pub async fn enroll(args: EnrollArgs) -> anyhow::Result<Enrolled> {
     }
     std::fs::rename(&staging, &dir).with_context(|| format!("moving the enrollment to {}", dir.display()))?;
     let _ = std::fs::remove_dir_all(&old);
-    Ok(Enrolled { config_file: dir.join("agent.toml"), workspace_root })
+    let config_file = dir.join("agent.toml");
+    if args.service {
+        crate::service::run(crate::service::ServiceCommand::Install(
+            crate::service::InstallArgs::for_enrollment(&name, &config_file),
+        ))?;
+    }
+    Ok(Enrolled { config_file, workspace_root })
 }
 
 /// The config file of an enrollment living in `dir`.

@@ -50,6 +50,18 @@ pub struct InstallArgs {
     print: bool,
 }
 
+impl InstallArgs {
+    /// A user service for the enrollment `name` running `config`.
+    pub fn for_enrollment(name: &str, config: &Path) -> InstallArgs {
+        InstallArgs {
+            which: Which { name: name.to_owned(), system: false },
+            config: Some(config.to_owned()),
+            user: None,
+            print: false,
+        }
+    }
+}
+
 /// A unit to write: its path and content.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Unit {
