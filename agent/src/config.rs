@@ -125,6 +125,8 @@ pub struct RunArgs {
     pub transfer_idle_timeout: Option<Duration>,
     #[command(flatten)]
     pub desktop: crate::display::DesktopArgs,
+    #[command(flatten)]
+    pub exec: crate::ops::execution::ExecArgs,
 }
 
 /// The config file: the same settings as the flags.
@@ -164,6 +166,8 @@ struct FileConfig {
     confine: ConfineFile,
     #[serde(default)]
     desktop: crate::display::DesktopFile,
+    #[serde(default)]
+    exec: crate::ops::execution::ExecFile,
 }
 
 /// The `[confine]` table of the config file.
@@ -268,6 +272,8 @@ pub struct Config {
     pub confine: ConfineConfig,
     /// The desktop: screen-control consent and the managed virtual display.
     pub desktop: crate::display::DesktopConfig,
+    /// Long-running commands: output kept, flow-control window, retention.
+    pub exec: crate::ops::execution::ExecSettings,
     /// Files holding the agent's credentials (token, password, creds): never readable by commands.
     pub secret_files: Vec<PathBuf>,
 }
@@ -376,6 +382,7 @@ impl Config {
                 .max(Duration::from_secs(1)),
             confine,
             desktop: crate::display::DesktopConfig::resolve(args.desktop, file.desktop)?,
+            exec: crate::ops::execution::ExecSettings::resolve(args.exec, file.exec)?,
             secret_files,
         })
     }
@@ -507,7 +514,7 @@ fn nats_auth(
 }
 
 /// Lets the config file write durations as "5s" or "250ms".
-mod humantime_serde_opt {
+pub(crate) mod humantime_serde_opt {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer};

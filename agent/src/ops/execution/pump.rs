@@ -1,0 +1,235 @@
+//! The two background loops of an execution: one publisher per attachment, which sends the
+//! journal from the attachment's cursor as `ExecOutput` messages (within its window past the
+//! last acknowledgement, announcing dropped output as a gap, and a last message with the end),
+//! and the spiller, which moves the oldest chunks to disk while memory is over its cap. A
+//! publish that is lost (NATS restarting) is not retried here: the client sees the seq jump or
+//! the silence and attaches again from what it has, which resets the cursor.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use prost::Message;
+use tether_proto::pb;
+use tokio::time::Instant;
+
+use super::journal::{Chunk, Lookup, OnDisk};
+use super::run::Execution;
+
+/// Publishes a message on a subject (the agent's NATS connection; ops know nothing of NATS).
+pub type Publish = Arc<dyn Fn(String, Bytes) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// Most spilled bytes read back per step.
+const DISK_BATCH: usize = 1 << 20;
+
+/// What a publisher does next.
+enum Step {
+    Send { generation: u64, chunks: Vec<Chunk>, gap: u64 },
+    Read { generation: u64, at: Vec<OnDisk>, gap: u64 },
+    End(pb::ExecState, u64, u64),
+    Wait(Instant),
+    Done,
+}
+
+/// Publishes the output of `exec` to `subject` until the attachment ends, expires or the end
+/// is sent.
+pub async fn publish_loop(exec: Arc<Execution>, subject: String, publish: Publish) {
+    let mut changed = exec.watch();
+    loop {
+        changed.borrow_and_update();
+        match next_step(&exec, &subject) {
+            Step::Done => return,
+            Step::Wait(until) => {
+                tokio::select! {
+                    _ = changed.changed() => {}
+                    () = tokio::time::sleep_until(until) => {}
+                }
+            }
+            Step::End(state, seq, offset) => {
+                let msg = pb::ExecOutput {
+                    exec_id: exec.id.clone(),
+                    seq,
+                    offset,
+                    end: Some(state),
+                    ..Default::default()
+                };
+                send(&publish, &subject, &msg).await;
+                let mut inner = exec.lock();
+                if inner.attachments.get(&subject).is_some_and(|a| a.cursor.0 == seq) {
+                    inner.attachments.remove(&subject);
+                }
+                return;
+            }
+            Step::Send { generation, chunks, gap } => {
+                deliver(&exec, &subject, &publish, generation, chunks, gap).await
+            }
+            Step::Read { generation, at, gap } => {
+                let Some(spill) = exec.spill.clone() else { return };
+                let wanted = at.clone();
+                let read = tokio::task::spawn_blocking(move || spill.read(&wanted)).await;
+                match read {
+                    Ok(Ok(data)) => {
+                        let chunks = at
+                            .iter()
+                            .zip(data)
+                            .map(|(d, data)| Chunk { seq: d.seq, pos: d.pos, stream: d.stream, data })
+                            .collect();
+                        deliver(&exec, &subject, &publish, generation, chunks, gap).await;
+                    }
+                    // The segment was dropped meanwhile: the next step sees the gap.
+                    _ => tokio::task::yield_now().await,
+                }
+            }
+        }
+    }
+}
+
+/// Decides the next step under the lock.
+fn next_step(exec: &Execution, subject: &str) -> Step {
+    let now = Instant::now();
+    let mut guard = exec.lock();
+    let inner = &mut *guard;
+    let Some(a) = inner.attachments.get_mut(subject) else { return Step::Done };
+    if a.lease <= now {
+        inner.attachments.remove(subject);
+        exec.bump();
+        return Step::Done;
+    }
+    loop {
+        let (seq, pos) = a.cursor;
+        if pos >= a.acked.saturating_add(a.window) {
+            return Step::Wait(a.lease);
+        }
+        let room = usize::try_from(a.acked.saturating_add(a.window) - pos).unwrap_or(usize::MAX);
+        match inner.journal.lookup(seq) {
+            Lookup::Dropped { seq, pos: first } => {
+                a.gap += first.saturating_sub(pos);
+                a.cursor = (seq, first.max(pos));
+            }
+            Lookup::Memory(chunk) => {
+                let mut chunks = vec![chunk];
+                let mut size = chunks[0].data.len();
+                // A few more that are already there, within the window.
+                while size < room.min(DISK_BATCH) {
+                    match inner.journal.lookup(seq + chunks.len() as u64) {
+                        Lookup::Memory(c) if c.seq < inner.journal.next_seq() => {
+                            size += c.data.len();
+                            chunks.push(c);
+                        }
+                        _ => break,
+                    }
+                }
+                return Step::Send { generation: a.generation, chunks, gap: a.gap };
+            }
+            Lookup::Disk(first) => {
+                let mut at = vec![first];
+                let mut size = first.len;
+                while size < room.min(DISK_BATCH) {
+                    match inner.journal.lookup(seq + at.len() as u64) {
+                        Lookup::Disk(d) => {
+                            size += d.len;
+                            at.push(d);
+                        }
+                        _ => break,
+                    }
+                }
+                return Step::Read { generation: a.generation, at, gap: a.gap };
+            }
+            Lookup::Pending => {
+                return match &inner.end {
+                    Some(_) => Step::End(exec.state_of(inner), seq, pos),
+                    None => Step::Wait(a.lease),
+                };
+            }
+        }
+    }
+}
+
+/// Publishes `chunks` and moves the cursor past them, unless a re-attach moved it meanwhile.
+async fn deliver(
+    exec: &Execution,
+    subject: &str,
+    publish: &Publish,
+    generation: u64,
+    chunks: Vec<Chunk>,
+    mut gap: u64,
+) {
+    let mut sent = None;
+    for chunk in chunks {
+        let len = chunk.data.len() as u64;
+        let msg = pb::ExecOutput {
+            exec_id: exec.id.clone(),
+            seq: chunk.seq,
+            stream: chunk.stream as i32,
+            data: chunk.data,
+            offset: chunk.pos,
+            gap_bytes: gap,
+            end: None,
+        };
+        gap = 0;
+        send(publish, subject, &msg).await;
+        sent = Some((chunk.seq + 1, chunk.pos + len));
+    }
+    let mut inner = exec.lock();
+    if let (Some(a), Some(cursor)) = (inner.attachments.get_mut(subject), sent)
+        && a.generation == generation
+    {
+        a.cursor = cursor;
+        a.gap = 0;
+    }
+}
+
+async fn send(publish: &Publish, subject: &str, msg: &pb::ExecOutput) {
+    if let Err(e) = publish(subject.to_owned(), msg.encode_to_vec().into()).await {
+        tracing::debug!(error = %e, "publishing execution output");
+    }
+}
+
+/// Moves the oldest chunks to disk while memory is over its cap, and deletes the segments
+/// dropped past the spill cap. Ends with the execution once nothing is left to spill.
+pub async fn spill_loop(exec: Arc<Execution>) {
+    let Some(spill) = exec.spill.clone() else { return };
+    let mut changed = exec.watch();
+    loop {
+        changed.borrow_and_update();
+        let (plan, ended) = {
+            let mut inner = exec.lock();
+            (inner.journal.plan_spill(), inner.end.is_some())
+        };
+        let Some(plan) = plan else {
+            if ended {
+                return;
+            }
+            if changed.changed().await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let dir = spill.clone();
+        let Ok((written, plan)) = tokio::task::spawn_blocking(move || (dir.write(&plan), plan)).await else {
+            let mut inner = exec.lock();
+            inner.journal.disable_spill();
+            let _ = inner.journal.plan_spill();
+            drop(inner);
+            exec.bump();
+            return;
+        };
+        let gone = {
+            let mut inner = exec.lock();
+            match written {
+                Ok(()) => inner.journal.spilled(&plan),
+                Err(e) => {
+                    tracing::warn!(error = %e, "spilling execution output failed; dropping the oldest instead");
+                    inner.journal.disable_spill();
+                    let _ = inner.journal.plan_spill();
+                    Vec::new()
+                }
+            }
+        };
+        exec.bump();
+        if !gone.is_empty() {
+            let dir = spill.clone();
+            let _ = tokio::task::spawn_blocking(move || dir.delete(&gone)).await;
+        }
+    }
+}
