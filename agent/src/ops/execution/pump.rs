@@ -103,8 +103,10 @@ fn next_step(exec: &Execution, subject: &str) -> Step {
         let room = usize::try_from(a.acked.saturating_add(a.window) - pos).unwrap_or(usize::MAX);
         match inner.journal.lookup(seq) {
             Lookup::Dropped { seq, pos: first } => {
+                // What was dropped counts as delivered (as a gap), for the window too.
                 a.gap += first.saturating_sub(pos);
                 a.cursor = (seq, first.max(pos));
+                a.acked = a.acked.max(a.cursor.1);
             }
             Lookup::Memory(chunk) => {
                 let mut chunks = vec![chunk];
@@ -231,5 +233,94 @@ pub async fn spill_loop(exec: Arc<Execution>) {
             let dir = spill.clone();
             let _ = tokio::task::spawn_blocking(move || dir.delete(&gone)).await;
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use nix::unistd::Pid;
+
+    use super::*;
+    use crate::ops::execution::journal::Journal;
+    use crate::ops::execution::run::{Attachment, End};
+    use crate::ops::execution::spill::SpillDir;
+
+    /// Publishes into a vector.
+    fn recorder() -> (Publish, Arc<Mutex<Vec<pb::ExecOutput>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let publish: Publish = Arc::new(move |_subject, payload: Bytes| {
+            sink.lock().unwrap().push(pb::ExecOutput::decode(payload).unwrap());
+            Box::pin(async { Ok(()) })
+        });
+        (publish, seen)
+    }
+
+    #[tokio::test]
+    async fn a_late_reader_gets_the_gap_then_the_spilled_and_kept_output_then_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::new(128 << 10, 8 << 20, 4 << 20);
+        let spill = SpillDir::new(dir.path().join("x"));
+        let exec = Arc::new(Execution::new(
+            ("s".into(), "e".into()),
+            vec![],
+            Pid::from_raw(i32::MAX - 5),
+            journal,
+            Some(spill),
+            None,
+        ));
+        let spiller = tokio::spawn(spill_loop(exec.clone()));
+        let block = vec![1u8; 64 << 10];
+        for _ in 0..640 {
+            loop {
+                let over = exec.lock().journal.over_memory();
+                if !over {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            exec.lock().journal.push(pb::ExecStream::Stdout, &block);
+            exec.bump();
+        }
+        exec.finish(End {
+            status: pb::ExecStatus::Exited,
+            reason: "exited".into(),
+            exit_code: 0,
+            signal: 0,
+            timed_out: false,
+            duration: Duration::ZERO,
+            at: Instant::now(),
+        });
+        tokio::time::timeout(Duration::from_secs(20), spiller).await.unwrap().unwrap();
+        let lease = Instant::now() + Duration::from_secs(30);
+        let a = Attachment { cursor: (0, 0), generation: 0, acked: 0, window: 4 << 20, lease, gap: 0 };
+        exec.lock().attachments.insert("sub".into(), a);
+        let (publish, seen) = recorder();
+        let exec2 = exec.clone();
+        let acker = tokio::spawn(async move {
+            // Acknowledge everything as it is published.
+            loop {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                let mut inner = exec2.lock();
+                let Some(a) = inner.attachments.get_mut("sub") else { return };
+                a.acked = a.cursor.1;
+                drop(inner);
+                exec2.bump();
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(20), publish_loop(exec.clone(), "sub".into(), publish))
+            .await
+            .expect("the publisher finishes");
+        acker.abort();
+        let seen = seen.lock().unwrap();
+        let gap: u64 = seen.iter().map(|m| m.gap_bytes).sum();
+        let data: u64 = seen.iter().map(|m| m.data.len() as u64).sum();
+        assert!(gap > 0);
+        assert_eq!(gap + data, 640 * 64 << 10);
+        assert!(seen.last().unwrap().end.is_some());
     }
 }
