@@ -13,7 +13,7 @@ use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use futures::StreamExt;
 use serde_json::json;
-use tether_client::{AttachFrom, Client, OutputEvent, pb};
+use tether_client::{AttachFrom, Client, ClientError, OutputEvent, pb};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::exec::{TIMED_OUT_STATUS, parse_env_pair};
@@ -173,15 +173,24 @@ async fn forward(client: Client, id: String) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 if let Err(e) = writer.write(Bytes::copy_from_slice(&buf[..n])).await {
-                    eprintln!("tetherctl: forwarding stdin: {e}");
+                    if !ended(&e) {
+                        eprintln!("tetherctl: forwarding stdin: {e}");
+                    }
                     return;
                 }
             }
         }
     }
-    if let Err(e) = writer.close().await {
+    if let Err(e) = writer.close().await
+        && !ended(&e)
+    {
         eprintln!("tetherctl: closing the command's stdin: {e}");
     }
+}
+
+/// The command ended (or closed its stdin) before taking all of ours: not worth a word.
+fn ended(e: &ClientError) -> bool {
+    matches!(e, ClientError::Agent { detail, .. } if detail.contains_key("status") || detail.contains_key("written"))
 }
 
 /// `ps`: the executions of the fence scope.
