@@ -76,12 +76,14 @@ impl Drop for OutputStream {
     }
 }
 
-fn result<T>(
-    r: OpResult,
-    pick: impl FnOnce(OpResult) -> Result<T, OpResult>,
-    name: &str,
-) -> Result<T, ClientError> {
-    pick(r).map_err(|other| unexpected_result(name, &other))
+/// The result variant an op must answer with, or a protocol error.
+macro_rules! pick {
+    ($result:expr, $variant:ident, $name:literal) => {
+        match $result {
+            OpResult::$variant(value) => Ok(value),
+            other => Err(unexpected_result($name, &other)),
+        }
+    };
 }
 
 impl Client {
@@ -92,7 +94,7 @@ impl Client {
         request: pb::ExecStartRequest,
     ) -> Result<pb::ExecStartResponse, ClientError> {
         let r = self.call(Op::ExecStart(request)).await?;
-        result(r, |r| if let OpResult::ExecStart(v) = r { Ok(v) } else { Err(r) }, "exec_start")
+        pick!(r, ExecStart, "exec_start")
     }
 
     /// exec_attach as given (see [`Client::attach`] for a followed stream).
@@ -101,7 +103,7 @@ impl Client {
         request: pb::ExecAttachRequest,
     ) -> Result<pb::ExecAttachResponse, ClientError> {
         let r = self.call(Op::ExecAttach(request)).await?;
-        result(r, |r| if let OpResult::ExecAttach(v) = r { Ok(v) } else { Err(r) }, "exec_attach")
+        pick!(r, ExecAttach, "exec_attach")
     }
 
     /// exec_ack: every chunk below `seq` arrived on `subject`; false if that attachment is gone.
@@ -109,7 +111,7 @@ impl Client {
         let op =
             Op::ExecAck(pb::ExecAckRequest { exec_id: exec_id.to_owned(), subject: subject.to_owned(), seq });
         let r = self.call(op).await?;
-        result(r, |r| if let OpResult::ExecAck(v) = r { Ok(v.attached) } else { Err(r) }, "exec_ack")
+        pick!(r, ExecAck, "exec_ack").map(|v| v.attached)
     }
 
     /// exec_stdin: `data` at stdin position `offset` (bytes the agent already took are skipped,
@@ -123,14 +125,14 @@ impl Client {
     ) -> Result<pb::ExecStdinResponse, ClientError> {
         let op = Op::ExecStdin(pb::ExecStdinRequest { exec_id: exec_id.to_owned(), data, offset, close });
         let r = self.call(op).await?;
-        result(r, |r| if let OpResult::ExecStdin(v) = r { Ok(v) } else { Err(r) }, "exec_stdin")
+        pick!(r, ExecStdin, "exec_stdin")
     }
 
     /// exec_signal: sends `signal` to the execution's process group.
     pub async fn exec_signal(&self, exec_id: &str, signal: pb::ExecSignal) -> Result<(), ClientError> {
         let op = Op::ExecSignal(pb::ExecSignalRequest { exec_id: exec_id.to_owned(), signal: signal as i32 });
         let r = self.call(op).await?;
-        result(r, |r| if let OpResult::ExecSignal(_) = r { Ok(()) } else { Err(r) }, "exec_signal")
+        pick!(r, ExecSignal, "exec_signal").map(drop)
     }
 
     /// exec_wait once: the state when it ends or after `timeout` (the agent caps it at 60 s).
@@ -142,7 +144,7 @@ impl Client {
         let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
         let op = Op::ExecWait(pb::ExecWaitRequest { exec_id: exec_id.to_owned(), timeout_ms });
         let r = self.call_with_timeout(op, self.request_timeout() + timeout).await?;
-        result(r, |r| if let OpResult::ExecWait(v) = r { Ok(v) } else { Err(r) }, "exec_wait")
+        pick!(r, ExecWait, "exec_wait")
     }
 
     /// Waits until the execution ends, however long that takes; returns its final state.
@@ -158,7 +160,7 @@ impl Client {
     /// exec_list: the executions of our fence scope, running and recently ended.
     pub async fn exec_list(&self) -> Result<Vec<pb::ExecState>, ClientError> {
         let r = self.call(Op::ExecList(pb::ExecListRequest {})).await?;
-        result(r, |r| if let OpResult::ExecList(v) = r { Ok(v.executions) } else { Err(r) }, "exec_list")
+        pick!(r, ExecList, "exec_list").map(|v| v.executions)
     }
 
     /// Follows an execution's output from `from`; see the module doc.

@@ -320,7 +320,7 @@ mod tests {
         let gap: u64 = seen.iter().map(|m| m.gap_bytes).sum();
         let data: u64 = seen.iter().map(|m| m.data.len() as u64).sum();
         assert!(gap > 0);
-        assert_eq!(gap + data, 640 * 64 << 10);
+        assert_eq!(gap + data, 640 * (64 << 10));
         assert!(seen.last().unwrap().end.is_some());
     }
 }

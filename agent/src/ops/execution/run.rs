@@ -277,7 +277,7 @@ impl Output for JournalOutput {
 }
 
 pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| duration_ms(d))
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, duration_ms)
 }
 
 pub fn duration_ms(d: Duration) -> u64 {

@@ -34,6 +34,7 @@ impl SpillDir {
                 _ => {
                     let file = OpenOptions::new()
                         .create(true)
+                        .truncate(false)
                         .write(true)
                         .mode(0o600)
                         .open(self.segment(at.segment))?;
