@@ -82,7 +82,7 @@ impl Journal {
     pub fn new(chunk_cap: usize, mem_cap: usize, spill_cap: u64) -> Self {
         Journal {
             chunk_cap: chunk_cap.max(1),
-            mem_cap: mem_cap.max(1),
+            mem_cap,
             spill_cap,
             segment_bytes: (spill_cap / 8).max(1 << 20),
             memory: VecDeque::new(),
@@ -201,6 +201,16 @@ impl Journal {
     /// From now on the oldest output is dropped instead of spilled (the disk failed).
     pub fn disable_spill(&mut self) {
         self.spill_cap = 0;
+    }
+
+    /// For an ended execution nobody reads: its memory share moves to disk too (the spill cap
+    /// grows by as much, so nothing more is dropped). A no-op without spill files.
+    pub fn retire(&mut self) {
+        if self.spills() && self.mem_cap > 0 {
+            self.seal();
+            self.spill_cap += self.mem_cap as u64;
+            self.mem_cap = 0;
+        }
     }
 
     /// Whether memory holds more than its cap (the pipes wait for the spiller).

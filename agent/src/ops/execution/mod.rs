@@ -7,6 +7,7 @@
 //! executions are kept for a while so a late reader still gets the exit and the tail; the
 //! state directory remembers them across an agent restart (`record`).
 
+mod driver;
 mod journal;
 mod pump;
 mod record;
@@ -30,17 +31,17 @@ use tether_proto::pb;
 use tether_proto::subjects::{AgentSubjects, validate_token};
 use tokio::io::AsyncRead;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::journal::Journal;
 pub use self::pump::Publish;
-use self::record::{EndRecord, Record, Records};
-use self::run::{Attachment, End, Execution, JournalOutput, duration_ms, unix_ms};
+use self::record::{Record, Records};
+use self::run::{Attachment, Execution, duration_ms, unix_ms};
 pub use self::settings::{ExecArgs, ExecFile, ExecSettings};
 use self::spill::SpillDir;
 use crate::error::{OpError, OpResult};
 use crate::fence::Fence;
-use crate::ops::exec::drive::{Ended, GroupGuard, Run};
 use crate::ops::exec::{self, check_env};
 use crate::ops::pty::FencedBy;
 use crate::process::{Launcher, kill_group};
@@ -60,8 +61,6 @@ pub const ATTACH_LEASE: Duration = Duration::from_secs(30);
 const MAX_WAIT: Duration = Duration::from_secs(60);
 /// How long exec_stdin waits for the command to take its bytes.
 const STDIN_WAIT: Duration = Duration::from_secs(30);
-/// How long a killed leader gets to be reaped.
-const REAP_WAIT: Duration = Duration::from_secs(1);
 /// Pipe buffer asked of the kernel for stdout (fewer wakeups for fast producers).
 const PIPE_BYTES: i32 = 1 << 20;
 
@@ -82,6 +81,8 @@ pub struct Executions {
     /// Held from the lookup of an exec_id to its registration: two starts of one id run one.
     starting: tokio::sync::Mutex<()>,
     tasks: TaskTracker,
+    /// Stops the publishers and spillers at shutdown, once the executions have ended.
+    closing: CancellationToken,
 }
 
 impl Executions {
@@ -114,6 +115,7 @@ impl Executions {
             previous: Mutex::new(previous),
             starting: tokio::sync::Mutex::new(()),
             tasks: TaskTracker::new(),
+            closing: CancellationToken::new(),
         }
     }
 
@@ -130,7 +132,14 @@ impl Executions {
     /// up to `grace` for them to be reaped and recorded.
     pub async fn wait_ended(&self, grace: Duration) {
         self.tasks.close();
-        if tokio::time::timeout(grace, self.tasks.wait()).await.is_err() {
+        let deadline = Instant::now() + grace;
+        while self.running() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // A moment for the publishers to send the end; then they and the spillers stop.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.closing.cancel();
+        if tokio::time::timeout_at(deadline, self.tasks.wait()).await.is_err() {
             tracing::warn!(left = self.tasks.len(), "some executions did not settle at shutdown");
         }
     }
@@ -221,7 +230,7 @@ impl Executions {
         }
         let deadline =
             (spec.timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(spec.timeout_ms.into()));
-        let driver = Driver {
+        let driver = driver::Driver {
             exec: exec.clone(),
             limits,
             fenced,
@@ -229,7 +238,7 @@ impl Executions {
             records: self.records.clone(),
         };
         self.tasks.spawn(driver.run(child, deadline, pipes));
-        self.tasks.spawn(pump::spill_loop(exec.clone()));
+        self.tasks.spawn(pump::spill_loop(exec.clone(), self.closing.clone()));
         Ok(pb::ExecStartResponse { state: Some(exec.state()), created: true })
     }
 
@@ -348,7 +357,7 @@ impl Executions {
             )
         };
         if spawn {
-            self.tasks.spawn(pump::publish_loop(exec.clone(), subject, publish));
+            self.tasks.spawn(pump::publish_loop(exec.clone(), subject, publish, self.closing.clone()));
         }
         exec.bump();
         Ok(response)
@@ -535,7 +544,7 @@ enum Found {
     Previous(pb::ExecState),
 }
 
-type Pipe = Box<dyn AsyncRead + Unpin + Send>;
+pub(crate) type Pipe = Box<dyn AsyncRead + Unpin + Send>;
 
 /// An exec_id is one NATS token of at most [`MAX_EXEC_ID`] bytes.
 fn check_id(exec_id: &str) -> OpResult<()> {
@@ -560,87 +569,4 @@ fn spill_name((scope, id): &Key) -> String {
 fn grow_pipe(pipe: &impl AsFd) {
     #[cfg(target_os = "linux")]
     let _ = nix::fcntl::fcntl(pipe.as_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_BYTES));
-}
-
-/// Runs one execution to its end and records it.
-struct Driver {
-    exec: Arc<Execution>,
-    limits: CommandLimits,
-    fenced: FencedBy,
-    fence: Arc<Fence>,
-    records: Records,
-}
-
-impl Driver {
-    async fn run(
-        self,
-        mut child: tokio::process::Child,
-        deadline: Option<Instant>,
-        pipes: (Option<Pipe>, Option<Pipe>),
-    ) {
-        let Driver { exec, limits, fenced, fence, records } = self;
-        let pgid = exec.pgid;
-        let mut guard = GroupGuard { pgid, armed: true };
-        let mut run = Run::new(pgid, deadline, JournalOutput(exec.clone()));
-        let ended = run.drive(&mut child, &mut guard, &fenced.cancel, pipes).await;
-        let (status, reason, exit_code, signal) = match ended {
-            Ok(Ended::Exited(status)) => {
-                limits.settle(run.timed_out).await;
-                let (code, signal) = exec::exit_of(status, run.timed_out);
-                let reason = match (run.timed_out, signal) {
-                    (true, _) => "timed out".to_owned(),
-                    (false, 0) => format!("exited with code {code}"),
-                    (false, s) => format!("killed by signal {s}"),
-                };
-                (pb::ExecStatus::Exited, reason, code, signal)
-            }
-            Ok(Ended::Cancelled) | Err(_) => {
-                if let Ok(Ok(_)) = tokio::time::timeout(REAP_WAIT, child.wait()).await {
-                    guard.armed = false;
-                }
-                limits.settle(run.status.is_none() || run.timed_out).await;
-                let reason = if fence.is_stale(&fenced.scope, fenced.epoch).await {
-                    "killed: its fence scope advanced to a newer epoch"
-                } else {
-                    "killed: the agent is shutting down"
-                };
-                (pb::ExecStatus::Killed, reason.to_owned(), -1, libc::SIGKILL)
-            }
-        };
-        let duration = exec.started.elapsed();
-        tracing::info!(exec_id = %exec.id, %reason, "execution ended");
-        exec.finish(End {
-            status,
-            reason: reason.clone(),
-            exit_code,
-            signal,
-            timed_out: run.timed_out,
-            duration,
-            at: Instant::now(),
-        });
-        if let Ok(mut stdin) = exec.stdin.try_lock() {
-            stdin.pipe = None;
-        }
-        let (stdout_bytes, stderr_bytes) = exec.lock().journal.totals();
-        let record = Record {
-            scope: exec.scope.clone(),
-            exec_id: exec.id.clone(),
-            command: exec.command.clone(),
-            started_at_ms: exec.started_at_ms,
-            pid: pgid.as_raw(),
-            proc_start: None,
-            end: Some(EndRecord {
-                status: status as i32,
-                reason,
-                exit_code,
-                signal,
-                timed_out: run.timed_out,
-                duration_ms: duration_ms(duration),
-                stdout_bytes,
-                stderr_bytes,
-                ended_at_ms: unix_ms(SystemTime::now()),
-            }),
-        };
-        let _ = tokio::task::spawn_blocking(move || records.write(&record)).await;
-    }
 }

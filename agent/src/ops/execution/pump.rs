@@ -12,6 +12,7 @@ use futures::future::BoxFuture;
 use prost::Message;
 use tether_proto::pb;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::journal::{Chunk, Lookup, OnDisk};
 use super::run::Execution;
@@ -19,6 +20,8 @@ use super::run::Execution;
 /// Publishes a message on a subject (the agent's NATS connection; ops know nothing of NATS).
 pub type Publish = Arc<dyn Fn(String, Bytes) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
+/// An ended execution nobody has read for this long keeps its output on disk only.
+const RETIRE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 /// Most spilled bytes read back per step.
 const DISK_BATCH: usize = 1 << 20;
 
@@ -33,7 +36,12 @@ enum Step {
 
 /// Publishes the output of `exec` to `subject` until the attachment ends, expires or the end
 /// is sent.
-pub async fn publish_loop(exec: Arc<Execution>, subject: String, publish: Publish) {
+pub async fn publish_loop(
+    exec: Arc<Execution>,
+    subject: String,
+    publish: Publish,
+    closing: CancellationToken,
+) {
     let mut changed = exec.watch();
     loop {
         changed.borrow_and_update();
@@ -43,6 +51,7 @@ pub async fn publish_loop(exec: Arc<Execution>, subject: String, publish: Publis
                 tokio::select! {
                     _ = changed.changed() => {}
                     () = tokio::time::sleep_until(until) => {}
+                    () = closing.cancelled() => return,
                 }
             }
             Step::End(state, seq, offset) => {
@@ -189,9 +198,10 @@ async fn send(publish: &Publish, subject: &str, msg: &pb::ExecOutput) {
 
 /// Moves the oldest chunks to disk while memory is over its cap, and deletes the segments
 /// dropped past the spill cap. Ends with the execution once nothing is left to spill.
-pub async fn spill_loop(exec: Arc<Execution>) {
+pub async fn spill_loop(exec: Arc<Execution>, closing: CancellationToken) {
     let Some(spill) = exec.spill.clone() else { return };
     let mut changed = exec.watch();
+    let mut retired = false;
     loop {
         changed.borrow_and_update();
         let (plan, ended) = {
@@ -199,11 +209,26 @@ pub async fn spill_loop(exec: Arc<Execution>) {
             (inner.journal.plan_spill(), inner.end.is_some())
         };
         let Some(plan) = plan else {
-            if ended {
+            if !ended {
+                if changed.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            // Ended: once nobody has read it for a while, its memory share goes to disk.
+            if retired {
                 return;
             }
-            if changed.changed().await.is_err() {
-                return;
+            tokio::select! {
+                () = closing.cancelled() => return,
+                changed = changed.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(RETIRE_AFTER) => {
+                    let mut inner = exec.lock();
+                    if inner.attachments.is_empty() {
+                        inner.journal.retire();
+                        retired = true;
+                    }
+                }
             }
             continue;
         };
@@ -273,7 +298,8 @@ mod tests {
             Some(spill),
             None,
         ));
-        let spiller = tokio::spawn(spill_loop(exec.clone()));
+        let closing = CancellationToken::new();
+        let spiller = tokio::spawn(spill_loop(exec.clone(), closing.clone()));
         let block = vec![1u8; 64 << 10];
         for _ in 0..640 {
             loop {
@@ -295,6 +321,10 @@ mod tests {
             duration: Duration::ZERO,
             at: Instant::now(),
         });
+        while exec.lock().journal.over_memory() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        closing.cancel();
         tokio::time::timeout(Duration::from_secs(20), spiller).await.unwrap().unwrap();
         let lease = Instant::now() + Duration::from_secs(30);
         let a = Attachment { cursor: (0, 0), generation: 0, acked: 0, window: 4 << 20, lease, gap: 0 };
@@ -312,9 +342,12 @@ mod tests {
                 exec2.bump();
             }
         });
-        tokio::time::timeout(Duration::from_secs(20), publish_loop(exec.clone(), "sub".into(), publish))
-            .await
-            .expect("the publisher finishes");
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            publish_loop(exec.clone(), "sub".into(), publish, CancellationToken::new()),
+        )
+        .await
+        .expect("the publisher finishes");
         acker.abort();
         let seen = seen.lock().unwrap();
         let gap: u64 = seen.iter().map(|m| m.gap_bytes).sum();
