@@ -55,6 +55,12 @@ for _ in $(seq 1 100); do "$bin/tetherctl" ping >/dev/null 2>&1 && break; sleep 
 ctl ping
 ctl exec -- uname -sm
 ctl exec --shell -- 'echo "hello from $(pwd)"; echo to-stderr >&2'
+ctl run --shell -- 'for i in 1 2 3; do echo "line $i (streamed as it is printed)"; sleep 0.3; done'
+ctl run --detach --id demo-build --shell -- 'echo building; sleep 1; echo done; exit 4'
+ctl ps
+ctl wait demo-build || echo "(demo-build exited with $?)"
+ctl attach demo-build --from 0                  # replayed after its end
+printf 'a\nb\nc\n' | ctl run -- wc -l         # stdin forwarded
 ctl put README.md /workspace/docs/README.md --parents
 ctl ls -R /workspace
 ctl stat /workspace/docs/README.md

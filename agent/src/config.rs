@@ -146,6 +146,8 @@ pub struct RunArgs {
     pub dedup_max_bytes: Option<u64>,
     #[command(flatten)]
     pub desktop: crate::display::DesktopArgs,
+    #[command(flatten)]
+    pub exec: crate::ops::execution::ExecArgs,
 }
 
 /// How long a stopping agent lets in-flight requests finish when no grace is configured.
@@ -196,6 +198,8 @@ struct FileConfig {
     confine: ConfineFile,
     #[serde(default)]
     desktop: crate::display::DesktopFile,
+    #[serde(default)]
+    exec: crate::ops::execution::ExecFile,
 }
 
 /// The `[confine]` table of the config file.
@@ -306,6 +310,8 @@ pub struct Config {
     pub confine: ConfineConfig,
     /// The desktop: screen-control consent and the managed virtual display.
     pub desktop: crate::display::DesktopConfig,
+    /// Long-running commands: output kept, flow-control window, retention.
+    pub exec: crate::ops::execution::ExecSettings,
     /// Files holding the agent's credentials (token, password, creds): never readable by commands.
     pub secret_files: Vec<PathBuf>,
 }
@@ -447,6 +453,7 @@ impl Config {
             },
             confine,
             desktop: crate::display::DesktopConfig::resolve(args.desktop, file.desktop)?,
+            exec: crate::ops::execution::ExecSettings::resolve(args.exec, file.exec)?,
             secret_files,
         })
     }
@@ -610,7 +617,7 @@ fn nats_auth(
 }
 
 /// Lets the config file write durations as "5s" or "250ms".
-mod humantime_serde_opt {
+pub(crate) mod humantime_serde_opt {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer};

@@ -15,6 +15,7 @@ use crate::dedup::{self, Begin, Replies, Ticket};
 use crate::error::{OpError, OpResult};
 use crate::fence::{Admission, Fence, scope_label};
 use crate::ops::desktop::Desktop;
+use crate::ops::execution::{ExecSettings, Executions};
 use crate::ops::pty::{FencedBy, Terminals};
 use crate::ops::tree::{self, Trees};
 use crate::ops::{exec, fs, metrics::MetricsSampler};
@@ -45,6 +46,8 @@ pub struct Dispatcher {
     pub trees: Arc<Trees>,
     /// Replies of mutating requests, so a retry is answered without running again.
     pub replies: Arc<Replies>,
+    /// Long-running commands (exec_start ..).
+    pub executions: Arc<Executions>,
     started: Instant,
 }
 
@@ -58,9 +61,9 @@ impl Dispatcher {
     ) -> Self {
         Dispatcher {
             paths,
-            launcher,
+            launcher: launcher.clone(),
             sandbox,
-            fence,
+            fence: fence.clone(),
             terminals,
             metrics: Arc::new(Mutex::new(MetricsSampler::new())),
             transfers: Arc::new(fs::Transfers::default()),
@@ -68,6 +71,13 @@ impl Dispatcher {
             desktop: Arc::new(Desktop::unavailable("no display is configured", false)),
             trees: Arc::new(Trees::in_memory()),
             replies: Replies::new(dedup::DedupLimits::default()),
+            executions: Arc::new(Executions::open(
+                ExecSettings::default(),
+                launcher.clone(),
+                fence.clone(),
+                None,
+                None,
+            )),
             started: Instant::now(),
         }
     }
@@ -256,6 +266,25 @@ impl Dispatcher {
             Op::DesktopAct(req) => {
                 Reply::DesktopAct(self.desktop.act(req, budget, admission.cancel.clone()).await?)
             }
+            Op::ExecStart(req) => {
+                if let Some(state) = self.executions.existing(scope, &req.exec_id)? {
+                    return Ok(Reply::ExecStart(pb::ExecStartResponse {
+                        state: Some(state),
+                        created: false,
+                    }));
+                }
+                self.sandbox.admit()?;
+                let cwd = paths.resolve_cwd(&req.exec.as_ref().map(|e| e.cwd.clone()).unwrap_or_default())?;
+                let limits = self.command_limits(resources, &admission).await?;
+                let fenced = FencedBy { scope: scope.to_owned(), epoch, cancel: admission.cancel.clone() };
+                Reply::ExecStart(self.executions.start(req, cwd, limits, fenced, budget).await?)
+            }
+            Op::ExecAttach(req) => Reply::ExecAttach(self.executions.attach(scope, req).await?),
+            Op::ExecAck(req) => Reply::ExecAck(self.executions.ack(scope, req)?),
+            Op::ExecStdin(req) => Reply::ExecStdin(self.executions.stdin(scope, req).await?),
+            Op::ExecSignal(req) => Reply::ExecSignal(self.executions.signal(scope, req)?),
+            Op::ExecWait(req) => Reply::ExecWait(self.executions.wait(scope, req).await?),
+            Op::ExecList(_) => Reply::ExecList(self.executions.list(scope).await),
             other => return Err(unsupported(&other).unwrap_or_else(|| OpError::unsupported("not served"))),
         })
     }
@@ -354,6 +383,13 @@ fn op_name(op: Option<&Op>) -> &'static str {
         Some(Op::TreeManifest(_)) => "tree_manifest",
         Some(Op::BatchWrite(_)) => "batch_write",
         Some(Op::BatchRead(_)) => "batch_read",
+        Some(Op::ExecStart(_)) => "exec_start",
+        Some(Op::ExecAttach(_)) => "exec_attach",
+        Some(Op::ExecAck(_)) => "exec_ack",
+        Some(Op::ExecStdin(_)) => "exec_stdin",
+        Some(Op::ExecSignal(_)) => "exec_signal",
+        Some(Op::ExecWait(_)) => "exec_wait",
+        Some(Op::ExecList(_)) => "exec_list",
     }
 }
 

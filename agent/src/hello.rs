@@ -88,6 +88,12 @@ fn capabilities(config: &Config, max_payload: usize, commands: &CommandCaps) -> 
         transfer_idle_ms: config.transfer_idle_timeout.as_millis() as u64,
         tree_sync: true,
         request_dedup: config.dedup.capability(),
+        exec_stream: commands.admitted,
+        exec_memory_bytes: config.exec.memory_bytes as u64,
+        exec_spill_bytes: config.exec.spill_bytes,
+        exec_window_bytes: config.exec.window_bytes,
+        exec_retention_ms: config.exec.retention.as_millis() as u64,
+        exec_retained: u32::try_from(config.exec.retained).unwrap_or(u32::MAX),
         ..Default::default()
     };
     commands.fill(&mut caps);

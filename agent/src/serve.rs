@@ -23,6 +23,7 @@ use crate::error::OpError;
 use crate::fence::{Fence, FencePolicy};
 use crate::hello::{self, Identity};
 use crate::open_nats;
+use crate::ops::execution::{Executions, Publish};
 use crate::ops::pty::Terminals;
 use crate::paths::Paths;
 use crate::process::Launcher;
@@ -85,7 +86,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     #[cfg(not(feature = "desktop"))]
     let desktop = display.desktop;
+    let executions = {
+        let (settings, launcher, fence) = (config.exec.clone(), launcher.clone(), fence.clone());
+        let (state_dir, subjects) = (config.state_dir.clone(), config.subjects.clone());
+        let publish = publisher(&client);
+        tokio::task::spawn_blocking(move || {
+            Executions::open(settings, launcher, fence, Some(&state_dir), Some((publish, subjects)))
+        })
+        .await?
+    };
     let mut dispatcher = Dispatcher::new(paths.clone(), launcher, sandbox.clone(), fence, terminals);
+    dispatcher.executions = Arc::new(executions);
     dispatcher.mutation_deadline = config.fs_mutation_deadline;
     dispatcher.transfers = Arc::new(crate::ops::fs::Transfers::new(config.transfer_idle_timeout));
     let desktop = Arc::new(desktop);
@@ -151,6 +162,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     shutdown.cancel();
     dispatcher.terminals.wait_closed(CANCEL_GRACE).await;
+    dispatcher.executions.wait_ended(CANCEL_GRACE).await;
     announce.going_offline().await;
     tokio::task::spawn_blocking(move || sandbox.shutdown()).await?;
     #[cfg(target_os = "linux")]
@@ -217,6 +229,16 @@ async fn serve_requests(
     if let Err(e) = requests.unsubscribe().await {
         tracing::warn!(error = %e, "unsubscribing from the rpc subject");
     }
+}
+
+/// How long-running commands publish their output: on the agent's connection, which queues
+/// while it reconnects.
+fn publisher(client: &Client) -> Publish {
+    let client = client.clone();
+    Arc::new(move |subject, payload| {
+        let client = client.clone();
+        Box::pin(async move { client.publish(subject, payload).await.map_err(|e| e.to_string()) })
+    })
 }
 
 async fn publish(client: &Client, subject: async_nats::Subject, payload: Bytes) {
@@ -428,8 +450,10 @@ async fn heartbeat(
         let beat = pb::Heartbeat {
             seq,
             uptime_ms: started.elapsed().as_millis() as u64,
-            // Requests being served plus live terminals.
-            active_sessions: (in_flight.len() + dispatcher.terminals.count()) as u32,
+            // Requests being served, live terminals and running long commands.
+            active_sessions: (in_flight.len()
+                + dispatcher.terminals.count()
+                + dispatcher.executions.running()) as u32,
             metrics,
             draining: draining.load(Ordering::Relaxed),
         };

@@ -73,6 +73,13 @@ pub fn op_name(op: &Op) -> &'static str {
         Op::TreeManifest(_) => "tree_manifest",
         Op::BatchWrite(_) => "batch_write",
         Op::BatchRead(_) => "batch_read",
+        Op::ExecStart(_) => "exec_start",
+        Op::ExecAttach(_) => "exec_attach",
+        Op::ExecAck(_) => "exec_ack",
+        Op::ExecStdin(_) => "exec_stdin",
+        Op::ExecSignal(_) => "exec_signal",
+        Op::ExecWait(_) => "exec_wait",
+        Op::ExecList(_) => "exec_list",
     }
 }
 
@@ -105,6 +112,13 @@ pub fn result_name(result: &OpResult) -> &'static str {
         OpResult::TreeManifest(_) => "tree_manifest",
         OpResult::BatchWrite(_) => "batch_write",
         OpResult::BatchRead(_) => "batch_read",
+        OpResult::ExecStart(_) => "exec_start",
+        OpResult::ExecAttach(_) => "exec_attach",
+        OpResult::ExecAck(_) => "exec_ack",
+        OpResult::ExecStdin(_) => "exec_stdin",
+        OpResult::ExecSignal(_) => "exec_signal",
+        OpResult::ExecWait(_) => "exec_wait",
+        OpResult::ExecList(_) => "exec_list",
     }
 }
 

@@ -25,6 +25,7 @@ mod download;
 mod envelope;
 mod error;
 mod events;
+mod execution;
 pub mod sync;
 mod transfer;
 mod unique;
@@ -39,6 +40,7 @@ pub use download::{GetOptions, partial_path};
 pub use envelope::{build_request, op_name, open_response};
 pub use error::ClientError;
 pub use events::{AgentMessage, EventStream};
+pub use execution::{AttachFrom, OutputEvent, OutputStream, SILENCE, StdinWriter};
 pub use sync::{
     DownOptions, DownReport, Prefer, SyncError, UpOptions, UpReport, snapshot, sync_down, sync_up,
 };

@@ -65,6 +65,12 @@ impl AgentSubjects {
         self.subject("inbox")
     }
 
+    /// The default subject of a long-running command's output chunks (`ExecOutput`);
+    /// `exec_id` must be a single token (see [`validate_token`]).
+    pub fn exec_output(&self, exec_id: &str) -> String {
+        self.subject(&format!("exec.{exec_id}.out"))
+    }
+
     fn subject(&self, leaf: &str) -> String {
         format!("agent.{}.{}.{leaf}", self.workspace_id, self.agent_id)
     }

@@ -3,6 +3,7 @@
 
 pub mod desktop;
 pub mod exec;
+pub mod execution;
 pub mod fs;
 pub mod metrics;
 pub mod pty;

@@ -15,6 +15,7 @@ mod mint;
 mod nats_config;
 mod progress;
 pub mod report;
+mod run;
 mod shell;
 mod sync;
 mod tty;
@@ -51,6 +52,26 @@ pub enum Command {
     Ping,
     /// Run a command on the agent; its output becomes ours and its exit code our exit code.
     Exec(exec::ExecArgs),
+    /// Run a long command on the agent: its output streams live, our exit code is its code;
+    /// Ctrl-C sends it SIGINT, a second Ctrl-C detaches (`--detach` starts it and prints its id).
+    Run(run::RunArgs),
+    /// Follow a long command's output again (from chunk SEQ; Ctrl-C detaches).
+    Attach {
+        id: String,
+        /// First chunk wanted (0 = everything still kept).
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+    },
+    /// List the long commands of this fence scope, running and recently ended.
+    Ps,
+    /// Send a signal to a long command's process group.
+    Kill {
+        id: String,
+        #[arg(short = 's', long, value_enum, default_value = "TERM")]
+        signal: run::SignalArg,
+    },
+    /// Wait for a long command to end; exit with its code.
+    Wait { id: String },
     /// Print a remote file to stdout.
     Cat { path: String },
     /// Download a remote file (LOCAL defaults to the remote file's name; `-` is stdout),
@@ -235,11 +256,24 @@ pub async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
         // same fence scope on every run.
         cli.conn.fence_scope = shell.reattach_fence_scope();
     }
+    let long_command = matches!(
+        cli.command,
+        Command::Run(_) | Command::Attach { .. } | Command::Ps | Command::Kill { .. } | Command::Wait { .. }
+    );
+    if long_command && cli.conn.fence_scope.is_none() {
+        // An execution belongs to its fence scope: later runs must use the same one to find it.
+        cli.conn.fence_scope = Some(run::RUN_FENCE_SCOPE.to_owned());
+    }
     let client = connect::connect(&cli.conn).await?;
     let json = cli.json;
     match cli.command {
         Command::Ping => info::ping(&client, json).await,
         Command::Exec(args) => exec::run(&client, args, json).await,
+        Command::Run(args) => run::run(&client, args, json).await,
+        Command::Attach { id, from } => run::attach(&client, &id, from).await,
+        Command::Ps => run::ps(&client, json).await,
+        Command::Kill { id, signal } => run::kill(&client, &id, signal).await,
+        Command::Wait { id } => run::wait(&client, &id, json).await,
         Command::Cat { path } => fs::cat(&client, &path).await,
         Command::Get { remote, local, flags } => fs::get(&client, &remote, local, &flags, json).await,
         Command::Put { local, remote, mode, parents, flags } => {

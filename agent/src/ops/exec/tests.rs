@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
 use prost::Message;
 use tether_proto::pb::ErrorCode;
 

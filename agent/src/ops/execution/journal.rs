@@ -1,0 +1,375 @@
+//! The output journal of one execution: every byte the command wrote, as numbered chunks (seq
+//! from 0, each with its offset in the output), so any reader can replay from any seq it still
+//! holds. The newest chunks live in memory; past the memory cap the oldest move to segment
+//! files (`spill`) and, past the spill cap, the oldest segments are dropped and counted, so a
+//! reader that needed them is told exactly how many bytes it lost (a gap), never silently.
+//!
+//! Chunks coalesce while nobody reads them: output goes into an open tail that becomes a chunk
+//! (gets its seq) when a reader asks for it, when it reaches the chunk cap, or when the stream
+//! changes. A reader that keeps up gets each write at once; one that lags gets big chunks.
+//! Pure bookkeeping: the file I/O is the spiller's, off the lock.
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+use tether_proto::pb::ExecStream;
+
+/// One chunk of output.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    pub seq: u64,
+    /// Output bytes (both streams) before this chunk.
+    pub pos: u64,
+    pub stream: ExecStream,
+    pub data: Bytes,
+}
+
+/// Where a spilled chunk lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OnDisk {
+    pub seq: u64,
+    pub pos: u64,
+    pub stream: ExecStream,
+    pub segment: u64,
+    pub offset: u64,
+    pub len: usize,
+}
+
+/// What a reader finds at a seq.
+#[derive(Debug)]
+pub enum Lookup {
+    Memory(Chunk),
+    Disk(OnDisk),
+    /// The chunk was dropped; the oldest kept starts at (`seq`, `pos`).
+    Dropped {
+        seq: u64,
+        pos: u64,
+    },
+    /// Nothing there yet.
+    Pending,
+}
+
+/// A batch the spiller must write before [`Journal::spilled`] moves it out of memory.
+#[derive(Debug)]
+pub struct SpillPlan {
+    pub writes: Vec<(OnDisk, Bytes)>,
+}
+
+/// The journal; see the module doc.
+#[derive(Debug)]
+pub struct Journal {
+    chunk_cap: usize,
+    mem_cap: usize,
+    /// 0: nothing is spilled, the oldest chunks are dropped from memory.
+    spill_cap: u64,
+    segment_bytes: u64,
+    memory: VecDeque<Chunk>,
+    mem_bytes: usize,
+    open: Option<(ExecStream, BytesMut)>,
+    disk: VecDeque<OnDisk>,
+    disk_bytes: u64,
+    /// Segments on disk, oldest first: (id, bytes).
+    segments: VecDeque<(u64, u64)>,
+    next_segment: u64,
+    next_seq: u64,
+    /// Bytes in sealed chunks (excludes the open tail).
+    sealed_end: u64,
+    dropped: u64,
+    totals: [u64; 2],
+}
+
+impl Journal {
+    pub fn new(chunk_cap: usize, mem_cap: usize, spill_cap: u64) -> Self {
+        Journal {
+            chunk_cap: chunk_cap.max(1),
+            mem_cap,
+            spill_cap,
+            segment_bytes: (spill_cap / 8).max(1 << 20),
+            memory: VecDeque::new(),
+            mem_bytes: 0,
+            open: None,
+            disk: VecDeque::new(),
+            disk_bytes: 0,
+            segments: VecDeque::new(),
+            next_segment: 0,
+            next_seq: 0,
+            sealed_end: 0,
+            dropped: 0,
+            totals: [0; 2],
+        }
+    }
+
+    /// Appends output of `stream`.
+    pub fn push(&mut self, stream: ExecStream, mut data: &[u8]) {
+        self.totals[stream as usize] += data.len() as u64;
+        while !data.is_empty() {
+            if self.open.as_ref().is_some_and(|(s, buf)| *s != stream || buf.len() >= self.chunk_cap) {
+                self.seal();
+            }
+            let (_, buf) = self.open.get_or_insert_with(|| (stream, BytesMut::new()));
+            let n = (self.chunk_cap - buf.len()).min(data.len());
+            buf.extend_from_slice(&data[..n]);
+            self.mem_bytes += n;
+            data = &data[n..];
+        }
+    }
+
+    /// Makes the open tail a chunk.
+    pub fn seal(&mut self) {
+        if let Some((stream, buf)) = self.open.take() {
+            let chunk = Chunk { seq: self.next_seq, pos: self.sealed_end, stream, data: buf.freeze() };
+            self.next_seq += 1;
+            self.sealed_end += chunk.data.len() as u64;
+            self.memory.push_back(chunk);
+        }
+    }
+
+    /// The chunk at `seq`; a reader asking for the next seq seals the open tail for itself.
+    pub fn lookup(&mut self, seq: u64) -> Lookup {
+        if seq == self.next_seq && self.open.is_some() {
+            self.seal();
+        }
+        if seq >= self.next_seq {
+            return Lookup::Pending;
+        }
+        if let Some(first) = self.memory.front()
+            && seq >= first.seq
+        {
+            return Lookup::Memory(self.memory[(seq - first.seq) as usize].clone());
+        }
+        if let Some(first) = self.disk.front()
+            && seq >= first.seq
+        {
+            return Lookup::Disk(self.disk[(seq - first.seq) as usize]);
+        }
+        let (seq, pos) = self.first();
+        Lookup::Dropped { seq, pos }
+    }
+
+    /// The offset at which chunk `seq` starts (the end of everything sealed for `next_seq`),
+    /// or the oldest kept one's for a dropped seq.
+    pub fn pos_of(&self, seq: u64) -> u64 {
+        if seq >= self.next_seq {
+            return self.sealed_end;
+        }
+        if let Some(first) = self.memory.front()
+            && seq >= first.seq
+        {
+            return self.memory[(seq - first.seq) as usize].pos;
+        }
+        if let Some(first) = self.disk.front()
+            && seq >= first.seq
+        {
+            return self.disk[(seq - first.seq) as usize].pos;
+        }
+        self.first().1
+    }
+
+    /// The oldest chunk kept: (seq, offset).
+    pub fn first(&self) -> (u64, u64) {
+        let oldest = self.disk.front().map(|d| (d.seq, d.pos));
+        oldest
+            .or_else(|| self.memory.front().map(|c| (c.seq, c.pos)))
+            .unwrap_or((self.next_seq, self.sealed_end))
+    }
+
+    /// Seq the next chunk gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Every byte taken so far, the open tail included.
+    pub fn end_pos(&self) -> u64 {
+        self.sealed_end + self.open.as_ref().map_or(0, |(_, b)| b.len() as u64)
+    }
+
+    /// Bytes written on each stream.
+    pub fn totals(&self) -> (u64, u64) {
+        (self.totals[0], self.totals[1])
+    }
+
+    /// Bytes dropped past the spill cap.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Whether past the memory cap output goes to disk (else it is dropped).
+    pub fn spills(&self) -> bool {
+        self.spill_cap > 0
+    }
+
+    /// From now on the oldest output is dropped instead of spilled (the disk failed).
+    pub fn disable_spill(&mut self) {
+        self.spill_cap = 0;
+    }
+
+    /// For an ended execution nobody reads: its memory share moves to disk too (the spill cap
+    /// grows by as much, so nothing more is dropped). A no-op without spill files.
+    pub fn retire(&mut self) {
+        if self.spills() && self.mem_cap > 0 {
+            self.seal();
+            self.spill_cap += self.mem_cap as u64;
+            self.mem_cap = 0;
+        }
+    }
+
+    /// Whether memory holds more than its cap (the pipes wait for the spiller).
+    pub fn over_memory(&self) -> bool {
+        self.mem_bytes > self.mem_cap
+    }
+
+    /// What the spiller should do: chunks to write out while memory is over its cap. Without a
+    /// spill cap they are dropped here and `None` is returned.
+    pub fn plan_spill(&mut self) -> Option<SpillPlan> {
+        if !self.over_memory() {
+            return None;
+        }
+        if self.memory.len() <= 1 {
+            self.seal();
+        }
+        let mut excess = self.mem_bytes.saturating_sub(self.mem_cap);
+        if self.spill_cap == 0 {
+            while excess > 0 && self.memory.len() > 1 {
+                let Some(old) = self.memory.pop_front() else { break };
+                self.mem_bytes -= old.data.len();
+                self.dropped += old.data.len() as u64;
+                excess = excess.saturating_sub(old.data.len());
+            }
+            return None;
+        }
+        let mut writes = Vec::new();
+        let (mut segment, mut used) = match self.segments.back() {
+            Some(&(id, bytes)) if bytes < self.segment_bytes => (id, bytes),
+            _ => (self.next_segment, 0),
+        };
+        // At least what is over, at most a few MiB per round; never the newest chunk.
+        let mut planned = 0usize;
+        for chunk in self.memory.iter().take(self.memory.len().saturating_sub(1)) {
+            if planned > excess || planned >= 4 << 20 {
+                break;
+            }
+            if used >= self.segment_bytes {
+                segment += 1;
+                used = 0;
+            }
+            let len = chunk.data.len();
+            let at =
+                OnDisk { seq: chunk.seq, pos: chunk.pos, stream: chunk.stream, segment, offset: used, len };
+            writes.push((at, chunk.data.clone()));
+            used += len as u64;
+            planned += len;
+        }
+        (!writes.is_empty()).then_some(SpillPlan { writes })
+    }
+
+    /// The chunks of `plan` are on disk: they leave memory. Returns the segments to delete
+    /// because the spill cap is exceeded (their chunks count as dropped).
+    pub fn spilled(&mut self, plan: &SpillPlan) -> Vec<u64> {
+        for (at, _) in &plan.writes {
+            // Only the spiller removes from the front, so these are still the oldest in memory.
+            if self.memory.front().is_some_and(|c| c.seq == at.seq)
+                && let Some(chunk) = self.memory.pop_front()
+            {
+                self.mem_bytes -= chunk.data.len();
+            }
+            match self.segments.back_mut() {
+                Some((id, bytes)) if *id == at.segment => *bytes += at.len as u64,
+                _ => {
+                    self.segments.push_back((at.segment, at.len as u64));
+                    self.next_segment = at.segment + 1;
+                }
+            }
+            self.disk_bytes += at.len as u64;
+            self.disk.push_back(*at);
+        }
+        let mut gone = Vec::new();
+        while self.disk_bytes > self.spill_cap && self.segments.len() > 1 {
+            let Some((id, bytes)) = self.segments.pop_front() else { break };
+            while self.disk.front().is_some_and(|d| d.segment == id) {
+                self.disk.pop_front();
+            }
+            self.disk_bytes -= bytes;
+            self.dropped += bytes;
+            gone.push(id);
+        }
+        gone
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn memory(j: &mut Journal, seq: u64) -> Chunk {
+        match j.lookup(seq) {
+            Lookup::Memory(c) => c,
+            other => panic!("seq {seq}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn output_coalesces_until_read_and_splits_at_the_cap_and_stream_changes() {
+        let mut j = Journal::new(8, 1 << 20, 0);
+        j.push(ExecStream::Stdout, b"ab");
+        j.push(ExecStream::Stdout, b"cd");
+        assert_eq!(j.next_seq(), 0, "still open");
+        let c = memory(&mut j, 0);
+        assert_eq!((c.seq, c.pos, &c.data[..]), (0, 0, &b"abcd"[..]));
+        j.push(ExecStream::Stdout, b"0123456789");
+        j.push(ExecStream::Stderr, b"E");
+        assert!(matches!(j.lookup(1), Lookup::Memory(c) if &c.data[..] == b"01234567"));
+        assert!(matches!(j.lookup(2), Lookup::Memory(c) if &c.data[..] == b"89" && c.pos == 12));
+        let e = memory(&mut j, 3);
+        assert_eq!((e.stream, e.pos, &e.data[..]), (ExecStream::Stderr, 14, &b"E"[..]));
+        assert!(matches!(j.lookup(4), Lookup::Pending));
+        assert_eq!(j.totals(), (14, 1));
+        assert_eq!(j.end_pos(), 15);
+    }
+
+    #[test]
+    fn without_a_spill_cap_the_oldest_are_dropped_and_counted() {
+        let mut j = Journal::new(10, 30, 0);
+        for _ in 0..10 {
+            j.push(ExecStream::Stdout, &[1; 10]);
+        }
+        assert!(j.over_memory());
+        assert!(j.plan_spill().is_none());
+        assert!(!j.over_memory());
+        let (seq, pos) = j.first();
+        assert_eq!(j.dropped(), pos);
+        assert!(matches!(j.lookup(0), Lookup::Dropped { seq: s, pos: p } if s == seq && p == pos));
+        assert_eq!(j.pos_of(seq), pos);
+    }
+
+    #[test]
+    fn spilled_chunks_are_found_on_disk_and_segments_past_the_cap_dropped() {
+        // 1 MiB segments (the minimum), a 2 MiB spill cap, 1 MiB in memory.
+        let mut j = Journal::new(64 << 10, 1 << 20, 2 << 20);
+        let block = vec![7u8; 64 << 10];
+        let mut written = 0u64;
+        let mut deleted = Vec::new();
+        for _ in 0..100 {
+            j.push(ExecStream::Stdout, &block);
+            written += block.len() as u64;
+            while let Some(plan) = j.plan_spill() {
+                deleted.extend(j.spilled(&plan));
+            }
+        }
+        j.seal();
+        assert!(!j.over_memory());
+        assert!(!deleted.is_empty(), "the spill cap was exceeded");
+        let (first, pos) = j.first();
+        assert_eq!(pos, j.dropped());
+        assert!(matches!(j.lookup(first), Lookup::Disk(d) if d.pos == pos));
+        assert!(matches!(j.lookup(first.saturating_sub(1)), Lookup::Dropped { .. }));
+        let kept: u64 = (first..j.next_seq())
+            .map(|s| match j.lookup(s) {
+                Lookup::Memory(c) => c.data.len() as u64,
+                Lookup::Disk(d) => d.len as u64,
+                other => panic!("{other:?}"),
+            })
+            .sum();
+        assert_eq!(kept + j.dropped(), written, "every byte is kept or counted as dropped");
+    }
+}
