@@ -59,6 +59,13 @@ pub fn remembered(op: &Op) -> bool {
         | Op::TreeManifest(_)
         | Op::BatchRead(_)
         | Op::DesktopScreenshot(_) => false,
+        // A second signal is a second signal (a second INT can mean "stop now").
+        Op::ExecSignal(_) => true,
+        // Idempotent by construction: a start of an existing exec_id answers its state, stdin
+        // carries its offset (a repeat is applied once), attach and ack set a position.
+        Op::ExecStart(_) | Op::ExecAttach(_) | Op::ExecAck(_) | Op::ExecStdin(_) => false,
+        // Read-only.
+        Op::ExecWait(_) | Op::ExecList(_) => false,
         // Not served (answered UNSUPPORTED before the cache).
         Op::Git(_) => false,
     }
