@@ -22,6 +22,27 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_CODE_FENCED: _ClassVar[ErrorCode]
     ERROR_CODE_PAYLOAD_TOO_LARGE: _ClassVar[ErrorCode]
 
+class ExecSignal(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EXEC_SIGNAL_UNSPECIFIED: _ClassVar[ExecSignal]
+    EXEC_SIGNAL_TERM: _ClassVar[ExecSignal]
+    EXEC_SIGNAL_INT: _ClassVar[ExecSignal]
+    EXEC_SIGNAL_KILL: _ClassVar[ExecSignal]
+    EXEC_SIGNAL_HUP: _ClassVar[ExecSignal]
+
+class ExecStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EXEC_STATUS_UNSPECIFIED: _ClassVar[ExecStatus]
+    EXEC_STATUS_RUNNING: _ClassVar[ExecStatus]
+    EXEC_STATUS_EXITED: _ClassVar[ExecStatus]
+    EXEC_STATUS_KILLED: _ClassVar[ExecStatus]
+    EXEC_STATUS_LOST: _ClassVar[ExecStatus]
+
+class ExecStream(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EXEC_STREAM_STDOUT: _ClassVar[ExecStream]
+    EXEC_STREAM_STDERR: _ClassVar[ExecStream]
+
 class FsEntryKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     FS_ENTRY_KIND_UNSPECIFIED: _ClassVar[FsEntryKind]
@@ -147,6 +168,18 @@ ERROR_CODE_STREAM: ErrorCode
 ERROR_CODE_AGENT_OFFLINE: ErrorCode
 ERROR_CODE_FENCED: ErrorCode
 ERROR_CODE_PAYLOAD_TOO_LARGE: ErrorCode
+EXEC_SIGNAL_UNSPECIFIED: ExecSignal
+EXEC_SIGNAL_TERM: ExecSignal
+EXEC_SIGNAL_INT: ExecSignal
+EXEC_SIGNAL_KILL: ExecSignal
+EXEC_SIGNAL_HUP: ExecSignal
+EXEC_STATUS_UNSPECIFIED: ExecStatus
+EXEC_STATUS_RUNNING: ExecStatus
+EXEC_STATUS_EXITED: ExecStatus
+EXEC_STATUS_KILLED: ExecStatus
+EXEC_STATUS_LOST: ExecStatus
+EXEC_STREAM_STDOUT: ExecStream
+EXEC_STREAM_STDERR: ExecStream
 FS_ENTRY_KIND_UNSPECIFIED: FsEntryKind
 FS_ENTRY_KIND_FILE: FsEntryKind
 FS_ENTRY_KIND_DIRECTORY: FsEntryKind
@@ -218,7 +251,7 @@ STREAM_CLOSE_REASON_TRANSPORT_ERROR: StreamCloseReason
 STREAM_CLOSE_REASON_RATE_LIMITED: StreamCloseReason
 
 class ControlRequest(_message.Message):
-    __slots__ = ("request_id", "epoch", "resource_policy", "fence_scope", "ping", "exec", "fs_read", "fs_write", "fs_list", "fs_mkdir", "fs_move", "fs_stat", "fs_remove", "git", "pty_open", "pty_write", "pty_resize", "pty_close", "desktop_ensure", "metrics", "desktop_input", "desktop_screenshot", "desktop_act", "transfer_open", "transfer_commit", "transfer_abort", "fs_digest", "tree_manifest", "batch_write", "batch_read")
+    __slots__ = ("request_id", "epoch", "resource_policy", "fence_scope", "ping", "exec", "fs_read", "fs_write", "fs_list", "fs_mkdir", "fs_move", "fs_stat", "fs_remove", "git", "pty_open", "pty_write", "pty_resize", "pty_close", "desktop_ensure", "metrics", "desktop_input", "desktop_screenshot", "desktop_act", "transfer_open", "transfer_commit", "transfer_abort", "fs_digest", "tree_manifest", "batch_write", "batch_read", "exec_start", "exec_attach", "exec_ack", "exec_stdin", "exec_signal", "exec_wait", "exec_list")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_POLICY_FIELD_NUMBER: _ClassVar[int]
@@ -249,6 +282,13 @@ class ControlRequest(_message.Message):
     TREE_MANIFEST_FIELD_NUMBER: _ClassVar[int]
     BATCH_WRITE_FIELD_NUMBER: _ClassVar[int]
     BATCH_READ_FIELD_NUMBER: _ClassVar[int]
+    EXEC_START_FIELD_NUMBER: _ClassVar[int]
+    EXEC_ATTACH_FIELD_NUMBER: _ClassVar[int]
+    EXEC_ACK_FIELD_NUMBER: _ClassVar[int]
+    EXEC_STDIN_FIELD_NUMBER: _ClassVar[int]
+    EXEC_SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    EXEC_WAIT_FIELD_NUMBER: _ClassVar[int]
+    EXEC_LIST_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     epoch: int
     resource_policy: OperationResourcePolicy
@@ -279,10 +319,17 @@ class ControlRequest(_message.Message):
     tree_manifest: TreeManifestRequest
     batch_write: BatchWriteRequest
     batch_read: BatchReadRequest
-    def __init__(self, request_id: _Optional[str] = ..., epoch: _Optional[int] = ..., resource_policy: _Optional[_Union[OperationResourcePolicy, _Mapping]] = ..., fence_scope: _Optional[str] = ..., ping: _Optional[_Union[PingRequest, _Mapping]] = ..., exec: _Optional[_Union[ExecRequest, _Mapping]] = ..., fs_read: _Optional[_Union[FsReadRequest, _Mapping]] = ..., fs_write: _Optional[_Union[FsWriteRequest, _Mapping]] = ..., fs_list: _Optional[_Union[FsListRequest, _Mapping]] = ..., fs_mkdir: _Optional[_Union[FsMkdirRequest, _Mapping]] = ..., fs_move: _Optional[_Union[FsMoveRequest, _Mapping]] = ..., fs_stat: _Optional[_Union[FsStatRequest, _Mapping]] = ..., fs_remove: _Optional[_Union[FsRemoveRequest, _Mapping]] = ..., git: _Optional[_Union[GitRequest, _Mapping]] = ..., pty_open: _Optional[_Union[PtyOpenRequest, _Mapping]] = ..., pty_write: _Optional[_Union[PtyWriteRequest, _Mapping]] = ..., pty_resize: _Optional[_Union[PtyResizeRequest, _Mapping]] = ..., pty_close: _Optional[_Union[PtyCloseRequest, _Mapping]] = ..., desktop_ensure: _Optional[_Union[DesktopEnsureRequest, _Mapping]] = ..., metrics: _Optional[_Union[MetricsRequest, _Mapping]] = ..., desktop_input: _Optional[_Union[DesktopInputRequest, _Mapping]] = ..., desktop_screenshot: _Optional[_Union[DesktopScreenshotRequest, _Mapping]] = ..., desktop_act: _Optional[_Union[DesktopActRequest, _Mapping]] = ..., transfer_open: _Optional[_Union[TransferOpenRequest, _Mapping]] = ..., transfer_commit: _Optional[_Union[TransferCommitRequest, _Mapping]] = ..., transfer_abort: _Optional[_Union[TransferAbortRequest, _Mapping]] = ..., fs_digest: _Optional[_Union[FsDigestRequest, _Mapping]] = ..., tree_manifest: _Optional[_Union[TreeManifestRequest, _Mapping]] = ..., batch_write: _Optional[_Union[BatchWriteRequest, _Mapping]] = ..., batch_read: _Optional[_Union[BatchReadRequest, _Mapping]] = ...) -> None: ...
+    exec_start: ExecStartRequest
+    exec_attach: ExecAttachRequest
+    exec_ack: ExecAckRequest
+    exec_stdin: ExecStdinRequest
+    exec_signal: ExecSignalRequest
+    exec_wait: ExecWaitRequest
+    exec_list: ExecListRequest
+    def __init__(self, request_id: _Optional[str] = ..., epoch: _Optional[int] = ..., resource_policy: _Optional[_Union[OperationResourcePolicy, _Mapping]] = ..., fence_scope: _Optional[str] = ..., ping: _Optional[_Union[PingRequest, _Mapping]] = ..., exec: _Optional[_Union[ExecRequest, _Mapping]] = ..., fs_read: _Optional[_Union[FsReadRequest, _Mapping]] = ..., fs_write: _Optional[_Union[FsWriteRequest, _Mapping]] = ..., fs_list: _Optional[_Union[FsListRequest, _Mapping]] = ..., fs_mkdir: _Optional[_Union[FsMkdirRequest, _Mapping]] = ..., fs_move: _Optional[_Union[FsMoveRequest, _Mapping]] = ..., fs_stat: _Optional[_Union[FsStatRequest, _Mapping]] = ..., fs_remove: _Optional[_Union[FsRemoveRequest, _Mapping]] = ..., git: _Optional[_Union[GitRequest, _Mapping]] = ..., pty_open: _Optional[_Union[PtyOpenRequest, _Mapping]] = ..., pty_write: _Optional[_Union[PtyWriteRequest, _Mapping]] = ..., pty_resize: _Optional[_Union[PtyResizeRequest, _Mapping]] = ..., pty_close: _Optional[_Union[PtyCloseRequest, _Mapping]] = ..., desktop_ensure: _Optional[_Union[DesktopEnsureRequest, _Mapping]] = ..., metrics: _Optional[_Union[MetricsRequest, _Mapping]] = ..., desktop_input: _Optional[_Union[DesktopInputRequest, _Mapping]] = ..., desktop_screenshot: _Optional[_Union[DesktopScreenshotRequest, _Mapping]] = ..., desktop_act: _Optional[_Union[DesktopActRequest, _Mapping]] = ..., transfer_open: _Optional[_Union[TransferOpenRequest, _Mapping]] = ..., transfer_commit: _Optional[_Union[TransferCommitRequest, _Mapping]] = ..., transfer_abort: _Optional[_Union[TransferAbortRequest, _Mapping]] = ..., fs_digest: _Optional[_Union[FsDigestRequest, _Mapping]] = ..., tree_manifest: _Optional[_Union[TreeManifestRequest, _Mapping]] = ..., batch_write: _Optional[_Union[BatchWriteRequest, _Mapping]] = ..., batch_read: _Optional[_Union[BatchReadRequest, _Mapping]] = ..., exec_start: _Optional[_Union[ExecStartRequest, _Mapping]] = ..., exec_attach: _Optional[_Union[ExecAttachRequest, _Mapping]] = ..., exec_ack: _Optional[_Union[ExecAckRequest, _Mapping]] = ..., exec_stdin: _Optional[_Union[ExecStdinRequest, _Mapping]] = ..., exec_signal: _Optional[_Union[ExecSignalRequest, _Mapping]] = ..., exec_wait: _Optional[_Union[ExecWaitRequest, _Mapping]] = ..., exec_list: _Optional[_Union[ExecListRequest, _Mapping]] = ...) -> None: ...
 
 class ControlResponse(_message.Message):
-    __slots__ = ("request_id", "error", "ping", "exec", "fs_read", "fs_write", "fs_list", "fs_mkdir", "fs_move", "fs_stat", "fs_remove", "git", "pty_open", "pty_write", "pty_resize", "pty_close", "desktop_ensure", "metrics", "desktop_input", "desktop_screenshot", "desktop_act", "transfer_open", "transfer_commit", "transfer_abort", "fs_digest", "tree_manifest", "batch_write", "batch_read")
+    __slots__ = ("request_id", "error", "ping", "exec", "fs_read", "fs_write", "fs_list", "fs_mkdir", "fs_move", "fs_stat", "fs_remove", "git", "pty_open", "pty_write", "pty_resize", "pty_close", "desktop_ensure", "metrics", "desktop_input", "desktop_screenshot", "desktop_act", "transfer_open", "transfer_commit", "transfer_abort", "fs_digest", "tree_manifest", "batch_write", "batch_read", "exec_start", "exec_attach", "exec_ack", "exec_stdin", "exec_signal", "exec_wait", "exec_list")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     PING_FIELD_NUMBER: _ClassVar[int]
@@ -311,6 +358,13 @@ class ControlResponse(_message.Message):
     TREE_MANIFEST_FIELD_NUMBER: _ClassVar[int]
     BATCH_WRITE_FIELD_NUMBER: _ClassVar[int]
     BATCH_READ_FIELD_NUMBER: _ClassVar[int]
+    EXEC_START_FIELD_NUMBER: _ClassVar[int]
+    EXEC_ATTACH_FIELD_NUMBER: _ClassVar[int]
+    EXEC_ACK_FIELD_NUMBER: _ClassVar[int]
+    EXEC_STDIN_FIELD_NUMBER: _ClassVar[int]
+    EXEC_SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    EXEC_WAIT_FIELD_NUMBER: _ClassVar[int]
+    EXEC_LIST_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     error: AgentError
     ping: PingResponse
@@ -339,7 +393,14 @@ class ControlResponse(_message.Message):
     tree_manifest: TreeManifestResponse
     batch_write: BatchWriteResponse
     batch_read: BatchReadResponse
-    def __init__(self, request_id: _Optional[str] = ..., error: _Optional[_Union[AgentError, _Mapping]] = ..., ping: _Optional[_Union[PingResponse, _Mapping]] = ..., exec: _Optional[_Union[ExecResponse, _Mapping]] = ..., fs_read: _Optional[_Union[FsReadResponse, _Mapping]] = ..., fs_write: _Optional[_Union[FsWriteResponse, _Mapping]] = ..., fs_list: _Optional[_Union[FsListResponse, _Mapping]] = ..., fs_mkdir: _Optional[_Union[FsMkdirResponse, _Mapping]] = ..., fs_move: _Optional[_Union[FsMoveResponse, _Mapping]] = ..., fs_stat: _Optional[_Union[FsStatResponse, _Mapping]] = ..., fs_remove: _Optional[_Union[FsRemoveResponse, _Mapping]] = ..., git: _Optional[_Union[GitResponse, _Mapping]] = ..., pty_open: _Optional[_Union[PtyOpenResponse, _Mapping]] = ..., pty_write: _Optional[_Union[PtyWriteResponse, _Mapping]] = ..., pty_resize: _Optional[_Union[PtyResizeResponse, _Mapping]] = ..., pty_close: _Optional[_Union[PtyCloseResponse, _Mapping]] = ..., desktop_ensure: _Optional[_Union[DesktopEnsureResponse, _Mapping]] = ..., metrics: _Optional[_Union[MetricsSample, _Mapping]] = ..., desktop_input: _Optional[_Union[DesktopInputResponse, _Mapping]] = ..., desktop_screenshot: _Optional[_Union[DesktopScreenshotResponse, _Mapping]] = ..., desktop_act: _Optional[_Union[DesktopActResponse, _Mapping]] = ..., transfer_open: _Optional[_Union[TransferOpenResponse, _Mapping]] = ..., transfer_commit: _Optional[_Union[TransferCommitResponse, _Mapping]] = ..., transfer_abort: _Optional[_Union[TransferAbortResponse, _Mapping]] = ..., fs_digest: _Optional[_Union[FsDigestResponse, _Mapping]] = ..., tree_manifest: _Optional[_Union[TreeManifestResponse, _Mapping]] = ..., batch_write: _Optional[_Union[BatchWriteResponse, _Mapping]] = ..., batch_read: _Optional[_Union[BatchReadResponse, _Mapping]] = ...) -> None: ...
+    exec_start: ExecStartResponse
+    exec_attach: ExecAttachResponse
+    exec_ack: ExecAckResponse
+    exec_stdin: ExecStdinResponse
+    exec_signal: ExecSignalResponse
+    exec_wait: ExecState
+    exec_list: ExecListResponse
+    def __init__(self, request_id: _Optional[str] = ..., error: _Optional[_Union[AgentError, _Mapping]] = ..., ping: _Optional[_Union[PingResponse, _Mapping]] = ..., exec: _Optional[_Union[ExecResponse, _Mapping]] = ..., fs_read: _Optional[_Union[FsReadResponse, _Mapping]] = ..., fs_write: _Optional[_Union[FsWriteResponse, _Mapping]] = ..., fs_list: _Optional[_Union[FsListResponse, _Mapping]] = ..., fs_mkdir: _Optional[_Union[FsMkdirResponse, _Mapping]] = ..., fs_move: _Optional[_Union[FsMoveResponse, _Mapping]] = ..., fs_stat: _Optional[_Union[FsStatResponse, _Mapping]] = ..., fs_remove: _Optional[_Union[FsRemoveResponse, _Mapping]] = ..., git: _Optional[_Union[GitResponse, _Mapping]] = ..., pty_open: _Optional[_Union[PtyOpenResponse, _Mapping]] = ..., pty_write: _Optional[_Union[PtyWriteResponse, _Mapping]] = ..., pty_resize: _Optional[_Union[PtyResizeResponse, _Mapping]] = ..., pty_close: _Optional[_Union[PtyCloseResponse, _Mapping]] = ..., desktop_ensure: _Optional[_Union[DesktopEnsureResponse, _Mapping]] = ..., metrics: _Optional[_Union[MetricsSample, _Mapping]] = ..., desktop_input: _Optional[_Union[DesktopInputResponse, _Mapping]] = ..., desktop_screenshot: _Optional[_Union[DesktopScreenshotResponse, _Mapping]] = ..., desktop_act: _Optional[_Union[DesktopActResponse, _Mapping]] = ..., transfer_open: _Optional[_Union[TransferOpenResponse, _Mapping]] = ..., transfer_commit: _Optional[_Union[TransferCommitResponse, _Mapping]] = ..., transfer_abort: _Optional[_Union[TransferAbortResponse, _Mapping]] = ..., fs_digest: _Optional[_Union[FsDigestResponse, _Mapping]] = ..., tree_manifest: _Optional[_Union[TreeManifestResponse, _Mapping]] = ..., batch_write: _Optional[_Union[BatchWriteResponse, _Mapping]] = ..., batch_read: _Optional[_Union[BatchReadResponse, _Mapping]] = ..., exec_start: _Optional[_Union[ExecStartResponse, _Mapping]] = ..., exec_attach: _Optional[_Union[ExecAttachResponse, _Mapping]] = ..., exec_ack: _Optional[_Union[ExecAckResponse, _Mapping]] = ..., exec_stdin: _Optional[_Union[ExecStdinResponse, _Mapping]] = ..., exec_signal: _Optional[_Union[ExecSignalResponse, _Mapping]] = ..., exec_wait: _Optional[_Union[ExecState, _Mapping]] = ..., exec_list: _Optional[_Union[ExecListResponse, _Mapping]] = ...) -> None: ...
 
 class AgentError(_message.Message):
     __slots__ = ("code", "message", "retryable", "detail")
@@ -430,6 +491,170 @@ class ExecResponse(_message.Message):
     stderr_total_bytes: int
     signal: int
     def __init__(self, exit_code: _Optional[int] = ..., stdout: _Optional[bytes] = ..., stderr: _Optional[bytes] = ..., timed_out: _Optional[bool] = ..., duration_ms: _Optional[int] = ..., stdout_truncated: _Optional[bool] = ..., stderr_truncated: _Optional[bool] = ..., stdout_total_bytes: _Optional[int] = ..., stderr_total_bytes: _Optional[int] = ..., signal: _Optional[int] = ...) -> None: ...
+
+class ExecStartRequest(_message.Message):
+    __slots__ = ("exec_id", "exec", "merge_output", "stdin_open")
+    EXEC_ID_FIELD_NUMBER: _ClassVar[int]
+    EXEC_FIELD_NUMBER: _ClassVar[int]
+    MERGE_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    STDIN_OPEN_FIELD_NUMBER: _ClassVar[int]
+    exec_id: str
+    exec: ExecRequest
+    merge_output: bool
+    stdin_open: bool
+    def __init__(self, exec_id: _Optional[str] = ..., exec: _Optional[_Union[ExecRequest, _Mapping]] = ..., merge_output: _Optional[bool] = ..., stdin_open: _Optional[bool] = ...) -> None: ...
+
+class ExecStartResponse(_message.Message):
+    __slots__ = ("state", "created")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    state: ExecState
+    created: bool
+    def __init__(self, state: _Optional[_Union[ExecState, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class ExecAttachRequest(_message.Message):
+    __slots__ = ("exec_id", "from_seq", "subject", "window_bytes", "from_offset")
+    EXEC_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_SEQ_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FROM_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    exec_id: str
+    from_seq: int
+    subject: str
+    window_bytes: int
+    from_offset: int
+    def __init__(self, exec_id: _Optional[str] = ..., from_seq: _Optional[int] = ..., subject: _Optional[str] = ..., window_bytes: _Optional[int] = ..., from_offset: _Optional[int] = ...) -> None: ...
+
+class ExecAttachResponse(_message.Message):
+    __slots__ = ("state", "subject", "first_seq", "max_chunk")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    MAX_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    state: ExecState
+    subject: str
+    first_seq: int
+    max_chunk: int
+    def __init__(self, state: _Optional[_Union[ExecState, _Mapping]] = ..., subject: _Optional[str] = ..., first_seq: _Optional[int] = ..., max_chunk: _Optional[int] = ...) -> None: ...
+
+class ExecAckRequest(_message.Message):
+    __slots__ = ("exec_id", "subject", "seq")
+    EXEC_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    exec_id: str
+    subject: str
+    seq: int
+    def __init__(self, exec_id: _Optional[str] = ..., subject: _Optional[str] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class ExecAckResponse(_message.Message):
+    __slots__ = ("attached",)
+    ATTACHED_FIELD_NUMBER: _ClassVar[int]
+    attached: bool
+    def __init__(self, attached: _Optional[bool] = ...) -> None: ...
+
+class ExecStdinRequest(_message.Message):
+    __slots__ = ("exec_id", "data", "offset", "close")
+    EXEC_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    CLOSE_FIELD_NUMBER: _ClassVar[int]
+    exec_id: str
+    data: bytes
+    offset: int
+    close: bool
+    def __init__(self, exec_id: _Optional[str] = ..., data: _Optional[bytes] = ..., offset: _Optional[int] = ..., close: _Optional[bool] = ...) -> None: ...
+
+class ExecStdinResponse(_message.Message):
+    __slots__ = ("written", "closed")
+    WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_FIELD_NUMBER: _ClassVar[int]
+    written: int
+    closed: bool
+    def __init__(self, written: _Optional[int] = ..., closed: _Optional[bool] = ...) -> None: ...
+
+class ExecSignalRequest(_message.Message):
+    __slots__ = ("exec_id", "signal")
+    EXEC_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    exec_id: str
+    signal: ExecSignal
+    def __init__(self, exec_id: _Optional[str] = ..., signal: _Optional[_Union[ExecSignal, str]] = ...) -> None: ...
+
+class ExecSignalResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ExecWaitRequest(_message.Message):
+    __slots__ = ("exec_id", "timeout_ms")
+    EXEC_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    exec_id: str
+    timeout_ms: int
+    def __init__(self, exec_id: _Optional[str] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
+class ExecListRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ExecListResponse(_message.Message):
+    __slots__ = ("executions",)
+    EXECUTIONS_FIELD_NUMBER: _ClassVar[int]
+    executions: _containers.RepeatedCompositeFieldContainer[ExecState]
+    def __init__(self, executions: _Optional[_Iterable[_Union[ExecState, _Mapping]]] = ...) -> None: ...
+
+class ExecState(_message.Message):
+    __slots__ = ("exec_id", "command", "status", "end_reason", "exit_code", "signal", "timed_out", "started_at_ms", "duration_ms", "stdout_bytes", "stderr_bytes", "next_seq", "dropped_bytes", "previous_instance", "pid")
+    EXEC_ID_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    END_REASON_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    TIMED_OUT_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    STDOUT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STDERR_BYTES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_SEQ_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    exec_id: str
+    command: _containers.RepeatedScalarFieldContainer[str]
+    status: ExecStatus
+    end_reason: str
+    exit_code: int
+    signal: int
+    timed_out: bool
+    started_at_ms: int
+    duration_ms: int
+    stdout_bytes: int
+    stderr_bytes: int
+    next_seq: int
+    dropped_bytes: int
+    previous_instance: bool
+    pid: int
+    def __init__(self, exec_id: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., status: _Optional[_Union[ExecStatus, str]] = ..., end_reason: _Optional[str] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., timed_out: _Optional[bool] = ..., started_at_ms: _Optional[int] = ..., duration_ms: _Optional[int] = ..., stdout_bytes: _Optional[int] = ..., stderr_bytes: _Optional[int] = ..., next_seq: _Optional[int] = ..., dropped_bytes: _Optional[int] = ..., previous_instance: _Optional[bool] = ..., pid: _Optional[int] = ...) -> None: ...
+
+class ExecOutput(_message.Message):
+    __slots__ = ("exec_id", "seq", "stream", "data", "offset", "gap_bytes", "end")
+    EXEC_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    GAP_BYTES_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    exec_id: str
+    seq: int
+    stream: ExecStream
+    data: bytes
+    offset: int
+    gap_bytes: int
+    end: ExecState
+    def __init__(self, exec_id: _Optional[str] = ..., seq: _Optional[int] = ..., stream: _Optional[_Union[ExecStream, str]] = ..., data: _Optional[bytes] = ..., offset: _Optional[int] = ..., gap_bytes: _Optional[int] = ..., end: _Optional[_Union[ExecState, _Mapping]] = ...) -> None: ...
 
 class FsReadRequest(_message.Message):
     __slots__ = ("path", "offset", "length")
@@ -1134,7 +1359,7 @@ class Hello(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., workspace_id: _Optional[str] = ..., agent_version: _Optional[str] = ..., os: _Optional[_Union[Os, str]] = ..., arch: _Optional[_Union[Arch, str]] = ..., machine_name: _Optional[str] = ..., workspace_root: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., update_channel: _Optional[str] = ..., resume_token: _Optional[str] = ..., binary_sha256: _Optional[str] = ...) -> None: ...
 
 class Capabilities(_message.Message):
-    __slots__ = ("exec", "filesystem", "git", "pty", "desktop", "consented_whole_machine", "consented_screen_control", "display", "desktop_unavailable_reason", "virtual_root", "fence_scoped", "max_payload", "commands_confined", "landlock_abi", "unconfined_commands_allowed", "commands_unconfined_reason", "memory_limit", "memory_high_limit", "cpu_limit", "max_processes", "process_limit", "commands_scoped", "unix_sockets", "nats_unauthenticated", "network_confined", "max_total_processes", "default_memory_max_bytes", "transfers", "transfer_window", "transfer_idle_ms", "desktop_act", "desktop_backend", "desktop_input", "tree_sync", "request_dedup")
+    __slots__ = ("exec", "filesystem", "git", "pty", "desktop", "consented_whole_machine", "consented_screen_control", "display", "desktop_unavailable_reason", "virtual_root", "fence_scoped", "max_payload", "commands_confined", "landlock_abi", "unconfined_commands_allowed", "commands_unconfined_reason", "memory_limit", "memory_high_limit", "cpu_limit", "max_processes", "process_limit", "commands_scoped", "unix_sockets", "nats_unauthenticated", "network_confined", "max_total_processes", "default_memory_max_bytes", "transfers", "transfer_window", "transfer_idle_ms", "desktop_act", "desktop_backend", "desktop_input", "tree_sync", "exec_stream", "exec_memory_bytes", "exec_spill_bytes", "exec_window_bytes", "exec_retention_ms", "exec_retained", "request_dedup")
     EXEC_FIELD_NUMBER: _ClassVar[int]
     FILESYSTEM_FIELD_NUMBER: _ClassVar[int]
     GIT_FIELD_NUMBER: _ClassVar[int]
@@ -1169,6 +1394,12 @@ class Capabilities(_message.Message):
     DESKTOP_BACKEND_FIELD_NUMBER: _ClassVar[int]
     DESKTOP_INPUT_FIELD_NUMBER: _ClassVar[int]
     TREE_SYNC_FIELD_NUMBER: _ClassVar[int]
+    EXEC_STREAM_FIELD_NUMBER: _ClassVar[int]
+    EXEC_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EXEC_SPILL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EXEC_WINDOW_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EXEC_RETENTION_MS_FIELD_NUMBER: _ClassVar[int]
+    EXEC_RETAINED_FIELD_NUMBER: _ClassVar[int]
     REQUEST_DEDUP_FIELD_NUMBER: _ClassVar[int]
     exec: bool
     filesystem: bool
@@ -1204,8 +1435,14 @@ class Capabilities(_message.Message):
     desktop_backend: str
     desktop_input: bool
     tree_sync: bool
+    exec_stream: bool
+    exec_memory_bytes: int
+    exec_spill_bytes: int
+    exec_window_bytes: int
+    exec_retention_ms: int
+    exec_retained: int
     request_dedup: RequestDedup
-    def __init__(self, exec: _Optional[bool] = ..., filesystem: _Optional[bool] = ..., git: _Optional[bool] = ..., pty: _Optional[bool] = ..., desktop: _Optional[bool] = ..., consented_whole_machine: _Optional[bool] = ..., consented_screen_control: _Optional[bool] = ..., display: _Optional[_Union[Display, _Mapping]] = ..., desktop_unavailable_reason: _Optional[str] = ..., virtual_root: _Optional[str] = ..., fence_scoped: _Optional[bool] = ..., max_payload: _Optional[int] = ..., commands_confined: _Optional[bool] = ..., landlock_abi: _Optional[int] = ..., unconfined_commands_allowed: _Optional[bool] = ..., commands_unconfined_reason: _Optional[str] = ..., memory_limit: _Optional[_Union[LimitEnforcement, str]] = ..., memory_high_limit: _Optional[bool] = ..., cpu_limit: _Optional[bool] = ..., max_processes: _Optional[int] = ..., process_limit: _Optional[_Union[LimitEnforcement, str]] = ..., commands_scoped: _Optional[bool] = ..., unix_sockets: _Optional[_Union[UnixSocketConfinement, str]] = ..., nats_unauthenticated: _Optional[bool] = ..., network_confined: _Optional[bool] = ..., max_total_processes: _Optional[int] = ..., default_memory_max_bytes: _Optional[int] = ..., transfers: _Optional[bool] = ..., transfer_window: _Optional[int] = ..., transfer_idle_ms: _Optional[int] = ..., desktop_act: _Optional[bool] = ..., desktop_backend: _Optional[str] = ..., desktop_input: _Optional[bool] = ..., tree_sync: _Optional[bool] = ..., request_dedup: _Optional[_Union[RequestDedup, _Mapping]] = ...) -> None: ...
+    def __init__(self, exec: _Optional[bool] = ..., filesystem: _Optional[bool] = ..., git: _Optional[bool] = ..., pty: _Optional[bool] = ..., desktop: _Optional[bool] = ..., consented_whole_machine: _Optional[bool] = ..., consented_screen_control: _Optional[bool] = ..., display: _Optional[_Union[Display, _Mapping]] = ..., desktop_unavailable_reason: _Optional[str] = ..., virtual_root: _Optional[str] = ..., fence_scoped: _Optional[bool] = ..., max_payload: _Optional[int] = ..., commands_confined: _Optional[bool] = ..., landlock_abi: _Optional[int] = ..., unconfined_commands_allowed: _Optional[bool] = ..., commands_unconfined_reason: _Optional[str] = ..., memory_limit: _Optional[_Union[LimitEnforcement, str]] = ..., memory_high_limit: _Optional[bool] = ..., cpu_limit: _Optional[bool] = ..., max_processes: _Optional[int] = ..., process_limit: _Optional[_Union[LimitEnforcement, str]] = ..., commands_scoped: _Optional[bool] = ..., unix_sockets: _Optional[_Union[UnixSocketConfinement, str]] = ..., nats_unauthenticated: _Optional[bool] = ..., network_confined: _Optional[bool] = ..., max_total_processes: _Optional[int] = ..., default_memory_max_bytes: _Optional[int] = ..., transfers: _Optional[bool] = ..., transfer_window: _Optional[int] = ..., transfer_idle_ms: _Optional[int] = ..., desktop_act: _Optional[bool] = ..., desktop_backend: _Optional[str] = ..., desktop_input: _Optional[bool] = ..., tree_sync: _Optional[bool] = ..., exec_stream: _Optional[bool] = ..., exec_memory_bytes: _Optional[int] = ..., exec_spill_bytes: _Optional[int] = ..., exec_window_bytes: _Optional[int] = ..., exec_retention_ms: _Optional[int] = ..., exec_retained: _Optional[int] = ..., request_dedup: _Optional[_Union[RequestDedup, _Mapping]] = ...) -> None: ...
 
 class RequestDedup(_message.Message):
     __slots__ = ("max_entries", "ttl_ms", "max_bytes")
