@@ -2,7 +2,7 @@
 //! (a retried start never runs it twice), follow its output as a [`Stream`] of
 //! [`OutputEvent`]s, feed its stdin, signal it, wait for it, list them.
 //!
-//! [`Client::attach`] subscribes to an inbox of its own, attaches from a seq and acknowledges
+//! [`Client::attach`] subscribes to a subject of its own (under the agent's), attaches from a seq and acknowledges
 //! what it received, so the agent never runs more than a window ahead of a slow consumer. It
 //! re-attaches from the next seq it expects whenever chunks are missing (a seq jump) or nothing
 //! arrived for [`SILENCE`] (a NATS restart, a lost message, or merely a quiet command, which the
@@ -166,7 +166,11 @@ impl Client {
     /// Follows an execution's output from `from`; see the module doc.
     pub async fn attach(&self, exec_id: &str, from: AttachFrom) -> Result<OutputStream, ClientError> {
         let nats = self.nats().clone();
-        let inbox = nats.new_inbox();
+        // Under the agent's own subjects, unique to this attachment: where an agent with a
+        // least-privilege identity may publish (it may not publish to a client's `_INBOX`;
+        // README "Enroll your laptop") and a control plane of the workspace may subscribe.
+        let unique = nats.new_inbox().rsplit('.').next().unwrap_or_default().to_owned();
+        let inbox = format!("{}.exec.{exec_id}.{unique}", self.subjects());
         let subscription = nats
             .subscribe(inbox.clone())
             .await

@@ -182,6 +182,10 @@ async fn an_enrolled_agent_serves_with_least_privilege_and_bad_bundles_or_open_c
         "a command's environment names no credential: {out}"
     );
 
+    // A long-running command streams its output to the control plane under least privilege.
+    let out = ok(&ctl(&["run", "--", "sh", "-c", "echo streamed-$((6*7))"]));
+    assert!(out.contains("streamed-42"), "{out}");
+
     // A terminal through the relay, with the producer token that came in the bundle.
     let mut shell = tetherctl();
     shell
