@@ -67,18 +67,6 @@ impl Driver {
         };
         let duration = exec.started.elapsed();
         tracing::info!(exec_id = %exec.id, %reason, "execution ended");
-        exec.finish(End {
-            status,
-            reason: reason.clone(),
-            exit_code,
-            signal,
-            timed_out: run.timed_out,
-            duration,
-            at: Instant::now(),
-        });
-        if let Ok(mut stdin) = exec.stdin.try_lock() {
-            stdin.pipe = None;
-        }
         let (stdout_bytes, stderr_bytes) = exec.lock().journal.totals();
         let record = Record {
             scope: exec.scope.clone(),
@@ -89,7 +77,7 @@ impl Driver {
             proc_start: None,
             end: Some(EndRecord {
                 status: status as i32,
-                reason,
+                reason: reason.clone(),
                 exit_code,
                 signal,
                 timed_out: run.timed_out,
@@ -99,6 +87,20 @@ impl Driver {
                 ended_at_ms: unix_ms(SystemTime::now()),
             }),
         };
+        // Recorded before anyone is told: a wait answered, then a crash, must still find the
+        // end on disk (else the next agent would call it lost).
         let _ = tokio::task::spawn_blocking(move || records.write(&record)).await;
+        exec.finish(End {
+            status,
+            reason,
+            exit_code,
+            signal,
+            timed_out: run.timed_out,
+            duration,
+            at: Instant::now(),
+        });
+        if let Ok(mut stdin) = exec.stdin.try_lock() {
+            stdin.pipe = None;
+        }
     }
 }
