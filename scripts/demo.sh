@@ -59,7 +59,7 @@ ctl run --shell -- 'for i in 1 2 3; do echo "line $i (streamed as it is printed)
 ctl run --detach --id demo-build --shell -- 'echo building; sleep 1; echo done; exit 4'
 ctl ps
 ctl wait demo-build || echo "(demo-build exited with $?)"
-ctl attach demo-build --from 0                  # replayed after its end
+ctl attach demo-build --from 0 || echo "(attach replayed it after its end, and exits with its code: $?)"
 printf 'a\nb\nc\n' | ctl run -- wc -l         # stdin forwarded
 ctl put README.md /workspace/docs/README.md --parents
 ctl ls -R /workspace
