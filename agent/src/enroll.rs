@@ -6,8 +6,7 @@
 //! 0600 in a 0700 directory of their own per enrollment (`--name`), replacing an earlier
 //! enrollment of that name as a whole.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -152,13 +151,6 @@ async fn try_identity(bundle: &Bundle, subjects: &AgentSubjects) -> anyhow::Resu
 }
 
 fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    writeln!(file, "{content}")?;
-    file.sync_all()?;
-    Ok(())
+    tether_proto::enrollment::write_secret_file(path, content)
+        .with_context(|| format!("creating {}", path.display()))
 }

@@ -99,6 +99,16 @@ impl Bundle {
     }
 }
 
+/// Creates `path` readable by its owner only (0600) holding `content` and a newline, synced;
+/// refuses to replace an existing file. How both ends of an enrollment write its secrets.
+pub fn write_secret_file(path: &std::path::Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    writeln!(file, "{content}")?;
+    file.sync_all()
+}
+
 fn check(payload: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(&Sha256::digest(payload)[..16])
 }

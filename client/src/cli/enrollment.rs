@@ -3,8 +3,6 @@
 //! authorization file (`nats_config`). The agent's seed and relay token leave only inside the
 //! bundle, printed once on stdout and never logged; a control plane's seed goes to a 0600 file.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -128,13 +126,6 @@ pub fn credentials(command: CredentialsCommand) -> anyhow::Result<()> {
 
 /// Creates `path` readable by its owner only, with `content`; refuses to replace a file.
 fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {} (it must not exist yet)", path.display()))?;
-    writeln!(file, "{content}")?;
-    file.sync_all()?;
-    Ok(())
+    tether_proto::enrollment::write_secret_file(path, content)
+        .with_context(|| format!("creating {} (it must not exist yet)", path.display()))
 }
