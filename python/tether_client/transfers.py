@@ -24,7 +24,13 @@ from typing import IO, TYPE_CHECKING
 import blake3
 
 from ._proto import tether_pb2 as pb
-from .errors import AgentOfflineError, FileChangedError, ProtocolError, RequestTimeoutError, TetherError
+from .errors import (
+    AgentOfflineError,
+    FileChangedError,
+    ProtocolError,
+    RequestTimeoutError,
+    TetherError,
+)
 from .files import chunk_size, write_chunk_size
 
 if TYPE_CHECKING:
@@ -186,7 +192,9 @@ async def _send(
             pos = end
             for offset, length in gaps(held, start, end):
                 while len(in_flight) >= width:
-                    done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    done, in_flight = await asyncio.wait(
+                        in_flight, return_when=asyncio.FIRST_COMPLETED
+                    )
                     for t in done:
                         t.result()
                 piece = data[offset - start : offset - start + length]
@@ -234,7 +242,9 @@ def partial_path(local: Path) -> Path:
     return local.with_name(f".{local.name}.tether-partial")
 
 
-async def get(agent: Agent, path: str, local: str | os.PathLike[str], *, window: int | None) -> TransferReport:
+async def get(
+    agent: Agent, path: str, local: str | os.PathLike[str], *, window: int | None
+) -> TransferReport:
     """Downloads `path` to `local`: windowed reads to a partial file, checked against the agent's
     digest, then renamed into place. A file that changes meanwhile raises `FileChangedError`
     and leaves `local` untouched."""
@@ -244,8 +254,9 @@ async def get(agent: Agent, path: str, local: str | os.PathLike[str], *, window:
     width = max(1, window or window_for(chunk))
     first = await agent.read(path, 0, chunk)
     total = first.total_size
+    digest_wait = agent.timeout + total / SLOWEST_HASH
     digest_task = asyncio.ensure_future(
-        agent.call("fs_digest", pb.FsDigestRequest(path=path), timeout=agent.timeout + total / SLOWEST_HASH)
+        agent.call("fs_digest", pb.FsDigestRequest(path=path), timeout=digest_wait)
     )
     hasher = blake3.blake3()
     sink = await asyncio.to_thread(open, partial, "wb")
@@ -255,7 +266,8 @@ async def get(agent: Agent, path: str, local: str | os.PathLike[str], *, window:
         offsets = iter(range(len(head), total, chunk))
         await _consume(sink, hasher, head)
         for offset in offsets:
-            pending.append(asyncio.ensure_future(_read_range(agent, path, offset, min(chunk, total - offset))))
+            length = min(chunk, total - offset)
+            pending.append(asyncio.ensure_future(_read_range(agent, path, offset, length)))
             if len(pending) >= width:
                 await _consume(sink, hasher, await pending.popleft())
         while pending:
