@@ -130,3 +130,29 @@ async def test_batch_write_then_batch_read_with_a_symlink_and_modes(
     removed = await agent.batch_write("btree", [], remove=["notes.txt", "run"])
     assert removed.removed == 2
     assert not (root / "notes.txt").exists() and not os.path.lexists(root / "run")
+
+
+async def test_absent_and_unchanged_preconditions(agent: Agent, agent_proc: AgentProc) -> None:
+    target = agent_proc.root / "fresh.txt"
+    first = await agent.put_file(io.BytesIO(b"one\n"), "fresh.txt", precondition=Precondition.absent())
+    assert first.size == 4 and target.read_bytes() == b"one\n"
+    with pytest.raises(AgentOSError) as exists:
+        await agent.put_file(io.BytesIO(b"two\n"), "fresh.txt", precondition=Precondition.absent())
+    assert exists.value.detail.get("reason") == "precondition_failed"
+
+    seen = await agent.stat("fresh.txt")
+    assert seen is not None
+    unchanged = Precondition.unchanged(seen.size, seen.modified_ms)
+    await agent.put_file(io.BytesIO(b"three\n"), "fresh.txt", precondition=unchanged)
+    assert target.read_bytes() == b"three\n"
+    with pytest.raises(AgentOSError):  # the size changed since `seen`
+        await agent.put_file(io.BytesIO(b"four\n"), "fresh.txt", precondition=unchanged)
+    assert target.read_bytes() == b"three\n"
+
+
+async def test_get_file_of_a_missing_file_leaves_nothing(agent: Agent, tmp_path: Path) -> None:
+    from tether_client import NotFoundError
+
+    with pytest.raises(NotFoundError):
+        await agent.get_file("no/such/file", tmp_path / "out.bin")
+    assert list(tmp_path.iterdir()) == []
