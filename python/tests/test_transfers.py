@@ -156,3 +156,22 @@ async def test_get_file_of_a_missing_file_leaves_nothing(agent: Agent, tmp_path:
     with pytest.raises(NotFoundError):
         await agent.get_file("no/such/file", tmp_path / "out.bin")
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_get_file_continues_a_partial_file(
+    agent: Agent, agent_proc: AgentProc, tmp_path: Path
+) -> None:
+    content = _pattern(2 * MIB + 777)
+    (agent_proc.root / "dl.bin").write_bytes(content)
+    dst = tmp_path / "dl.bin"
+    (tmp_path / ".dl.bin.tether-partial").write_bytes(content[: MIB + 5])  # an interrupted run
+    report = await agent.get_file("dl.bin", dst)
+    assert (report.skipped, report.sent) == (MIB + 5, len(content) - MIB - 5)
+    assert dst.read_bytes() == content
+
+    # A partial file of another version of the remote file: the digests disagree, start over.
+    (tmp_path / ".dl.bin.tether-partial").write_bytes(b"x" * 1000)
+    dst.unlink()
+    again = await agent.get_file("dl.bin", dst)
+    assert (again.skipped, again.sent) == (0, len(content))
+    assert dst.read_bytes() == content and not (tmp_path / ".dl.bin.tether-partial").exists()

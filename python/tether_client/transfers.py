@@ -6,8 +6,9 @@ the ranges not held, a window of them in flight, then transfer_commit with the s
 BLAKE3 of the whole content, which the agent checks before it renames the upload into place.
 Downloads: ranged fs_reads, a window in flight, written in order to a hidden partial file and
 hashed as they arrive, while the agent hashes the file (fs_digest); the digests must agree
-before the partial file is renamed over the target. Either way at most `window` chunks are in
-memory, whatever the file's size.
+before the partial file is renamed over the target (an interrupted download's partial file is
+continued by the next run). Either way at most `window` chunks are in memory, whatever the
+file's size.
 """
 
 from __future__ import annotations
@@ -246,26 +247,45 @@ async def get(
     agent: Agent, path: str, local: str | os.PathLike[str], *, window: int | None
 ) -> TransferReport:
     """Downloads `path` to `local`: windowed reads to a partial file, checked against the agent's
-    digest, then renamed into place. A file that changes meanwhile raises `FileChangedError`
-    and leaves `local` untouched."""
+    digest, then renamed into place. A partial file left by an interrupted run is continued from
+    its end, and started over once if the digests then disagree (the remote file changed
+    meanwhile). A file that changes during the transfer raises `FileChangedError` and leaves
+    `local` untouched."""
     target = Path(local)
     partial = partial_path(target)
+    have = await asyncio.to_thread(_size_or_zero, partial)
+    try:
+        return await _fetch(agent, path, target, partial, have, window)
+    except FileChangedError:
+        if not have:
+            raise
+        return await _fetch(agent, path, target, partial, 0, window)
+
+
+async def _fetch(
+    agent: Agent, path: str, target: Path, partial: Path, have: int, window: int | None
+) -> TransferReport:
+    """Fetches `[have, end)` after the `have` bytes already in `partial`, verifies the whole,
+    renames it to `target`. On `FileChangedError` the partial file is removed; on any other
+    failure it is kept for the next run."""
     chunk = chunk_size(agent.max_payload)
     width = max(1, window or window_for(chunk))
-    first = await agent.read(path, 0, chunk)
+    first = await agent.read(path, have, chunk)
     total = first.total_size
     digest_wait = agent.timeout + total / SLOWEST_HASH
     digest_task = asyncio.ensure_future(
         agent.call("fs_digest", pb.FsDigestRequest(path=path), timeout=digest_wait)
     )
     hasher = blake3.blake3()
-    sink = await asyncio.to_thread(open, partial, "wb")
     pending: deque[asyncio.Task[bytes]] = deque()
+    sink: IO[bytes] | None = None
     try:
-        head = first.content[: min(total, chunk)]
-        offsets = iter(range(len(head), total, chunk))
+        if total < have:
+            raise FileChangedError(f"{path}: it has {total} bytes, fewer than the {have} here")
+        sink = await asyncio.to_thread(_open_sink, partial, have, hasher)
+        head = first.content[: min(total - have, chunk)]
         await _consume(sink, hasher, head)
-        for offset in offsets:
+        for offset in range(have + len(head), total, chunk):
             length = min(chunk, total - offset)
             pending.append(asyncio.ensure_future(_read_range(agent, path, offset, length)))
             if len(pending) >= width:
@@ -281,14 +301,41 @@ async def get(
                 "with another BLAKE3"
             )
         await asyncio.to_thread(os.replace, partial, target)
-    except BaseException:
+    except BaseException as exc:
         for t in pending:
             t.cancel()
         digest_task.cancel()
-        sink.close()
-        partial.unlink(missing_ok=True)
+        if sink is not None:
+            sink.close()
+        if isinstance(exc, FileChangedError):
+            partial.unlink(missing_ok=True)
         raise
-    return TransferReport(size=total, sent=total, skipped=0, blake3=ours.hex())
+    return TransferReport(size=total, sent=total - have, skipped=have, blake3=ours.hex())
+
+
+def _size_or_zero(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _open_sink(partial: Path, have: int, hasher: blake3.blake3) -> IO[bytes]:
+    """The partial file, opened to continue after its first `have` bytes (hashed into
+    `hasher` first), or created empty."""
+    if not have:
+        return open(partial, "wb")
+    sink = open(partial, "r+b")
+    left = have
+    while left:
+        block = sink.read(min(left, 1 << 20))
+        if not block:
+            break
+        hasher.update(block)
+        left -= len(block)
+    sink.seek(have)
+    sink.truncate()
+    return sink
 
 
 async def _read_range(agent: Agent, path: str, offset: int, length: int) -> bytes:
