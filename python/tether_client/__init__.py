@@ -36,10 +36,13 @@ from .errors import (
 )
 from .events import Event, EventStream
 from .results import Entry, ExecResult, Listing, Screenshot, Terminal
+from .transfers import Precondition, TransferReport
 from .tokens import DESKTOP_PORT, PTY_PORT, mint_producer_token, mint_viewer_token
 from .viewer import Closed, Gap, Output, Reconnecting, Resumed, TerminalViewer, ViewerEvent
 
 __all__ = [
+    "Precondition",
+    "TransferReport",
     "DEFAULT_TIMEOUT",
     "DESKTOP_PORT",
     "EXEC_TIMEOUT_MARGIN",

@@ -11,12 +11,15 @@ from __future__ import annotations
 import itertools
 import secrets
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+import os
+from collections.abc import AsyncIterator
+from typing import IO, TYPE_CHECKING, Any
 
-from . import envelope, files
+from . import envelope, files, transfers, tree
 from ._proto import tether_pb2 as pb
 from .errors import ProtocolError, TetherError
 from .results import Entry, ExecResult, Listing, Screenshot, Terminal
+from .transfers import Precondition, TransferReport
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
@@ -227,6 +230,91 @@ class Agent:
         """Removes a file, a symlink (never what it points to) or a directory (non-empty ones
         need `recursive`). Missing -> `NotFoundError`."""
         await self.call("fs_remove", pb.FsRemoveRequest(path=path, recursive=recursive))
+
+    # ------------------------------------------------------------------ verified transfers
+
+    async def put_file(
+        self,
+        source: str | os.PathLike[str] | IO[bytes],
+        path: str,
+        *,
+        transfer_id: str | None = None,
+        mode: int = 0,
+        create_parents: bool = False,
+        precondition: Precondition | None = None,
+        window: int | None = None,
+    ) -> TransferReport:
+        """Uploads a local file (a path, or a binary file object read from where it stands) to
+        `path`: verified with BLAKE3 and renamed into place by the agent, chunks windowed, memory
+        bounded by the window whatever the size (README "Transfers").
+
+        Args:
+            transfer_id: 8..64 of [A-Za-z0-9_-]; calling again with the same id after a failure
+                resumes the upload and sends only what the agent does not hold (see the report's
+                `skipped` and `agent_received`). Without one a random id is used, and a failed
+                upload is discarded.
+            mode: permission bits (0 keeps the existing file's).
+            precondition: `Precondition.absent()`, `.digest(blake3)` or `.unchanged(size,
+                modified_ms)`, checked at open and again at commit; when it does not hold,
+                `AgentOSError` with detail reason=precondition_failed and nothing is written.
+            window: chunk writes in flight (default: 16 MiB worth, within the agent's window).
+        """
+        return await transfers.put(
+            self, source, path, transfer_id=transfer_id, mode=mode,
+            create_parents=create_parents, precondition=precondition, window=window,
+        )
+
+    async def get_file(
+        self, path: str, local: str | os.PathLike[str], *, window: int | None = None
+    ) -> TransferReport:
+        """Downloads `path` to the local file `local`: windowed ranged reads to a hidden partial
+        file, hashed as they arrive and checked against the agent's BLAKE3 (fs_digest), then
+        renamed into place. A file that changes meanwhile raises `FileChangedError`."""
+        return await transfers.get(self, path, local, window=window)
+
+    async def fs_digest(self, path: str) -> pb.FsDigestResponse:
+        """The agent's BLAKE3 of a whole file, with its size and modification time."""
+        reply = await self.call("fs_digest", pb.FsDigestRequest(path=path))
+        return reply  # type: ignore[no-any-return]
+
+    async def transfer_open(self, request: pb.TransferOpenRequest) -> pb.TransferOpenResponse:
+        """Opens (or finds again by id) an upload; `put_file` drives the whole transfer."""
+        return await self.call("transfer_open", request)  # type: ignore[no-any-return]
+
+    async def transfer_abort(self, transfer_id: str) -> bool:
+        """Discards an unfinished upload; whether the agent had it."""
+        reply = await self.call("transfer_abort", pb.TransferAbortRequest(transfer_id=transfer_id))
+        return bool(reply.found)
+
+    # ------------------------------------------------------------------ tree (sync) ops
+
+    def tree_manifest(
+        self, root: str, *, excludes: Sequence[str] = (), page_size: int = 0
+    ) -> AsyncIterator[pb.TreeEntry]:
+        """Every entry below `root` (path relative to it, kind, size, mode, mtime, symlink
+        target, BLAKE3 of files), over all pages: `async for e in agent.tree_manifest(...)`.
+        `excludes` are gitignore-style patterns applied on the agent; `page_size` 0 = as many
+        as fit a reply. A missing root yields nothing."""
+        return tree.manifest(self, root, excludes, page_size)
+
+    async def batch_write(
+        self,
+        root: str,
+        entries: Sequence[pb.BatchEntry],
+        *,
+        remove: Sequence[str] = (),
+    ) -> pb.BatchWriteResponse:
+        """Writes many small entries below `root` (created when missing) in one request:
+        removals first, then files, directories and symlinks in order, each file atomically.
+        Build entries with `pb.BatchEntry(path=..., kind=pb.FS_ENTRY_KIND_FILE, content=...,
+        mode=...)` (or DIRECTORY, SYMLINK with `symlink_target`)."""
+        request = pb.BatchWriteRequest(root=root, entries=list(entries), remove=list(remove))
+        return await self.call("batch_write", request)  # type: ignore[no-any-return]
+
+    async def batch_read(self, root: str, paths: Sequence[str]) -> list[pb.BatchFile]:
+        """Reads many small regular files below `root`, in order (content, mode, `missing`),
+        asking again when a reply holds only a prefix."""
+        return await tree.read_all(self, root, paths)
 
     # ------------------------------------------------------------------ terminals
 
