@@ -18,7 +18,7 @@ use futures::StreamExt;
 use tether_client::{AttachFrom, Client, OutputEvent};
 use tether_tests::execs::start_sh;
 use tether_tests::tree::client;
-use tether_tests::{Agent, Nats};
+use tether_tests::{Agent, AgentOpts, Nats};
 
 fn now_ns() -> u128 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
@@ -90,7 +90,10 @@ async fn stream_cat(c: &Client, id: &str, path: &str) -> (f64, u64, u64) {
                 chunks += 1;
             }
             OutputEvent::Gap { bytes } => panic!("lost {bytes} bytes"),
-            OutputEvent::End(_) => break,
+            OutputEvent::End(state) => {
+                assert_eq!(state.exit_code, 0, "cat failed: {state:?}");
+                break;
+            }
         }
     }
     (start.elapsed().as_secs_f64(), bytes, chunks)
@@ -150,8 +153,15 @@ async fn main() {
     let mut args = std::env::args().skip(1).map(|a| a.parse::<u64>().expect("a number"));
     let file_mib = args.next().unwrap_or(1024);
     let rounds = args.next().unwrap_or(300) as usize;
+    let dir = if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" };
     let nats = Nats::start().await;
-    let agent = Agent::start(&nats).await;
+    // Commands are confined to the workspace: let them read the big file's directory.
+    let mut args = vec!["--confine-read".to_owned(), dir.to_owned()];
+    if let Ok(window) = std::env::var("BENCH_EXEC_WINDOW") {
+        args.extend(["--exec-window".to_owned(), window]);
+    }
+    let opts = AgentOpts { args, ..Default::default() };
+    let agent = Agent::start_with(&nats, opts).await;
     let c = client(&nats, &agent, "bench", 0).await;
 
     let mut ours = stream_latency(&c, rounds).await;
@@ -169,7 +179,6 @@ async fn main() {
         o50 / r50
     );
 
-    let dir = if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" };
     let path = format!("{dir}/tether-bench-stream-{}", std::process::id());
     {
         let block = vec![0x5au8; 1 << 20];

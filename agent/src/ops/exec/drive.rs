@@ -35,6 +35,11 @@ pub trait Output: Send {
     fn wait_for_room(&mut self) -> Option<BoxFuture<'static, ()>> {
         None
     }
+
+    /// Bytes asked of a pipe per read.
+    fn read_size(&self) -> usize {
+        READ_CHUNK
+    }
 }
 
 /// The one-shot exec's output: a bounded head and tail of each stream.
@@ -116,7 +121,8 @@ impl<O: Output> Run<O> {
         R1: AsyncRead + Unpin,
         R2: AsyncRead + Unpin,
     {
-        let (mut out_buf, mut err_buf) = (vec![0; READ_CHUNK], vec![0; READ_CHUNK]);
+        let size = self.output.read_size();
+        let (mut out_buf, mut err_buf) = (vec![0; size], vec![0; size]);
         loop {
             // Time-driven steps run here, not only in the sleep branch, so a child that floods
             // its pipes (always-ready reads) cannot starve them.
