@@ -67,6 +67,28 @@ impl Driver {
         };
         let duration = exec.started.elapsed();
         tracing::info!(exec_id = %exec.id, %reason, "execution ended");
+        // Durable first: whoever learns of the end finds it recorded, even across a crash.
+        let (stdout_bytes, stderr_bytes) = exec.lock().journal.totals();
+        let record = Record {
+            scope: exec.scope.clone(),
+            exec_id: exec.id.clone(),
+            command: exec.command.clone(),
+            started_at_ms: exec.started_at_ms,
+            pid: pgid.as_raw(),
+            proc_start: None,
+            end: Some(EndRecord {
+                status: status as i32,
+                reason: reason.clone(),
+                exit_code,
+                signal,
+                timed_out: run.timed_out,
+                duration_ms: duration_ms(duration),
+                stdout_bytes,
+                stderr_bytes,
+                ended_at_ms: unix_ms(SystemTime::now()),
+            }),
+        };
+        let _ = tokio::task::spawn_blocking(move || records.write(&record)).await;
         exec.finish(End {
             status,
             reason: reason.clone(),
@@ -79,26 +101,5 @@ impl Driver {
         if let Ok(mut stdin) = exec.stdin.try_lock() {
             stdin.pipe = None;
         }
-        let (stdout_bytes, stderr_bytes) = exec.lock().journal.totals();
-        let record = Record {
-            scope: exec.scope.clone(),
-            exec_id: exec.id.clone(),
-            command: exec.command.clone(),
-            started_at_ms: exec.started_at_ms,
-            pid: pgid.as_raw(),
-            proc_start: None,
-            end: Some(EndRecord {
-                status: status as i32,
-                reason,
-                exit_code,
-                signal,
-                timed_out: run.timed_out,
-                duration_ms: duration_ms(duration),
-                stdout_bytes,
-                stderr_bytes,
-                ended_at_ms: unix_ms(SystemTime::now()),
-            }),
-        };
-        let _ = tokio::task::spawn_blocking(move || records.write(&record)).await;
     }
 }
