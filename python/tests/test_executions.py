@@ -3,11 +3,13 @@ it is printed, one run per id, replay after the end, stdin, signals, list, error
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+from collections.abc import Iterator
 
 import pytest
 
-from harness import AgentProc
+from harness import AgentProc, NatsServer
 from tether_client import Agent, ExecState, NotFoundError, OutputChunk
 
 
@@ -131,3 +133,51 @@ async def test_errors_are_typed(agent: Agent) -> None:
         await agent.exec_start("a.b", "true")
     with pytest.raises(ValueError):
         await agent.exec_signal("x", "STOP")
+
+
+@pytest.fixture
+def own_nats() -> Iterator[NatsServer]:
+    server = NatsServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_agent(own_nats: NatsServer) -> Iterator[AgentProc]:
+    proc = AgentProc(own_nats)
+    yield proc
+    proc.stop()
+
+
+async def test_the_stream_rides_out_a_nats_restart(own_nats: NatsServer, own_agent: AgentProc) -> None:
+    """The server is killed and started again while the command prints, and this client comes
+    back a while after the agent: what the agent published meanwhile is lost on the way, and
+    the stream re-attaches from the chunk it lacks, so every line arrives exactly once and in
+    order."""
+    nc = await own_nats.connect(reconnect_wait=1.5)
+    try:
+        agent = Agent(nc, own_agent.ws, own_agent.id, timeout=2)
+        exec_id = new_id("restart")
+        await agent.exec_start(exec_id, "for i in $(seq 1 40); do echo $i; sleep 0.1; done")
+        chunks: list[OutputChunk] = []
+        end: ExecState | None = None
+
+        async def follow() -> None:
+            nonlocal end
+            async with agent.attach(exec_id) as out:
+                async for item in out:
+                    if isinstance(item, ExecState):
+                        end = item
+                        continue
+                    chunks.append(item)
+                    if len(chunks) == 1:
+                        await asyncio.to_thread(own_nats.restart)
+
+        # Bounded: a stream that never learns of the lost chunks (and the lost end) would
+        # wait forever.
+        await asyncio.wait_for(follow(), 60)
+        assert end is not None and end.ok
+        assert b"".join(c.data for c in chunks).split() == [str(i).encode() for i in range(1, 41)]
+        assert [c.seq for c in chunks] == list(range(len(chunks)))
+    finally:
+        await nc.close()
