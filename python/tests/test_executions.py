@@ -90,6 +90,17 @@ async def test_attach_from_zero_after_the_end_replays_everything(agent: Agent) -
     assert later == chunks[-1:]
 
 
+async def test_merged_output_and_a_deadline(agent: Agent) -> None:
+    exec_id = new_id("merged")
+    await agent.exec_start(
+        exec_id, "echo a; echo b >&2; sleep 30", merge_output=True, timeout=0.5
+    )
+    chunks, end = await collect(agent, exec_id)
+    assert b"".join(c.data for c in chunks) == b"a\nb\n"
+    assert all(c.stream == "stdout" for c in chunks)
+    assert end.timed_out and end.exit_code == -1 and end.stderr_bytes == 0
+
+
 async def test_stdin_to_wc(agent: Agent) -> None:
     exec_id = new_id("stdin")
     await agent.exec_start(exec_id, ["wc", "-c"], stdin=b"abc", stdin_open=True)

@@ -152,8 +152,8 @@ def check_exec_id(exec_id: str) -> None:
 
 
 def signal_value(signal: str | int) -> int:
-    """The ExecSignal of "TERM"/"SIGTERM"/"term", a signal number (15, `signal.SIGTERM`) or an
-    ExecSignal value."""
+    """The ExecSignal of a name ("TERM", "SIGTERM", "term") or a POSIX signal number (15,
+    `signal.SIGTERM`); only TERM, INT, KILL and HUP are served."""
     if isinstance(signal, str):
         name = signal.upper().removeprefix("SIG")
         if name in _SIGNALS:
@@ -286,6 +286,8 @@ class OutputStream:
     async def close(self) -> None:
         """Stops following: unsubscribes; iteration ends."""
         self._done = True
+        for task in list(self._acks):
+            task.cancel()  # an acknowledgement matters no more
         sub, self._sub = self._sub, None
         if sub is not None:
             try:
