@@ -101,6 +101,14 @@ async def test_merged_output_and_a_deadline(agent: Agent) -> None:
     assert end.timed_out and end.exit_code == -1 and end.stderr_bytes == 0
 
 
+async def test_two_readers_each_get_everything(agent: Agent) -> None:
+    exec_id = new_id("two")
+    await agent.exec_start(exec_id, "for i in 1 2 3 4 5; do echo $i; sleep 0.1; done")
+    (a, end_a), (b, end_b) = await asyncio.gather(collect(agent, exec_id), collect(agent, exec_id))
+    assert b"".join(c.data for c in a) == b"".join(c.data for c in b) == b"1\n2\n3\n4\n5\n"
+    assert end_a.ok and end_b.ok
+
+
 async def test_stdin_to_wc(agent: Agent) -> None:
     exec_id = new_id("stdin")
     await agent.exec_start(exec_id, ["wc", "-c"], stdin=b"abc", stdin_open=True)
