@@ -95,17 +95,22 @@ class NatsServer:
     def __init__(self, extra_config: str = "") -> None:
         self.dir = tempfile.TemporaryDirectory(prefix="tether-py-nats-")
         self.token = f"py-test-token-{os.getpid()}-{next(_ids)}-{secrets.token_hex(6)}"
-        conf = Path(self.dir.name) / "nats.conf"
-        conf.write_text(
-            f'listen: "127.0.0.1:-1"\nports_file_dir: "{self.dir.name}"\n'
-            f'authorization {{ token: "{self.token}" }}\n{extra_config}\n'
-        )
+        self.extra_config = extra_config
         if shutil.which("nats-server") is None:
             raise RuntimeError("nats-server is missing: scripts/setup.sh installs it")
+        self.port = 0
+        self._spawn("127.0.0.1:-1")
+        self.url = f"nats://127.0.0.1:{self.port}"
+
+    def _spawn(self, listen: str) -> None:
+        conf = Path(self.dir.name) / "nats.conf"
+        conf.write_text(
+            f'listen: "{listen}"\nports_file_dir: "{self.dir.name}"\n'
+            f'authorization {{ token: "{self.token}" }}\n{self.extra_config}\n'
+        )
         self.proc = Proc("nats-server", ["nats-server", "-c", str(conf)],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         ports = Path(self.dir.name) / f"nats-server_{self.proc.pid}.ports"
-        self.port = 0
 
         def listening() -> bool:
             if not self.proc.alive():
@@ -119,10 +124,19 @@ class NatsServer:
                 return False
 
         _wait_until("nats-server to listen", listening)
-        self.url = f"nats://127.0.0.1:{self.port}"
 
-    async def connect(self) -> nats.aio.client.Client:
-        """A client connection with the server's token."""
+    def restart(self) -> None:
+        """Kills the server and starts a new one on the same port: every message in flight and
+        every subscription is gone until the clients reconnect."""
+        self.proc.kill()
+        self._spawn(f"127.0.0.1:{self.port}")
+
+    async def connect(self, *, reconnect_wait: float | None = None) -> nats.aio.client.Client:
+        """A client connection with the server's token; with `reconnect_wait` it rides out a
+        `restart()`, trying again every that many seconds."""
+        if reconnect_wait is not None:
+            return await nats.connect(self.url, token=self.token, allow_reconnect=True,
+                                      reconnect_time_wait=reconnect_wait, max_reconnect_attempts=-1)
         return await nats.connect(self.url, token=self.token, allow_reconnect=False)
 
     def stop(self) -> None:

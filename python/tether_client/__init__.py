@@ -35,6 +35,7 @@ from .errors import (
     error_class,
 )
 from .events import Event, EventStream
+from .executions import ExecStarted, ExecState, OutputChunk, OutputStream
 from .results import Entry, ExecResult, Listing, Screenshot, Terminal
 from .transfers import Precondition, TransferReport
 from .tokens import DESKTOP_PORT, PTY_PORT, mint_producer_token, mint_viewer_token
@@ -57,6 +58,10 @@ __all__ = [
     "Event",
     "EventStream",
     "ExecResult",
+    "ExecStarted",
+    "ExecState",
+    "OutputChunk",
+    "OutputStream",
     "FencedError",
     "FileChangedError",
     "Gap",

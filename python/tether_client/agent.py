@@ -15,9 +15,10 @@ import os
 from collections.abc import AsyncIterator
 from typing import IO, TYPE_CHECKING, Any
 
-from . import envelope, files, transfers, tree
+from . import envelope, executions, files, transfers, tree
 from ._proto import tether_pb2 as pb
 from .errors import ProtocolError, TetherError
+from .executions import ExecStarted, ExecState, OutputStream
 from .results import Entry, ExecResult, Listing, Screenshot, Terminal
 from .transfers import Precondition, TransferReport
 
@@ -151,17 +152,10 @@ class Agent:
             reply_timeout: seconds to wait for the reply (default: `timeout` plus a margin, at
                 least the agent's default timeout).
         """
-        argv = [command] if isinstance(command, str) else list(command)
-        use_shell = isinstance(command, str) if shell is None else shell
-        timeout_ms = 0 if timeout is None else max(1, round(timeout * 1000))
-        request = pb.ExecRequest(
-            command=argv,
-            shell=use_shell,
-            cwd=cwd,
-            env=dict(env or {}),
-            stdin=stdin.encode() if isinstance(stdin, str) else bytes(stdin),
-            timeout_ms=timeout_ms,
+        request = executions.exec_request(
+            command, shell=shell, cwd=cwd, env=env, stdin=stdin, timeout=timeout
         )
+        timeout_ms = request.timeout_ms
         if reply_timeout is None:
             reply_timeout = self.timeout
             if timeout_ms:
@@ -171,6 +165,79 @@ class Agent:
     async def metrics(self) -> pb.MetricsSample:
         """Samples the machine: CPU, load, memory, disk, GPUs."""
         return await self.call("metrics", pb.MetricsRequest())
+
+    # ------------------------------------------------------------------ long-running commands
+
+    async def exec_start(
+        self,
+        exec_id: str,
+        command: str | Sequence[str],
+        *,
+        shell: bool | None = None,
+        cwd: str = "",
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | str = b"",
+        stdin_open: bool = False,
+        merge_output: bool = False,
+        timeout: float | None = None,
+    ) -> ExecStarted:
+        """Starts a long-running command under `exec_id` (one NATS token of at most 128 bytes,
+        unique in this fence scope) and returns at once; follow it with `attach`.
+
+        Starting an id that exists (running, ended, or of a previous agent instance) starts
+        nothing and answers that execution's state with `created` False, so a retried start
+        never runs the command twice. `command`, `shell`, `cwd`, `env` and `timeout` are as
+        for `exec`; `stdin` is fed first, then stdin is closed unless `stdin_open` (then write
+        more with `exec_stdin`); `merge_output` puts stderr into stdout's pipe (one stream, in
+        write order).
+        """
+        request = executions.start_request(
+            exec_id,
+            executions.exec_request(
+                command, shell=shell, cwd=cwd, env=env, stdin=stdin, timeout=timeout
+            ),
+            stdin_open=stdin_open,
+            merge_output=merge_output,
+        )
+        reply = await self.call("exec_start", request)
+        return ExecStarted(ExecState.from_proto(reply.state), bool(reply.created))
+
+    def attach(self, exec_id: str, from_seq: int = 0, *, from_offset: int = 0) -> OutputStream:
+        """Follows an execution's output from chunk `from_seq` (what is kept is replayed, then
+        it follows live): `async with agent.attach(id) as out: async for item in out:` yields
+        `OutputChunk`s (`seq`, `stream`, `data`, `offset`, `gap_bytes`) exactly once and in
+        order, and last the execution's `ExecState` when it ends. It acknowledges as it goes
+        and attaches again after a skipped seq or 2 s of silence, so it rides out a NATS
+        restart. `from_offset`: output bytes already held below `from_seq` (for exact gaps)."""
+        return OutputStream(self, exec_id, from_seq, from_offset)
+
+    async def exec_stdin(
+        self, exec_id: str, data: bytes | str, offset: int, *, close: bool = False
+    ) -> pb.ExecStdinResponse:
+        """Writes `data` to the execution's stdin at stdin position `offset` (the bytes written
+        before it; bytes the agent already took are skipped, so a retry is safe), in pieces
+        that fit a message, then closes stdin if `close`. Returns the reply (`written`: stdin
+        bytes taken so far, `closed`). Needs `stdin_open` at start."""
+        raw = data.encode() if isinstance(data, str) else bytes(data)
+        return await executions.write_stdin(self, exec_id, raw, offset, close)
+
+    async def exec_signal(self, exec_id: str, signal: str | int = "TERM") -> None:
+        """Sends TERM, INT, KILL or HUP (a name, "SIG..." or the signal number) to the
+        execution's process group while it runs."""
+        executions.check_exec_id(exec_id)
+        request = pb.ExecSignalRequest(exec_id=exec_id, signal=executions.signal_value(signal))
+        await self.call("exec_signal", request)
+
+    async def exec_wait(self, exec_id: str, *, timeout: float | None = None) -> ExecState:
+        """Waits until the execution ends and returns its final state (exit code, signal,
+        timed-out flag, duration, bytes per stream). With `timeout` (seconds) it returns the
+        state after that long even if it is still `running`; 0 answers at once."""
+        return await executions.wait(self, exec_id, timeout)
+
+    async def exec_list(self) -> list[ExecState]:
+        """The executions of this fence scope, running and recently ended."""
+        reply = await self.call("exec_list", pb.ExecListRequest())
+        return [ExecState.from_proto(s) for s in reply.executions]
 
     # ------------------------------------------------------------------ files
 
