@@ -9,8 +9,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends protobuf-compil
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p tether-relay \
-    && cp target/release/tether-relay /tether-relay
+RUN scripts/build-relay.sh && cp target/release/tether-relay /tether-relay
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \

@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --workspace --bins --locked
 cargo test --workspace --locked -- "$@"
+scripts/build-relay.sh   # the relay image's build stage (packaging/relay.Dockerfile)
 target/pyenv/bin/python python/scripts/gen_proto.py --check
 target/pyenv/bin/python -m pytest python/tests -q
 PYTHONDONTWRITEBYTECODE=1 target/pyenv/bin/python -m pytest -p no:cacheprovider -q tests/mcp
