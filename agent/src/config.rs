@@ -563,7 +563,8 @@ fn relay_link(
     }
     let token = match (token_env.filter(|t| !t.is_empty()), token_file) {
         (Some(t), _) => Secret(t),
-        (None, Some(path)) => read_secret_file(&path)?,
+        // The producer token is a credential of this agent alone, like its NKey seed.
+        (None, Some(path)) => read_private_secret_file(&path)?,
         (None, None) => {
             bail!("--relay-url needs a producer token: set TETHER_RELAY_TOKEN or --relay-token-file")
         }

@@ -61,6 +61,8 @@ async fn state_and_credentials_inside_the_root_or_a_granted_path_are_refused_by_
     let shared = outside.path().join("shared");
     std::fs::create_dir(&shared).unwrap();
     std::fs::write(shared.join("relay.token"), "ogr_x.y").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(shared.join("relay.token"), std::fs::Permissions::from_mode(0o600)).unwrap();
     let args = [
         format!("--state-dir={}", outside.path().join("state").display()),
         format!("--confine-read={}", shared.display()),

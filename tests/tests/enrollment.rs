@@ -139,16 +139,14 @@ async fn an_enrolled_agent_serves_with_least_privilege_and_bad_bundles_or_open_c
     );
 
     // The agent runs as its service would: only the config file on its command line.
-    let state = tempfile::tempdir().unwrap();
     let log = dir.path().join("agent.log");
     let mut agent = Proc::spawn(
         "tether-agent",
         Command::new(bin("tether-agent"))
-            .args(["--log-format", "json", "run", "--config"])
+            .args(["run", "--config"])
             .arg(&config)
-            .arg("--state-dir")
-            .arg(state.path())
             .env("HOME", home.path())
+            .env("TETHER_LOG_FORMAT", "json")
             .env("TETHER_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap()),
@@ -202,9 +200,14 @@ async fn an_enrolled_agent_serves_with_least_privilege_and_bad_bundles_or_open_c
     );
 
     // `tether-agent status` reads what the running agent keeps in its state directory.
-    let status =
-        |state: &Path| ok(&run(Command::new(bin("tether-agent")).args(["status", "--state-dir"]).arg(state)));
-    let shown = status(state.path());
+    // As an operator would ask: by the config file (the state directory is the default one).
+    let status = || {
+        ok(&run(Command::new(bin("tether-agent"))
+            .args(["status", "--config"])
+            .arg(&config)
+            .env("HOME", home.path())))
+    };
+    let shown = status();
     assert!(
         shown.contains("w/a") && shown.contains("running    yes") && shown.contains("(connected"),
         "{shown}"
@@ -248,7 +251,7 @@ async fn an_enrolled_agent_serves_with_least_privilege_and_bad_bundles_or_open_c
     .await;
     assert_eq!(offline, Ok(true), "going_offline\n{}", std::fs::read_to_string(&log).unwrap_or_default());
     agent.wait_exit(Duration::from_secs(15)).unwrap();
-    let shown = status(state.path());
+    let shown = status();
     assert!(shown.contains("running    no"), "{shown}");
     let logs = std::fs::read_to_string(&log).unwrap();
     let seed = std::fs::read_to_string(&seed_a).unwrap();
