@@ -2,7 +2,7 @@
 # Sets up and runs the whole test suite: unit tests and end-to-end tests against a real
 # nats-server and the real binaries, then the Python package's (its generated protobuf code must
 # match proto/proto/tether.proto, and its pytest suite runs against the same binaries) and the
-# `tetherctl mcp` test (a Python MCP client).
+# `tetherctl mcp` test (a Python MCP client); last, each fuzz target for a bounded time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -12,3 +12,4 @@ scripts/build-relay.sh   # the relay image's build stage (packaging/relay.Docker
 target/pyenv/bin/python python/scripts/gen_proto.py --check
 target/pyenv/bin/python -m pytest python/tests -q
 PYTHONDONTWRITEBYTECODE=1 target/pyenv/bin/python -m pytest -p no:cacheprovider -q tests/mcp
+scripts/fuzz.sh "${TETHER_FUZZ_SECONDS:-45}"   # coverage-guided fuzzing, time-boxed per target
