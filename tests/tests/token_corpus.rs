@@ -48,16 +48,16 @@ fn edited(token: &str, prefix: &str, edit: impl FnOnce(&mut serde_json::Value)) 
     let body = token.strip_prefix(prefix).expect("prefix");
     let (payload, signature) = body.rsplit_once('.').expect("signature");
     let mut claims: serde_json::Value =
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("base64url")).expect("JSON claims");
     edit(&mut claims);
-    let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap());
+    let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("JSON"));
     format!("{prefix}{payload}.{signature}")
 }
 
 /// `payload` signed with the right secret: well signed, but not claims.
 fn signed(prefix: &str, secret: &str, payload: &str) -> String {
     use hmac::Mac;
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
     mac.update(payload.as_bytes());
     format!("{prefix}{payload}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
 }
@@ -154,7 +154,7 @@ fn corpus() -> Vec<Case> {
                 &viewer_with(ViewerClaims { read_only: true, ..good_viewer() }),
                 token::VIEWER_PREFIX,
                 |c| {
-                    c.as_object_mut().unwrap().remove("readOnly");
+                    c.as_object_mut().expect("claims object").remove("readOnly");
                 },
             ),
             Some("bad_signature"),
