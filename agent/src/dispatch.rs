@@ -249,7 +249,7 @@ impl Dispatcher {
                 self.sandbox.admit()?;
                 let cwd = paths.resolve_cwd(&req.cwd)?;
                 let limits = self.command_limits(resources, &admission).await?;
-                let fenced = FencedBy { scope: scope.to_owned(), epoch, cancel: admission.cancel.clone() };
+                let fenced = FencedBy::of(scope, epoch, &admission);
                 Reply::PtyOpen(self.terminals.open(req, cwd, limits, fenced).await?)
             }
             Op::PtyWrite(req) => Reply::PtyWrite(self.terminals.write(scope, req).await?),
@@ -260,7 +260,7 @@ impl Dispatcher {
             }
             Op::DesktopInput(req) => Reply::DesktopInput(self.desktop.input(req).await?),
             Op::DesktopEnsure(req) => {
-                let fenced = FencedBy { scope: scope.to_owned(), epoch, cancel: admission.cancel.clone() };
+                let fenced = FencedBy::of(scope, epoch, &admission);
                 Reply::DesktopEnsure(self.desktop.ensure(req, fenced).await?)
             }
             Op::DesktopAct(req) => {
@@ -276,7 +276,7 @@ impl Dispatcher {
                 self.sandbox.admit()?;
                 let cwd = paths.resolve_cwd(&req.exec.as_ref().map(|e| e.cwd.clone()).unwrap_or_default())?;
                 let limits = self.command_limits(resources, &admission).await?;
-                let fenced = FencedBy { scope: scope.to_owned(), epoch, cancel: admission.cancel.clone() };
+                let fenced = FencedBy::of(scope, epoch, &admission);
                 Reply::ExecStart(self.executions.start(req, cwd, limits, fenced, budget).await?)
             }
             Op::ExecAttach(req) => Reply::ExecAttach(self.executions.attach(scope, req).await?),

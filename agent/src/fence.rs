@@ -5,7 +5,10 @@
 //! exclusive, so it waits for every short mutation admitted under an older epoch to commit
 //! (they keep their shared guard until then), and new old-epoch requests queue behind it and
 //! then see the new epoch. Long work (exec) drops the guard after admission and instead holds
-//! the scope's cancellation token, which an advance cancels.
+//! the scope's cancellation token, which an advance cancels, and a token of the epoch's
+//! running work: the advance is acknowledged only once the cancelled work of older epochs has
+//! ended (its processes killed), bounded by [`DRAIN_WAIT`], so nothing of an older epoch runs
+//! or writes after a control plane was told the scope is its.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -15,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken};
 
 use crate::error::{OpError, OpResult};
 
@@ -39,6 +43,11 @@ pub const MAX_SCOPES: usize = 65_536;
 /// How long a scope must have seen no request before it may expire.
 pub const SCOPE_MIN_IDLE: Duration = Duration::from_secs(3600);
 
+/// Longest an advance waits for the cancelled work of older epochs to end before it is
+/// acknowledged anyway (with a warning): a command the kernel cannot kill at once must not
+/// wedge its scope.
+pub const DRAIN_WAIT: Duration = Duration::from_secs(5);
+
 /// Fencing policy switches from the configuration.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FencePolicy {
@@ -52,6 +61,8 @@ struct ScopeState {
     held: u32,
     /// Cancelled when this scope advances past `held`.
     cancel: CancellationToken,
+    /// The long work admitted at `held` (each holds a token until it has ended).
+    running: TaskTracker,
 }
 
 /// One scope in memory: its lock, and when a request last named it.
@@ -75,9 +86,17 @@ pub struct Fence {
 pub struct Admission {
     pub cancel: CancellationToken,
     guard: Option<OwnedRwLockReadGuard<ScopeState>>,
+    /// Held by the work as long as it runs (see [`Admission::running`]).
+    running: Option<TaskTrackerToken>,
 }
 
 impl Admission {
+    /// A token the admitted work holds until it has ended (its processes killed): an advance
+    /// of its scope waits for it before it is acknowledged. None for unfenced work.
+    pub fn running(&self) -> Option<TaskTrackerToken> {
+        self.running.clone()
+    }
+
     /// Lets the scope advance while this request goes on; it is then cancelled instead.
     pub fn release_hold(&mut self) {
         self.guard = None;
@@ -94,7 +113,11 @@ impl Fence {
             .into_iter()
             .map(|(scope, held)| {
                 let idle = now.1.duration_since(held.advanced_at).unwrap_or_default();
-                let state = ScopeState { held: held.held, cancel: shutdown.child_token() };
+                let state = ScopeState {
+                    held: held.held,
+                    cancel: shutdown.child_token(),
+                    running: TaskTracker::new(),
+                };
                 let used = now.0.checked_sub(idle).unwrap_or(now.0);
                 (scope, Slot { lock: Arc::new(RwLock::new(state)), used })
             })
@@ -136,7 +159,7 @@ impl Fence {
         let lock = self.scope(scope)?;
         let guard = lock.clone().read_owned().await;
         if epoch == guard.held {
-            return Ok(Admission { cancel: guard.cancel.clone(), guard: Some(guard) });
+            return Ok(Self::admitted(guard));
         }
         if epoch < guard.held {
             return Err(OpError::fenced(scope, epoch, guard.held));
@@ -155,15 +178,31 @@ impl Fence {
             .with("op_epoch", epoch)
             .with("max_epoch_jump", MAX_EPOCH_JUMP));
         }
-        if epoch > state.held {
-            self.persist(scope, epoch).await?;
-            tracing::info!(fence_scope = %scope_label(scope), from = state.held, to = epoch, "epoch advanced");
-            state.held = epoch;
-            state.cancel.cancel();
-            state.cancel = self.shutdown.child_token();
+        if epoch == state.held {
+            return Ok(Self::admitted(state.downgrade()));
         }
-        let guard = state.downgrade();
-        Ok(Admission { cancel: guard.cancel.clone(), guard: Some(guard) })
+        self.persist(scope, epoch).await?;
+        tracing::info!(fence_scope = %scope_label(scope), from = state.held, to = epoch, "epoch advanced");
+        state.held = epoch;
+        state.cancel.cancel();
+        state.cancel = self.shutdown.child_token();
+        let older = std::mem::replace(&mut state.running, TaskTracker::new());
+        drop(state);
+        // Without the lock: the cancelled work may look at the fence while it ends.
+        older.close();
+        if tokio::time::timeout(DRAIN_WAIT, older.wait()).await.is_err() {
+            tracing::warn!(fence_scope = %scope_label(scope), left = older.len(), "older epochs' work still ending; advance acknowledged anyway");
+        }
+        let guard = lock.read_owned().await;
+        if epoch < guard.held {
+            return Err(OpError::fenced(scope, epoch, guard.held));
+        }
+        Ok(Self::admitted(guard))
+    }
+
+    fn admitted(guard: OwnedRwLockReadGuard<ScopeState>) -> Admission {
+        let running = Some(guard.running.token());
+        Admission { cancel: guard.cancel.clone(), guard: Some(guard), running }
     }
 
     /// True when `scope` has moved past `epoch`: work of that epoch was fenced, not shut down.
@@ -198,7 +237,7 @@ impl Fence {
     }
 
     fn unfenced(&self) -> Admission {
-        Admission { cancel: self.shutdown.child_token(), guard: None }
+        Admission { cancel: self.shutdown.child_token(), guard: None, running: None }
     }
 
     fn lock_scopes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
@@ -216,7 +255,7 @@ impl Fence {
         if scopes.len() >= self.expiry.0 {
             self.expire_one(&mut scopes, now)?;
         }
-        let state = ScopeState { held: 0, cancel: self.shutdown.child_token() };
+        let state = ScopeState { held: 0, cancel: self.shutdown.child_token(), running: TaskTracker::new() };
         let lock = Arc::new(RwLock::new(state));
         scopes.insert(scope.to_owned(), Slot { lock: lock.clone(), used: now });
         Ok(lock)

@@ -287,6 +287,7 @@ async fn connect(config: &Config, events: mpsc::UnboundedSender<Event>) -> anyho
         // own subjects, so a least-privilege identity needs no right on the shared `_INBOX.>`.
         .custom_inbox_prefix(config.subjects.inbox_prefix())
         .max_reconnects(None)
+        .reconnect_delay_callback(reconnect_delay)
         .connection_timeout(Duration::from_secs(5))
         .event_callback(move |event| {
             let events = events.clone();
@@ -303,6 +304,30 @@ async fn connect(config: &Config, events: mpsc::UnboundedSender<Event>) -> anyho
         .connect(urls)
         .await
         .with_context(|| format!("connecting to NATS at {}", config.nats_urls.join(",")))
+}
+
+/// Longest pause between two reconnect attempts. async-nats backs off to 4 s by default: after
+/// an outage of a few seconds the agent then came back up to 4 s after the server did; with
+/// this cap it serves again within about a second of the server's return.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
+
+/// The pause before reconnect attempt `attempts` (1 is the first): none, then doubling from
+/// 50 ms up to [`MAX_RECONNECT_DELAY`], less a jitter of up to a quarter so that many agents
+/// of one restarted server do not all knock at the same instant.
+fn reconnect_delay(attempts: usize) -> Duration {
+    let jitter = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| f64::from(d.subsec_nanos() % 1000) / 4000.0)
+        .unwrap_or(0.0);
+    backoff(attempts).mul_f64(1.0 - jitter)
+}
+
+fn backoff(attempts: usize) -> Duration {
+    if attempts <= 1 {
+        return Duration::ZERO;
+    }
+    let doublings = u32::try_from(attempts - 2).unwrap_or(u32::MAX).min(16);
+    Duration::from_millis(50).saturating_mul(1 << doublings).min(MAX_RECONNECT_DELAY)
 }
 
 /// Two agents must never serve one subject: ping it first; any answer (or a subscriber that
@@ -487,6 +512,28 @@ async fn command_display(
         Err(e) => {
             tracing::warn!(error = %e, "no display bridge: confined commands cannot open windows on the managed display");
             None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnects_back_off_but_never_wait_more_than_a_second() {
+        assert_eq!(backoff(1), Duration::ZERO, "the first attempt is at once");
+        assert_eq!(backoff(2), Duration::from_millis(50));
+        assert_eq!(backoff(3), Duration::from_millis(100));
+        for attempts in [10, 100, usize::MAX] {
+            assert_eq!(backoff(attempts), MAX_RECONNECT_DELAY);
+        }
+        for attempts in 0..64 {
+            let delay = reconnect_delay(attempts);
+            assert!(
+                delay <= MAX_RECONNECT_DELAY && delay >= backoff(attempts) * 3 / 4,
+                "{attempts}: {delay:?}"
+            );
         }
     }
 }

@@ -113,6 +113,9 @@ pub fn overflow_router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
+/// The per-connection websocket read buffer (see `stream`).
+const READ_BUFFER_BYTES: usize = 16 << 10;
+
 async fn stream(
     ws: WebSocketUpgrade,
     Query(query): Query<HashMap<String, String>>,
@@ -136,6 +139,10 @@ async fn stream(
     let tracker = shared.connections.clone();
     ws.max_message_size(max)
         .max_frame_size(max)
+        // tungstenite allocates its read buffer up front, 128 KiB by default: 1024 pending
+        // unauthenticated sockets then held 128 MiB (faults_relay). Larger messages still
+        // arrive whole; they are read in more steps.
+        .read_buffer_size(READ_BUFFER_BYTES)
         .on_upgrade(move |socket| tracker.track_future(splice::run(socket, query, shared, pending)))
 }
 

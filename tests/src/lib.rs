@@ -228,7 +228,17 @@ impl Nats {
 
     /// Kills the server and starts a new one on the same port: every client must reconnect.
     pub async fn restart(&mut self) {
+        self.kill();
+        self.start_again().await;
+    }
+
+    /// Kills the server (an outage); [`Nats::start_again`] brings it back on the same port.
+    pub fn kill(&mut self) {
         self._proc = Proc { child: None, name: "nats-server" };
+    }
+
+    /// Starts the server again on its port (after [`Nats::kill`]); returns once it listens.
+    pub async fn start_again(&mut self) {
         let (proc, _) = Self::launch(self._dir.path(), &self.port.to_string(), &self.extra).await;
         self._proc = proc;
     }

@@ -113,6 +113,25 @@ impl Relay {
             .expect("wait relay")
     }
 
+    /// The relay's process id (to read its memory in /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the relay runs")
+    }
+
+    /// The relay's (resident, peak resident) memory in KiB, from /proc.
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
     /// The relay's `/stream` URL, as the agent and viewers are configured with.
     pub fn stream_url(&self) -> String {
         format!("ws://{}/stream", self.addr)

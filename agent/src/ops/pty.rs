@@ -27,6 +27,7 @@ use tether_proto::pb;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::Instrument;
 
 use self::session::{Session, Supervision};
@@ -54,6 +55,20 @@ pub struct FencedBy {
     pub epoch: u32,
     /// Fires on an advance of `scope` past `epoch`, or on agent shutdown.
     pub cancel: CancellationToken,
+    /// Held until the work has ended: an advance of `scope` waits for it (see `fence`).
+    pub running: Option<TaskTrackerToken>,
+}
+
+impl FencedBy {
+    /// The fence of work admitted by `admission` at (`scope`, `epoch`).
+    pub fn of(scope: &str, epoch: u32, admission: &crate::fence::Admission) -> FencedBy {
+        FencedBy {
+            scope: scope.to_owned(),
+            epoch,
+            cancel: admission.cancel.clone(),
+            running: admission.running(),
+        }
+    }
 }
 
 /// Live terminals, by pty_id and by (fence scope, scope_id).

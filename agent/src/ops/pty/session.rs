@@ -203,6 +203,8 @@ impl Session {
         // A terminal that was ended takes everything it started along; after its process
         // exited on its own, what it left running on purpose keeps running.
         std::mem::take(&mut s.limits).settle(ended.code.is_none()).await;
+        // Ended: an advance of its scope need not wait for the linger below.
+        s.fenced.running.take();
         tracing::info!(pty_id = %self.id, code, why = %ended.message, "terminal ended");
         self.exit.send_replace(Some(code));
         let _ = s.end.send(pb::StreamClose {
