@@ -35,8 +35,9 @@ function main() {
     status.textContent = detail ? `${state}: ${detail}` : state;
     view.state = state;
     view.detail = detail;
+    if (state === "reconnecting") view.reconnects += 1;
   };
-  const view = { state: "starting", detail: "", inspect: () => ({}) };
+  const view = { state: "starting", detail: "", reconnects: 0, viewOnly: false, inspect: () => ({}) };
   window.tetherView = view;
 
   const token = params.get("token") || "";
