@@ -213,6 +213,9 @@ async fn a_desktop_page_draws_frames_and_only_a_control_page_moves_the_pointer()
     watcher.click(x + 200.0, y + 150.0).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(xvfb.pointer(), (5, 5), "a view-only page does not move the pointer");
+    // The relay would drop a view token's input anyway; the page does not even send it.
+    let dropped = relay.metric("tether_relay_input_dropped_total{reason=\"view_mode\"}").await;
+    assert_eq!(dropped, 0, "a view-only page sends no input");
 
     // Control: the same click lands where the page shows it.
     let mut pilot = browser.open(&view_url(&relay, &channel, "pilot", ViewerMode::Control)).await;
