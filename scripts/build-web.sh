@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/../web"
 npm ci --no-audit --no-fund --loglevel=error
 node build.mjs
-echo "build-web: $(cd dist && ls | tr '\n' ' ')in web/dist" >&2
+echo "build-web: the /view page is in web/dist" >&2
