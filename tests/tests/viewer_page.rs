@@ -1,5 +1,6 @@
 //! The relay's `/view` page in a real headless Chromium (tests/src/browser.rs), against the
-//! real relay, agent and (for the desktop) Xvfb: the page shows a terminal's output, what is
+//! real relay, agent and (for the desktop) Xvfb, opened at the URLs `tetherctl shell
+//! --print-url` and `tetherctl desktop --print-url` print: the page shows a terminal's output, what is
 //! typed into it reaches the PTY (checked by a file the remote shell writes), a resized page
 //! resizes the PTY (`stty size`), a relay restart resumes without a repeated line, a desktop
 //! channel is drawn (a screenshot of the page shows the colour painted on the root window), and
@@ -25,6 +26,23 @@ fn view_url(relay: &Relay, channel: &pb::StreamChannel, viewer: &str, mode: View
         "http://{}/view#token={token}&ws={}&agent={}&port={}&channel={}",
         relay.addr, channel.workspace_id, channel.agent_id, channel.port, channel.channel_id
     )
+}
+
+/// `tetherctl ARGS` printing a page URL for this agent through `relay` (the viewer token is
+/// minted from the relay's viewer secret in the environment).
+fn print_url(agent: &Agent, nats: &Nats, relay: &Relay, args: &[&str]) -> String {
+    let out = agent
+        .tetherctl(nats)
+        .env("TETHER_RELAY_URL", relay.stream_url())
+        .env("TETHER_RELAY_VIEWER_SECRET", tether_tests::relay::VIEWER_SECRET)
+        .args(args)
+        .output()
+        .expect("tetherctl runs");
+    assert!(out.status.success(), "tetherctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let url = String::from_utf8(out.stdout).expect("utf-8").trim().to_owned();
+    let prefix = format!("http://{}/view#token=ogs_", relay.addr);
+    assert!(url.starts_with(&prefix), "{url}");
+    url
 }
 
 async fn stack(opts: AgentOpts) -> (Relay, Nats, Agent) {
@@ -100,10 +118,10 @@ async fn raw_head(relay: &Relay, path: &str) -> String {
 #[tokio::test]
 async fn a_terminal_page_shows_output_sends_keys_and_resizes_the_pty() {
     let Some(browser) = Browser::start_or_skip("a_terminal_page_shows_output").await else { return };
-    let (relay, _nats, agent) = stack(AgentOpts::default()).await;
-    let channel = open_pty(&agent, &["sh"]).await;
-    // A "view" token, as the control plane mints: on a terminal it may type.
-    let mut page = browser.open(&view_url(&relay, &channel, "page", ViewerMode::View)).await;
+    let (relay, nats, agent) = stack(AgentOpts::default()).await;
+    // `tetherctl shell --print-url` opens the terminal and prints the page that shows it.
+    let url = print_url(&agent, &nats, &relay, &["shell", "--print-url", "--", "sh"]);
+    let mut page = browser.open(&url).await;
     live(&mut page).await;
 
     type_line(&mut page, "echo typed-$((6*7)) > typed.txt; echo shown-$((6*7))").await;
@@ -145,6 +163,23 @@ async fn a_relay_restart_resumes_the_terminal_page_without_repeated_lines() {
     let state = page.eval("[window.tetherView.reconnects, window.tetherView.state]").await;
     assert!(state[0].as_u64() >= Some(1), "the page saw the relay go away: {state}");
     assert_eq!(state[1], "live", "{state}");
+
+    // An expired token: the page stops and says so (it cannot mint a new one).
+    let mut expired = claims_for(&channel, "late", ViewerMode::View);
+    expired.exp = tether_tests::relay::now_unix() - 10;
+    let url = format!(
+        "http://{}/view#token={}&ws={}&agent={}&port={}&channel={}",
+        relay.addr,
+        viewer_token(&expired),
+        channel.workspace_id,
+        channel.agent_id,
+        channel.port,
+        channel.channel_id
+    );
+    let mut late = browser.open(&url).await;
+    late.wait_for("the page to give up", "window.tetherView.state === 'closed'").await;
+    let detail = late.eval("window.tetherView.detail").await;
+    assert!(detail.as_str().is_some_and(|d| d.contains("expired")), "{detail}");
 }
 
 /// The canvas's box in the page: (left, top, width, height) in CSS pixels.
@@ -173,13 +208,11 @@ async fn a_desktop_page_draws_frames_and_only_a_control_page_moves_the_pointer()
         args: vec!["--consent-screen-control".into(), "--desktop-fps".into(), "20".into()],
         ..Default::default()
     };
-    let (relay, _nats, agent) = stack(opts).await;
-    let channel = match agent.call(Op::DesktopEnsure(pb::DesktopEnsureRequest::default())).await {
-        Ok(Reply::DesktopEnsure(r)) => r.channel.expect("a channel"),
-        other => panic!("desktop_ensure failed: {other:?}\n{}", agent.log()),
-    };
+    let (relay, nats, agent) = stack(opts).await;
 
-    let mut watcher = browser.open(&view_url(&relay, &channel, "watcher", ViewerMode::View)).await;
+    // `tetherctl desktop --print-url` ensures the desktop stream and prints its page.
+    let url = print_url(&agent, &nats, &relay, &["desktop", "--print-url", "--view-only"]);
+    let mut watcher = browser.open(&url).await;
     watcher.wait_for("a frame", "window.tetherView.inspect().frames > 0").await;
     assert_eq!(inspect(&mut watcher).await["width"], 640);
     assert_eq!(
@@ -218,7 +251,8 @@ async fn a_desktop_page_draws_frames_and_only_a_control_page_moves_the_pointer()
     assert_eq!(dropped, 0, "a view-only page sends no input");
 
     // Control: the same click lands where the page shows it.
-    let mut pilot = browser.open(&view_url(&relay, &channel, "pilot", ViewerMode::Control)).await;
+    let url = print_url(&agent, &nats, &relay, &["desktop", "--print-url"]);
+    let mut pilot = browser.open(&url).await;
     pilot.wait_for("a frame", "window.tetherView.inspect().frames > 0").await;
     assert_eq!(pilot.eval("window.tetherView.viewOnly").await, false);
     let (x, y, w, _) = canvas_box(&mut pilot).await;

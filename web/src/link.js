@@ -74,6 +74,9 @@ export class Link {
 
   onAck(socket, ack) {
     if (!ack.accepted) {
+      // The relay calls an expired token retryable (a caller may mint a new one); this page
+      // cannot, so it stops and says so.
+      if (ack.reason === "expired") return this.end("the token in this URL expired: ask for a new URL");
       if (ack.retryable) return this.lost(socket, ack.error);
       return this.end(`refused: ${ack.error}`);
     }

@@ -5,7 +5,9 @@
 //
 //   tag 1 StreamOpen      channel=1 StreamChannel, token=2 string, role=3 enum, resume_from_seq=4 uint64
 //         StreamChannel   channel_id=1, workspace_id=2, agent_id=3 (strings), kind=4 enum, port=5 uint32
-//   tag 2 StreamOpenAck   accepted=1 bool, error=2 AgentError{code=1, message=2, retryable=3}, resume_from_seq=3
+//   tag 2 StreamOpenAck   accepted=1 bool, error=2 AgentError, resume_from_seq=3 uint64
+//         AgentError      code=1 enum, message=2 string, retryable=3 bool, detail=4 map<string,string>
+//                         (a map entry is a message: key=1, value=2; the relay puts "reason" there)
 //   tag 3 StreamFrame     channel_id=1 string, seq=2 uint64, data=3 bytes, produced_at_ms=4 int64
 //   tag 4 StreamClose     channel_id=1 string, reason=2 enum, message=3 string
 //   tag 5 DesktopInput    channel_id=1 string; pointer=2 | key=3 | scroll=4
@@ -162,7 +164,7 @@ export function encodeScroll(channelId, s) {
 }
 
 /**
- * Decodes one relay message into {tag, ...}: OPEN_ACK {accepted, error, retryable, resumeFromSeq},
+ * Decodes one relay message into {tag, ...}: OPEN_ACK {accepted, error, reason, retryable, resumeFromSeq},
  * DATA {seq, data}, CLOSE {reason, message}; other tags come back as {tag} alone.
  */
 export function decode(buffer) {
@@ -172,7 +174,7 @@ export function decode(buffer) {
   const body = bytes.subarray(1);
   switch (tag) {
     case TAG.OPEN_ACK: {
-      const ack = { tag, accepted: false, error: "", retryable: false, resumeFromSeq: 0n };
+      const ack = { tag, accepted: false, error: "", reason: "", retryable: false, resumeFromSeq: 0n };
       for (const [f, v] of fields(body)) {
         if (f === 1) ack.accepted = v !== 0n;
         if (f === 3) ack.resumeFromSeq = v;
@@ -180,6 +182,11 @@ export function decode(buffer) {
           for (const [ef, ev] of fields(v)) {
             if (ef === 2) ack.error = fromUtf8.decode(ev);
             if (ef === 3) ack.retryable = ev !== 0n;
+            if (ef === 4) {
+              const entry = {};
+              for (const [kf, kv] of fields(ev)) entry[kf] = fromUtf8.decode(kv);
+              if (entry[1] === "reason") ack.reason = entry[2] || "";
+            }
           }
         }
       }
