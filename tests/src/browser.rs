@@ -47,7 +47,9 @@ impl Browser {
                 std::env::var_os("TETHER_REQUIRE_BROWSER").is_none(),
                 "TETHER_REQUIRE_BROWSER is set but no chromium is installed (scripts/setup.sh installs it)"
             );
-            eprintln!("SKIP {test}: no chromium installed (apt install chromium; set TETHER_REQUIRE_BROWSER=1 to fail instead)");
+            eprintln!(
+                "SKIP {test}: no chromium installed (apt install chromium; set TETHER_REQUIRE_BROWSER=1 to fail instead)"
+            );
             return None;
         };
         Some(Self::start(exe).await)
@@ -214,6 +216,24 @@ impl Page {
             }
             self.call("Input.dispatchKeyEvent", params).await;
         }
+    }
+
+    /// Presses and releases one key that types `text` (a single character: "a", "H").
+    pub async fn type_key(&mut self, text: &str) {
+        let code = format!("Key{}", text.to_uppercase());
+        for kind in ["keyDown", "keyUp"] {
+            let mut params = json!({ "type": kind, "key": text, "code": code });
+            if kind == "keyDown" {
+                params["text"] = json!(text);
+            }
+            self.call("Input.dispatchKeyEvent", params).await;
+        }
+    }
+
+    /// Turns the mouse wheel at page coordinates by `delta_y` CSS pixels (positive = down).
+    pub async fn wheel(&mut self, x: f64, y: f64, delta_y: f64) {
+        let params = json!({ "type": "mouseWheel", "x": x, "y": y, "deltaX": 0, "deltaY": delta_y });
+        self.call("Input.dispatchMouseEvent", params).await;
     }
 
     /// A left click at page coordinates (CSS pixels).

@@ -1,10 +1,11 @@
 //! The relay's `/view` page in a real headless Chromium (tests/src/browser.rs), against the
 //! real relay, agent and (for the desktop) Xvfb, opened at the URLs `tetherctl shell
 //! --print-url` and `tetherctl desktop --print-url` print: the page shows a terminal's output, what is
-//! typed into it reaches the PTY (checked by a file the remote shell writes), a resized page
+//! typed or pasted into it reaches the PTY (checked by files the remote shell writes), a resized page
 //! resizes the PTY (`stty size`), a relay restart resumes without a repeated line, a desktop
-//! channel is drawn (a screenshot of the page shows the colour painted on the root window), and
-//! a view-only page's clicks do not move the pointer while a control page's do.
+//! channel is drawn (a screenshot of the page shows the colour painted on the root window), a
+//! view-only page's clicks do not move the pointer while a control page's do, and a control
+//! page's click, wheel and keys reach a window on the desktop.
 //!
 //! Skipped when no chromium is installed, unless TETHER_REQUIRE_BROWSER is set (CI sets it).
 
@@ -53,7 +54,8 @@ async fn stack(opts: AgentOpts) -> (Relay, Nats, Agent) {
 }
 
 async fn open_pty(agent: &Agent, command: &[&str]) -> pb::StreamChannel {
-    let req = pb::PtyOpenRequest { command: command.iter().map(|s| s.to_string()).collect(), ..Default::default() };
+    let req =
+        pb::PtyOpenRequest { command: command.iter().map(|s| s.to_string()).collect(), ..Default::default() };
     match agent.call(Op::PtyOpen(req)).await {
         Ok(Reply::PtyOpen(r)) => r.channel.expect("a channel"),
         other => panic!("pty_open failed: {other:?}\n{}", agent.log()),
@@ -127,13 +129,25 @@ async fn a_terminal_page_shows_output_sends_keys_and_resizes_the_pty() {
     type_line(&mut page, "echo typed-$((6*7)) > typed.txt; echo shown-$((6*7))").await;
     eventually("the typed command ran on the agent", || file(&agent, "typed.txt") == "typed-42\n").await;
     // Rendered: the output line (the echo of the command shows `$((6*7))`, not 42).
-    page.wait_for("the output on screen", "document.querySelector('.xterm-rows').textContent.includes('shown-42')")
-        .await;
+    page.wait_for(
+        "the output on screen",
+        "document.querySelector('.xterm-rows').textContent.includes('shown-42')",
+    )
+    .await;
+
+    // A paste (the clipboard event xterm.js handles; its newline ends the line).
+    let paste = "(() => { const dt = new DataTransfer(); dt.setData('text/plain', 'echo pasted-$((6*7)) > pasted.txt\\n'); \
+                 document.querySelector('.xterm-helper-textarea').dispatchEvent(new ClipboardEvent('paste', { clipboardData: dt, bubbles: true, cancelable: true })); return true; })()";
+    assert_eq!(page.eval(paste).await, true);
+    eventually("the pasted command ran", || file(&agent, "pasted.txt") == "pasted-42\n").await;
 
     let before = inspect(&mut page).await;
     page.resize(640, 360).await;
-    page.wait_for("the terminal to refit", &format!("window.tetherView.inspect().cols !== {}", before["cols"]))
-        .await;
+    page.wait_for(
+        "the terminal to refit",
+        &format!("window.tetherView.inspect().cols !== {}", before["cols"]),
+    )
+    .await;
     // Let the fit settle (a ResizeObserver may fire twice), then read the size the page chose.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let after = inspect(&mut page).await;
@@ -149,7 +163,8 @@ async fn a_relay_restart_resumes_the_terminal_page_without_repeated_lines() {
     let Some(browser) = Browser::start_or_skip("a_relay_restart_resumes").await else { return };
     let (mut relay, _nats, agent) = stack(AgentOpts::default()).await;
     const LINES: usize = 80;
-    let script = format!("i=0; while [ $i -lt {LINES} ]; do i=$((i+1)); echo line-$i; sleep 0.05; done; sleep 600");
+    let script =
+        format!("i=0; while [ $i -lt {LINES} ]; do i=$((i+1)); echo line-$i; sleep 0.05; done; sleep 600");
     let channel = open_pty(&agent, &["sh", "-c", &script]).await;
     let mut page = browser.open(&view_url(&relay, &channel, "page", ViewerMode::View)).await;
     page.wait_for("some lines", "window.tetherView.inspect().text.includes('line-10\\n')").await;
@@ -263,4 +278,34 @@ async fn a_desktop_page_draws_frames_and_only_a_control_page_moves_the_pointer()
         (px - 200).abs() <= 1 && (py - 150).abs() <= 1
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_control_desktop_page_clicks_scrolls_and_types_into_a_window() {
+    let Some(browser) = Browser::start_or_skip("a_control_desktop_page_clicks").await else { return };
+    let xvfb = Xvfb::start(640, 480);
+    let opts = AgentOpts {
+        env: vec![("DISPLAY".into(), xvfb.display.clone())],
+        args: vec!["--consent-screen-control".into(), "--desktop-fps".into(), "20".into()],
+        ..Default::default()
+    };
+    let (relay, nats, agent) = stack(opts).await;
+    let mut window = xvfb.recorder(0, 0, 640, 480);
+    let url = print_url(&agent, &nats, &relay, &["desktop", "--print-url"]);
+    let mut page = browser.open(&url).await;
+    page.wait_for("a frame", "window.tetherView.inspect().frames > 0").await;
+    let (x, y, w, _) = canvas_box(&mut page).await;
+    let scale = w / 640.0;
+    let (px, py) = (x + 200.0 * scale, y + 150.0 * scale);
+
+    page.click(px, py).await;
+    window.expect("a left click at (200, 150)", |l| l == "button 1 200 150");
+    // Three notches down (100 CSS pixels each), where the pointer is.
+    page.wheel(px, py, 300.0).await;
+    window.expect("wheel down", |l| l == "button 5 200 150");
+    // The click focused the canvas: keys go to the desktop as text.
+    for key in ["H", "i"] {
+        page.type_key(key).await;
+    }
+    window.expect_typed("Hi");
 }
