@@ -336,7 +336,10 @@ pub async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Desktop { relay_url, width, height, print_url, view_only, url_ttl, token } => {
             let page = match print_url {
                 true => Some(desktop::PageToken {
-                    credential: credential::ViewerCredential::resolve(&token, credential::EnvSecrets::from_env())?,
+                    credential: credential::ViewerCredential::resolve(
+                        &token,
+                        credential::EnvSecrets::from_env(),
+                    )?,
                     ttl: url_ttl,
                     mode: if view_only { ViewerMode::View } else { ViewerMode::Control },
                 }),

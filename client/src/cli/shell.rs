@@ -104,7 +104,11 @@ async fn print_url(
     match made {
         Ok(url) => {
             println!("{url}");
-            eprintln!("tetherctl: terminal {} is open; the URL's token is valid for {}", opened.pty_id, humantime::format_duration(ttl));
+            eprintln!(
+                "tetherctl: terminal {} is open; the URL's token is valid for {}",
+                opened.pty_id,
+                humantime::format_duration(ttl)
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
