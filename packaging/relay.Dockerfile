@@ -4,11 +4,20 @@
 # Every flag has a TETHER_RELAY_* variable (README "Running a relay"); secrets only from the
 # environment or mounted files (TETHER_RELAY_*_SECRET_FILE), never the command line.
 
+# The /view page (web/), bundled from npm packages; the relay embeds web/dist when it is built.
+FROM node:20-bookworm-slim AS web
+WORKDIR /src
+COPY web/package.json web/package-lock.json web/build.mjs web/
+COPY web/src web/src
+COPY scripts/build-web.sh scripts/
+RUN scripts/build-web.sh
+
 FROM rust:1-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends protobuf-compiler \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
+COPY --from=web /src/web/dist web/dist
 RUN scripts/build-relay.sh && cp target/release/tether-relay /tether-relay
 
 FROM debian:bookworm-slim

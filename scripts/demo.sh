@@ -7,6 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+scripts/build-web.sh   # the relay's /view page, embedded when the relay is built
 cargo build --workspace --bins --locked
 
 bin=target/debug
@@ -90,6 +91,9 @@ ctl shell -- sh -c 'echo "a terminal on $(tty), $(stty size) rows/cols, through 
   || echo "(tetherctl shell exited with the remote shell's code: $?)"
 ctl exec --shell -- 'xsetroot -solid "#3465a4" && echo "a confined command painted the virtual display ($DISPLAY)"'
 ctl screenshot -o "$work/screen.png" --max-width 640 && file "$work/screen.png" 2>/dev/null || true
+# Browser pages for a terminal and for the desktop (the token is after '#': it reaches no log).
+ctl shell --print-url --url-ttl 10m -- sh -c 'echo "a terminal in your browser"; exec sh'
+ctl desktop --print-url --view-only
 ctl click 320 200 --space 640x400 && echo "(clicked the virtual display's centre, given in screenshot pixels)"
 # What an MCP client (an AI assistant) sends `tetherctl mcp` on its stdin, and the answer.
 printf '\n\033[1m$ tetherctl mcp   # an assistant asks it to run a command\033[0m\n'

@@ -5,9 +5,10 @@
 # the confined-command tests run (a confined command sees only system locations, so a python3
 # under the home directory does not count), and Xvfb with xsetroot (x11-xserver-utils) for the
 # desktop tests and `--virtual-desktop`, shellcheck (the installer is checked) and openssl (the
-# mutual-TLS test makes its certificates); then the Python environment of the Python package's
-# tests and the `tetherctl mcp` test client (a venv at target/pyenv, see below). Idempotent:
-# installs only what is missing.
+# mutual-TLS test makes its certificates), node and npm (the relay's /view page is built from
+# npm packages) and chromium (the page's tests drive it headless); then the Python environment
+# of the Python package's tests and the `tetherctl mcp` test client (a venv at target/pyenv, see
+# below). Idempotent: installs only what is missing.
 set -euo pipefail
 
 need=()
@@ -20,6 +21,11 @@ command -v Xvfb >/dev/null 2>&1 || need+=(xvfb xauth)
 command -v xsetroot >/dev/null 2>&1 || need+=(x11-xserver-utils)
 command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# The relay's /view page is bundled from npm packages (scripts/build-web.sh) and tested in a
+# real headless Chromium (tests/tests/viewer_page.rs).
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
+[ -x /usr/lib/chromium/chromium ] || command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # The Python package (python/) is tested in a venv; Debian splits venv support out of python3.
 /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 

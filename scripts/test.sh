@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+scripts/build-web.sh     # before the relay is built: it embeds web/dist (the /view page)
 cargo build --workspace --bins --locked
 cargo test --workspace --locked -- "$@"
 scripts/build-relay.sh   # the relay image's build stage (packaging/relay.Dockerfile)

@@ -11,6 +11,7 @@
 //! - `throttle`: the producer rate limit.
 //! - `tally`: per-key counts against a cap (addresses, tokens).
 //! - `metrics`: Prometheus counters.
+//! - `view`: the browser viewer page (`/view`).
 
 pub mod accept;
 pub mod config;
@@ -21,6 +22,7 @@ pub mod ring;
 pub mod splice;
 pub mod tally;
 pub mod throttle;
+pub mod view;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -98,6 +100,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/stream", get(stream))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics_text))
+        .merge(view::routes())
         .with_state(shared)
 }
 
@@ -164,6 +167,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let shared = Shared::new(config);
+    view::log_availability();
     let reaper =
         tokio::spawn(shared.registry.clone().run_reaper(shared.config.reap_after, shared.shutdown.clone()));
     let token = shared.shutdown.clone();

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use tether_client::pb;
-use tether_proto::token::VIEWER_PREFIX;
+use tether_proto::token::{VIEWER_PREFIX, ViewerMode};
 
 use super::mint::{VIEWER_SECRET_ENV, channel_viewer_token};
 
@@ -113,9 +113,20 @@ impl ViewerCredential {
 
     /// The token to present for `channel` (minted for exactly that channel from a secret).
     pub fn token_for(&self, channel: &pb::StreamChannel, session_id: &str, ttl: Duration) -> String {
+        self.token_with_mode(channel, session_id, ttl, ViewerMode::Control)
+    }
+
+    /// [`Self::token_for`], minted with `mode` (a given token is presented as it is).
+    pub fn token_with_mode(
+        &self,
+        channel: &pb::StreamChannel,
+        session_id: &str,
+        ttl: Duration,
+        mode: ViewerMode,
+    ) -> String {
         match self {
             Self::Token(token) => token.clone(),
-            Self::Secret(secret) => channel_viewer_token(secret, channel, session_id, ttl),
+            Self::Secret(secret) => channel_viewer_token(secret, channel, session_id, ttl, mode),
         }
     }
 }

@@ -13,6 +13,9 @@ use tether_client::Client;
 use tether_proto::pb;
 use tether_proto::pb::desktop_action::Action;
 use tether_proto::pb::desktop_input_request::Event;
+use tether_proto::token::ViewerMode;
+
+use super::credential::ViewerCredential;
 
 #[derive(Debug, Clone, Copy, Default, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -395,12 +398,25 @@ pub async fn ensure(
     client: &Client,
     relay_url: Option<&str>,
     (width, height): (u32, u32),
+    page: Option<PageToken>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
+    if page.is_some() && relay_url.is_none() {
+        bail!("--print-url needs the relay's URL: --relay-url or TETHER_RELAY_URL");
+    }
     let reply =
         client.desktop_ensure(pb::DesktopEnsureRequest { width, height }).await.context("desktop_ensure")?;
     let channel = reply.channel.context("the agent named no channel")?;
     let url = relay_url.map(|base| tether_proto::stream::stream_url(base, &channel));
+    if let (Some(page), Some(base)) = (page, relay_url) {
+        let token = page.credential.token_with_mode(&channel, "tetherctl-desktop", page.ttl, page.mode);
+        let page_url = super::page::page_url(base, &channel, &token)?;
+        match json {
+            true => println!("{}", json!({ "channel_id": channel.channel_id, "page_url": page_url })),
+            false => println!("{page_url}"),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let mint = format!(
         "tetherctl mint-token viewer --port {} --channel {} --mode control",
         channel.port, channel.channel_id
@@ -430,6 +446,13 @@ pub async fn ensure(
         println!("frames are whole JPEG (or PNG) images, one per StreamFrame; input is DesktopInput");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `tetherctl desktop --print-url`: how to make the page's token.
+pub struct PageToken {
+    pub credential: ViewerCredential,
+    pub ttl: std::time::Duration,
+    pub mode: ViewerMode,
 }
 
 #[cfg(test)]

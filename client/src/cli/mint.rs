@@ -78,15 +78,17 @@ pub fn run(args: MintArgs, workspace_id: Option<&str>, agent_id: Option<&str>) -
     Ok(())
 }
 
-/// A control viewer token for exactly `channel`, valid for `ttl`, signed with `secret`.
+/// A viewer token of `mode` for exactly `channel`, valid for `ttl`, signed with `secret`.
 pub fn channel_viewer_token(
     secret: &[u8],
     channel: &pb::StreamChannel,
     session_id: &str,
     ttl: Duration,
+    mode: ViewerMode,
 ) -> String {
     let claims = ViewerClaims {
         channel_id: Some(channel.channel_id.clone()),
+        mode,
         ..viewer_claims(&channel.workspace_id, &channel.agent_id, channel.port, session_id, ttl)
     };
     token::mint_viewer(secret, &claims)

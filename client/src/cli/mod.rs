@@ -13,6 +13,7 @@ mod mcp_desktop;
 mod mcp_text;
 mod mint;
 mod nats_config;
+mod page;
 mod progress;
 pub mod report;
 mod run;
@@ -25,6 +26,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tether_proto::pb;
+use tether_proto::token::ViewerMode;
 
 pub use connect::ConnArgs;
 
@@ -213,6 +215,18 @@ pub enum Command {
         /// Scale the stream down to fit this height (0 = native).
         #[arg(long, default_value_t = 0)]
         height: u32,
+        /// Print only the relay's browser page for the desktop, with a fresh viewer token
+        /// (minted from TETHER_RELAY_VIEWER_SECRET, valid for --url-ttl).
+        #[arg(long)]
+        print_url: bool,
+        /// With --print-url: the token may watch but not drive the desktop (mode "view").
+        #[arg(long, requires = "print_url")]
+        view_only: bool,
+        /// How long the token in the --print-url page URL is valid, e.g. 15m, 2h.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration, requires = "print_url")]
+        url_ttl: std::time::Duration,
+        #[command(flatten)]
+        token: credential::TokenArgs,
     },
     /// Run the actions of a JSON file, then save one screenshot taken once the screen settled.
     Act {
@@ -319,8 +333,19 @@ pub async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Type { text } => desktop::input(&client, desktop::text_event(&text), json).await,
         Command::Act { file, output } => desktop::act(&client, &file, output, json).await,
-        Command::Desktop { relay_url, width, height } => {
-            desktop::ensure(&client, relay_url.as_deref(), (width, height), json).await
+        Command::Desktop { relay_url, width, height, print_url, view_only, url_ttl, token } => {
+            let page = match print_url {
+                true => Some(desktop::PageToken {
+                    credential: credential::ViewerCredential::resolve(
+                        &token,
+                        credential::EnvSecrets::from_env(),
+                    )?,
+                    ttl: url_ttl,
+                    mode: if view_only { ViewerMode::View } else { ViewerMode::Control },
+                }),
+                false => None,
+            };
+            desktop::ensure(&client, relay_url.as_deref(), (width, height), page, json).await
         }
         Command::Mcp(args) => mcp::run(client, args).await,
         Command::MintToken(_) | Command::Enrollment(_) | Command::Credentials(_) | Command::Sync(_) => {

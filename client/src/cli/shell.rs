@@ -19,6 +19,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use super::credential::{EnvSecrets, TokenArgs, ViewerCredential};
+use super::page::page_url;
 use super::tty::{RawMode, window_size};
 
 /// Ctrl-]: leave the remote shell (it keeps running when it has a --scope).
@@ -37,6 +38,13 @@ pub struct ShellArgs {
     /// (Ctrl-]) leaves it running.
     #[arg(long)]
     scope: Option<String>,
+    /// Do not attach here: print the relay's browser page for the new terminal (with a fresh
+    /// viewer token valid for --url-ttl) and leave the terminal running for it.
+    #[arg(long)]
+    print_url: bool,
+    /// How long the token in the --print-url page URL is valid, e.g. 15m, 2h.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration, requires = "print_url")]
+    url_ttl: Duration,
     /// Working directory on the agent (default: the workspace root).
     #[arg(long)]
     cwd: Option<String>,
@@ -67,11 +75,44 @@ pub async fn run(client: &Client, args: ShellArgs) -> anyhow::Result<ExitCode> {
         ..Default::default()
     };
     let opened = client.pty_open(request).await.context("opening a terminal")?;
+    if args.print_url {
+        return print_url(client, opened, &credential, &args.relay_url, args.url_ttl).await;
+    }
     let session = Session { client, pty_id: opened.pty_id, keep: args.scope.is_some() };
     match attach(&session, opened.channel, &credential, args.relay_url).await {
         Ok(ended) => session.finish(ended).await,
         Err(e) => {
             session.abandon().await;
+            Err(e)
+        }
+    }
+}
+
+/// `--print-url`: the page URL of the opened terminal on stdout; the terminal is left for the
+/// page (it ends when its process exits, or after the agent's idle timeout with no viewer).
+async fn print_url(
+    client: &Client,
+    opened: pb::PtyOpenResponse,
+    credential: &ViewerCredential,
+    relay_url: &str,
+    ttl: Duration,
+) -> anyhow::Result<ExitCode> {
+    let made = opened.channel.context("the agent named no channel for the terminal").and_then(|channel| {
+        let token = credential.token_for(&channel, &opened.pty_id, ttl);
+        page_url(relay_url, &channel, &token)
+    });
+    match made {
+        Ok(url) => {
+            println!("{url}");
+            eprintln!(
+                "tetherctl: terminal {} is open; the URL's token is valid for {}",
+                opened.pty_id,
+                humantime::format_duration(ttl)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let _ = client.pty_close(&opened.pty_id).await;
             Err(e)
         }
     }
