@@ -3,6 +3,7 @@
 //! same code path as the daemon.
 //!
 //! - `accept`: the accept loop, connection caps and the header-read timeout.
+//! - `cluster`: replicas paired through NATS (`--nats-url`).
 //! - `config`: command line, environment and secret files.
 //! - `handshake`: StreamOpen, query and token checks.
 //! - `registry`: the only home of channel state (rings, cursors, floors).
@@ -13,6 +14,7 @@
 //! - `metrics`: Prometheus counters.
 
 pub mod accept;
+pub mod cluster;
 pub mod config;
 pub mod handshake;
 pub mod metrics;
@@ -59,6 +61,8 @@ pub struct Shared {
     pending_per_address: Tally<IpAddr>,
     /// The connection caps.
     pub gate: Gate,
+    /// Cluster mode: this replica's NATS membership (set once connected, by `serve`).
+    cluster: std::sync::OnceLock<Arc<cluster::Cluster>>,
 }
 
 /// A connection's place among those in their handshake; dropped once its open is decided.
@@ -87,7 +91,13 @@ impl Shared {
             config,
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
+            cluster: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The cluster this relay is a replica of (`None`: it works alone).
+    pub fn cluster(&self) -> Option<Arc<cluster::Cluster>> {
+        self.cluster.get().cloned()
     }
 }
 
@@ -96,7 +106,7 @@ impl Shared {
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/stream", get(stream))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .with_state(shared)
 }
@@ -104,7 +114,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
 /// What a connection over a connection cap is served: health and metrics, nothing else.
 pub fn overflow_router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .fallback(|uri: Uri| async move {
             let why = format!("{}: the relay is at its connection limit; retry", uri.path());
@@ -139,13 +149,24 @@ async fn stream(
         .on_upgrade(move |socket| tracker.track_future(splice::run(socket, query, shared, pending)))
 }
 
+/// "ok", or 503 while a cluster replica is cut off from NATS.
+async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.cluster.get() {
+        Some(c) if !c.healthy() => (StatusCode::SERVICE_UNAVAILABLE, "NATS unreachable").into_response(),
+        _ => "ok".into_response(),
+    }
+}
+
 async fn metrics_text(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let mut gauges = shared.registry.gauges();
     gauges.connections = shared.gate.open() as u64;
     gauges.overflow_connections = shared.gate.overflowing() as u64;
     gauges.pending_opens =
         (shared.config.max_pending_opens - shared.pending_opens.available_permits()) as u64;
-    let body = shared.metrics.render(gauges);
+    let mut body = shared.metrics.render(gauges);
+    if let Some(c) = shared.cluster.get() {
+        body.push_str(&c.render());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
 }
 
@@ -157,6 +178,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let shared = Shared::new(config);
+    if let Some(cluster) = &shared.config.cluster {
+        let _ = shared.cluster.set(cluster::Cluster::start(&shared, cluster).await?);
+    }
     let reaper =
         tokio::spawn(shared.registry.clone().run_reaper(shared.config.reap_after, shared.shutdown.clone()));
     let token = shared.shutdown.clone();
