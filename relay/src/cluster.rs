@@ -58,9 +58,9 @@ use anyhow::{Context, bail};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::Shared;
 use crate::config::Secret;
 use crate::registry::{ChannelKey, Registry};
-use crate::Shared;
 
 pub use remote::serve_viewer;
 pub use stats::Stats;
@@ -96,9 +96,8 @@ impl ClusterConfig {
         if urls.is_empty() {
             bail!("--nats-url names no server");
         }
-        let valid_token = |t: &str| {
-            !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        };
+        let valid_token =
+            |t: &str| !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if !prefix.split('.').all(valid_token) {
             bail!("--nats-prefix {prefix:?}: use dot-separated tokens of letters, digits, '-' and '_'");
         }

@@ -118,10 +118,17 @@ async fn accept(cluster: &Cluster, key: &ChannelKey, payload: Bytes) -> Result<(
     let (att, ack) = cluster.registry.attach(&admission).await?;
     let (_, ctl_subject, input_subject) = cluster.link_subjects();
     let subscribe = |s: String| async { cluster.nats.subscribe(s).await };
-    let failed = |e: async_nats::SubscribeError| Rejection::new(RejectReason::ShuttingDown, format!("NATS: {e}"));
+    let failed =
+        |e: async_nats::SubscribeError| Rejection::new(RejectReason::ShuttingDown, format!("NATS: {e}"));
     let ctl = subscribe(ctl_subject.clone()).await.map_err(failed)?;
     let input = subscribe(input_subject.clone()).await.map_err(failed)?;
-    let reply = OpenReply { accepted: true, resume_from_seq: ack, ctl_subject, input_subject, ..OpenReply::default() };
+    let reply = OpenReply {
+        accepted: true,
+        resume_from_seq: ack,
+        ctl_subject,
+        input_subject,
+        ..OpenReply::default()
+    };
     let link = Link { att: Arc::new(att), down: req.down_subject, ctl, input, credit: req.credit };
     Ok((reply, link))
 }
@@ -203,4 +210,3 @@ async fn take_input(nats: async_nats::Client, att: Arc<Attachment>, mut input: S
         }
     }
 }
-

@@ -63,7 +63,13 @@ enum State {
 }
 
 /// Serves an admitted viewer of a channel this replica does not serve, to the end.
-pub async fn serve_viewer(mut sink: Sink, source: Source, admission: Admission, shared: Arc<Shared>, cluster: Arc<Cluster>) {
+pub async fn serve_viewer(
+    mut sink: Sink,
+    source: Source,
+    admission: Admission,
+    shared: Arc<Shared>,
+    cluster: Arc<Cluster>,
+) {
     let Peer::Viewer(grant) = &admission.peer else { return };
     // Held while no owner has served this viewer yet, as a lone relay holds one for a viewer
     // of a channel no producer has opened.
@@ -88,7 +94,8 @@ pub async fn serve_viewer(mut sink: Sink, source: Source, admission: Admission, 
     let (tx, rx) = mpsc::channel(64);
     let gone = CancellationToken::new();
     let room = Arc::new(Semaphore::new(shared.config.unclaimed_input_bytes));
-    let reader = tokio::spawn(read_viewer(source, tx, room, shared.config.unclaimed_input_bytes, gone.clone()));
+    let reader =
+        tokio::spawn(read_viewer(source, tx, room, shared.config.unclaimed_input_bytes, gone.clone()));
     add(&cluster.stats.waiting_viewers, 1);
     let mut session = Session {
         sink,
