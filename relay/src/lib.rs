@@ -123,6 +123,9 @@ pub fn overflow_router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
+/// Read and write buffer of each websocket (bytes).
+const SOCKET_BUFFER_BYTES: usize = 16 << 10;
+
 async fn stream(
     ws: WebSocketUpgrade,
     Query(query): Query<HashMap<String, String>>,
@@ -144,8 +147,12 @@ async fn stream(
     let pending = PendingOpen { _place: place, _from_address: from_address };
     let max = shared.config.max_message_bytes;
     let tracker = shared.connections.clone();
+    // Small socket buffers (they grow for a bigger message): per connection, tungstenite's
+    // 128 KiB defaults made a replica with a few hundred idle peers weigh 100 MiB.
     ws.max_message_size(max)
         .max_frame_size(max)
+        .read_buffer_size(SOCKET_BUFFER_BYTES)
+        .write_buffer_size(SOCKET_BUFFER_BYTES)
         .on_upgrade(move |socket| tracker.track_future(splice::run(socket, query, shared, pending)))
 }
 

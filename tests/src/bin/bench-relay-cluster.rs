@@ -90,11 +90,13 @@ async fn bulk(cluster: &RelayCluster, p: usize, v: usize, ch: &str, mib: usize) 
     mib as f64 / secs
 }
 
-async fn many(cluster: &RelayCluster, channels: usize, frames: usize) -> (f64, Vec<u64>) {
+/// Frames/s and RSS per replica (KiB) with `channels` channels, the viewer on the next replica
+/// after the producer's (`cross`) or on the same one.
+async fn many(cluster: &RelayCluster, channels: usize, frames: usize, cross: bool) -> (f64, Vec<u64>) {
     let mut pairs = Vec::new();
     for i in 0..channels {
         let ch = format!("many-{i}");
-        let (p, v) = (i % 3, (i + 1) % 3);
+        let (p, v) = (i % 3, (i + usize::from(cross)) % 3);
         let (prod, _) = producer(&cluster.replicas[p], &ch, 0).await;
         let claims = ViewerClaims { viewer_id: format!("v{i}"), ..viewer_claims(&ch, ViewerMode::View) };
         let (view, _) = viewer(&cluster.replicas[v], &ch, &claims, 0).await;
@@ -158,10 +160,20 @@ async fn main() {
         br / bl
     );
 
-    let (rate, rss) = many(&cluster, channels, frames).await;
-    let rss_mib: Vec<String> = rss.iter().map(|k| format!("{:.1}", *k as f64 / 1024.0)).collect();
-    println!(
-        "{channels} channels x {frames} frames (100 B), producer and viewer on different replicas: {rate:.0} frames/s; RSS per replica MiB: {}",
-        rss_mib.join(" / ")
-    );
+    let mib = |rss: &[u64]| {
+        rss.iter().map(|k| format!("{:.1}", *k as f64 / 1024.0)).collect::<Vec<_>>().join(" / ")
+    };
+    drop(cluster);
+    // Fresh replicas for each, so neither run inherits the other's memory.
+    for cross in [false, true] {
+        let cluster = RelayCluster::start(&nats, 3, &flags).await;
+        let idle = cluster.rss_kib();
+        let (rate, rss) = many(&cluster, channels, frames, cross).await;
+        let how = if cross { "on different replicas" } else { "on the same replica" };
+        println!(
+            "{channels} channels x {frames} frames (100 B), producer and viewer {how}: {rate:.0} frames/s; RSS per replica MiB idle {} -> {}",
+            mib(&idle),
+            mib(&rss)
+        );
+    }
 }
