@@ -48,10 +48,11 @@ pub async fn run(
         let open = handshake::read_open(&mut source, shared.config.handshake_timeout).await?;
         let admission = handshake::admit(&query, &open, &shared.config, now_unix())?;
         // Cluster mode: a viewer of a channel served elsewhere is served through its owner.
-        if matches!(admission.peer, Peer::Viewer(_)) && !shared.registry.serves_locally(&admission.key) {
-            if let Some(cluster) = shared.cluster() {
-                return Ok((admission, Err(cluster)));
-            }
+        if matches!(admission.peer, Peer::Viewer(_))
+            && !shared.registry.serves_locally(&admission.key)
+            && let Some(cluster) = shared.cluster()
+        {
+            return Ok((admission, Err(cluster)));
         }
         let (att, ack) = shared.registry.attach(&admission).await?;
         Ok::<_, Rejection>((admission, Ok((att, ack))))
