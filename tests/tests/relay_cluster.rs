@@ -190,3 +190,53 @@ async fn healthz_says_unhealthy_while_nats_is_unreachable() {
     }
     assert!(healthy, "healthy again once NATS is back");
 }
+
+/// With fake peers: the producer's viewer count includes viewers on other replicas, and a
+/// spectator token's input is dropped across the hop as on one relay.
+#[tokio::test]
+async fn presence_counts_remote_viewers_and_a_remote_spectator_cannot_type() {
+    let nats = Nats::start().await;
+    let cluster = RelayCluster::start(&nats, 3, &[]).await;
+    let ch = "remote-presence";
+    let (mut producer_ws, _) = producer(&cluster.replicas[0], ch, 0).await;
+    let spectator =
+        tether_proto::token::ViewerClaims { read_only: true, ..viewer_claims("spectator", ViewerMode::View) };
+    let (mut watcher, _) = viewer(&cluster.replicas[1], ch, &spectator, 0).await;
+    let (mut typist, _) =
+        viewer(&cluster.replicas[2], ch, &viewer_claims("typist", ViewerMode::View), 0).await;
+    let mut viewers = 0;
+    while viewers < 2 {
+        match recv_any(&mut producer_ws).await {
+            Some(tether_proto::frame::Frame::ViewerPresence(p)) => viewers = p.viewers,
+            other => panic!("expected presence, got {other:?}"),
+        }
+    }
+    send(&mut watcher, data(ch, 0, bytes::Bytes::from_static(b"spectator"))).await;
+    send(&mut typist, data(ch, 0, bytes::Bytes::from_static(b"typist"))).await;
+    match recv(&mut producer_ws).await {
+        Some(tether_proto::frame::Frame::Data(f)) => {
+            assert_eq!(&f.data[..], b"typist", "only the typist's input")
+        }
+        other => panic!("expected input, got {other:?}"),
+    }
+    send(&mut producer_ws, data(ch, 0, bytes::Bytes::from_static(b"out"))).await;
+    for v in [&mut watcher, &mut typist] {
+        assert_eq!(recv_data(v, 1).await[0].1, bytes::Bytes::from_static(b"out"));
+    }
+    // The spectator's input crossed on its own link: wait (bounded) for the owner to drop it.
+    let mut dropped = 0;
+    for _ in 0..100 {
+        dropped = cluster.replicas[0].metric("tether_relay_input_dropped_total{reason=\"spectator\"}").await;
+        if dropped > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(dropped, 1, "the owner dropped the spectator's input");
+    drop(typist);
+    while viewers != 1 {
+        if let Some(tether_proto::frame::Frame::ViewerPresence(p)) = recv_any(&mut producer_ws).await {
+            viewers = p.viewers;
+        }
+    }
+}

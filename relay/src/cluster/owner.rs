@@ -160,7 +160,7 @@ impl Link {
                         Some(Ctl::Bye) | None => break,
                     }
                 }
-                next = self.att.next_up_to(usize::try_from(self.credit).unwrap_or(usize::MAX)), if self.credit > 0 => match next {
+                next = self.att.next_up_to(batch_cap(cluster, self.credit)), if self.credit > 0 => match next {
                     Next::Send(batch) => {
                         let bytes: u64 = batch.iter().map(|m| m.len() as u64).sum();
                         self.credit = self.credit.saturating_sub(bytes);
@@ -194,6 +194,15 @@ impl Link {
         input.abort();
         let _ = self.ctl.unsubscribe().await;
     }
+}
+
+/// The most bytes to take for one NATS message: the credit left, and room under the server's
+/// `max_payload` for the framing (a single relay message larger than that cannot cross; keep
+/// `max_payload` above `--max-message-bytes`).
+fn batch_cap(cluster: &Cluster, credit: u64) -> usize {
+    let payload = cluster.nats.server_info().max_payload;
+    let room = if payload == 0 { usize::MAX } else { payload.saturating_sub(4 << 10).max(1) };
+    usize::try_from(credit).unwrap_or(usize::MAX).min(room)
 }
 
 /// Feeds the input a remote viewer's replica forwards into the registry, in order, answering
