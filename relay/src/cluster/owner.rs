@@ -27,7 +27,9 @@ use crate::registry::{Attachment, ChannelKey, Next};
 /// Answers link opens for `key` until `stop` is cancelled (its producer left).
 pub(super) async fn serve_opens(cluster: Arc<Cluster>, key: ChannelKey, stop: CancellationToken) {
     let subject = cluster.key_subject("open", &key);
-    let mut opens = match cluster.nats.subscribe(subject.clone()).await {
+    // A queue group: while a replacing producer's connection overlaps the old one's, each open
+    // is still answered once.
+    let mut opens = match cluster.nats.queue_subscribe(subject.clone(), "owner".into()).await {
         Ok(sub) => sub,
         Err(e) => {
             warn!(error = %e, "cannot serve remote viewers of this channel");

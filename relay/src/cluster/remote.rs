@@ -168,6 +168,8 @@ impl Session {
                         End::Done => return,
                         End::OwnerLost => {
                             self.set_state(State::Waiting);
+                            // An owner that answers opens but fails links is not asked in a hot loop.
+                            tokio::time::sleep(Duration::from_millis(100)).await;
                             continue;
                         }
                     }
