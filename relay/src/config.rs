@@ -72,6 +72,8 @@ pub struct RelayConfig {
     /// How long a live producer has to answer the ping sent when another connection claims its
     /// channel; one that does not is replaced, one that does keeps the channel.
     pub producer_probe_timeout: Duration,
+    /// Cluster mode: replicas sharing one NATS (`None`: the relay works alone).
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl RelayConfig {
@@ -97,6 +99,7 @@ impl RelayConfig {
             max_waits_per_token: 16,
             unclaimed_input_bytes: 64 << 10,
             producer_probe_timeout: Duration::from_secs(3),
+            cluster: None,
         }
     }
 }
@@ -177,6 +180,25 @@ pub struct Cli {
     /// is presumed dead and replaced.
     #[arg(long, env = "TETHER_RELAY_PRODUCER_PROBE_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
     pub producer_probe_timeout: Duration,
+    /// Join a cluster of relay replicas through this NATS (comma-separated URLs): a viewer may
+    /// then land on any replica, whichever holds the producer. Without it the relay works alone.
+    #[arg(long, env = "TETHER_RELAY_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// Subject prefix of the relay's own NATS subjects (one or more dot-separated tokens).
+    #[arg(long, env = "TETHER_RELAY_NATS_PREFIX", default_value = "relay")]
+    pub nats_prefix: String,
+    /// NATS credentials file (JWT + NKey seed).
+    #[arg(long, env = "TETHER_RELAY_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// File holding an NKey seed to authenticate to NATS with.
+    #[arg(long, env = "TETHER_RELAY_NATS_NKEY")]
+    pub nats_nkey: Option<PathBuf>,
+    /// File holding a NATS token.
+    #[arg(long, env = "TETHER_RELAY_NATS_TOKEN_FILE")]
+    pub nats_token_file: Option<PathBuf>,
+    /// CA certificate (PEM) to verify the NATS server with; makes TLS required.
+    #[arg(long, env = "TETHER_RELAY_NATS_TLS_CA")]
+    pub nats_tls_ca: Option<PathBuf>,
 }
 
 impl Cli {
@@ -212,7 +234,19 @@ impl Cli {
         if let Some((flag, _)) = durations.iter().find(|(_, d)| d.is_zero()) {
             bail!("{flag} must be positive");
         }
+        let cluster = match &self.nats_url {
+            None => None,
+            Some(url) => Some(crate::cluster::ClusterConfig::new(
+                url,
+                &self.nats_prefix,
+                self.nats_creds.clone(),
+                self.nats_nkey.clone(),
+                self.nats_token_file.as_deref(),
+                self.nats_tls_ca.clone(),
+            )?),
+        };
         Ok(RelayConfig {
+            cluster,
             bind: self.bind,
             producer_secret,
             viewer_secret,

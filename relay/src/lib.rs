@@ -3,6 +3,7 @@
 //! same code path as the daemon.
 //!
 //! - `accept`: the accept loop, connection caps and the header-read timeout.
+//! - `cluster`: replicas paired through NATS (`--nats-url`).
 //! - `config`: command line, environment and secret files.
 //! - `handshake`: StreamOpen, query and token checks.
 //! - `registry`: the only home of channel state (rings, cursors, floors).
@@ -14,6 +15,7 @@
 //! - `view`: the browser viewer page (`/view`).
 
 pub mod accept;
+pub mod cluster;
 pub mod config;
 pub mod handshake;
 pub mod metrics;
@@ -61,6 +63,8 @@ pub struct Shared {
     pending_per_address: Tally<IpAddr>,
     /// The connection caps.
     pub gate: Gate,
+    /// Cluster mode: this replica's NATS membership (set once connected, by `serve`).
+    cluster: std::sync::OnceLock<Arc<cluster::Cluster>>,
 }
 
 /// A connection's place among those in their handshake; dropped once its open is decided.
@@ -89,7 +93,13 @@ impl Shared {
             config,
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
+            cluster: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The cluster this relay is a replica of (`None`: it works alone).
+    pub fn cluster(&self) -> Option<Arc<cluster::Cluster>> {
+        self.cluster.get().cloned()
     }
 }
 
@@ -98,7 +108,7 @@ impl Shared {
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/stream", get(stream))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .merge(view::routes())
         .with_state(shared)
@@ -107,7 +117,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
 /// What a connection over a connection cap is served: health and metrics, nothing else.
 pub fn overflow_router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .fallback(|uri: Uri| async move {
             let why = format!("{}: the relay is at its connection limit; retry", uri.path());
@@ -116,8 +126,8 @@ pub fn overflow_router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// The per-connection websocket read buffer (see `stream`).
-const READ_BUFFER_BYTES: usize = 16 << 10;
+/// Read and write buffer of each websocket (bytes).
+const SOCKET_BUFFER_BYTES: usize = 16 << 10;
 
 async fn stream(
     ws: WebSocketUpgrade,
@@ -140,13 +150,23 @@ async fn stream(
     let pending = PendingOpen { _place: place, _from_address: from_address };
     let max = shared.config.max_message_bytes;
     let tracker = shared.connections.clone();
+    // Small socket buffers, allocated up front per connection (a bigger message still arrives
+    // whole, read in more steps): tungstenite's 128 KiB defaults made 1024 pending
+    // unauthenticated sockets hold 128 MiB (faults_relay) and a replica with a thousand
+    // channels weigh 100 MiB (bench-relay-cluster).
     ws.max_message_size(max)
         .max_frame_size(max)
-        // tungstenite allocates its read buffer up front, 128 KiB by default: 1024 pending
-        // unauthenticated sockets then held 128 MiB (faults_relay). Larger messages still
-        // arrive whole; they are read in more steps.
-        .read_buffer_size(READ_BUFFER_BYTES)
+        .read_buffer_size(SOCKET_BUFFER_BYTES)
+        .write_buffer_size(SOCKET_BUFFER_BYTES)
         .on_upgrade(move |socket| tracker.track_future(splice::run(socket, query, shared, pending)))
+}
+
+/// "ok", or 503 while a cluster replica is cut off from NATS.
+async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.cluster.get() {
+        Some(c) if !c.healthy() => (StatusCode::SERVICE_UNAVAILABLE, "NATS unreachable").into_response(),
+        _ => "ok".into_response(),
+    }
 }
 
 async fn metrics_text(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
@@ -155,7 +175,10 @@ async fn metrics_text(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     gauges.overflow_connections = shared.gate.overflowing() as u64;
     gauges.pending_opens =
         (shared.config.max_pending_opens - shared.pending_opens.available_permits()) as u64;
-    let body = shared.metrics.render(gauges);
+    let mut body = shared.metrics.render(gauges);
+    if let Some(c) = shared.cluster.get() {
+        body.push_str(&c.render());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
 }
 
@@ -168,6 +191,9 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let shared = Shared::new(config);
     view::log_availability();
+    if let Some(cluster) = &shared.config.cluster {
+        let _ = shared.cluster.set(cluster::Cluster::start(&shared, cluster).await?);
+    }
     let reaper =
         tokio::spawn(shared.registry.clone().run_reaper(shared.config.reap_after, shared.shutdown.clone()));
     let token = shared.shutdown.clone();

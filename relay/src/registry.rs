@@ -184,6 +184,29 @@ impl Registry {
         Ok((attachment, ack))
     }
 
+    /// Whether this relay serves `key` itself (a producer is attached or ended it). In cluster
+    /// mode a viewer of any other channel is served from the replica that holds its producer.
+    pub fn serves_locally(&self, key: &ChannelKey) -> bool {
+        self.map().get(key).is_some_and(|c| c.lock().served_here())
+    }
+
+    /// Cluster mode: `key`'s producer joined another replica; viewers waiting here for it are
+    /// told to reconnect. Returns how many.
+    pub fn release_moved(&self, key: &ChannelKey) -> usize {
+        let Some(chan) = self.map().get(key).cloned() else { return 0 };
+        let n = chan.lock().release_moved();
+        if n > 0 {
+            chan.wake_all();
+        }
+        n
+    }
+
+    /// A wait slot of the viewer token `holder` (cluster mode: a viewer waiting for a producer
+    /// on no replica yet holds one, as one waiting on this relay does).
+    pub fn wait_slot(&self, holder: &str) -> Option<crate::tally::Slot<String>> {
+        self.waits.try_acquire(holder.to_owned())
+    }
+
     /// Channel, producer and viewer counts for `/metrics`.
     pub fn gauges(&self) -> Gauges {
         let map = self.map();
@@ -334,12 +357,18 @@ impl Attachment {
 
     /// The next messages to write to this peer; waits while there are none.
     pub async fn next(&self) -> Next {
+        self.next_up_to(BATCH_BYTES).await
+    }
+
+    /// [`Self::next`] with a batch of about `max_bytes` at most (at least one message).
+    pub async fn next_up_to(&self, max_bytes: usize) -> Next {
+        let max_bytes = max_bytes.clamp(1, BATCH_BYTES);
         let mut next = Next::Idle;
         let (conn, role, m) = (self.conn, self.role, self.metrics());
         self.wait_for(&self.chan.changed, |s| {
             next = match role {
-                Role::Agent => s.next_for_producer(conn, BATCH_BYTES, m),
-                Role::Viewer => s.next_for_viewer(conn, BATCH_BYTES, m),
+                Role::Agent => s.next_for_producer(conn, max_bytes, m),
+                Role::Viewer => s.next_for_viewer(conn, max_bytes, m),
             };
             next != Next::Idle
         })

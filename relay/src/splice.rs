@@ -15,7 +15,7 @@ use tether_proto::pb;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, warn};
 
-use crate::handshake::{self, Rejection};
+use crate::handshake::{self, Peer, Rejection};
 use crate::metrics::{RejectReason, Role};
 use crate::registry::{Attachment, Input, Next};
 use crate::throttle::Throttle;
@@ -47,8 +47,15 @@ pub async fn run(
     let opening = async {
         let open = handshake::read_open(&mut source, shared.config.handshake_timeout).await?;
         let admission = handshake::admit(&query, &open, &shared.config, now_unix())?;
+        // Cluster mode: a viewer of a channel served elsewhere is served through its owner.
+        if matches!(admission.peer, Peer::Viewer(_))
+            && !shared.registry.serves_locally(&admission.key)
+            && let Some(cluster) = shared.cluster()
+        {
+            return Ok((admission, Err(cluster)));
+        }
         let (att, ack) = shared.registry.attach(&admission).await?;
-        Ok::<_, Rejection>((admission, att, ack))
+        Ok::<_, Rejection>((admission, Ok((att, ack))))
     };
     let admitted = tokio::select! {
         admitted = opening => admitted,
@@ -56,7 +63,10 @@ pub async fn run(
     };
     drop(pending);
     let (admission, att, ack) = match admitted {
-        Ok(ok) => ok,
+        Ok((admission, Ok((att, ack)))) => (admission, att, ack),
+        Ok((admission, Err(cluster))) => {
+            return crate::cluster::serve_viewer(sink, source, admission, shared.clone(), cluster).await;
+        }
         Err(rejection) => {
             shared.metrics.open_rejected(rejection.reason);
             info!(reason = rejection.reason.label(), message = %rejection.message, "stream open rejected");
@@ -70,6 +80,11 @@ pub async fn run(
     let span = tracing::info_span!("stream", ws = %key.workspace_id, agent = %key.agent_id, port = key.port,
         channel = %key.channel_id, role = ?att.role(), conn = att.conn());
     let resume_from_seq = admission.resume_from_seq;
+    // Cluster mode: while its producer is here, this replica serves the channel's remote viewers.
+    let _owner = match att.role() {
+        Role::Agent => shared.cluster().map(|c| c.own(key)),
+        Role::Viewer => None,
+    };
     pump(sink, source, att, ack, resume_from_seq, &shared).instrument(span).await;
 }
 
@@ -166,7 +181,7 @@ fn producer_message(att: &Attachment, frame: Frame, raw: Bytes) -> bool {
 }
 
 /// Returns true when the viewer detached.
-fn viewer_message(att: &Attachment, frame: Frame, raw: Bytes) -> bool {
+pub(crate) fn viewer_message(att: &Attachment, frame: Frame, raw: Bytes) -> bool {
     match frame {
         Frame::Data(f) => att.viewer_input(Input::Data(f)),
         Frame::PtyResize(_) => att.viewer_input(Input::Resize(raw)),

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 pub mod browser;
 pub mod execs;
 pub mod relay;
+pub mod relay_cluster;
+pub mod rr_proxy;
 pub mod tree;
 pub mod xvfb;
 
@@ -228,6 +230,11 @@ impl Nats {
     }
 
     /// Kills the server and starts a new one on the same port: every client must reconnect.
+    /// Kills the server (until [`Nats::restart`]): clients lose their connection.
+    pub fn stop(&mut self) {
+        self._proc = Proc { child: None, name: "nats-server" };
+    }
+
     pub async fn restart(&mut self) {
         self.kill();
         self.start_again().await;

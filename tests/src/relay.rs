@@ -102,6 +102,21 @@ impl Relay {
         panic!("relay did not come back on {bind}: {last}");
     }
 
+    /// Kills the process (SIGKILL) for good, as a crashed replica.
+    pub async fn kill(&mut self) {
+        self.child.kill().await.expect("kill relay");
+    }
+
+    /// Still running (not killed).
+    pub fn is_running(&self) -> bool {
+        self.child.id().is_some()
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub async fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().expect("running").to_string();
@@ -340,6 +355,21 @@ pub async fn watch(
 ) -> tether_client::Viewer {
     let config = tether_client::ViewerConfig {
         relay_url: relay.stream_url(),
+        channel: channel.clone(),
+        token: viewer_token(claims),
+        resume_from_seq: 0,
+    };
+    tether_client::Viewer::connect(config).await.expect("viewer accepted")
+}
+
+/// [`watch`] through any `/stream` URL (a replica, a balancer).
+pub async fn watch_url(
+    url: &str,
+    channel: &pb::StreamChannel,
+    claims: &ViewerClaims,
+) -> tether_client::Viewer {
+    let config = tether_client::ViewerConfig {
+        relay_url: url.to_owned(),
         channel: channel.clone(),
         token: viewer_token(claims),
         resume_from_seq: 0,

@@ -41,4 +41,25 @@ impl ChannelState {
     pub fn probe_settled(&self, conn: ConnId, heard: u64) -> bool {
         self.producer_conn() != Some(conn) || self.producer_answered(conn, heard)
     }
+
+    /// Whether this relay serves the channel itself: a producer is attached, or it ended it.
+    pub fn served_here(&self) -> bool {
+        self.producer.is_some() || self.ended.is_some()
+    }
+
+    /// Cluster mode: the channel's producer now feeds another replica. Viewers still waiting
+    /// here for it to come back are told to reconnect (through the load balancer they reach
+    /// the channel wherever it is now). Returns how many were told; none while a producer is
+    /// attached here or the channel has ended.
+    pub fn release_moved(&mut self) -> usize {
+        if self.served_here() {
+            return 0;
+        }
+        let conns: Vec<ConnId> = self.viewers.keys().copied().collect();
+        for &conn in &conns {
+            let why = "the channel's producer moved to another relay; reconnect to resume".to_owned();
+            self.kick(conn, tether_proto::pb::StreamCloseReason::TransportError, why);
+        }
+        conns.len()
+    }
 }

@@ -1,0 +1,179 @@
+//! Relay replicas paired through NATS against the local path of one replica, same run, same
+//! loopback nats-server, three replicas (release build, `--producer-rate 0`):
+//!
+//! 1. keystroke echo: a viewer sends one input frame, the (fake) producer answers it with one
+//!    output frame, the viewer receives it; p50/p99 round trip with the viewer on the
+//!    producer's replica vs on another replica;
+//! 2. bulk throughput: the producer sends BULK_MIB in 16 KiB frames, MiB/s until the viewer
+//!    has the last, viewer local vs remote;
+//! 3. CHANNELS concurrent channels spread over the three replicas, each with its producer on
+//!    one replica and its viewer on the next: frames/s delivered to all viewers, and the RSS
+//!    of each replica after.
+//!
+//! `cargo build --release -p tether-relay -p tether-tests --bin tether-relay --bin bench-relay-cluster &&
+//!  target/release/bench-relay-cluster [ECHO_ROUNDS] [BULK_MIB] [CHANNELS] [FRAMES_PER_CHANNEL]`
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::SinkExt;
+use tether_proto::frame::Frame;
+use tether_proto::token::ViewerMode;
+use tether_tests::Nats;
+use tether_tests::relay::*;
+use tether_tests::relay_cluster::RelayCluster;
+use tokio_tungstenite::tungstenite::Message;
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn recv_data_frame(ws: &mut Ws) -> (u64, usize) {
+    loop {
+        match recv(ws).await {
+            Some(Frame::Data(f)) => return (f.seq, f.data.len()),
+            Some(_) => continue,
+            None => panic!("socket closed"),
+        }
+    }
+}
+
+/// Round trips in µs: viewer input -> producer -> output frame -> viewer.
+async fn echo(cluster: &RelayCluster, p: usize, v: usize, ch: &str, rounds: usize) -> Vec<f64> {
+    let (mut prod, _) = producer(&cluster.replicas[p], ch, 0).await;
+    let (mut view, _) = viewer(&cluster.replicas[v], ch, &viewer_claims(ch, ViewerMode::View), 0).await;
+    let mut samples = Vec::new();
+    for i in 0..rounds + 50 {
+        let start = Instant::now();
+        send(&mut view, data(ch, i as u64, Bytes::from_static(b"k"))).await;
+        loop {
+            if let Some(Frame::Data(_)) = recv(&mut prod).await {
+                break;
+            }
+        }
+        send(&mut prod, data(ch, i as u64, Bytes::from_static(b"k"))).await;
+        recv_data_frame(&mut view).await;
+        if i >= 50 {
+            samples.push(start.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    samples.sort_by(f64::total_cmp);
+    samples
+}
+
+/// MiB/s of `mib` MiB in 16 KiB frames from a producer on `p` to a viewer on `v`.
+async fn bulk(cluster: &RelayCluster, p: usize, v: usize, ch: &str, mib: usize) -> f64 {
+    let (mut prod, _) = producer(&cluster.replicas[p], ch, 0).await;
+    let (mut view, _) = viewer(&cluster.replicas[v], ch, &viewer_claims(ch, ViewerMode::View), 0).await;
+    // Warm the path (the remote link opens on the first frames).
+    send(&mut prod, data(ch, 0, Bytes::from_static(b"w"))).await;
+    recv_data_frame(&mut view).await;
+    let frames = (mib << 20) / (16 << 10);
+    let body = Bytes::from(vec![b'x'; 16 << 10]);
+    let start = Instant::now();
+    let sender = tokio::spawn(async move {
+        for seq in 1..=frames as u64 {
+            prod.feed(Message::Binary(data("bulk", seq, body.clone()).encode())).await.expect("send");
+        }
+        prod.flush().await.expect("flush");
+        prod
+    });
+    let mut got = 0;
+    while got < frames {
+        let (_, len) = recv_data_frame(&mut view).await;
+        if len > 1 {
+            got += 1;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    drop(sender.await);
+    mib as f64 / secs
+}
+
+/// Frames/s and RSS per replica (KiB) with `channels` channels, the viewer on the next replica
+/// after the producer's (`cross`) or on the same one.
+async fn many(cluster: &RelayCluster, channels: usize, frames: usize, cross: bool) -> (f64, Vec<u64>) {
+    let mut pairs = Vec::new();
+    for i in 0..channels {
+        let ch = format!("many-{i}");
+        let (p, v) = (i % 3, (i + usize::from(cross)) % 3);
+        let (prod, _) = producer(&cluster.replicas[p], &ch, 0).await;
+        let claims = ViewerClaims { viewer_id: format!("v{i}"), ..viewer_claims(&ch, ViewerMode::View) };
+        let (view, _) = viewer(&cluster.replicas[v], &ch, &claims, 0).await;
+        pairs.push((ch, prod, view));
+    }
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (ch, mut prod, mut view) in pairs {
+        tasks.spawn(async move {
+            let body = Bytes::from(vec![b'y'; 100]);
+            for seq in 0..frames as u64 {
+                send(&mut prod, data(&ch, seq, body.clone())).await;
+            }
+            for _ in 0..frames {
+                recv_data_frame(&mut view).await;
+            }
+            (prod, view)
+        });
+    }
+    let mut kept = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        kept.push(done.expect("channel task"));
+    }
+    let rate = (channels * frames) as f64 / start.elapsed().as_secs_f64();
+    let rss = cluster.rss_kib();
+    drop(kept);
+    (rate, rss)
+}
+
+use tether_proto::token::ViewerClaims;
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let rounds = args.first().copied().unwrap_or(2000);
+    let mib = args.get(1).copied().unwrap_or(256);
+    let channels = args.get(2).copied().unwrap_or(1000);
+    let frames = args.get(3).copied().unwrap_or(100);
+    let nats = Nats::start().await;
+    let flags =
+        ["--producer-rate", "0", "--max-connections-per-address", "4096", "--max-waits-per-token", "4096"];
+    let cluster = RelayCluster::start(&nats, 3, &flags).await;
+
+    let local = echo(&cluster, 0, 0, "echo-local", rounds).await;
+    let remote = echo(&cluster, 0, 1, "echo-remote", rounds).await;
+    let (lp50, lp99, rp50, rp99) = (
+        percentile(&local, 0.5),
+        percentile(&local, 0.99),
+        percentile(&remote, 0.5),
+        percentile(&remote, 0.99),
+    );
+    println!(
+        "keystroke echo ({rounds} rounds), µs: local p50 {lp50:.0} p99 {lp99:.0}; cross-replica p50 {rp50:.0} p99 {rp99:.0}"
+    );
+    println!("  cross-replica adds {:.0} µs at p50 (ratio {:.2})", rp50 - lp50, rp50 / lp50);
+
+    let bl = bulk(&cluster, 1, 1, "bulk-local", mib).await;
+    let br = bulk(&cluster, 1, 2, "bulk-remote", mib).await;
+    println!(
+        "bulk {mib} MiB in 16 KiB frames: local {bl:.0} MiB/s, cross-replica {br:.0} MiB/s (ratio {:.2})",
+        br / bl
+    );
+
+    let mib = |rss: &[u64]| {
+        rss.iter().map(|k| format!("{:.1}", *k as f64 / 1024.0)).collect::<Vec<_>>().join(" / ")
+    };
+    drop(cluster);
+    // Fresh replicas for each, so neither run inherits the other's memory.
+    for cross in [false, true] {
+        let cluster = RelayCluster::start(&nats, 3, &flags).await;
+        let idle = cluster.rss_kib();
+        let (rate, rss) = many(&cluster, channels, frames, cross).await;
+        let how = if cross { "on different replicas" } else { "on the same replica" };
+        println!(
+            "{channels} channels x {frames} frames (100 B), producer and viewer {how}: {rate:.0} frames/s; RSS per replica MiB idle {} -> {}",
+            mib(&idle),
+            mib(&rss)
+        );
+    }
+}
