@@ -10,6 +10,7 @@ pub mod browser;
 pub mod execs;
 pub mod relay;
 pub mod tree;
+pub mod watch;
 pub mod xvfb;
 
 use anyhow::{Context, bail};
