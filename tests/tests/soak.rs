@@ -157,3 +157,52 @@ async fn a_mixed_load_leaves_agent_and_relay_without_growth() {
     }
     assert!(requests > secs * 50, "the load hardly ran: {requests} requests");
 }
+
+/// The leak the soak found, alone: a terminal whose process exited lingers (pty_close still
+/// answers with its exit code) but holds no PTY descriptor and no thread of the agent's.
+#[tokio::test]
+async fn an_ended_terminal_lingering_for_pty_close_holds_no_pty() {
+    let relay = Relay::start(&[]).await;
+    let nats = Nats::start().await;
+    let opts = AgentOpts { relay_url: Some(relay.stream_url()), ..Default::default() };
+    let agent = Agent::start_with(&nats, opts).await;
+    let _cleanup = KillAllIn(agent.root.clone());
+    let pid = agent.proc.pid();
+    let ptys = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.ends_with("ptmx")))
+                    .count()
+            })
+            .unwrap_or_default()
+    };
+    let before = ProcStats::of(pid).expect("agent stats");
+    let mut ids = Vec::new();
+    for n in 0..10 {
+        let req = pb::PtyOpenRequest {
+            command: ["sh", "-c", "exit 3"].map(String::from).to_vec(),
+            scope_id: format!("ends-{n}"),
+            ..Default::default()
+        };
+        match agent.call(Op::PtyOpen(req)).await {
+            Ok(Reply::PtyOpen(r)) => ids.push(r.pty_id),
+            other => panic!("pty_open {n}: {other:?}"),
+        }
+    }
+    // Every process has exited once the terminal reports its code; wait for each, then look.
+    tether_tests::eventually("the terminals to end", || processes_in_none(&agent)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await; // the drain wait after an exit
+    let (held, after) = (ptys(), ProcStats::of(pid).expect("agent stats"));
+    for id in &ids {
+        let r = agent.call(Op::PtyClose(pb::PtyCloseRequest { pty_id: id.clone() })).await;
+        assert!(matches!(r, Ok(Reply::PtyClose(ref c)) if c.exit_code == 3), "the code lingers: {r:?}");
+    }
+    println!("10 ended terminals: {held} PTY descriptors held; agent {before} then {after}");
+    assert_eq!(held, 0, "ended terminals still hold PTY masters");
+    assert!(after.threads <= before.threads + 2, "ended terminals hold threads: {before} then {after}");
+}
+
+fn processes_in_none(agent: &Agent) -> bool {
+    tether_tests::processes_in(&agent.root).is_empty()
+}
