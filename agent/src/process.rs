@@ -10,9 +10,10 @@
 //! terminal.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::{OsStr, OsString};
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::fmt;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -83,7 +84,6 @@ impl Launcher {
     /// command outside. So the child checks where it landed (getcwd(2), after the chdir and
     /// before anything runs) and fails the spawn with EXDEV if that is not beneath the root.
     pub fn confine_cwd_to(&mut self, root: &Path) {
-        use std::os::unix::ffi::OsStrExt;
         self.cwd_root = Some(Arc::from(root.as_os_str().as_bytes()));
     }
 
@@ -173,13 +173,26 @@ impl Launcher {
         hooks: Vec<PreExecHook>,
     ) -> std::process::Command {
         let mut cmd = std::process::Command::new(program);
-        cmd.args(args).current_dir(cwd).env_clear().envs(&self.env).envs(extra_env);
+        cmd.args(args).env_clear().envs(&self.env).envs(extra_env);
+        // The child enters its cwd itself (first thing in the hook below) rather than through
+        // `current_dir`, so a cwd gone by then is told apart from a missing program.
+        let cwd_c = match CString::new(cwd.as_os_str().as_bytes()) {
+            Ok(c) => Some(c),
+            Err(_) => {
+                cmd.current_dir(cwd);
+                None
+            }
+        };
         let cwd_root = self.cwd_root.clone();
-        // SAFETY: the closure runs in the child between fork and exec. It only calls getcwd(2)
-        // into a stack buffer, setsid(2) and the hooks, whose contract (`PreExecHook`) is to be
-        // async-signal-safe; iterating the Vec built above neither allocates nor locks.
+        // SAFETY: the closure runs in the child between fork and exec. It only calls chdir(2)
+        // and getcwd(2) (a stack buffer), setsid(2) and the hooks, whose contract
+        // (`PreExecHook`) is to be async-signal-safe; iterating the Vec built above neither
+        // allocates nor locks.
         unsafe {
             cmd.pre_exec(move || {
+                if let Some(cwd) = &cwd_c {
+                    enter_cwd(cwd)?;
+                }
                 if let Some(root) = &cwd_root {
                     cwd_beneath(root)?;
                 }
@@ -188,6 +201,23 @@ impl Launcher {
             });
         }
         cmd
+    }
+}
+
+/// What a child reports when its working directory is gone by the time it enters it (ENOENT
+/// would read as a missing program): ESTALE, which chdir(2) to a path never returns locally.
+pub const CWD_GONE: i32 = libc::ESTALE;
+
+/// chdir(2) in a forked child; a missing directory is [`CWD_GONE`].
+fn enter_cwd(cwd: &CStr) -> io::Result<()> {
+    // SAFETY: `cwd` is a valid C string.
+    if unsafe { libc::chdir(cwd.as_ptr()) } == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => Err(io::Error::from_raw_os_error(CWD_GONE)),
+        _ => Err(e),
     }
 }
 

@@ -118,6 +118,15 @@ async fn swapping_a_directory_for_a_symlink_out_lets_no_operation_touch_what_lie
                 {
                     panic!("op {k}: untyped error {e:?}");
                 }
+                // A command whose cwd is, or turns into, the link out is refused as such; one
+                // that finds it missing (mid-swap) says which directory.
+                if let (Op::Exec(_), Err(e)) = (make(i), &reply) {
+                    let code = tether_tests::error_code(e);
+                    assert!(
+                        matches!(code, pb::ErrorCode::ConsentRequired | pb::ErrorCode::NotFound),
+                        "op {k}: a command refused with {e:?}"
+                    );
+                }
                 if matches!(reply, Ok(Reply::Exec(_))) {
                     execs.fetch_add(1, Ordering::Relaxed);
                 }
