@@ -109,8 +109,13 @@ impl Paths {
         normalize(&joined)
     }
 
-    /// Maps `raw` and checks it against the consent, before any I/O.
+    /// Maps `raw` and checks it against the consent, before any I/O. A NUL names no file: such
+    /// a path is malformed, whatever lexical `..` would otherwise make of the component
+    /// holding it (`x\0y/..` is not the directory it would normalise to).
     pub fn resolve(&self, raw: &str) -> OpResult<Resolved> {
+        if raw.contains('\0') {
+            return Err(OpError::protocol("a path may not contain NUL").with("path", raw.escape_debug()));
+        }
         self.resolve_abs(self.map(raw))
     }
 

@@ -10,9 +10,10 @@
 //! terminal.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::{OsStr, OsString};
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::fmt;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -46,6 +47,8 @@ pub struct Launcher {
     env: BTreeMap<OsString, OsString>,
     shell: PathBuf,
     confinement: Option<(PreExecHook, TerminalConfinement)>,
+    /// When confined: the workspace root every child's working directory must lie beneath.
+    cwd_root: Option<Arc<[u8]>>,
 }
 
 impl Launcher {
@@ -65,7 +68,7 @@ impl Launcher {
         let env: BTreeMap<OsString, OsString> =
             vars.into_iter().filter(|(name, value)| !is_secret(name, value, secret_names)).collect();
         let shell = login_shell(env.get(OsStr::new("SHELL")).map(OsString::as_os_str));
-        Self { env, shell, confinement: None }
+        Self { env, shell, confinement: None, cwd_root: None }
     }
 
     /// Confines every child: `every` runs last in each child, except a terminal's shell, which
@@ -75,6 +78,15 @@ impl Launcher {
     }
 
     /// Sets a variable of the base environment (e.g. the sandbox's `TMPDIR` and `PATH`).
+    /// Every child's working directory must lie beneath `root` (a canonical path) once the
+    /// kernel has entered it. The cwd was resolved beneath the root, but the child's chdir
+    /// follows the path again: a directory swapped for a symlink out in between would put the
+    /// command outside. So the child checks where it landed (getcwd(2), after the chdir and
+    /// before anything runs) and fails the spawn with EXDEV if that is not beneath the root.
+    pub fn confine_cwd_to(&mut self, root: &Path) {
+        self.cwd_root = Some(Arc::from(root.as_os_str().as_bytes()));
+    }
+
     pub fn set_base_env(&mut self, name: &str, value: OsString) {
         self.env.insert(OsString::from(name), value);
     }
@@ -161,18 +173,67 @@ impl Launcher {
         hooks: Vec<PreExecHook>,
     ) -> std::process::Command {
         let mut cmd = std::process::Command::new(program);
-        cmd.args(args).current_dir(cwd).env_clear().envs(&self.env).envs(extra_env);
-        // SAFETY: the closure runs in the child between fork and exec. It only calls setsid(2)
-        // and the hooks, whose contract (`PreExecHook`) is to be async-signal-safe; iterating
-        // the Vec built above neither allocates nor locks.
+        cmd.args(args).env_clear().envs(&self.env).envs(extra_env);
+        // The child enters its cwd itself (first thing in the hook below) rather than through
+        // `current_dir`, so a cwd gone by then is told apart from a missing program.
+        let cwd_c = match CString::new(cwd.as_os_str().as_bytes()) {
+            Ok(c) => Some(c),
+            Err(_) => {
+                cmd.current_dir(cwd);
+                None
+            }
+        };
+        let cwd_root = self.cwd_root.clone();
+        // SAFETY: the closure runs in the child between fork and exec. It only calls chdir(2)
+        // and getcwd(2) (a stack buffer), setsid(2) and the hooks, whose contract
+        // (`PreExecHook`) is to be async-signal-safe; iterating the Vec built above neither
+        // allocates nor locks.
         unsafe {
             cmd.pre_exec(move || {
+                if let Some(cwd) = &cwd_c {
+                    enter_cwd(cwd)?;
+                }
+                if let Some(root) = &cwd_root {
+                    cwd_beneath(root)?;
+                }
                 nix::unistd::setsid()?;
                 hooks.iter().try_for_each(|hook| hook())
             });
         }
         cmd
     }
+}
+
+/// What a child reports when its working directory is gone by the time it enters it (ENOENT
+/// would read as a missing program): ESTALE, which chdir(2) to a path never returns locally.
+pub const CWD_GONE: i32 = libc::ESTALE;
+
+/// chdir(2) in a forked child; a missing directory is [`CWD_GONE`].
+fn enter_cwd(cwd: &CStr) -> io::Result<()> {
+    // SAFETY: `cwd` is a valid C string.
+    if unsafe { libc::chdir(cwd.as_ptr()) } == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => Err(io::Error::from_raw_os_error(CWD_GONE)),
+        _ => Err(e),
+    }
+}
+
+/// Fails with EXDEV unless the calling process's working directory is `root` or beneath it.
+/// Runs in a forked child: a stack buffer and the getcwd(2) syscall only, no allocation.
+fn cwd_beneath(root: &[u8]) -> io::Result<()> {
+    let mut buf = [0u8; 4096];
+    // SAFETY: `buf` is writable for its whole length; getcwd NUL-terminates what it writes.
+    let got = unsafe { libc::getcwd(buf.as_mut_ptr().cast(), buf.len()) };
+    if got.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let cwd = &buf[..len];
+    let beneath = cwd.starts_with(root) && (cwd.len() == root.len() || cwd.get(root.len()) == Some(&b'/'));
+    if beneath { Ok(()) } else { Err(io::Error::from_raw_os_error(libc::EXDEV)) }
 }
 
 impl fmt::Debug for Launcher {

@@ -68,6 +68,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let secret_names: Vec<String> = SECRET_ENV_VARS.iter().map(|s| s.to_string()).collect();
     let mut launcher = Launcher::from_current_env(&secret_names);
     sandbox.install(&mut launcher);
+    if paths.confined() {
+        launcher.confine_cwd_to(paths.workspace_root());
+    }
     let _display_bridge = command_display(&config, &display, &sandbox, &mut launcher).await;
     let launcher = Arc::new(launcher);
     let terminals = Arc::new(Terminals::new(

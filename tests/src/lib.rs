@@ -12,6 +12,7 @@ pub mod relay;
 pub mod relay_cluster;
 pub mod rr_proxy;
 pub mod tree;
+pub mod watch;
 pub mod xvfb;
 
 use anyhow::{Context, bail};

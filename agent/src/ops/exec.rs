@@ -157,7 +157,16 @@ pub(crate) fn spawn_error(err: &io::Error, program: &OsStr, cwd: &Path) -> OpErr
     let e = match err.kind() {
         // The path layer checked the cwd, but it may have vanished since: say so, never
         // "executable not found".
+        _ if err.raw_os_error() == Some(crate::process::CWD_GONE) => {
+            return OpError::not_found("working directory", cwd);
+        }
         io::ErrorKind::NotFound if !cwd.is_dir() => return OpError::not_found("working directory", cwd),
+        // The child found itself outside the root after its chdir (`Launcher::confine_cwd_to`):
+        // the cwd was swapped for a link out since the path layer checked it.
+        _ if err.raw_os_error() == Some(libc::EXDEV) => {
+            return OpError::consent_required(cwd)
+                .with("reason", "the working directory led outside the root when the command entered it");
+        }
         io::ErrorKind::NotFound => OpError::os(format!("executable not found: {name}")),
         io::ErrorKind::PermissionDenied => OpError::os(format!("permission denied executing {name}")),
         _ => OpError::os(format!("cannot start {name}: {err}")),

@@ -44,7 +44,9 @@ pub struct Session {
     pub scope_id: String,
     channel: pb::StreamChannel,
     master: Mutex<Option<Box<dyn MasterPty + Send>>>,
-    input: mpsc::Sender<Bytes>,
+    /// To the writer thread, which holds a descriptor of the PTY master until this is dropped:
+    /// taken at the end, so an ended terminal lingering for pty_close holds neither.
+    input: Mutex<Option<mpsc::Sender<Bytes>>>,
     /// Cancelled by pty_close (or a failed open).
     close: CancellationToken,
     /// The fence token of the open that started it: cancelled by an epoch advance (or shutdown).
@@ -89,7 +91,7 @@ impl Session {
             scope_id,
             channel,
             master: Mutex::new(Some(master)),
-            input,
+            input: Mutex::new(Some(input)),
             close: CancellationToken::new(),
             fenced,
             accepted: watch::Sender::new(None),
@@ -141,7 +143,8 @@ impl Session {
         if data.is_empty() {
             return Ok(());
         }
-        self.input.send(data).await.map_err(|_| self.gone())
+        let input = self.input.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        input.ok_or_else(|| self.gone())?.send(data).await.map_err(|_| self.gone())
     }
 
     pub fn resize(&self, cols: u16, rows: u16) -> OpResult<()> {
@@ -212,8 +215,10 @@ impl Session {
             reason: ended.reason as i32,
             message: ended.message,
         });
-        // Frees the PTY: the reader thread sees EOF once the master is gone too.
+        // Frees the PTY: the reader thread sees EOF once the master is gone too, and the
+        // writer thread ends (closing its copy of the master) once its sender is.
         self.master.lock().unwrap_or_else(PoisonError::into_inner).take();
+        self.input.lock().unwrap_or_else(PoisonError::into_inner).take();
         // A reopen of the scope starts afresh at once; pty_close may still ask for the code.
         s.table.lock().unwrap_or_else(PoisonError::into_inner).release_scope(&self);
         tokio::time::sleep(LINGER).await;
