@@ -128,14 +128,9 @@ impl Relay {
             .expect("wait relay")
     }
 
-    /// The relay's process id (to read its memory in /proc).
-    pub fn pid(&self) -> u32 {
-        self.child.id().expect("the relay runs")
-    }
-
     /// The relay's (resident, peak resident) memory in KiB, from /proc.
     pub fn memory_kib(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid().expect("the relay runs"))).unwrap_or_default();
         let field = |name: &str| {
             status
                 .lines()

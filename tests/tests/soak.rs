@@ -72,7 +72,7 @@ async fn a_mixed_load_leaves_agent_and_relay_without_growth() {
     for k in 0..4 {
         std::fs::create_dir_all(agent.root.join(format!("w{k}"))).expect("worker dir");
     }
-    let (agent_pid, relay_pid) = (agent.proc.pid(), relay.pid() as i32);
+    let (agent_pid, relay_pid) = (agent.proc.pid(), relay.pid().expect("the relay runs") as i32);
     let stats =
         || (ProcStats::of(agent_pid).expect("agent stats"), ProcStats::of(relay_pid).expect("relay stats"));
 
