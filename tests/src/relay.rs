@@ -130,7 +130,8 @@ impl Relay {
 
     /// The relay's (resident, peak resident) memory in KiB, from /proc.
     pub fn memory_kib(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid().expect("the relay runs"))).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid().expect("the relay runs")))
+            .unwrap_or_default();
         let field = |name: &str| {
             status
                 .lines()
