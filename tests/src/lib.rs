@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod bench;
 pub mod browser;
 pub mod execs;
 pub mod relay;
 pub mod relay_cluster;
 pub mod rr_proxy;
+pub mod ssh;
 pub mod tree;
 pub mod watch;
 pub mod xvfb;

@@ -81,6 +81,37 @@ async fn a_confined_command_cannot_connect_to_the_agents_nats_or_relay_but_to_ot
     assert_eq!(text(&r.stdout), "nats ok\nrelay ok\nother ok\n", "{}", text(&r.stderr));
 }
 
+/// Every confined child gets the network layer, not only a one-shot exec's: a streamed command
+/// and a terminal's shell (which has a file-system ruleset of its own) are held to it too.
+#[tokio::test]
+async fn streamed_commands_and_terminals_cannot_connect_to_the_agents_ports_either() {
+    use tether_tests::relay::{Seen, claims_for, collect_until, watch};
+    let relay = tether_tests::relay::Relay::start(&[]).await;
+    let nats = Nats::start().await;
+    let other = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback listener");
+    let other_port = other.local_addr().expect("its address").port();
+    let script = connect_script(&[("nats", nats.port), ("relay", relay.addr.port()), ("other", other_port)]);
+    let agent = Agent::start_with(&nats, with_args(&[], Some(relay.stream_url()))).await;
+    let expected = format!("nats {e}\nrelay {e}\nother ok\n", e = libc::EACCES);
+
+    let c = tether_tests::tree::client(&nats, &agent, "hardening", 0).await;
+    c.exec_start(tether_tests::execs::start_sh("connects", &script)).await.expect("exec_start");
+    let streamed = tether_tests::execs::collect(&c, "connects", std::time::Duration::from_secs(30)).await;
+    assert_eq!(text(&streamed.stdout()), expected);
+
+    let open = pb::PtyOpenRequest { command: vec!["sh".into(), "-c".into(), script], ..Default::default() };
+    let pty = match agent.call(Op::PtyOpen(open)).await {
+        Ok(Reply::PtyOpen(r)) => r,
+        other => panic!("pty_open failed: {other:?}"),
+    };
+    let channel = pty.channel.expect("a channel");
+    let mut viewer =
+        watch(&relay, &channel, &claims_for(&channel, "v", tether_proto::token::ViewerMode::View)).await;
+    let mut seen = Seen::default();
+    collect_until(&mut viewer, &mut seen, std::time::Duration::from_secs(30), |_| false).await;
+    assert_eq!(seen.text().replace("\r\n", "\n"), expected);
+}
+
 #[tokio::test]
 async fn a_confined_command_cannot_set_setuid_or_setgid_bits_nor_enter_a_user_namespace() {
     let nats = Nats::start().await;

@@ -9,11 +9,12 @@
 //! `cargo build --release -p tether-tests -p tether-agent -p tether-client --bins &&
 //!  target/release/bench-sync [FILES] [MIB] [ROUNDS]`
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tether_client::sync::{self, DownOptions, UpOptions};
+use tether_tests::bench::{self, Row};
+use tether_tests::ssh::{Ssh, which};
 use tether_tests::tree::{client, noise, put};
 use tether_tests::{Agent, Nats};
 
@@ -48,122 +49,6 @@ fn change_one(root: &Path, i: usize, round: usize) {
     std::fs::write(&path, content).expect("write");
 }
 
-/// A private sshd on loopback that lets this user in with a throwaway key.
-struct Ssh {
-    dir: tempfile::TempDir,
-    port: u16,
-    sshd: Child,
-}
-
-impl Ssh {
-    fn start() -> Result<Ssh, String> {
-        let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"].into_iter().find(|p| Path::new(p).exists());
-        let sshd = sshd.ok_or("sshd is not installed")?;
-        which("rsync")?;
-        which("ssh")?;
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let d = dir.path();
-        for (key, kind) in [("host", "ed25519"), ("user", "ed25519")] {
-            let ok = Command::new("ssh-keygen")
-                .args(["-q", "-t", kind, "-N", "", "-f"])
-                .arg(d.join(key))
-                .status()
-                .map_err(|e| e.to_string())?;
-            if !ok.success() {
-                return Err("ssh-keygen failed".into());
-            }
-        }
-        std::fs::copy(d.join("user.pub"), d.join("authorized_keys")).map_err(|e| e.to_string())?;
-        let _ = std::fs::create_dir_all("/run/sshd"); // privilege separation directory
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| e.to_string())?
-            .port();
-        let config = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {host}\nAuthorizedKeysFile {auth}\nPermitRootLogin yes\n\
-             PasswordAuthentication no\nStrictModes no\nUsePAM no\nPidFile {pid}\n",
-            host = d.join("host").display(),
-            auth = d.join("authorized_keys").display(),
-            pid = d.join("sshd.pid").display(),
-        );
-        std::fs::write(d.join("sshd_config"), config).map_err(|e| e.to_string())?;
-        let child = Command::new(sshd)
-            .args(["-D", "-e", "-f"])
-            .arg(d.join("sshd_config"))
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| e.to_string())?;
-        let ssh = Ssh { dir, port, sshd: child };
-        for _ in 0..100 {
-            if Command::new("ssh").args(ssh.args()).arg("true").status().is_ok_and(|s| s.success()) {
-                return Ok(ssh);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Err("the private sshd did not let us in".into())
-    }
-
-    fn args(&self) -> Vec<String> {
-        let key = self.dir.path().join("user");
-        vec![
-            "-p".into(),
-            self.port.to_string(),
-            "-i".into(),
-            key.display().to_string(),
-            "-o".into(),
-            "StrictHostKeyChecking=no".into(),
-            "-o".into(),
-            "UserKnownHostsFile=/dev/null".into(),
-            "-o".into(),
-            "BatchMode=yes".into(),
-            "-o".into(),
-            "LogLevel=ERROR".into(),
-            "127.0.0.1".into(),
-        ]
-    }
-
-    /// `ssh ...` as rsync's `-e` wants it (without the host).
-    fn rsh(&self) -> String {
-        let args = self.args();
-        format!("ssh {}", args[..args.len() - 1].join(" "))
-    }
-
-    fn rsync(&self, from: &str, to: &str) -> Duration {
-        let started = Instant::now();
-        let ok = Command::new("rsync").args(["-a", "-e", &self.rsh(), from, to]).status().expect("rsync");
-        assert!(ok.success(), "rsync failed");
-        started.elapsed()
-    }
-
-    fn tar_over_ssh(&self, from: &Path, to: &Path) -> Duration {
-        let started = Instant::now();
-        let script = format!(
-            "tar -C {} -cf - . | ssh {} 'mkdir -p {to} && tar -C {to} -xf -'",
-            from.display(),
-            self.args().join(" "),
-            to = to.display()
-        );
-        let ok = Command::new("sh").args(["-c", &script]).status().expect("tar | ssh | tar");
-        assert!(ok.success(), "tar over ssh failed");
-        started.elapsed()
-    }
-}
-
-impl Drop for Ssh {
-    fn drop(&mut self) {
-        let _ = self.sshd.kill();
-        let _ = self.sshd.wait();
-    }
-}
-
-fn which(name: &str) -> Result<PathBuf, String> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.exists())
-        .ok_or(format!("{name} is not installed"))
-}
-
 #[tokio::main]
 async fn main() {
     let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>().expect("a number"));
@@ -194,8 +79,9 @@ async fn main() {
 
     println!("| case | tether (ms) | rsync -a over ssh (ms) | tar \\| ssh \\| tar (ms) | tether / rsync |");
     println!("|---|---:|---:|---:|---:|");
+    let mut rows = Vec::new();
     let first = sync::sync_up(&c, &local, "bench", &opts).await.expect("first sync up");
-    let ssh = Ssh::start();
+    let ssh = which("rsync").and_then(|_| Ssh::start());
     let rsync_dst = work.path().join("rsync-dst");
     let (rsync_first, tar_first) = match &ssh {
         Ok(ssh) => (
@@ -204,7 +90,7 @@ async fn main() {
         ),
         Err(_) => (None, None),
     };
-    row("first sync up", first.elapsed, rsync_first, tar_first);
+    row(&mut rows, "first sync up", first.elapsed, rsync_first, tar_first, "faster than rsync");
     eprintln!(
         "  (first: {} files sent in {} batches, {} large)",
         first.files_sent, first.batches, first.large_files
@@ -215,6 +101,7 @@ async fn main() {
     let after = sync::sync_up(&c, &local, "bench", &opts).await.expect("re-sync");
     assert!(after.plan.is_empty(), "{after:?}");
     row(
+        &mut rows,
         &format!(
             "first re-sync after it (agent hashes {} files uploaded by the transfer)",
             after.remote.files_hashed
@@ -222,6 +109,7 @@ async fn main() {
         after.elapsed,
         None,
         None,
+        "",
     );
     let mut same = Vec::new();
     for _ in 0..rounds {
@@ -238,9 +126,9 @@ async fn main() {
                 .collect(),
         )
     });
-    row("no-change re-sync (median)", median(same), rsync_same, None);
+    row(&mut rows, "no-change re-sync (median)", median(same), rsync_same, None, "≤ 100 ms");
     let cli = cli_no_change(&nats, &agent, &local, &work.path().join("cli-cache"), rounds);
-    row("no-change re-sync, `tetherctl` process (median)", cli, None, None);
+    row(&mut rows, "no-change re-sync, `tetherctl` process (median)", cli, None, None, "");
 
     let mut one = Vec::new();
     let mut rsync_one = Vec::new();
@@ -256,10 +144,12 @@ async fn main() {
         }
     }
     row(
+        &mut rows,
         "one-file-changed re-sync (median)",
         median(one),
         (!rsync_one.is_empty()).then(|| median(rsync_one)),
         None,
+        "≤ 120 ms",
     );
 
     // The job changes 100 files and adds 10 remotely; meanwhile 10 local edits. Then pull.
@@ -288,13 +178,21 @@ async fn main() {
             &format!("{}/", work.path().join("rsync-back").display()),
         )
     });
-    row("sync down, baseline merge (110 remote changes, 10 local)", down.elapsed, rsync_down, None);
+    row(
+        &mut rows,
+        "sync down, baseline merge (110 remote changes, 10 local)",
+        down.elapsed,
+        rsync_down,
+        None,
+        "",
+    );
     match &ssh {
         Ok(_) => println!(
             "\nrsync down is a plain `rsync -a` of the remote tree into a fresh directory (it has no merge: it would overwrite the local edits)."
         ),
         Err(why) => println!("\nbaselines skipped: {why} (apt-get install -y openssh-server rsync)"),
     }
+    bench::emit(&rows);
 }
 
 /// The no-change re-sync as a user runs it: a `tetherctl sync up` process.
@@ -316,8 +214,14 @@ fn cli_no_change(nats: &Nats, agent: &Agent, local: &Path, cache: &Path, rounds:
     median((0..rounds).map(|_| run()).collect())
 }
 
-fn row(case: &str, tether: Duration, rsync: Option<Duration>, tar: Option<Duration>) {
+/// Prints one line of this program's table and keeps it as a row of `tether-bench`'s.
+fn row(rows: &mut Vec<Row>, case: &str, tether: Duration, rsync: Option<Duration>, tar: Option<Duration>, goal: &str) {
     let cell = |d: Option<Duration>| d.map_or("—".to_owned(), |d| format!("{:.0}", ms(d)));
     let ratio = rsync.map_or("—".to_owned(), |r| format!("{:.2}", tether.as_secs_f64() / r.as_secs_f64()));
     println!("| {case} | {:.0} | {} | {} | {ratio} |", ms(tether), cell(rsync), cell(tar));
+    let mut row = Row::new("workspace sync", case, bench::ms(tether)).goal(goal);
+    if let Some(r) = rsync {
+        row = row.times(format!("rsync -a over ssh {}", bench::ms(r)), tether.as_secs_f64() / r.as_secs_f64());
+    }
+    rows.push(row);
 }

@@ -1,0 +1,83 @@
+//! The rows of `tether-bench`'s one table. Every benchmark program prints its own figures for a
+//! person reading along; when `TETHER_BENCH_ROWS` names a file (`tether-bench` sets it), each
+//! also appends its headline figures there, one JSON object a line, each beside the baseline it
+//! measured in the same run, so the gathered table needs no parsing of prose.
+
+use std::io::Write;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Where a benchmark program appends its rows, when set.
+pub const ROWS_ENV: &str = "TETHER_BENCH_ROWS";
+
+/// One measure of Tether beside its same-run baseline.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    /// What part of the product: "requests", "transfers", "desktop", ...
+    pub area: String,
+    pub measure: String,
+    /// Tether's figure with its unit.
+    pub value: String,
+    /// The baseline's name and figure, empty when the row has none.
+    pub baseline: String,
+    /// Tether against the baseline ("1.21×", "+145 µs"), empty when there is no baseline.
+    pub ratio: String,
+    pub goal: String,
+}
+
+impl Row {
+    pub fn new(area: &str, measure: impl Into<String>, value: impl Into<String>) -> Row {
+        Row { area: area.to_owned(), measure: measure.into(), value: value.into(), ..Row::default() }
+    }
+
+    /// Beside a baseline, with Tether's figure as a multiple of it.
+    pub fn times(self, baseline: impl Into<String>, ratio: f64) -> Row {
+        self.beside(baseline, format!("{ratio:.2}×"))
+    }
+
+    /// Beside a baseline, compared in words of the caller's choosing.
+    pub fn beside(mut self, baseline: impl Into<String>, ratio: impl Into<String>) -> Row {
+        self.baseline = baseline.into();
+        self.ratio = ratio.into();
+        self
+    }
+
+    pub fn goal(mut self, goal: impl Into<String>) -> Row {
+        self.goal = goal.into();
+        self
+    }
+}
+
+/// Appends `rows` to the file `TETHER_BENCH_ROWS` names; does nothing when it is unset.
+pub fn emit(rows: &[Row]) {
+    let Some(path) = std::env::var_os(ROWS_ENV) else { return };
+    let mut out = String::new();
+    for row in rows {
+        out.push_str(&serde_json::to_string(row).expect("a row serializes"));
+        out.push('\n');
+    }
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).expect("open the rows file");
+    file.write_all(out.as_bytes()).expect("write the rows file");
+}
+
+/// The rows a file holds (lines that are not rows are skipped).
+pub fn read(path: &std::path::Path) -> Vec<Row> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// `d` in milliseconds with two decimals.
+pub fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+/// `d` in microseconds, whole.
+pub fn us(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
+/// `kib` as MiB with one decimal.
+pub fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
