@@ -22,6 +22,7 @@ use tether_agent::paths::Paths;
 use tether_agent::process::Launcher;
 use tether_agent::sandbox::{CommandPolicy, Confinement, Sandbox};
 use tether_proto::pb::{self, control_request::Op};
+use tether_tests::bench::{self, Row};
 use tokio_util::sync::CancellationToken;
 
 const MAX_PAYLOAD: usize = 1 << 20;
@@ -85,6 +86,7 @@ async fn main() {
     println!("fs_write through the dispatcher, {rounds} rounds interleaved, dir {}\n", base.display());
     println!("| content | dedup off p50 µs (baseline) | dedup on p50 µs | on × off | replay p50 µs |");
     println!("|---:|---:|---:|---:|---:|");
+    let mut rows = Vec::new();
     for size in [4 << 10, 256 << 10, 1000 << 10] {
         let (mut a, mut b, mut replay) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..rounds {
@@ -102,7 +104,12 @@ async fn main() {
             b.as_secs_f64() / a.as_secs_f64(),
             micros(replay)
         );
+        rows.push(
+            Row::new("deduplication", format!("fs_write {} KiB p50, replies remembered", size >> 10), bench::us(b))
+                .times(format!("deduplication off {}", bench::us(a)), b.as_secs_f64() / a.as_secs_f64()),
+        );
     }
+    bench::emit(&rows);
     let stats = on.replies.stats();
     println!("\ncache after the run: {} entries, {} bytes", stats.entries, stats.bytes);
 }

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tether_agent::fence::{Fence, FencePolicy};
+use tether_tests::bench::{self, Row};
 use tokio_util::sync::CancellationToken;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -96,7 +97,9 @@ async fn main() {
     println!("|---|---:|---:|---:|");
     let [whole1, whole_n, file1, file_n] = samples;
     let base = report("whole map, 1 (baseline)", whole1, None);
-    report(&format!("whole map, {scopes}"), whole_n, Some(base));
+    let whole = report(&format!("whole map, {scopes}"), whole_n, Some(base));
     report("file per scope, 1", file1, Some(base));
-    report(&format!("file per scope, {scopes}"), file_n, Some(base));
+    let ours = report(&format!("file per scope, {scopes}"), file_n, Some(base));
+    bench::emit(&[Row::new("fencing", format!("epoch advance p50 with {scopes} scopes"), bench::us(ours))
+        .times(format!("whole scope map rewritten {}", bench::us(whole)), ours.as_secs_f64() / whole.as_secs_f64())]);
 }

@@ -24,6 +24,7 @@ use tether_client::{Viewer, ViewerEvent};
 use tether_proto::pb::control_request::Op;
 use tether_proto::pb::control_response::Result as Reply;
 use tether_proto::token::ViewerMode;
+use tether_tests::bench::{self, Row};
 use tether_tests::relay::{Relay, Ws, claims_for, watch};
 use tether_tests::{Agent, AgentOpts, Nats, pb};
 use tokio::net::TcpListener;
@@ -290,5 +291,17 @@ async fn main() -> anyhow::Result<()> {
         pty_rate,
         pty_rate / raw_rate
     );
+    let area = "terminals";
+    let mibs = |r: f64| format!("{r:.0} MiB/s");
+    bench::emit(&[
+        Row::new(area, "keystroke echo p50 (viewer → relay → agent → PTY → back)", bench::us(p50))
+            .times(format!("raw websocket echo {}", bench::us(r50)), us(p50) / us(r50)),
+        Row::new(area, "keystroke echo p99", bench::us(p99))
+            .times(format!("raw websocket echo {}", bench::us(r99)), us(p99) / us(r99)),
+        Row::new(area, format!("bulk output, {mib} MiB"), mibs(pty_rate))
+            .times(format!("raw websocket stream {}", mibs(raw_rate)), pty_rate / raw_rate),
+        Row::new(area, format!("bulk output, {mib} MiB, against the same command in a local PTY"), mibs(pty_rate))
+            .times(format!("local PTY read {}", mibs(local_rate)), pty_rate / local_rate),
+    ]);
     Ok(())
 }

@@ -20,6 +20,7 @@ use futures::SinkExt;
 use tether_proto::frame::Frame;
 use tether_proto::token::ViewerMode;
 use tether_tests::Nats;
+use tether_tests::bench::{self, Row};
 use tether_tests::relay::*;
 use tether_tests::relay_cluster::RelayCluster;
 use tokio_tungstenite::tungstenite::Message;
@@ -165,6 +166,7 @@ async fn main() {
     };
     drop(cluster);
     // Fresh replicas for each, so neither run inherits the other's memory.
+    let mut many_runs = Vec::new();
     for cross in [false, true] {
         let cluster = RelayCluster::start(&nats, 3, &flags).await;
         let idle = cluster.rss_kib();
@@ -175,5 +177,24 @@ async fn main() {
             mib(&idle),
             mib(&rss)
         );
+        many_runs.push((rate, rss));
     }
+    let area = "relay replicas";
+    let (local_many, cross_many) = (&many_runs[0], &many_runs[1]);
+    let max_mib = |rss: &[u64]| format!("{:.1} MiB", rss.iter().copied().max().unwrap_or(0) as f64 / 1024.0);
+    bench::emit(&[
+        Row::new(area, "keystroke echo p50, viewer on another replica", format!("{rp50:.0} µs"))
+            .beside(format!("same replica {lp50:.0} µs"), format!("+{:.0} µs", rp50 - lp50))
+            .goal("≤ +150 µs"),
+        Row::new(area, "keystroke echo p99, viewer on another replica", format!("{rp99:.0} µs"))
+            .beside(format!("same replica {lp99:.0} µs"), format!("+{:.0} µs", rp99 - lp99)),
+        Row::new(area, "bulk, viewer on another replica", format!("{br:.0} MiB/s"))
+            .times(format!("same replica {bl:.0} MiB/s"), br / bl)
+            .goal("≥ 0.5×"),
+        Row::new(area, format!("{channels} channels across replicas"), format!("{:.0} frames/s", cross_many.0))
+            .times(format!("same replica {:.0} frames/s", local_many.0), cross_many.0 / local_many.0),
+        Row::new(area, format!("largest replica RSS, {channels} channels across replicas"), max_mib(&cross_many.1))
+            .beside(format!("same replica {}", max_mib(&local_many.1)), "")
+            .goal("≤ 50 MiB"),
+    ]);
 }

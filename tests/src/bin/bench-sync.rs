@@ -42,6 +42,12 @@ fn generate(root: &Path, files: usize, mib: usize) {
     }
 }
 
+/// The `i`-th of the 100 files the remote job changes: spread over the tree, two apart at
+/// least (the local edits take the file after each of the first ten).
+fn remote_change(files: usize, i: usize) -> usize {
+    i * files / 100
+}
+
 fn change_one(root: &Path, i: usize, round: usize) {
     let path = root.join(format!("d{:03}/f{i:05}.dat", i / 100));
     let mut content = std::fs::read(&path).expect("read");
@@ -55,6 +61,7 @@ async fn main() {
     let files = args.next().unwrap_or(10_000);
     let mib = args.next().unwrap_or(100);
     let rounds = args.next().unwrap_or(5).max(1);
+    assert!(files >= 200, "the remote job changes 100 files two apart: FILES must be at least 200");
     let work = tempfile::tempdir().expect("tempdir");
     let local = work.path().join("local");
     generate(&local, files, mib);
@@ -133,7 +140,7 @@ async fn main() {
     let mut one = Vec::new();
     let mut rsync_one = Vec::new();
     for round in 0..rounds {
-        change_one(&local, 5000 + round, round);
+        change_one(&local, files / 2 + round, round);
         let r = sync::sync_up(&c, &local, "bench", &opts).await.expect("one-change re-sync");
         assert_eq!((r.files_sent, r.remote.files_hashed), (1, 0), "{r:?}");
         one.push(r.elapsed);
@@ -156,13 +163,13 @@ async fn main() {
     sync::sync_up(&c, &local, "bench", &opts).await.expect("baseline sync up");
     let remote = agent.root.join("bench");
     for i in 0..100 {
-        change_one(&remote, 100 + i * 37, 9);
+        change_one(&remote, remote_change(files, i), 9);
     }
     for i in 0..10 {
         put(&remote, &format!("out/result-{i}.txt"), &noise(4096, i), 0o644);
     }
     for i in 0..10 {
-        change_one(&local, 7000 + i, 3);
+        change_one(&local, remote_change(files, i) + 1, 3);
     }
     std::thread::sleep(Duration::from_millis(100));
     let down_opts =
@@ -171,7 +178,7 @@ async fn main() {
     assert_eq!((down.files_received, down.unresolved()), (110, 0), "{down:?}");
     let rsync_down = ssh.as_ref().ok().map(|s| {
         for i in 0..100 {
-            change_one(&rsync_dst, 100 + i * 37, 9);
+            change_one(&rsync_dst, remote_change(files, i), 9);
         }
         s.rsync(
             &format!("127.0.0.1:{}/", rsync_dst.display()),
