@@ -406,8 +406,8 @@ pub async fn ensure(
     }
     let asked = request.frame_encoding();
     let reply = client.desktop_ensure(request).await.context("desktop_ensure")?;
-    let channel = reply.channel.context("the agent named no channel")?;
     let encoding = reply.frame_encoding();
+    let channel = reply.channel.context("the agent named no channel")?;
     if encoding != asked {
         eprintln!(
             "note: the desktop stream was already open with the {} encoding; that is what it sends",
