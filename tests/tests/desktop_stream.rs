@@ -5,6 +5,7 @@
 //! TILES encoding (tiles.rs beside this file): viewers composite key and delta frames into
 //! exactly the screen, deltas are small, late and resuming viewers start from a key frame.
 
+#[path = "desktop_stream/tiles.rs"]
 mod tiles;
 
 use std::time::{Duration, Instant};

@@ -330,7 +330,8 @@ async fn a_control_desktop_page_clicks_scrolls_and_types_into_a_window() {
 #[tokio::test]
 async fn a_tiles_desktop_page_draws_a_small_change_over_the_picture() {
     use x11rb::connection::Connection;
-    use x11rb::protocol::xproto::{ConnectionExt, CreateGCAux, Rectangle};
+    use x11rb::protocol::xproto::{ConnectionExt as _, CreateGCAux, Rectangle};
+    use x11rb::wrapper::ConnectionExt as _;
     let Some(browser) = Browser::start_or_skip("a_tiles_desktop_page").await else { return };
     let xvfb = Xvfb::start(640, 480);
     xvfb.paint_root("#c03020");
