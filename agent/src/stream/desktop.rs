@@ -21,11 +21,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::frames::{FrameEncoder, StreamFrame};
 use super::pump::{Endpoint, Inbound, Pump};
 use crate::config::RelayLink;
 use crate::error::{OpError, OpResult};
 use crate::fence::Fence;
-use super::frames::{FrameEncoder, StreamFrame};
 use crate::ops::desktop::encode::Format;
 use crate::ops::desktop::request;
 use crate::ops::desktop::thread::ScreenThread;

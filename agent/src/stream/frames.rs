@@ -114,7 +114,8 @@ impl FrameEncoder {
 
     /// The delta frame drawing `rects` of `frame`.
     fn delta(&self, frame: &Frame, rects: &[Rect]) -> OpResult<Bytes> {
-        let too_big = || OpError::os("the screen is too large for the tile layout (over 65535 pixels an edge)");
+        let too_big =
+            || OpError::os("the screen is too large for the tile layout (over 65535 pixels an edge)");
         let edge = |v: u32| u16::try_from(v).map_err(|_| too_big());
         let format = match self.format {
             Format::Png => RectFormat::Png,

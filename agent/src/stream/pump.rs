@@ -400,13 +400,7 @@ fn data_message(channel_id: &str, seq: u64, data: Bytes, delta: bool) -> Message
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
     Message::Binary(
-        Frame::Data(pb::StreamFrame {
-            channel_id: channel_id.to_owned(),
-            seq,
-            data,
-            produced_at_ms,
-            delta,
-        })
+        Frame::Data(pb::StreamFrame { channel_id: channel_id.to_owned(), seq, data, produced_at_ms, delta })
             .encode(),
     )
 }

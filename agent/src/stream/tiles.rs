@@ -153,10 +153,7 @@ mod tests {
         }
         assert_eq!(
             changed(&a, &b),
-            [
-                Rect { x: 512, y: 0, width: 64, height: 64 },
-                Rect { x: 64, y: 64, width: 128, height: 128 },
-            ]
+            [Rect { x: 512, y: 0, width: 64, height: 64 }, Rect { x: 64, y: 64, width: 128, height: 128 },]
         );
         // Unequal spans stay separate rectangles.
         let mut c = a.clone();

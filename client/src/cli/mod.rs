@@ -354,8 +354,7 @@ pub async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
                 true => pb::DesktopFrameEncoding::Tiles,
                 false => pb::DesktopFrameEncoding::Whole,
             };
-            let request =
-                pb::DesktopEnsureRequest { width, height, frame_encoding: encoding as i32 };
+            let request = pb::DesktopEnsureRequest { width, height, frame_encoding: encoding as i32 };
             desktop::ensure(&client, relay_url.as_deref(), request, page, json).await
         }
         Command::Mcp(args) => mcp::run(client, args).await,

@@ -52,7 +52,8 @@ impl Picture {
             assert_eq!((w, h), (u32::from(r.width), u32::from(r.height)));
             for row in 0..h as usize {
                 let to = ((usize::from(r.y) + row) * self.width as usize + usize::from(r.x)) * 3;
-                self.rgb[to..to + w as usize * 3].copy_from_slice(&rgb[row * w as usize * 3..][..w as usize * 3]);
+                self.rgb[to..to + w as usize * 3]
+                    .copy_from_slice(&rgb[row * w as usize * 3..][..w as usize * 3]);
             }
         }
     }
