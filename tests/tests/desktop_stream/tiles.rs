@@ -2,14 +2,16 @@
 //! `/view` page does ends with exactly the screen (PNG stream, so exact); a delta for a small
 //! change is a small fraction of a key frame; a viewer joining mid-stream starts on a key frame
 //! and the deltas the relay held after it; a resuming viewer continues from its cursor, and one
-//! whose cursor the relay no longer holds restarts at a key frame.
+//! whose cursor the relay no longer holds restarts at a key frame; a viewer on another relay
+//! replica than the agent's gets the same key and deltas (the flag crosses the cluster hop).
 
 use std::time::Duration;
 
 use tether_proto::tiles::{RectFormat, TileFrame};
 use tether_proto::token::ViewerMode;
-use tether_tests::pb;
+use tether_tests::relay_cluster::RelayCluster;
 use tether_tests::xvfb::Xvfb;
+use tether_tests::{Agent, AgentOpts, Nats, pb};
 use x11rb::connection::Connection;
 use x11rb::protocol::xproto::{ConnectionExt as _, CreateGCAux, ImageFormat, Rectangle};
 use x11rb::wrapper::ConnectionExt as _;
@@ -196,4 +198,34 @@ async fn a_resuming_tiles_viewer_continues_or_restarts_at_a_key_frame() {
     frames.iter().for_each(|f| restarted.apply(f));
     assert!(restarted.rgb == screen_rgb(&xvfb), "the restarted viewer shows the screen");
     drop(anchor);
+}
+
+#[tokio::test]
+async fn a_viewer_on_another_replica_rebuilds_the_screen_from_the_same_frames() {
+    let xvfb = Xvfb::start(W, H);
+    xvfb.paint_root("#305070");
+    noise(&xvfb);
+    let nats = Nats::start().await;
+    let cluster = RelayCluster::start(&nats, 2, &[]).await;
+    let opts = AgentOpts {
+        env: vec![("DISPLAY".into(), xvfb.display.clone())],
+        args: ["--desktop-fps", "20", "--desktop-stream-png"].iter().map(|s| s.to_string()).collect(),
+        relay_url: Some(cluster.replicas[0].stream_url()),
+        ..Default::default()
+    };
+    let agent = Agent::start_with(&nats, opts).await;
+    let channel =
+        ensure_with(&agent, "cp", 1, pb::DesktopFrameEncoding::Tiles).await.channel.expect("channel");
+    assert_eq!(cluster.owner().await, 0, "the agent's producer is on replica 0");
+    let mut remote = viewer(&cluster.replicas[1], &channel, "remote", ViewerMode::View).await;
+    let mut shown = Picture::default();
+    let frames = settle(&mut remote, Duration::from_millis(600)).await;
+    assert!(frames.first().is_some_and(|f| !f.delta), "a key frame first");
+    frames.iter().for_each(|f| shown.apply(f));
+    fill(&xvfb, (500, 20, 30, 30), 0xf0f000);
+    let frames = settle(&mut remote, Duration::from_millis(600)).await;
+    assert!(frames.iter().any(|f| f.delta), "deltas reach the remote viewer, flagged");
+    assert_contiguous(&frames);
+    frames.iter().for_each(|f| shown.apply(f));
+    assert!(shown.rgb == screen_rgb(&xvfb), "the remote viewer shows the screen");
 }
