@@ -313,6 +313,7 @@ impl Follower {
             seq: self.input_seq,
             data,
             produced_at_ms: 0,
+            delta: false,
         };
         self.input_seq += 1;
         Message::Binary(Frame::Data(frame).encode())

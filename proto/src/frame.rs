@@ -129,6 +129,7 @@ mod tests {
                 seq: 42,
                 data: Bytes::from_static(b"\x1b[0mhello"),
                 produced_at_ms: 1_700_000_000_000,
+                delta: true,
             }),
             Frame::Close(pb::StreamClose {
                 channel_id: "c1".into(),

@@ -6,6 +6,7 @@ pub mod enrollment;
 pub mod frame;
 pub mod stream;
 pub mod subjects;
+pub mod tiles;
 pub mod token;
 
 /// Generated protobuf types (`tether.agent.v1`, binary-compatible with `opengeni.agent.v1`).

@@ -315,8 +315,8 @@ impl Attachment {
     }
 
     /// A data frame from the producer; `msg` is the relay message exactly as received.
-    pub fn producer_frame(&self, seq: u64, msg: bytes::Bytes) {
-        self.chan.lock().producer_frame(self.conn, seq, msg, self.metrics());
+    pub fn producer_frame(&self, seq: u64, delta: bool, msg: bytes::Bytes) {
+        self.chan.lock().producer_frame(self.conn, seq, delta, msg, self.metrics());
         self.chan.wake_all();
     }
 

@@ -19,6 +19,8 @@ pub struct Entry {
     pub seq: u64,
     /// False for live-only control messages that are never replayed.
     pub sequenced: bool,
+    /// A desktop delta frame (`StreamFrame.delta`): useless without the frames before it.
+    pub delta: bool,
     /// The whole relay message (tag byte + protobuf body), as sent to the reader.
     pub msg: Bytes,
     /// Total bytes appended to the ring up to and including this entry.
@@ -69,9 +71,14 @@ impl Ring {
     /// Appends a message and evicts the oldest entries while over the byte cap, always keeping
     /// the newest one. Returns how many sequenced entries were evicted.
     pub fn push(&mut self, seq: u64, sequenced: bool, msg: Bytes) -> u64 {
+        self.push_entry(seq, sequenced, false, msg)
+    }
+
+    /// [`Ring::push`] of a frame that may be a delta.
+    pub fn push_entry(&mut self, seq: u64, sequenced: bool, delta: bool, msg: Bytes) -> u64 {
         self.appended += msg.len() as u64;
         self.held += msg.len();
-        self.entries.push_back(Entry { seq, sequenced, msg, end_offset: self.appended });
+        self.entries.push_back(Entry { seq, sequenced, delta, msg, end_offset: self.appended });
         let mut evicted = 0;
         while self.held > self.cap && self.entries.len() > 1 {
             if let Some(old) = self.entries.pop_front() {
@@ -83,8 +90,8 @@ impl Ring {
         evicted
     }
 
-    /// Evicts every entry but the newest (a desktop channel, whose every frame is a whole
-    /// image, needs no older one). Returns how many sequenced entries were evicted.
+    /// Evicts every entry but the newest (on a desktop channel, once a whole image arrived no
+    /// older frame is needed). Returns how many sequenced entries were evicted.
     pub fn keep_newest(&mut self) -> u64 {
         let mut evicted = 0;
         while self.entries.len() > 1 {

@@ -169,7 +169,7 @@ async fn read_peer(source: &mut Source, att: &Attachment, shared: &Shared) {
 /// Returns true when the producer ended the channel.
 fn producer_message(att: &Attachment, frame: Frame, raw: Bytes) -> bool {
     match frame {
-        Frame::Data(f) => att.producer_frame(f.seq, raw),
+        Frame::Data(f) => att.producer_frame(f.seq, f.delta, raw),
         Frame::Close(close) => {
             info!(reason = close.reason, message = %close.message, "producer closed the channel");
             att.producer_close(close);

@@ -310,7 +310,13 @@ pub async fn viewer(relay: &Relay, channel: &str, claims: &ViewerClaims, resume_
 }
 
 pub fn data(channel: &str, seq: u64, body: impl Into<Bytes>) -> Frame {
-    Frame::Data(pb::StreamFrame { channel_id: channel.into(), seq, data: body.into(), produced_at_ms: 0 })
+    Frame::Data(pb::StreamFrame {
+        channel_id: channel.into(),
+        seq,
+        data: body.into(),
+        produced_at_ms: 0,
+        delta: false,
+    })
 }
 
 /// Receives data frames until `n` arrived; returns (seq, data) pairs. Panics on anything else.

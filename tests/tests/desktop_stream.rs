@@ -1,7 +1,12 @@
 //! The desktop stream (`desktop_ensure`) through a real relay, on a real Xvfb: two ensures
 //! give one channel; a viewer first gets a whole current frame; an unchanged screen sends no
 //! new frames while a changing one does; a control-mode viewer's DesktopInput moves the
-//! pointer and a view-only one's does not; an epoch advance closes the channel FENCED.
+//! pointer and a view-only one's does not; an epoch advance closes the channel FENCED. With the
+//! TILES encoding (tiles.rs beside this file): viewers composite key and delta frames into
+//! exactly the screen, deltas are small, late and resuming viewers start from a key frame.
+
+#[path = "desktop_stream/tiles.rs"]
+mod tiles;
 
 use std::time::{Duration, Instant};
 
@@ -14,11 +19,18 @@ use tether_tests::xvfb::Xvfb;
 use tether_tests::{Agent, AgentOpts, Nats, eventually, pb};
 
 async fn setup(xvfb: &Xvfb) -> (Relay, Nats, Agent) {
+    setup_with(xvfb, &[]).await
+}
+
+async fn setup_with(xvfb: &Xvfb, extra: &[&str]) -> (Relay, Nats, Agent) {
     let relay = Relay::start(&[]).await;
     let nats = Nats::start().await;
+    let mut args: Vec<String> =
+        ["--consent-screen-control", "--desktop-fps", "20"].iter().map(|s| s.to_string()).collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
     let opts = AgentOpts {
         env: vec![("DISPLAY".into(), xvfb.display.clone())],
-        args: vec!["--consent-screen-control".into(), "--desktop-fps".into(), "20".into()],
+        args,
         relay_url: Some(relay.stream_url()),
         ..Default::default()
     };
@@ -27,33 +39,59 @@ async fn setup(xvfb: &Xvfb) -> (Relay, Nats, Agent) {
 }
 
 async fn ensure(agent: &Agent, scope: &str, epoch: u32) -> pb::DesktopEnsureResponse {
-    match agent.call_fenced(Op::DesktopEnsure(pb::DesktopEnsureRequest::default()), scope, epoch).await {
+    ensure_with(agent, scope, epoch, pb::DesktopFrameEncoding::Whole).await
+}
+
+async fn ensure_with(
+    agent: &Agent,
+    scope: &str,
+    epoch: u32,
+    encoding: pb::DesktopFrameEncoding,
+) -> pb::DesktopEnsureResponse {
+    let request = pb::DesktopEnsureRequest { frame_encoding: encoding as i32, ..Default::default() };
+    match agent.call_fenced(Op::DesktopEnsure(request), scope, epoch).await {
         Ok(Reply::DesktopEnsure(reply)) => reply,
         other => panic!("desktop_ensure failed: {other:?}\n{}", agent.log()),
     }
 }
 
 async fn viewer(relay: &Relay, channel: &pb::StreamChannel, id: &str, mode: ViewerMode) -> Ws {
+    viewer_from(relay, channel, id, mode, 0).await.0
+}
+
+/// A viewer resuming from `resume_from_seq`; also returns the seq the relay resumes it from.
+async fn viewer_from(
+    relay: &Relay,
+    channel: &pb::StreamChannel,
+    id: &str,
+    mode: ViewerMode,
+    resume_from_seq: u64,
+) -> (Ws, u64) {
     let token = relay::viewer_token(&relay::claims_for(channel, id, mode));
     let open = Frame::Open(pb::StreamOpen {
         channel: Some(channel.clone()),
         token,
         role: pb::StreamRole::Client as i32,
-        resume_from_seq: 0,
+        resume_from_seq,
     });
     let url = relay.url_for(&channel.workspace_id, &channel.agent_id, channel.port, &channel.channel_id);
     let (ws, ack) = relay::open(&url, open).await;
     assert!(ack.accepted, "viewer refused: {:?}", ack.error);
-    ws
+    (ws, ack.resume_from_seq)
 }
 
 /// Data frames that arrive within `window`.
 async fn frames_within(ws: &mut Ws, window: Duration) -> Vec<bytes::Bytes> {
+    stream_frames_within(ws, window).await.into_iter().map(|f| f.data).collect()
+}
+
+/// Data frames (with their seq and delta flag) that arrive within `window`.
+async fn stream_frames_within(ws: &mut Ws, window: Duration) -> Vec<pb::StreamFrame> {
     let deadline = Instant::now() + window;
     let mut frames = Vec::new();
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
         match tokio::time::timeout(left, relay::recv(ws)).await {
-            Ok(Some(Frame::Data(f))) => frames.push(f.data),
+            Ok(Some(Frame::Data(f))) => frames.push(f),
             Ok(Some(Frame::Close(c))) => panic!("the stream closed: {c:?}"),
             Ok(Some(_)) => {}
             Ok(None) => panic!("the relay closed the viewer"),
@@ -76,7 +114,10 @@ async fn one_channel_whole_frames_and_frames_only_when_the_screen_changes() {
     xvfb.paint_root("#204080");
     let (relay, _nats, agent) = setup(&xvfb).await;
     let first = ensure(&agent, "cp", 1).await;
-    let again = ensure(&agent, "cp", 1).await;
+    // A later ensure asking for tiles gets the open channel and learns it sends whole frames.
+    let again = ensure_with(&agent, "cp", 1, pb::DesktopFrameEncoding::Tiles).await;
+    assert_eq!(first.frame_encoding(), pb::DesktopFrameEncoding::Whole);
+    assert_eq!(again.frame_encoding(), pb::DesktopFrameEncoding::Whole);
     let channel = first.channel.expect("a channel");
     assert_eq!(again.channel.as_ref(), Some(&channel), "two ensures, one channel");
     assert_eq!(channel.kind, pb::StreamKind::Desktop as i32);
@@ -94,7 +135,9 @@ async fn one_channel_whole_frames_and_frames_only_when_the_screen_changes() {
     assert!(printed["viewer_url"].as_str().is_some_and(|u| u.contains("port=6080")), "{printed}");
 
     let mut ws = viewer(&relay, &channel, "v1", ViewerMode::View).await;
-    let initial = frames_within(&mut ws, Duration::from_millis(800)).await;
+    let initial = stream_frames_within(&mut ws, Duration::from_millis(800)).await;
+    assert!(initial.iter().all(|f| !f.delta), "a WHOLE channel sends no delta frame");
+    let initial: Vec<bytes::Bytes> = initial.into_iter().map(|f| f.data).collect();
     let frame = initial.last().expect("a new viewer gets the current frame");
     let (w, h, rgb) = decode(frame);
     assert_eq!((w, h), (640, 480));

@@ -5,7 +5,8 @@
 //! resizes the PTY (`stty size`), a relay restart resumes without a repeated line, a desktop
 //! channel is drawn (a screenshot of the page shows the colour painted on the root window), a
 //! view-only page's clicks do not move the pointer while a control page's do, and a control
-//! page's click, wheel and keys reach a window on the desktop.
+//! page's click, wheel and keys reach a window on the desktop, and on a TILES channel the page
+//! composites delta frames: a small change shows where it happened while the rest stays.
 //!
 //! Skipped when no chromium is installed, unless TETHER_REQUIRE_BROWSER is set (CI sets it).
 
@@ -206,11 +207,27 @@ async fn canvas_box(page: &mut Page) -> (f64, f64, f64, f64) {
 
 /// Whether the screenshot pixel at the canvas's centre is `rgb` (JPEG is close, not exact).
 async fn centre_is(page: &mut Page, rgb: [u8; 3]) -> bool {
+    pixel_is(page, (0.5, 0.5), rgb).await
+}
+
+/// Whether the screenshot pixel at `at` (fractions of the canvas's width and height) is `rgb`.
+async fn pixel_is(page: &mut Page, at: (f64, f64), rgb: [u8; 3]) -> bool {
     let (x, y, w, h) = canvas_box(page).await;
     let (width, _, pixels) = page.screenshot().await;
-    let (cx, cy) = ((x + w / 2.0) as usize, (y + h / 2.0) as usize);
+    let (cx, cy) = ((x + w * at.0) as usize, (y + h * at.1) as usize);
     let at = (cy * width as usize + cx) * 4;
     pixels[at..at + 3].iter().zip(rgb).all(|(a, b)| a.abs_diff(b) < 24)
+}
+
+/// Polls (bounded) until the page shows `rgb` at `at`.
+async fn shows(page: &mut Page, at: (f64, f64), rgb: [u8; 3]) -> bool {
+    for _ in 0..100 {
+        if pixel_is(page, at, rgb).await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
 }
 
 #[tokio::test]
@@ -308,4 +325,37 @@ async fn a_control_desktop_page_clicks_scrolls_and_types_into_a_window() {
         page.type_key(key).await;
     }
     window.expect_typed("Hi");
+}
+
+#[tokio::test]
+async fn a_tiles_desktop_page_draws_a_small_change_over_the_picture() {
+    use x11rb::connection::Connection;
+    use x11rb::protocol::xproto::{ConnectionExt as _, CreateGCAux, Rectangle};
+    use x11rb::wrapper::ConnectionExt as _;
+    let Some(browser) = Browser::start_or_skip("a_tiles_desktop_page").await else { return };
+    let xvfb = Xvfb::start(640, 480);
+    xvfb.paint_root("#c03020");
+    let opts = AgentOpts {
+        env: vec![("DISPLAY".into(), xvfb.display.clone())],
+        args: vec!["--desktop-fps".into(), "20".into()],
+        ..Default::default()
+    };
+    let (relay, nats, agent) = stack(opts).await;
+    let url = print_url(&agent, &nats, &relay, &["desktop", "--print-url", "--view-only", "--tiles"]);
+    let mut page = browser.open(&url).await;
+    page.wait_for("a frame", "window.tetherView.inspect().frames > 0").await;
+    assert!(shows(&mut page, (0.5, 0.5), [0xc0, 0x30, 0x20]).await, "the key frame is drawn");
+
+    // A 100x100 square at the centre: only its tiles travel, and the page draws them in place.
+    let conn = xvfb.connect();
+    let root = conn.setup().roots[0].root;
+    let gc = conn.generate_id().expect("id");
+    conn.create_gc(gc, root, &CreateGCAux::new().foreground(0x2050d0)).expect("gc");
+    let square = Rectangle { x: 270, y: 190, width: 100, height: 100 };
+    conn.poly_fill_rectangle(root, gc, &[square]).expect("fill");
+    conn.sync().expect("sync");
+    assert!(shows(&mut page, (0.5, 0.5), [0x20, 0x50, 0xd0]).await, "the change is drawn where it is");
+    let view = inspect(&mut page).await;
+    assert!(view["tileFrames"].as_u64().is_some_and(|n| n > 0), "drawn from tile frames: {view}");
+    assert!(pixel_is(&mut page, (0.1, 0.1), [0xc0, 0x30, 0x20]).await, "the rest of the picture stays");
 }

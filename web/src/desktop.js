@@ -1,14 +1,47 @@
-// The desktop view: each frame is a whole JPEG or PNG image, drawn on a canvas of the image's
-// size (CSS scales it to the window). While one frame decodes, newer ones replace the waiting
-// one: only the newest is worth drawing. With a token that may drive the desktop, pointer,
-// wheel and keys on the canvas become DesktopInput in the image's pixel space (the agent maps
-// it to the screen); without, nothing is sent and the page says "view only".
+// The desktop view: frames are drawn on a canvas of the screen's size (CSS scales it to the
+// window). A frame is either a whole JPEG or PNG image, or (on a channel opened with the TILES
+// encoding) a tile frame: changed rectangles to draw over the picture so far, told apart by
+// their "TTI1" magic (proto/src/tiles.rs has the layout). Frames are drawn strictly in order;
+// while one decodes, the next wait, except that a whole image makes every frame waiting before
+// it stale, so it replaces them. With a token that may drive the desktop, pointer, wheel and
+// keys on the canvas become DesktopInput in the image's pixel space (the agent maps it to the
+// screen); without, nothing is sent and the page says "view only".
 
 import { BUTTON, POINTER, encodeKey, encodePointer, encodeScroll } from "./wire.js";
 
 /** Pixels of wheel travel per notch (deltaMode 0); lines count one notch each. */
 const PIXELS_PER_NOTCH = 100;
 const MAX_NOTCHES = 50;
+const TILES_MAGIC = [0x54, 0x54, 0x49, 0x31];
+const RECT_TYPES = ["image/jpeg", "image/png"];
+
+/** Whether `bytes` is a tile frame rather than a whole image. */
+export function isTiles(bytes) {
+  return bytes.length >= 4 && TILES_MAGIC.every((b, i) => bytes[i] === b);
+}
+
+/** A tile frame's screen size and rectangles ({x, y, width, height, type, image}). */
+export function parseTiles(bytes) {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  if (bytes.length < 10) throw new Error("truncated tile frame");
+  const frame = { width: view.getUint16(4), height: view.getUint16(6), rects: [] };
+  let at = 10;
+  for (let i = view.getUint16(8); i > 0; i -= 1) {
+    if (at + 13 > bytes.length) throw new Error("truncated tile frame");
+    const len = view.getUint32(at + 9);
+    if (at + 13 + len > bytes.length) throw new Error("truncated tile frame");
+    frame.rects.push({
+      x: view.getUint16(at),
+      y: view.getUint16(at + 2),
+      width: view.getUint16(at + 4),
+      height: view.getUint16(at + 6),
+      type: RECT_TYPES[bytes[at + 8]] || "application/octet-stream",
+      image: bytes.subarray(at + 13, at + 13 + len),
+    });
+    at += 13 + len;
+  }
+  return frame;
+}
 
 export function startDesktop(root, link, canControl) {
   const canvas = document.createElement("canvas");
@@ -16,39 +49,56 @@ export function startDesktop(root, link, canControl) {
   canvas.tabIndex = 0;
   root.append(canvas);
   const ctx = canvas.getContext("2d");
-  const stats = { frames: 0, width: 0, height: 0 };
-  let decoding = false;
-  let waiting = null;
+  const stats = { frames: 0, tileFrames: 0, width: 0, height: 0 };
+  let drawing = false;
+  const queue = [];
 
-  async function draw(bytes) {
-    decoding = true;
-    try {
-      const image = await createImageBitmap(new Blob([bytes]));
-      if (canvas.width !== image.width || canvas.height !== image.height) {
-        canvas.width = image.width;
-        canvas.height = image.height;
+  async function whole(bytes) {
+    const image = await createImageBitmap(new Blob([bytes]));
+    if (canvas.width !== image.width || canvas.height !== image.height) {
+      canvas.width = image.width;
+      canvas.height = image.height;
+    }
+    ctx.drawImage(image, 0, 0);
+    image.close();
+  }
+
+  async function tiles(bytes) {
+    const frame = parseTiles(bytes);
+    // Deltas of another size than the picture (none drawn yet) have nothing to update.
+    if (frame.width !== canvas.width || frame.height !== canvas.height) return;
+    const images = await Promise.all(
+      frame.rects.map((r) => createImageBitmap(new Blob([r.image], { type: r.type }))),
+    );
+    frame.rects.forEach((r, i) => {
+      ctx.drawImage(images[i], r.x, r.y);
+      images[i].close();
+    });
+    stats.tileFrames += 1;
+  }
+
+  async function drain() {
+    drawing = true;
+    while (queue.length > 0) {
+      const bytes = queue.shift();
+      try {
+        await (isTiles(bytes) ? tiles(bytes) : whole(bytes));
+        stats.frames += 1;
+        stats.width = canvas.width;
+        stats.height = canvas.height;
+      } catch {
+        // A frame that does not decode is skipped; the next whole one repairs the picture.
       }
-      ctx.drawImage(image, 0, 0);
-      image.close();
-      stats.frames += 1;
-      stats.width = canvas.width;
-      stats.height = canvas.height;
-    } catch {
-      // A frame that does not decode is skipped; the next one is whole again.
     }
-    decoding = false;
-    if (waiting) {
-      const next = waiting;
-      waiting = null;
-      draw(next);
-    }
+    drawing = false;
   }
 
   if (canControl) listen(canvas, link);
   return {
     data: (bytes) => {
-      if (decoding) waiting = bytes;
-      else draw(bytes);
+      if (!isTiles(bytes)) queue.length = 0;
+      queue.push(bytes);
+      if (!drawing) drain();
     },
     live: () => {},
     inspect: () => ({ ...stats }),

@@ -8,7 +8,8 @@
 //   tag 2 StreamOpenAck   accepted=1 bool, error=2 AgentError, resume_from_seq=3 uint64
 //         AgentError      code=1 enum, message=2 string, retryable=3 bool, detail=4 map<string,string>
 //                         (a map entry is a message: key=1, value=2; the relay puts "reason" there)
-//   tag 3 StreamFrame     channel_id=1 string, seq=2 uint64, data=3 bytes, produced_at_ms=4 int64
+//   tag 3 StreamFrame     channel_id=1 string, seq=2 uint64, data=3 bytes, produced_at_ms=4 int64,
+//                         delta=100 bool (a desktop tile frame; the page sniffs the data instead)
 //   tag 4 StreamClose     channel_id=1 string, reason=2 enum, message=3 string
 //   tag 5 DesktopInput    channel_id=1 string; pointer=2 | key=3 | scroll=4
 //         PointerEvent    x=1 int32, y=2 int32, action=3, button=4, space_width=100, space_height=101

@@ -2,31 +2,32 @@
 //! one capture loop, however often it is ensured. The loop reuses the desktop ops' pieces
 //! (capture on the desktop thread, encode on the blocking pool) and sends a frame only when
 //! the screen changed (a byte compare of the capture, well under a millisecond), at most `fps`
-//! a second, JPEG by default; a viewer that joins gets the current frame at once. Every frame is
-//! a whole image, so a viewer never needs an older one. While no viewer has been attached for
-//! [`PAUSE_AFTER`] the loop stops capturing, until a viewer joins or the stream is ensured
-//! again. DesktopInput from viewers is injected only with screen-control consent (the relay
-//! already drops it from view-mode tokens); each refusal is counted. An epoch advance of the
-//! fence scope that opened the channel closes it FENCED.
+//! a second, JPEG by default; a viewer that joins gets the current frame at once. The ensure
+//! that opens the channel picks its frame encoding: WHOLE (every frame a whole image, so a
+//! viewer never needs an older one) or TILES (key frames and deltas of changed rectangles; see
+//! [`super::frames`]). While no viewer has been attached for [`PAUSE_AFTER`] the loop stops
+//! capturing, until a viewer joins or the stream is ensured again. DesktopInput from viewers is
+//! injected only with screen-control consent (the relay already drops it from view-mode
+//! tokens); each refusal is counted. An epoch advance of the fence scope that opened the
+//! channel closes it FENCED.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use tether_proto::pb;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::frames::{FrameEncoder, StreamFrame};
 use super::pump::{Endpoint, Inbound, Pump};
 use crate::config::RelayLink;
 use crate::error::{OpError, OpResult};
 use crate::fence::Fence;
-use crate::ops::desktop::encode::{self, Format};
+use crate::ops::desktop::encode::Format;
 use crate::ops::desktop::request;
-use crate::ops::desktop::screen::Frame;
 use crate::ops::desktop::thread::ScreenThread;
 use crate::ops::pty::FencedBy;
 
@@ -34,9 +35,11 @@ use crate::ops::pty::FencedBy;
 pub const DESKTOP_PORT: u32 = 6080;
 /// How long ensure waits for the relay to accept the channel.
 const OPEN_WAIT: Duration = Duration::from_secs(15);
-/// Bytes of recent frames kept to resend after a relay restart (frames are whole images, so
-/// little is needed: a viewer only wants the newest).
+/// Bytes of recent frames kept to resend after a relay restart (WHOLE frames are whole images,
+/// so little is needed: a viewer only wants the newest; TILES keeps a key frame and the deltas
+/// after it, at most about two key frames).
 const OUTBOX_BYTES: usize = 2 << 20;
+const TILES_OUTBOX_BYTES: usize = 4 << 20;
 /// Largest frame sent: under the relay's default message limit (1 MiB) with room for the
 /// envelope. A larger image is downscaled until it fits, as screenshots are.
 const MAX_FRAME_BYTES: usize = (1 << 20) - 4096;
@@ -58,6 +61,7 @@ impl Default for StreamOptions {
 
 struct Live {
     channel: pb::StreamChannel,
+    encoding: pb::DesktopFrameEncoding,
     /// Fires when the channel has ended (the capture loop stopped).
     ended: CancellationToken,
     /// Wakes a paused capture loop.
@@ -102,17 +106,20 @@ impl DesktopStream {
         }
     }
 
-    /// Returns the live channel, or opens one and returns once the relay holds it.
+    /// Returns the live channel and its frame encoding, or opens one (with the encoding the
+    /// request asks for) and returns once the relay holds it.
     pub async fn ensure(
         &self,
         request: &pb::DesktopEnsureRequest,
         fenced: FencedBy,
-    ) -> OpResult<pb::StreamChannel> {
+    ) -> OpResult<(pb::StreamChannel, pb::DesktopFrameEncoding)> {
         let mut live = self.live.lock().await;
         if let Some(l) = live.as_ref().filter(|l| !l.ended.is_cancelled()) {
             l.wake.notify_one();
-            return Ok(l.channel.clone());
+            return Ok((l.channel.clone(), l.encoding));
         }
+        let encoding = request.frame_encoding();
+        let tiles = encoding == pb::DesktopFrameEncoding::Tiles;
         let relay = self.relay.clone().ok_or_else(|| {
             OpError::unsupported("no relay is configured (--relay-url): the desktop cannot stream")
         })?;
@@ -128,16 +135,21 @@ impl DesktopStream {
         let (inbound, in_rx) = mpsc::channel(256);
         let (end_tx, end) = oneshot::channel();
         let (viewers, viewers_rx) = watch::channel(0);
-        let pump =
-            Pump::new(relay, channel.clone(), Endpoint { output, inbound, end, viewers }, OUTBOX_BYTES);
+        let outbox = if tiles { TILES_OUTBOX_BYTES } else { OUTBOX_BYTES };
+        let pump = Pump::new(relay, channel.clone(), Endpoint { output, inbound, end, viewers }, outbox);
         let (accepted_tx, accepted) = oneshot::channel();
         self.pumps.spawn(pump.run(accepted_tx));
         let ended = CancellationToken::new();
         let wake = Arc::new(Notify::new());
         let capture = Capture {
             screen: self.screen.clone(),
-            options: self.options,
-            max: (request.width, request.height),
+            fps: self.options.fps,
+            encoder: FrameEncoder::new(
+                tiles,
+                self.options.format,
+                (request.width, request.height),
+                MAX_FRAME_BYTES,
+            ),
             output: out_tx,
             viewers: viewers_rx,
             wake: wake.clone(),
@@ -166,18 +178,18 @@ impl DesktopStream {
                 return Err(OpError::new(pb::ErrorCode::Stream, why).retryable());
             }
         }
-        tracing::info!(channel = %channel.channel_id, fps = self.options.fps, "desktop stream open");
-        *live = Some(Live { channel: channel.clone(), ended, wake });
-        Ok(channel)
+        tracing::info!(channel = %channel.channel_id, fps = self.options.fps, encoding = encoding.as_str_name(), "desktop stream open");
+        *live = Some(Live { channel: channel.clone(), encoding, ended, wake });
+        Ok((channel, encoding))
     }
 }
 
 /// The capture side of one channel.
 struct Capture {
     screen: ScreenThread,
-    options: StreamOptions,
-    max: (u32, u32),
-    output: mpsc::Sender<Bytes>,
+    fps: u32,
+    encoder: FrameEncoder,
+    output: mpsc::Sender<StreamFrame>,
     viewers: watch::Receiver<u32>,
     wake: Arc<Notify>,
 }
@@ -186,8 +198,10 @@ impl Capture {
     /// Streams until `stop` (an epoch advance: FENCED, or shutdown) or the pump goes away;
     /// returns the channel's StreamClose.
     async fn run(mut self, stop: CancellationToken) -> pb::StreamClose {
-        let period = Duration::from_secs(1) / self.options.fps.clamp(1, 60);
-        let mut last: Option<Frame> = None;
+        let period = Duration::from_secs(1) / self.fps.clamp(1, 60);
+        // A blank copy to start over from should an encode panic (and take its state along).
+        let blank = self.encoder.clone();
+        let mut encoder = Some(self.encoder);
         let mut watched = 0u32;
         let mut unwatched_since = Instant::now();
         let mut next = Instant::now();
@@ -209,7 +223,9 @@ impl Capture {
                 }
                 unwatched_since = Instant::now();
                 next = Instant::now();
-                last = None;
+                if let Some(e) = encoder.as_mut() {
+                    e.reset();
+                }
                 continue;
             }
             // A viewer joined: it gets the current frame even if nothing changed.
@@ -223,29 +239,34 @@ impl Capture {
                     continue;
                 }
             };
-            if !joined && last.as_ref() == Some(&frame) {
-                continue;
-            }
-            let (format, max) = (self.options.format, self.max);
-            let frame = Arc::new(frame);
-            let source = frame.clone();
-            let encoded =
-                tokio::task::spawn_blocking(move || encode::fit(&source, max, format, MAX_FRAME_BYTES)).await;
-            let bytes = match encoded {
-                Ok(Ok(encoded)) => encoded.bytes,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e.message, "desktop stream encode failed");
-                    continue;
+            let mut enc = encoder.take().unwrap_or_else(|| blank.clone());
+            let encoded = tokio::task::spawn_blocking(move || {
+                let out = enc.next(frame, joined);
+                (enc, out)
+            })
+            .await;
+            let sent = match encoded {
+                Ok((enc, out)) => {
+                    encoder = Some(enc);
+                    out
                 }
                 Err(e) => {
+                    // The encoder panicked and its state went with it: the next frame is a key.
                     tracing::warn!(error = %e, "desktop stream encode failed");
                     continue;
                 }
             };
-            if self.output.send(bytes.into()).await.is_err() {
+            let frame = match sent {
+                Ok(Some(frame)) => frame,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e.message, "desktop stream encode failed");
+                    continue;
+                }
+            };
+            if self.output.send(frame).await.is_err() {
                 return close(pb::StreamCloseReason::TransportError, "the stream's pump stopped");
             }
-            last = Arc::into_inner(frame);
             // Never fall behind by more than one period (a slow encode skips ticks).
             next = next.max(Instant::now());
         }

@@ -4,6 +4,10 @@
 
 #[cfg(feature = "desktop")]
 pub mod desktop;
+#[cfg(feature = "desktop")]
+pub mod frames;
 pub mod link;
 pub mod outbox;
 pub mod pump;
+#[cfg(feature = "desktop")]
+pub mod tiles;

@@ -9,10 +9,18 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
+/// One held frame: its seq, bytes, and whether it is a delta (`StreamFrame.delta`).
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub seq: u64,
+    pub data: Bytes,
+    pub delta: bool,
+}
+
 /// Sequenced output frames, oldest first.
 #[derive(Debug)]
 pub struct Outbox {
-    frames: VecDeque<(u64, Bytes)>,
+    frames: VecDeque<Held>,
     next_seq: u64,
     held: usize,
     cap: usize,
@@ -25,14 +33,20 @@ impl Outbox {
 
     /// Appends `data` as the next frame and returns its seq. Evicts the oldest frames while over
     /// the cap (always keeping the newest).
+    #[cfg(test)]
     pub fn push(&mut self, data: Bytes) -> u64 {
+        self.push_frame(data, false)
+    }
+
+    /// [`Outbox::push`] for a frame that may be a delta.
+    pub fn push_frame(&mut self, data: Bytes, delta: bool) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.held += data.len();
-        self.frames.push_back((seq, data));
+        self.frames.push_back(Held { seq, data, delta });
         while self.held > self.cap && self.frames.len() > 1 {
-            if let Some((_, old)) = self.frames.pop_front() {
-                self.held -= old.len();
+            if let Some(old) = self.frames.pop_front() {
+                self.held -= old.data.len();
             }
         }
         seq
@@ -44,8 +58,8 @@ impl Outbox {
     }
 
     /// The held frames with seq >= `seq`, oldest first.
-    pub fn since(&self, seq: u64) -> impl Iterator<Item = &(u64, Bytes)> {
-        let start = self.frames.partition_point(|(s, _)| *s < seq);
+    pub fn since(&self, seq: u64) -> impl Iterator<Item = &Held> {
+        let start = self.frames.partition_point(|h| h.seq < seq);
         self.frames.range(start..)
     }
 }
@@ -55,7 +69,7 @@ mod tests {
     use super::*;
 
     fn seqs(o: &Outbox, from: u64) -> Vec<u64> {
-        o.since(from).map(|(s, _)| *s).collect()
+        o.since(from).map(|h| h.seq).collect()
     }
 
     #[test]
@@ -67,7 +81,7 @@ mod tests {
         assert_eq!(seqs(&o, 0), [0, 1, 2, 3, 4]);
         assert_eq!(seqs(&o, 3), [3, 4]);
         assert!(seqs(&o, 9).is_empty());
-        assert_eq!(o.since(4).next().unwrap().1.as_ref(), &[4, 4, 4]);
+        assert_eq!(o.since(4).next().unwrap().data.as_ref(), &[4, 4, 4]);
     }
 
     #[test]

@@ -52,10 +52,23 @@ pub enum Inbound {
     Desktop(pb::DesktopInput),
 }
 
+/// One output chunk as the pump sends it: the bytes, and whether the frame is a delta (only
+/// updates the frames before it: `StreamFrame.delta`, the desktop's TILES encoding).
+pub trait Output: Send + 'static {
+    fn into_parts(self) -> (Bytes, bool);
+}
+
+/// Terminal output: every chunk stands alone as far as the relay is concerned.
+impl Output for Bytes {
+    fn into_parts(self) -> (Bytes, bool) {
+        (self, false)
+    }
+}
+
 /// The endpoint's side of a pump.
-pub struct Endpoint {
+pub struct Endpoint<O = Bytes> {
     /// Output chunks to stream, in order. Closed when the endpoint has no more output.
-    pub output: mpsc::Receiver<Bytes>,
+    pub output: mpsc::Receiver<O>,
     /// Where viewer input goes.
     pub inbound: mpsc::Sender<Inbound>,
     /// Fires once with the reason the channel ends.
@@ -66,18 +79,18 @@ pub struct Endpoint {
 }
 
 /// A channel's pump; see the module doc.
-pub struct Pump {
+pub struct Pump<O = Bytes> {
     relay: RelayLink,
     channel: pb::StreamChannel,
-    out: Outgoing,
+    out: Outgoing<O>,
     inc: Incoming,
 }
 
 /// The agent-to-viewer direction.
-struct Outgoing {
+struct Outgoing<O> {
     channel_id: String,
     outbox: Outbox,
-    output: mpsc::Receiver<Bytes>,
+    output: mpsc::Receiver<O>,
     output_open: bool,
     end: Option<oneshot::Receiver<pb::StreamClose>>,
     closing: Option<pb::StreamClose>,
@@ -99,11 +112,11 @@ enum Served {
     Lost(String),
 }
 
-impl Pump {
+impl<O: Output> Pump<O> {
     pub fn new(
         relay: RelayLink,
         channel: pb::StreamChannel,
-        endpoint: Endpoint,
+        endpoint: Endpoint<O>,
         outbox_bytes: usize,
     ) -> Self {
         let out = Outgoing {
@@ -198,7 +211,7 @@ impl Pump {
         let resend: Vec<Message> = out
             .outbox
             .since(ack)
-            .map(|(seq, data)| data_message(&out.channel_id, *seq, data.clone()))
+            .map(|h| data_message(&out.channel_id, h.seq, h.data.clone(), h.delta))
             .collect();
         for msg in resend {
             if let Err(e) = sink.feed(msg).await {
@@ -233,15 +246,16 @@ async fn await_close_reply(source: &mut SplitStream<Socket>) {
     let _ = tokio::time::timeout(CLOSE_REPLY_WAIT, drained).await;
 }
 
-impl Outgoing {
+impl<O: Output> Outgoing<O> {
     /// While disconnected: takes output into the outbox as long as it has room (then the
     /// endpoint is held back), and notes the end. Never resolves when there is nothing to do.
     async fn absorb(&mut self) {
         let room = self.output_open && self.closing.is_none() && self.outbox.has_room();
         tokio::select! {
             chunk = self.output.recv(), if room => match chunk {
-                Some(data) => {
-                    self.outbox.push(data);
+                Some(chunk) => {
+                    let (data, delta) = chunk.into_parts();
+                    self.outbox.push_frame(data, delta);
                 }
                 None => self.output_open = false,
             },
@@ -274,13 +288,14 @@ impl Outgoing {
     async fn send_batch(
         &mut self,
         sink: &mut SplitSink<Socket, Message>,
-        first: Bytes,
+        first: O,
     ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
         let mut next = Some(first);
         let mut count = 0;
-        while let Some(data) = next.take() {
-            let seq = self.outbox.push(data.clone());
-            sink.feed(data_message(&self.channel_id, seq, data)).await?;
+        while let Some(chunk) = next.take() {
+            let (data, delta) = chunk.into_parts();
+            let seq = self.outbox.push_frame(data.clone(), delta);
+            sink.feed(data_message(&self.channel_id, seq, data, delta)).await?;
             count += 1;
             if count < BATCH {
                 next = self.output.try_recv().ok();
@@ -290,9 +305,10 @@ impl Outgoing {
     }
 
     async fn finish(&mut self, sink: &mut SplitSink<Socket, Message>, close: pb::StreamClose) -> Served {
-        while let Ok(data) = self.output.try_recv() {
-            let seq = self.outbox.push(data.clone());
-            if let Err(e) = sink.feed(data_message(&self.channel_id, seq, data)).await {
+        while let Ok(chunk) = self.output.try_recv() {
+            let (data, delta) = chunk.into_parts();
+            let seq = self.outbox.push_frame(data.clone(), delta);
+            if let Err(e) = sink.feed(data_message(&self.channel_id, seq, data, delta)).await {
                 return Served::Lost(e.to_string());
             }
         }
@@ -379,12 +395,12 @@ async fn wait_end(end: &mut Option<oneshot::Receiver<pb::StreamClose>>) -> pb::S
     close
 }
 
-fn data_message(channel_id: &str, seq: u64, data: Bytes) -> Message {
+fn data_message(channel_id: &str, seq: u64, data: Bytes, delta: bool) -> Message {
     let produced_at_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
     Message::Binary(
-        Frame::Data(pb::StreamFrame { channel_id: channel_id.to_owned(), seq, data, produced_at_ms })
+        Frame::Data(pb::StreamFrame { channel_id: channel_id.to_owned(), seq, data, produced_at_ms, delta })
             .encode(),
     )
 }

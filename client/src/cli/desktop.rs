@@ -397,16 +397,23 @@ pub async fn act(
 pub async fn ensure(
     client: &Client,
     relay_url: Option<&str>,
-    (width, height): (u32, u32),
+    request: pb::DesktopEnsureRequest,
     page: Option<PageToken>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     if page.is_some() && relay_url.is_none() {
         bail!("--print-url needs the relay's URL: --relay-url or TETHER_RELAY_URL");
     }
-    let reply =
-        client.desktop_ensure(pb::DesktopEnsureRequest { width, height }).await.context("desktop_ensure")?;
+    let asked = request.frame_encoding();
+    let reply = client.desktop_ensure(request).await.context("desktop_ensure")?;
+    let encoding = reply.frame_encoding();
     let channel = reply.channel.context("the agent named no channel")?;
+    if encoding != asked {
+        eprintln!(
+            "note: the desktop stream was already open with the {} encoding; that is what it sends",
+            encoding_name(encoding)
+        );
+    }
     let url = relay_url.map(|base| tether_proto::stream::stream_url(base, &channel));
     if let (Some(page), Some(base)) = (page, relay_url) {
         let token = page.credential.token_with_mode(&channel, "tetherctl-desktop", page.ttl, page.mode);
@@ -431,6 +438,7 @@ pub async fn ensure(
             "display": {"id": display.id, "width": display.width, "height": display.height, "virtual": display.r#virtual},
             "viewer_url": url,
             "viewer_token_command": mint,
+            "frame_encoding": encoding_name(encoding),
         });
         println!("{value}");
     } else {
@@ -443,9 +451,23 @@ pub async fn ensure(
             None => println!("viewer URL: give --relay-url (or TETHER_RELAY_URL) to print it"),
         }
         println!("viewer token (the relay's viewer secret in TETHER_RELAY_VIEWER_SECRET): {mint}");
-        println!("frames are whole JPEG (or PNG) images, one per StreamFrame; input is DesktopInput");
+        match encoding {
+            pb::DesktopFrameEncoding::Tiles => println!(
+                "frames: whole JPEG (or PNG) key frames, and delta frames (StreamFrame.delta) of changed rectangles in the TTI1 layout; input is DesktopInput"
+            ),
+            pb::DesktopFrameEncoding::Whole => {
+                println!("frames are whole JPEG (or PNG) images, one per StreamFrame; input is DesktopInput")
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn encoding_name(encoding: pb::DesktopFrameEncoding) -> &'static str {
+    match encoding {
+        pb::DesktopFrameEncoding::Whole => "whole",
+        pb::DesktopFrameEncoding::Tiles => "tiles",
+    }
 }
 
 /// `tetherctl desktop --print-url`: how to make the page's token.

@@ -215,6 +215,11 @@ pub enum Command {
         /// Scale the stream down to fit this height (0 = native).
         #[arg(long, default_value_t = 0)]
         height: u32,
+        /// Open the stream with the TILES encoding (key frames, then only the changed
+        /// rectangles; the relay's /view page draws both). Only the ensure that opens the
+        /// channel chooses; viewers that expect a whole image per frame need the default.
+        #[arg(long)]
+        tiles: bool,
         /// Print only the relay's browser page for the desktop, with a fresh viewer token
         /// (minted from TETHER_RELAY_VIEWER_SECRET, valid for --url-ttl).
         #[arg(long)]
@@ -333,7 +338,7 @@ pub async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Type { text } => desktop::input(&client, desktop::text_event(&text), json).await,
         Command::Act { file, output } => desktop::act(&client, &file, output, json).await,
-        Command::Desktop { relay_url, width, height, print_url, view_only, url_ttl, token } => {
+        Command::Desktop { relay_url, width, height, tiles, print_url, view_only, url_ttl, token } => {
             let page = match print_url {
                 true => Some(desktop::PageToken {
                     credential: credential::ViewerCredential::resolve(
@@ -345,7 +350,12 @@ pub async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
                 }),
                 false => None,
             };
-            desktop::ensure(&client, relay_url.as_deref(), (width, height), page, json).await
+            let encoding = match tiles {
+                true => pb::DesktopFrameEncoding::Tiles,
+                false => pb::DesktopFrameEncoding::Whole,
+            };
+            let request = pb::DesktopEnsureRequest { width, height, frame_encoding: encoding as i32 };
+            desktop::ensure(&client, relay_url.as_deref(), request, page, json).await
         }
         Command::Mcp(args) => mcp::run(client, args).await,
         Command::MintToken(_) | Command::Enrollment(_) | Command::Credentials(_) | Command::Sync(_) => {

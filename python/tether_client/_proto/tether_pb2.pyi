@@ -68,6 +68,11 @@ class GitOp(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     GIT_OP_PUSH: _ClassVar[GitOp]
     GIT_OP_RAW: _ClassVar[GitOp]
 
+class DesktopFrameEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DESKTOP_FRAME_ENCODING_WHOLE: _ClassVar[DesktopFrameEncoding]
+    DESKTOP_FRAME_ENCODING_TILES: _ClassVar[DesktopFrameEncoding]
+
 class ImageFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     IMAGE_FORMAT_UNSPECIFIED: _ClassVar[ImageFormat]
@@ -199,6 +204,8 @@ GIT_OP_CHECKOUT: GitOp
 GIT_OP_PULL: GitOp
 GIT_OP_PUSH: GitOp
 GIT_OP_RAW: GitOp
+DESKTOP_FRAME_ENCODING_WHOLE: DesktopFrameEncoding
+DESKTOP_FRAME_ENCODING_TILES: DesktopFrameEncoding
 IMAGE_FORMAT_UNSPECIFIED: ImageFormat
 IMAGE_FORMAT_PNG: ImageFormat
 IMAGE_FORMAT_JPEG: ImageFormat
@@ -1117,20 +1124,24 @@ class PtyCloseResponse(_message.Message):
     def __init__(self, exit_code: _Optional[int] = ...) -> None: ...
 
 class DesktopEnsureRequest(_message.Message):
-    __slots__ = ("width", "height")
+    __slots__ = ("width", "height", "frame_encoding")
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    FRAME_ENCODING_FIELD_NUMBER: _ClassVar[int]
     width: int
     height: int
-    def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
+    frame_encoding: DesktopFrameEncoding
+    def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., frame_encoding: _Optional[_Union[DesktopFrameEncoding, str]] = ...) -> None: ...
 
 class DesktopEnsureResponse(_message.Message):
-    __slots__ = ("channel", "display")
+    __slots__ = ("channel", "display", "frame_encoding")
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_FIELD_NUMBER: _ClassVar[int]
+    FRAME_ENCODING_FIELD_NUMBER: _ClassVar[int]
     channel: StreamChannel
     display: Display
-    def __init__(self, channel: _Optional[_Union[StreamChannel, _Mapping]] = ..., display: _Optional[_Union[Display, _Mapping]] = ...) -> None: ...
+    frame_encoding: DesktopFrameEncoding
+    def __init__(self, channel: _Optional[_Union[StreamChannel, _Mapping]] = ..., display: _Optional[_Union[Display, _Mapping]] = ..., frame_encoding: _Optional[_Union[DesktopFrameEncoding, str]] = ...) -> None: ...
 
 class DesktopInputRequest(_message.Message):
     __slots__ = ("pointer", "key", "scroll")
@@ -1533,16 +1544,18 @@ class StreamOpenAck(_message.Message):
     def __init__(self, accepted: _Optional[bool] = ..., error: _Optional[_Union[AgentError, _Mapping]] = ..., resume_from_seq: _Optional[int] = ...) -> None: ...
 
 class StreamFrame(_message.Message):
-    __slots__ = ("channel_id", "seq", "data", "produced_at_ms")
+    __slots__ = ("channel_id", "seq", "data", "produced_at_ms", "delta")
     CHANNEL_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     PRODUCED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
     channel_id: str
     seq: int
     data: bytes
     produced_at_ms: int
-    def __init__(self, channel_id: _Optional[str] = ..., seq: _Optional[int] = ..., data: _Optional[bytes] = ..., produced_at_ms: _Optional[int] = ...) -> None: ...
+    delta: bool
+    def __init__(self, channel_id: _Optional[str] = ..., seq: _Optional[int] = ..., data: _Optional[bytes] = ..., produced_at_ms: _Optional[int] = ..., delta: _Optional[bool] = ...) -> None: ...
 
 class StreamClose(_message.Message):
     __slots__ = ("channel_id", "reason", "message")

@@ -25,6 +25,9 @@
 //!                                    0x02                                        bye
 //! Input (viewer's replica -> owner): one relay message (Data, PtyResize, DesktopInput).
 //! ```
+//!
+//! Frames cross as the whole relay messages the producer sent, so everything in them, such as a
+//! desktop frame's `delta` flag, reaches a remote viewer exactly as a local one gets it.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tether_proto::frame::Frame;
@@ -194,5 +197,29 @@ mod tests {
         assert_eq!(Ctl::decode(Ctl::Credit(77).encode()), Some(Ctl::Credit(77)));
         assert_eq!(Ctl::decode(Ctl::Bye.encode()), Some(Ctl::Bye));
         assert_eq!(Ctl::decode(Bytes::from_static(&[1, 2])), None);
+    }
+
+    #[test]
+    fn a_desktop_delta_frame_crosses_with_its_flag() {
+        let frame = |seq, delta| {
+            Frame::Data(pb::StreamFrame {
+                channel_id: "d".into(),
+                seq,
+                data: Bytes::from_static(b"TTI1\0\x08\0\x08\0\0"),
+                produced_at_ms: 1,
+                delta,
+            })
+            .encode()
+        };
+        let down = Down::Frames(vec![frame(4, false), frame(5, true)]);
+        let Some(Down::Frames(msgs)) = Down::decode(down.encode()) else { panic!("frames") };
+        let flags: Vec<(u64, bool)> = msgs
+            .into_iter()
+            .map(|m| match Frame::decode(m) {
+                Ok(Frame::Data(f)) => (f.seq, f.delta),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(flags, [(4, false), (5, true)]);
     }
 }

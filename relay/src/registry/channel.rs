@@ -86,6 +86,8 @@ struct ViewerSlot {
     join_offset: u64,
     /// Its token's wait slot while the channel has never had a producer.
     wait: Option<Slot<String>>,
+    /// Desktop: the viewer missed frames, so delta frames are skipped until a whole one.
+    needs_key: bool,
 }
 
 #[derive(Debug)]
@@ -358,6 +360,7 @@ impl ChannelState {
             replay_end: self.down.head_pos(),
             join_offset: self.down.head_offset(),
             wait: None,
+            needs_key: ack > resume_from_seq,
         };
         self.viewers.insert(conn, slot);
         self.idle_since = None;
@@ -460,8 +463,9 @@ impl ChannelState {
         self.kick(conn, pb::StreamCloseReason::TransportError, why);
     }
 
-    /// A frame from the producer (`msg` is the whole relay message as received).
-    pub fn producer_frame(&mut self, conn: ConnId, seq: u64, msg: Bytes, m: &Metrics) {
+    /// A frame from the producer (`msg` is the whole relay message as received; `delta` its
+    /// `StreamFrame.delta`).
+    pub fn producer_frame(&mut self, conn: ConnId, seq: u64, delta: bool, msg: Bytes, m: &Metrics) {
         if self.producer.as_ref().is_none_or(|p| p.conn != conn) || self.ended.is_some() {
             return;
         }
@@ -474,12 +478,16 @@ impl ChannelState {
             return self.kick_for_seq(conn, seq, m);
         };
         m.received(Dir::Down, msg.len());
-        m.evicted(Dir::Down, self.down.push(seq, true, msg));
+        m.evicted(Dir::Down, self.down.push_entry(seq, true, delta, msg));
         self.down_next = Some(after);
         if self.is_desktop() {
-            // Latest wins: every desktop frame is a whole image, so the channel holds only the
-            // newest, and a viewer behind it skips to it (see `next_for_viewer`), never kicked.
-            m.evicted(Dir::Down, self.down.keep_newest());
+            // Latest wins: a whole image makes every older frame stale, so the channel holds
+            // the newest whole image and the deltas after it (still bounded by the ring's
+            // bytes), and a viewer behind skips to the newest whole image (see
+            // `next_for_viewer`), never kicked.
+            if !delta {
+                m.evicted(Dir::Down, self.down.keep_newest());
+            }
             return;
         }
         // A viewer still replaying from before it joined can be overtaken by eviction.
@@ -515,11 +523,26 @@ impl ChannelState {
         let (mut out, mut bytes, mut replayed) = (Vec::new(), 0, 0);
         let mut gap = None;
         // A cursor below the ring's start only skips evicted entries; a hole shows as a seq jump.
+        if latest_wins && v.cursor < first {
+            v.needs_key = true;
+        }
         let mut pos = v.cursor.max(first);
         while pos < head && bytes < max_bytes {
             let Some(e) = self.down.get(pos) else { break };
-            if e.seq > v.expected && latest_wins {
-                v.expected = e.seq;
+            if latest_wins {
+                // A desktop viewer that missed frames resumes at a whole image: a delta only
+                // updates the picture the frames before it drew.
+                if e.seq > v.expected {
+                    v.needs_key = true;
+                }
+                if v.needs_key {
+                    if e.delta {
+                        pos += 1;
+                        continue;
+                    }
+                    v.needs_key = false;
+                    v.expected = e.seq;
+                }
             }
             if e.seq > v.expected {
                 if out.is_empty() {

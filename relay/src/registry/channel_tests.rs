@@ -39,6 +39,7 @@ fn data(seq: u64, body: &[u8]) -> Bytes {
         seq,
         data: Bytes::copy_from_slice(body),
         produced_at_ms: 0,
+        delta: false,
     })
     .encode()
 }
@@ -49,6 +50,7 @@ fn input(seq: u64, body: &[u8]) -> Input {
         seq,
         data: Bytes::copy_from_slice(body),
         produced_at_ms: 0,
+        delta: false,
     })
 }
 
@@ -96,7 +98,7 @@ fn every_viewer_gets_every_frame_and_late_joiners_get_the_replay() {
     assert_eq!(c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap(), 0);
     assert_eq!(c.join_viewer(V1, pb::StreamKind::Pty, grant("s/a", ViewerMode::View), 0, &m).unwrap(), 0);
     for seq in 0..3 {
-        c.producer_frame(P, seq, data(seq, b"out"), &m);
+        c.producer_frame(P, seq, false, data(seq, b"out"), &m);
     }
     assert_eq!(seqs(&drain(&mut c, V1, &m).0), [0, 1, 2]);
     // A second viewer joining later asks from 1 and gets 1, 2 replayed, then live frames.
@@ -104,7 +106,7 @@ fn every_viewer_gets_every_frame_and_late_joiners_get_the_replay() {
         c.join_viewer(V2, pb::StreamKind::Unspecified, grant("s/b", ViewerMode::View), 1, &m).unwrap(),
         1
     );
-    c.producer_frame(P, 3, data(3, b"live"), &m);
+    c.producer_frame(P, 3, false, data(3, b"live"), &m);
     assert_eq!(seqs(&drain(&mut c, V2, &m).0), [1, 2, 3]);
     assert_eq!(seqs(&drain(&mut c, V1, &m).0), [3]);
     let text = m.render(Default::default());
@@ -117,13 +119,13 @@ fn producer_resend_after_reconnect_is_deduplicated() {
     let mut c = chan(7681);
     c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap();
     c.join_viewer(V1, pb::StreamKind::Pty, grant("s/a", ViewerMode::View), 0, &m).unwrap();
-    c.producer_frame(P, 0, data(0, b"a"), &m);
-    c.producer_frame(P, 1, data(1, b"b"), &m);
+    c.producer_frame(P, 0, false, data(0, b"a"), &m);
+    c.producer_frame(P, 1, false, data(1, b"b"), &m);
     c.leave(P, Instant::now());
     // The relay tells the returning producer it has everything below 2.
     assert_eq!(c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap(), 2);
     for seq in 1..4 {
-        c.producer_frame(P, seq, data(seq, b"x"), &m);
+        c.producer_frame(P, seq, false, data(seq, b"x"), &m);
     }
     assert_eq!(seqs(&drain(&mut c, V1, &m).0), [0, 1, 2, 3]);
     assert_eq!(c.down.head_pos(), 4, "the resent frame 1 was not stored twice");
@@ -205,7 +207,8 @@ fn input_without_a_producer_is_held_only_up_to_its_cap() {
             channel_id: "c".into(),
             seq: typed,
             data: Bytes::from_static(&[b'k'; 30]),
-            produced_at_ms: 0
+            produced_at_ms: 0,
+            delta: false,
         })
         .encode()
         .len() as u64
@@ -259,7 +262,7 @@ fn a_viewer_that_stops_reading_holds_the_producer_only_until_the_grace_then_goes
     let mut got = Vec::new();
     let mut seq = 0;
     while c.producer_may_read() {
-        c.producer_frame(P, seq, data(seq, &[b'x'; 90]), &m);
+        c.producer_frame(P, seq, false, data(seq, &[b'x'; 90]), &m);
         got.extend(seqs(&drain(&mut c, V1, &m).0));
         seq += 1;
     }
@@ -269,7 +272,7 @@ fn a_viewer_that_stops_reading_holds_the_producer_only_until_the_grace_then_goes
     assert_eq!(c.counts(), (1, 1));
     assert!(c.producer_may_read());
     for s in seq..seq + 30 {
-        c.producer_frame(P, s, data(s, &[b'x'; 90]), &m);
+        c.producer_frame(P, s, false, data(s, &[b'x'; 90]), &m);
         got.extend(seqs(&drain(&mut c, V1, &m).0));
     }
     assert_eq!(got, (0..seq + 30).collect::<Vec<_>>(), "the fast viewer lost nothing");
@@ -295,7 +298,7 @@ fn a_reading_viewer_paces_the_producer_and_is_never_dropped() {
     c.join_viewer(V1, pb::StreamKind::Pty, grant("s/a", ViewerMode::View), 0, &m).unwrap();
     let mut seq = 0;
     while c.producer_may_read() {
-        c.producer_frame(P, seq, data(seq, &[b'x'; 90]), &m);
+        c.producer_frame(P, seq, false, data(seq, &[b'x'; 90]), &m);
         seq += 1;
     }
     // Reading frees the producer again; the grace never ran out, so nobody was dropped.
@@ -318,7 +321,7 @@ fn resume_after_ring_overflow_announces_the_gap() {
     );
     c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap();
     for seq in 0..20 {
-        c.producer_frame(P, seq, data(seq, &[b'x'; 90]), &m);
+        c.producer_frame(P, seq, false, data(seq, &[b'x'; 90]), &m);
     }
     let ack = c.join_viewer(V1, pb::StreamKind::Pty, grant("s/a", ViewerMode::View), 3, &m).unwrap();
     assert!(ack > 3, "ack {ack} must say where the stream really resumes");
@@ -333,8 +336,8 @@ fn a_hole_is_never_fed_to_a_viewer() {
     let mut c = chan(7681);
     c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap();
     c.join_viewer(V1, pb::StreamKind::Pty, grant("s/a", ViewerMode::View), 0, &m).unwrap();
-    c.producer_frame(P, 0, data(0, b"a"), &m);
-    c.producer_frame(P, 5, data(5, b"f"), &m); // the agent lost 1..4
+    c.producer_frame(P, 0, false, data(0, b"a"), &m);
+    c.producer_frame(P, 5, false, data(5, b"f"), &m); // the agent lost 1..4
     let (frames, _, close) = drain(&mut c, V1, &m);
     assert_eq!(seqs(&frames), [0]);
     assert_eq!(close.unwrap().reason, pb::StreamCloseReason::TransportError as i32);
@@ -350,7 +353,7 @@ fn a_viewer_ahead_of_a_restarted_relay_gets_only_what_it_lacks() {
     assert_eq!(c.join_viewer(V1, pb::StreamKind::Pty, grant("s/a", ViewerMode::View), 5, &m).unwrap(), 5);
     assert_eq!(c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap(), 0);
     for seq in 3..8 {
-        c.producer_frame(P, seq, data(seq, b"r"), &m);
+        c.producer_frame(P, seq, false, data(seq, b"r"), &m);
     }
     assert_eq!(seqs(&drain(&mut c, V1, &m).0), [5, 6, 7]);
 }
@@ -420,7 +423,7 @@ fn producer_close_reaches_every_viewer_after_the_buffer() {
     let mut c = chan(7681);
     c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap();
     c.join_viewer(V1, pb::StreamKind::Pty, grant("s/a", ViewerMode::View), 0, &m).unwrap();
-    c.producer_frame(P, 0, data(0, b"bye"), &m);
+    c.producer_frame(P, 0, false, data(0, b"bye"), &m);
     let close = pb::StreamClose {
         channel_id: String::new(),
         reason: pb::StreamCloseReason::ProcessExit as i32,
@@ -449,7 +452,7 @@ fn a_new_producer_connection_replaces_the_old_one() {
     c.join_producer(P + 100, pb::StreamKind::Pty, 0, &m).unwrap();
     assert_eq!(drain(&mut c, P, &m).2.unwrap().reason, pb::StreamCloseReason::TransportError as i32);
     // Frames of the replaced connection are ignored.
-    c.producer_frame(P, 0, data(0, b"stale"), &m);
+    c.producer_frame(P, 0, false, data(0, b"stale"), &m);
     assert!(c.down.is_empty());
     assert_eq!(
         c.join_producer(7, pb::StreamKind::Desktop, 0, &m).unwrap_err().reason,
@@ -538,7 +541,7 @@ fn a_stalled_viewer_kicked_for_slowness_no_longer_counts() {
     c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap();
     c.join_viewer(V1, pb::StreamKind::Pty, grant("s/a", ViewerMode::View), 0, &m).unwrap();
     assert_eq!(presence(&mut c, P, &m), [1]);
-    c.producer_frame(P, 0, data(0, b"more than eight bytes"), &m);
+    c.producer_frame(P, 0, false, data(0, b"more than eight bytes"), &m);
     c.kick_stalled(&m);
     assert_eq!(presence(&mut c, P, &m), [0]);
 }
@@ -556,7 +559,7 @@ fn a_seq_of_u64_max_is_a_protocol_error_of_the_peer_that_sent_it() {
     c.viewer_input(V2, input(0, b"ok"), &m);
     assert_eq!(drain(&mut c, P, &m).0, [(0, b"ok".to_vec())]);
     // The producer's seq: the producer goes, nothing is stored.
-    c.producer_frame(P, u64::MAX, data(u64::MAX, b"boom"), &m);
+    c.producer_frame(P, u64::MAX, false, data(u64::MAX, b"boom"), &m);
     assert!(c.is_kicked(P));
     assert!(c.down.is_empty());
     let close = drain(&mut c, P, &m).2.expect("the producer is closed");
@@ -576,7 +579,7 @@ fn a_desktop_channel_holds_only_the_newest_frame_and_a_late_or_slow_viewer_skips
     let mut c = chan(6080);
     c.join_producer(P, pb::StreamKind::Desktop, 0, &m).unwrap();
     for seq in 0..5 {
-        c.producer_frame(P, seq, data(seq, &[seq as u8; 40]), &m);
+        c.producer_frame(P, seq, false, data(seq, &[seq as u8; 40]), &m);
     }
     // A viewer joining (from 0) or resuming (from 2) gets the newest whole image, not the stale.
     assert_eq!(c.join_viewer(V1, pb::StreamKind::Desktop, grant("s/a", ViewerMode::View), 0, &m).unwrap(), 4);
@@ -586,7 +589,7 @@ fn a_desktop_channel_holds_only_the_newest_frame_and_a_late_or_slow_viewer_skips
     // producer, and then takes only the newest.
     for seq in 5..10 {
         assert!(c.producer_may_read(), "a lagging desktop viewer must not stall the producer");
-        c.producer_frame(P, seq, data(seq, b"frame"), &m);
+        c.producer_frame(P, seq, false, data(seq, b"frame"), &m);
     }
     c.kick_stalled(&m);
     let (frames, _, close) = drain(&mut c, V2, &m);
@@ -596,13 +599,68 @@ fn a_desktop_channel_holds_only_the_newest_frame_and_a_late_or_slow_viewer_skips
 }
 
 #[test]
+fn a_desktop_channel_keeps_the_newest_whole_frame_and_the_deltas_after_it() {
+    let m = Metrics::default();
+    let mut c = chan(6080);
+    let view = |id: &str| grant(id, ViewerMode::View);
+    c.join_producer(P, pb::StreamKind::Desktop, 0, &m).unwrap();
+    // Key 0, deltas 1..=3: all held, a new viewer gets them all in order.
+    for seq in 0..4 {
+        c.producer_frame(P, seq, seq > 0, data(seq, &[seq as u8; 20]), &m);
+    }
+    assert_eq!(c.join_viewer(V1, pb::StreamKind::Desktop, view("s/a"), 0, &m).unwrap(), 0);
+    assert_eq!(seqs(&drain(&mut c, V1, &m).0), [0, 1, 2, 3]);
+    // A new key frame makes the older frames stale; deltas after it are held again.
+    for seq in 4..7 {
+        c.producer_frame(P, seq, seq > 4, data(seq, &[seq as u8; 20]), &m);
+    }
+    assert_eq!(c.down.first_pos(), 4, "frames before the newest key are gone");
+    assert_eq!(c.join_viewer(V2, pb::StreamKind::Desktop, view("s/b"), 0, &m).unwrap(), 4);
+    assert_eq!(seqs(&drain(&mut c, V2, &m).0), [4, 5, 6], "a new viewer: the key, then its deltas");
+    // Resuming inside the held run continues from there; from before it, at the key.
+    c.join_viewer(V2 + 1, pb::StreamKind::Desktop, view("s/c"), 6, &m).unwrap();
+    assert_eq!(seqs(&drain(&mut c, V2 + 1, &m).0), [6]);
+    assert_eq!(c.join_viewer(V2 + 2, pb::StreamKind::Desktop, view("s/d"), 2, &m).unwrap(), 4);
+    assert_eq!(seqs(&drain(&mut c, V2 + 2, &m).0), [4, 5, 6]);
+    // V1 stops reading at seq 3 while a key and deltas pass: it skips to the newest key, never
+    // to a delta whose base it lacks.
+    for seq in 7..10 {
+        c.producer_frame(P, seq, seq != 8, data(seq, b"frame"), &m);
+    }
+    assert_eq!(seqs(&drain(&mut c, V1, &m).0), [8, 9]);
+    c.producer_frame(P, 10, true, data(10, b"frame"), &m);
+    assert_eq!(seqs(&drain(&mut c, V2, &m).0), [8, 9, 10]);
+    c.producer_frame(P, 11, true, data(11, b"frame"), &m);
+    assert_eq!(seqs(&drain(&mut c, V2, &m).0), [11], "a reader in step gets every delta");
+}
+
+#[test]
+fn a_desktop_viewer_never_starts_on_a_delta_whose_key_the_byte_cap_evicted() {
+    let m = Metrics::default();
+    let mut c = ChannelState::new("c", 6080, Limits { ring_bytes: 300, ..limits() }, Instant::now());
+    c.join_producer(P, pb::StreamKind::Desktop, 0, &m).unwrap();
+    c.producer_frame(P, 0, false, data(0, &[0; 150]), &m);
+    for seq in 1..6 {
+        c.producer_frame(P, seq, true, data(seq, &[1; 40]), &m);
+    }
+    assert!(c.down.first_pos() > 0 && c.down.held_bytes() <= 300, "the cap still holds");
+    c.join_viewer(V1, pb::StreamKind::Desktop, grant("s/a", ViewerMode::View), 0, &m).unwrap();
+    assert!(drain(&mut c, V1, &m).0.is_empty(), "deltas without their key are not sent");
+    c.producer_frame(P, 6, true, data(6, &[1; 40]), &m);
+    assert!(drain(&mut c, V1, &m).0.is_empty());
+    c.producer_frame(P, 7, false, data(7, &[7; 100]), &m);
+    c.producer_frame(P, 8, true, data(8, &[8; 10]), &m);
+    assert_eq!(seqs(&drain(&mut c, V1, &m).0), [7, 8]);
+}
+
+#[test]
 fn a_terminal_channel_still_replays_every_frame_and_kicks_a_viewer_it_evicted() {
     let m = Metrics::default();
     let mut c = ChannelState::new("c", 7681, Limits { ring_bytes: 200, ..limits() }, Instant::now());
     c.join_producer(P, pb::StreamKind::Pty, 0, &m).unwrap();
     c.join_viewer(V1, pb::StreamKind::Pty, grant("s/a", ViewerMode::View), 0, &m).unwrap();
     for seq in 0..20 {
-        c.producer_frame(P, seq, data(seq, b"0123456789"), &m);
+        c.producer_frame(P, seq, false, data(seq, b"0123456789"), &m);
     }
     let (frames, _, close) = drain(&mut c, V1, &m);
     assert!(frames.is_empty() && close.is_some(), "a terminal viewer is never fed a stream with holes");

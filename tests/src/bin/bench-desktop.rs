@@ -5,6 +5,8 @@
 //!
 //! `cargo build --release --workspace --bins && target/release/bench-desktop [ROUNDS]`
 //! (needs Xvfb, xsetroot and xdotool: scripts/setup.sh installs them.)
+//! `target/release/bench-desktop stream` runs only the desktop stream part: the TILES encoding
+//! against WHOLE frames (the baseline), twice each, interleaved.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -165,7 +167,13 @@ fn doubled(frame: &Frame) -> Frame {
 
 #[tokio::main]
 async fn main() {
-    let rounds: usize = std::env::args().nth(1).map(|a| a.parse().expect("a number")).unwrap_or(100);
+    let arg = std::env::args().nth(1);
+    if arg.as_deref() == Some("stream") {
+        let xvfb = Xvfb::start(1280, 800);
+        let nats = Nats::start().await;
+        return stream(&xvfb, &nats).await;
+    }
+    let rounds: usize = arg.map(|a| a.parse().expect("a number")).unwrap_or(100);
     let xvfb = Xvfb::start(1280, 800);
     paint_desktop(&xvfb);
     let nats = Nats::start().await;
@@ -315,31 +323,66 @@ fn cpu_time(pid: i32) -> Duration {
     Duration::from_millis(ticks * 1000 / hz)
 }
 
-/// Frames, bytes and agent CPU a viewer sees over `window`.
-async fn watch(ws: &mut tether_tests::relay::Ws, pid: i32, window: Duration) -> (usize, usize, f64) {
+/// What one viewer saw over a window.
+struct Watched {
+    frames: usize,
+    deltas: usize,
+    bytes: usize,
+    cpu: f64,
+}
+
+/// Frames (and how many were deltas), bytes and agent CPU a viewer sees over `window`.
+async fn watch(ws: &mut tether_tests::relay::Ws, pid: i32, window: Duration) -> Watched {
     let cpu = cpu_time(pid);
     let deadline = Instant::now() + window;
-    let (mut frames, mut bytes) = (0, 0);
+    let mut seen = Watched { frames: 0, deltas: 0, bytes: 0, cpu: 0.0 };
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
         match tokio::time::timeout(left, tether_tests::relay::recv(ws)).await {
             Ok(Some(tether_proto::frame::Frame::Data(f))) => {
-                frames += 1;
-                bytes += f.data.len();
+                seen.frames += 1;
+                seen.deltas += usize::from(f.delta);
+                seen.bytes += f.data.len();
             }
             Ok(Some(_)) => {}
             Ok(None) => panic!("the relay closed the viewer"),
             Err(_) => break,
         }
     }
-    let used = (cpu_time(pid) - cpu).as_secs_f64() / window.as_secs_f64() * 100.0;
-    (frames, bytes, used)
+    seen.cpu = (cpu_time(pid) - cpu).as_secs_f64() / window.as_secs_f64() * 100.0;
+    seen
 }
 
-/// The desktop stream through a real relay: a static screen, then one where a 300x200 block
-/// moves every 10 ms (a dragged window), at `--desktop-fps 30`.
+/// The desktop stream through a real relay, WHOLE frames (the baseline) and TILES, twice each,
+/// interleaved: a static screen, then one where a 300x200 block moves every 10 ms (a dragged
+/// window), at `--desktop-fps 30`.
 async fn stream(xvfb: &Xvfb, nats: &Nats) {
+    println!("\nDesktop stream (JPEG q70, --desktop-fps 30, 1280x800), one viewer through the relay:\n");
+    println!(
+        "| encoding | screen | frames/s | of which deltas | bytes/s | agent CPU % |\n|---|---|---:|---:|---:|---:|"
+    );
+    for _ in 0..2 {
+        for encoding in [pb::DesktopFrameEncoding::Whole, pb::DesktopFrameEncoding::Tiles] {
+            stream_one(xvfb, nats, encoding).await;
+        }
+    }
+}
+
+fn stream_row(encoding: pb::DesktopFrameEncoding, screen: &str, seen: &Watched, window: Duration) {
+    let secs = window.as_secs_f64();
+    println!(
+        "| {} | {screen} | {:.1} | {:.1} | {:.0} | {:.1} |",
+        encoding.as_str_name().trim_start_matches("DESKTOP_FRAME_ENCODING_"),
+        seen.frames as f64 / secs,
+        seen.deltas as f64 / secs,
+        seen.bytes as f64 / secs,
+        seen.cpu
+    );
+}
+
+async fn stream_one(xvfb: &Xvfb, nats: &Nats, encoding: pb::DesktopFrameEncoding) {
     use tether_proto::token::ViewerMode;
     use tether_tests::relay::{self, Relay};
+    paint_desktop(xvfb);
     let relay = Relay::start(&[]).await;
     let opts = AgentOpts {
         env: vec![("DISPLAY".into(), xvfb.display.clone())],
@@ -348,11 +391,11 @@ async fn stream(xvfb: &Xvfb, nats: &Nats) {
         ..Default::default()
     };
     let agent = Agent::start_with(nats, opts).await;
-    let Reply::DesktopEnsure(ensured) =
-        call(&agent, Op::DesktopEnsure(pb::DesktopEnsureRequest::default())).await
-    else {
+    let request = pb::DesktopEnsureRequest { frame_encoding: encoding as i32, ..Default::default() };
+    let Reply::DesktopEnsure(ensured) = call(&agent, Op::DesktopEnsure(request)).await else {
         panic!("desktop_ensure")
     };
+    assert_eq!(ensured.frame_encoding(), encoding);
     let channel = ensured.channel.expect("channel");
     let token = relay::viewer_token(&relay::claims_for(&channel, "bench", ViewerMode::View));
     let open = tether_proto::frame::Frame::Open(pb::StreamOpen {
@@ -367,15 +410,8 @@ async fn stream(xvfb: &Xvfb, nats: &Nats) {
     let pid = agent.proc.pid();
     watch(&mut ws, pid, Duration::from_secs(1)).await; // the first frames
     let window = Duration::from_secs(5);
-    let (frames, bytes, cpu) = watch(&mut ws, pid, window).await;
-    println!("\nDesktop stream (JPEG q70, --desktop-fps 30), one viewer through the relay:\n");
-    println!("| screen | frames/s | bytes/s | agent CPU % |\n|---|---:|---:|---:|");
-    let secs = window.as_secs_f64();
-    println!(
-        "| static (after the first frame) | {:.1} | {:.0} | {cpu:.1} |",
-        frames as f64 / secs,
-        bytes as f64 / secs
-    );
+    let seen = watch(&mut ws, pid, window).await;
+    stream_row(encoding, "static (after the first frame)", &seen, window);
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let painter = {
@@ -403,12 +439,8 @@ async fn stream(xvfb: &Xvfb, nats: &Nats) {
             }
         })
     };
-    let (frames, bytes, cpu) = watch(&mut ws, pid, window).await;
+    let seen = watch(&mut ws, pid, window).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     painter.join().expect("painter");
-    println!(
-        "| changing (a 300x200 block moving every 10 ms) | {:.1} | {:.0} | {cpu:.1} |",
-        frames as f64 / secs,
-        bytes as f64 / secs
-    );
+    stream_row(encoding, "changing (a 300x200 block moving every 10 ms)", &seen, window);
 }

@@ -217,14 +217,14 @@ impl Desktop {
         fenced: crate::ops::pty::FencedBy,
     ) -> OpResult<pb::DesktopEnsureResponse> {
         let stream = self.stream.as_ref().ok_or_else(|| self.no_desktop())?;
-        let channel = stream.ensure(&request, fenced).await?;
+        let (channel, encoding) = stream.ensure(&request, fenced).await?;
         let display = self.info.as_ref().map(|info| pb::Display {
             id: info.id.clone(),
             width: info.width,
             height: info.height,
             r#virtual: info.is_virtual,
         });
-        Ok(pb::DesktopEnsureResponse { channel: Some(channel), display })
+        Ok(pb::DesktopEnsureResponse { channel: Some(channel), display, frame_encoding: encoding as i32 })
     }
 
     pub async fn screenshot(
