@@ -21,6 +21,12 @@ command -v Xvfb >/dev/null 2>&1 || need+=(xvfb xauth)
 command -v xsetroot >/dev/null 2>&1 || need+=(x11-xserver-utils)
 command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# The benchmarks' baselines (tether-bench; CI runs its smoke): a process per desktop action
+# (xdotool), and ssh, scp and rsync to a private loopback sshd.
+command -v xdotool >/dev/null 2>&1 || need+=(xdotool)
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v scp >/dev/null 2>&1 || need+=(openssh-client)
+command -v rsync >/dev/null 2>&1 || need+=(rsync)
 # The relay's /view page is bundled from npm packages (scripts/build-web.sh) and tested in a
 # real headless Chromium (tests/tests/viewer_page.rs).
 command -v node >/dev/null 2>&1 || need+=(nodejs)

@@ -57,7 +57,8 @@ pub fn emit(rows: &[Row]) {
         out.push_str(&serde_json::to_string(row).expect("a row serializes"));
         out.push('\n');
     }
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).expect("open the rows file");
+    let mut file =
+        std::fs::OpenOptions::new().create(true).append(true).open(&path).expect("open the rows file");
     file.write_all(out.as_bytes()).expect("write the rows file");
 }
 

@@ -64,7 +64,9 @@ impl Ssh {
     fn options(&self) -> Vec<String> {
         let key = self.dir.path().join("user");
         let mut args = vec!["-i".to_owned(), key.display().to_string()];
-        for o in ["StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null", "BatchMode=yes", "LogLevel=ERROR"] {
+        for o in
+            ["StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null", "BatchMode=yes", "LogLevel=ERROR"]
+        {
             args.extend(["-o".to_owned(), o.to_owned()]);
         }
         args

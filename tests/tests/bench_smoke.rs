@@ -20,9 +20,11 @@ const AREAS: &[&str] = &[
 
 #[test]
 fn every_benchmark_program_runs_and_reports_rows_beside_their_baselines() {
-    let out = Command::new(tether_tests::bin("tether-bench")).arg("--smoke").output().expect("tether-bench runs");
+    let out =
+        Command::new(tether_tests::bin("tether-bench")).arg("--smoke").output().expect("tether-bench runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let tail: String = stderr.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+    let tail: String =
+        stderr.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "tether-bench --smoke failed:\n{table}\n--- stderr (end) ---\n{tail}");
     let rows: Vec<Vec<&str>> = table

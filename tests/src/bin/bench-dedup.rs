@@ -105,8 +105,12 @@ async fn main() {
             micros(replay)
         );
         rows.push(
-            Row::new("deduplication", format!("fs_write {} KiB p50, replies remembered", size >> 10), bench::us(b))
-                .times(format!("deduplication off {}", bench::us(a)), b.as_secs_f64() / a.as_secs_f64()),
+            Row::new(
+                "deduplication",
+                format!("fs_write {} KiB p50, replies remembered", size >> 10),
+                bench::us(b),
+            )
+            .times(format!("deduplication off {}", bench::us(a)), b.as_secs_f64() / a.as_secs_f64()),
         );
     }
     bench::emit(&rows);

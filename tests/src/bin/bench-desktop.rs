@@ -3,7 +3,7 @@
 //! tool-driven computer-use stacks do), GetImage instead of MIT-SHM, PNG at the encoder's
 //! default settings instead of the fast ones, a Lanczos3 resize instead of bilinear.
 //!
-//! `cargo build --release --workspace --bins && target/release/bench-desktop [ROUNDS]`
+//! `cargo build --release --workspace --bins && target/release/bench-desktop [ROUNDS] [STREAM_SECS]`
 //! (needs Xvfb, xsetroot and xdotool: scripts/setup.sh installs them.)
 //! `target/release/bench-desktop stream` runs only the desktop stream part: the TILES encoding
 //! against WHOLE frames (the baseline), twice each, interleaved.
@@ -17,6 +17,7 @@ use tether_agent::ops::desktop::x11::X11Screen;
 use tether_proto::pb::control_request::Op;
 use tether_proto::pb::control_response::Result as Reply;
 use tether_proto::pb::desktop_input_request::Event;
+use tether_tests::bench::{self, Row};
 use tether_tests::xvfb::Xvfb;
 use tether_tests::{Agent, AgentOpts, Nats, pb};
 use x11rb::connection::Connection;
@@ -44,8 +45,33 @@ fn row(what: &str, mut samples: Vec<Duration>, baseline: Option<(&str, Duration)
         None => String::new(),
     };
     println!("| {what} | {} | {} | {versus} |", ms(p50), ms(p99));
+    let goal = GOALS.iter().find(|(m, _)| what.starts_with(m)).map(|(_, g)| *g);
+    if baseline.is_some() || goal.is_some() {
+        let mut r =
+            Row::new("desktop", format!("{what}, p50"), format!("{} ms", ms(p50))).goal(goal.unwrap_or(""));
+        if let Some((name, b)) = baseline {
+            r = r.beside(
+                format!("{name} {} ms", ms(b)),
+                format!("{:.1}× faster", b.as_secs_f64() / p50.as_secs_f64()),
+            );
+        }
+        ROWS.lock().expect("rows").push(r);
+    }
     p50
 }
+
+/// The goals, by the start of a row's name.
+const GOALS: &[(&str, &str)] = &[
+    ("screenshot 1280x800 PNG", "≤ 15 ms"),
+    ("screenshot 1280x800 JPEG", "≤ 10 ms"),
+    ("downscale 2560x1600 -> 1280x800, bilinear", "≤ 5 ms"),
+    ("click (desktop_input)", "≤ 2 ms"),
+    ("type 50 chars (desktop_input", "≤ 50 ms"),
+    ("act-then-look", "≤ 150 ms"),
+];
+
+/// The rows for `tether-bench`, gathered as the tables print.
+static ROWS: std::sync::Mutex<Vec<Row>> = std::sync::Mutex::new(Vec::new());
 
 fn time<T>(rounds: usize, mut f: impl FnMut() -> T) -> Vec<Duration> {
     (0..rounds)
@@ -168,10 +194,13 @@ fn doubled(frame: &Frame) -> Frame {
 #[tokio::main]
 async fn main() {
     let arg = std::env::args().nth(1);
+    let secs: u64 = std::env::args().nth(2).map(|a| a.parse().expect("seconds")).unwrap_or(5);
+    let stream_window = Duration::from_secs(secs.max(1));
     if arg.as_deref() == Some("stream") {
         let xvfb = Xvfb::start(1280, 800);
         let nats = Nats::start().await;
-        return stream(&xvfb, &nats).await;
+        stream(&xvfb, &nats, stream_window).await;
+        return bench::emit(&ROWS.lock().expect("rows"));
     }
     let rounds: usize = arg.map(|a| a.parse().expect("a number")).unwrap_or(100);
     let xvfb = Xvfb::start(1280, 800);
@@ -309,7 +338,8 @@ async fn main() {
     println!("| (settle outcomes: {}) | | | |", names.join(", "));
     drop(window);
     drop(agent);
-    stream(&xvfb, &nats).await;
+    stream(&xvfb, &nats, stream_window).await;
+    bench::emit(&ROWS.lock().expect("rows"));
 }
 
 /// The agent's CPU time so far (user + system), from /proc.
@@ -329,13 +359,25 @@ struct Watched {
     deltas: usize,
     bytes: usize,
     cpu: f64,
+    secs: f64,
+}
+
+impl Watched {
+    fn summary(&self) -> String {
+        format!(
+            "{:.1} fps, {:.2} MB/s, agent CPU {:.0} %",
+            self.frames as f64 / self.secs,
+            self.bytes as f64 / self.secs / 1e6,
+            self.cpu
+        )
+    }
 }
 
 /// Frames (and how many were deltas), bytes and agent CPU a viewer sees over `window`.
 async fn watch(ws: &mut tether_tests::relay::Ws, pid: i32, window: Duration) -> Watched {
     let cpu = cpu_time(pid);
     let deadline = Instant::now() + window;
-    let mut seen = Watched { frames: 0, deltas: 0, bytes: 0, cpu: 0.0 };
+    let mut seen = Watched { frames: 0, deltas: 0, bytes: 0, cpu: 0.0, secs: window.as_secs_f64() };
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
         match tokio::time::timeout(left, tether_tests::relay::recv(ws)).await {
             Ok(Some(tether_proto::frame::Frame::Data(f))) => {
@@ -355,16 +397,33 @@ async fn watch(ws: &mut tether_tests::relay::Ws, pid: i32, window: Duration) -> 
 /// The desktop stream through a real relay, WHOLE frames (the baseline) and TILES, twice each,
 /// interleaved: a static screen, then one where a 300x200 block moves every 10 ms (a dragged
 /// window), at `--desktop-fps 30`.
-async fn stream(xvfb: &Xvfb, nats: &Nats) {
+async fn stream(xvfb: &Xvfb, nats: &Nats, window: Duration) {
     println!("\nDesktop stream (JPEG q70, --desktop-fps 30, 1280x800), one viewer through the relay:\n");
     println!(
         "| encoding | screen | frames/s | of which deltas | bytes/s | agent CPU % |\n|---|---|---:|---:|---:|---:|"
     );
+    let mut last = Vec::new();
     for _ in 0..2 {
+        last.clear();
         for encoding in [pb::DesktopFrameEncoding::Whole, pb::DesktopFrameEncoding::Tiles] {
-            stream_one(xvfb, nats, encoding).await;
+            last.push(stream_one(xvfb, nats, encoding, window).await);
         }
     }
+    let [(whole_static, whole_changing), (tiles_static, tiles_changing)] = [&last[0], &last[1]];
+    let mut rows = ROWS.lock().expect("rows");
+    rows.push(
+        Row::new("desktop", "stream, changing screen, TILES", tiles_changing.summary())
+            .beside(
+                format!("WHOLE frames {}", whole_changing.summary()),
+                format!("{:.2}× the bytes", tiles_changing.bytes as f64 / whole_changing.bytes.max(1) as f64),
+            )
+            .goal("≥ 24 fps under 3 MB/s"),
+    );
+    rows.push(
+        Row::new("desktop", "stream, static screen, TILES", tiles_static.summary())
+            .beside(format!("WHOLE frames {}", whole_static.summary()), "")
+            .goal("no frame after the first, CPU near zero"),
+    );
 }
 
 fn stream_row(encoding: pb::DesktopFrameEncoding, screen: &str, seen: &Watched, window: Duration) {
@@ -379,7 +438,13 @@ fn stream_row(encoding: pb::DesktopFrameEncoding, screen: &str, seen: &Watched, 
     );
 }
 
-async fn stream_one(xvfb: &Xvfb, nats: &Nats, encoding: pb::DesktopFrameEncoding) {
+/// Static, then changing: what the viewer saw of each.
+async fn stream_one(
+    xvfb: &Xvfb,
+    nats: &Nats,
+    encoding: pb::DesktopFrameEncoding,
+    window: Duration,
+) -> (Watched, Watched) {
     use tether_proto::token::ViewerMode;
     use tether_tests::relay::{self, Relay};
     paint_desktop(xvfb);
@@ -409,9 +474,8 @@ async fn stream_one(xvfb: &Xvfb, nats: &Nats, encoding: pb::DesktopFrameEncoding
     assert!(ack.accepted);
     let pid = agent.proc.pid();
     watch(&mut ws, pid, Duration::from_secs(1)).await; // the first frames
-    let window = Duration::from_secs(5);
-    let seen = watch(&mut ws, pid, window).await;
-    stream_row(encoding, "static (after the first frame)", &seen, window);
+    let still = watch(&mut ws, pid, window).await;
+    stream_row(encoding, "static (after the first frame)", &still, window);
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let painter = {
@@ -443,4 +507,5 @@ async fn stream_one(xvfb: &Xvfb, nats: &Nats, encoding: pb::DesktopFrameEncoding
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     painter.join().expect("painter");
     stream_row(encoding, "changing (a 300x200 block moving every 10 ms)", &seen, window);
+    (still, seen)
 }

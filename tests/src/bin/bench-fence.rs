@@ -101,5 +101,8 @@ async fn main() {
     report("file per scope, 1", file1, Some(base));
     let ours = report(&format!("file per scope, {scopes}"), file_n, Some(base));
     bench::emit(&[Row::new("fencing", format!("epoch advance p50 with {scopes} scopes"), bench::us(ours))
-        .times(format!("whole scope map rewritten {}", bench::us(whole)), ours.as_secs_f64() / whole.as_secs_f64())]);
+        .times(
+            format!("whole scope map rewritten {}", bench::us(whole)),
+            ours.as_secs_f64() / whole.as_secs_f64(),
+        )]);
 }

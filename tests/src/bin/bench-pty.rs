@@ -300,8 +300,12 @@ async fn main() -> anyhow::Result<()> {
             .times(format!("raw websocket echo {}", bench::us(r99)), us(p99) / us(r99)),
         Row::new(area, format!("bulk output, {mib} MiB"), mibs(pty_rate))
             .times(format!("raw websocket stream {}", mibs(raw_rate)), pty_rate / raw_rate),
-        Row::new(area, format!("bulk output, {mib} MiB, against the same command in a local PTY"), mibs(pty_rate))
-            .times(format!("local PTY read {}", mibs(local_rate)), pty_rate / local_rate),
+        Row::new(
+            area,
+            format!("bulk output, {mib} MiB, against the same command in a local PTY"),
+            mibs(pty_rate),
+        )
+        .times(format!("local PTY read {}", mibs(local_rate)), pty_rate / local_rate),
     ]);
     Ok(())
 }

@@ -222,13 +222,21 @@ fn cli_no_change(nats: &Nats, agent: &Agent, local: &Path, cache: &Path, rounds:
 }
 
 /// Prints one line of this program's table and keeps it as a row of `tether-bench`'s.
-fn row(rows: &mut Vec<Row>, case: &str, tether: Duration, rsync: Option<Duration>, tar: Option<Duration>, goal: &str) {
+fn row(
+    rows: &mut Vec<Row>,
+    case: &str,
+    tether: Duration,
+    rsync: Option<Duration>,
+    tar: Option<Duration>,
+    goal: &str,
+) {
     let cell = |d: Option<Duration>| d.map_or("—".to_owned(), |d| format!("{:.0}", ms(d)));
     let ratio = rsync.map_or("—".to_owned(), |r| format!("{:.2}", tether.as_secs_f64() / r.as_secs_f64()));
     println!("| {case} | {:.0} | {} | {} | {ratio} |", ms(tether), cell(rsync), cell(tar));
     let mut row = Row::new("workspace sync", case, bench::ms(tether)).goal(goal);
     if let Some(r) = rsync {
-        row = row.times(format!("rsync -a over ssh {}", bench::ms(r)), tether.as_secs_f64() / r.as_secs_f64());
+        row =
+            row.times(format!("rsync -a over ssh {}", bench::ms(r)), tether.as_secs_f64() / r.as_secs_f64());
     }
     rows.push(row);
 }

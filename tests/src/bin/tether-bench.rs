@@ -27,8 +27,12 @@ const PROGRAMS: &[Program] = &[
     Program { name: "bench-sync", full: &["10000", "100", "5"], smoke: &["300", "4", "1"] },
     Program { name: "bench-stream", full: &["1024", "300"], smoke: &["4", "20"] },
     Program { name: "bench-pty", full: &["1000", "64"], smoke: &["20", "1"] },
-    Program { name: "bench-relay-cluster", full: &["2000", "256", "1000", "100"], smoke: &["20", "2", "30", "5"] },
-    Program { name: "bench-desktop", full: &["200"], smoke: &["5"] },
+    Program {
+        name: "bench-relay-cluster",
+        full: &["2000", "256", "1000", "100"],
+        smoke: &["20", "2", "30", "5"],
+    },
+    Program { name: "bench-desktop", full: &["200", "5"], smoke: &["5", "1"] },
     Program { name: "bench-fence", full: &["10000", "200"], smoke: &["100", "5"] },
     Program { name: "bench-dedup", full: &["200"], smoke: &["5"] },
 ];
@@ -41,7 +45,8 @@ fn main() -> ExitCode {
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1))
         .map(|list| list.split(',').map(str::to_owned).collect());
-    let dir = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_default();
+    let dir =
+        std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_default();
     let rows_file = tempfile::NamedTempFile::new().expect("a temp file for the rows");
     let load_before = load_average();
     let started = Instant::now();
@@ -60,7 +65,9 @@ fn main() -> ExitCode {
             .stdout(std::io::stderr())
             .status();
         match status {
-            Ok(s) if s.success() => eprintln!("=== {} done in {:.0} s", program.name, t.elapsed().as_secs_f64()),
+            Ok(s) if s.success() => {
+                eprintln!("=== {} done in {:.0} s", program.name, t.elapsed().as_secs_f64())
+            }
             other => {
                 eprintln!("=== {} FAILED: {other:?}", program.name);
                 failed.push(program.name);
@@ -104,7 +111,10 @@ fn table(rows: &[Row]) -> String {
 /// What the figures were measured on.
 fn machine(smoke: bool, load_before: &str, seconds: u64) -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|v| v.trim_start_matches([' ', '\t', ':']));
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']));
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let mem_gib = meminfo
@@ -141,4 +151,3 @@ fn version(program: &str, arg: &str) -> String {
         Err(_) => format!("{program}: not found"),
     }
 }
-
