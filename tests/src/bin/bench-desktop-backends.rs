@@ -18,7 +18,7 @@ use tether_agent::ops::desktop::screen::{Button, Screen};
 use tether_agent::ops::desktop::x11::X11Screen;
 use tether_tests::xvfb::{Recorder, Xvfb};
 
-/// 50 characters: 14 need Shift on a US keymap, 5 are not on it at all.
+/// 50 characters: 16 need Shift on a US keymap, 5 are not on it at all.
 const TEXT_50: &str = "Hello, World! Typing é ß → 中文 {QUIZ} ~#42 $5 ok?:)";
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
