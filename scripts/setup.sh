@@ -8,7 +8,9 @@
 # mutual-TLS test makes its certificates), node and npm (the relay's /view page is built from
 # npm packages) and chromium (the page's tests drive it headless); then the Python environment
 # of the Python package's tests and the `tetherctl mcp` test client (a venv at target/pyenv, see
-# below). Idempotent: installs only what is missing.
+# below); and the development libraries the agent's optional xcap/enigo desktop backend links
+# (`--features portable-desktop`: libxcb, PipeWire and SPA, Wayland, GBM and EGL, and libclang
+# for the PipeWire bindings). Idempotent: installs only what is missing.
 set -euo pipefail
 
 need=()
@@ -34,6 +36,21 @@ command -v npm >/dev/null 2>&1 || need+=(npm)
 [ -x /usr/lib/chromium/chromium ] || command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # The Python package (python/) is tested in a venv; Debian splits venv support out of python3.
 /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
+# The xcap/enigo desktop backend (tests/tests/desktop_portable.rs, bench-desktop-backends) builds
+# against these; pkg-config finds all but libclang (bindgen, for the PipeWire bindings).
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+for lib in xcb libpipewire-0.3 libspa-0.2 wayland-client gbm egl; do
+  pkg-config --exists "$lib" 2>/dev/null && continue
+  case $lib in
+    xcb) need+=(libxcb1-dev) ;;
+    libpipewire-0.3) need+=(libpipewire-0.3-dev) ;;
+    libspa-0.2) need+=(libspa-0.2-dev) ;;
+    wayland-client) need+=(libwayland-dev) ;;
+    gbm) need+=(libgbm-dev) ;;
+    egl) need+=(libegl-dev) ;;
+  esac
+done
+compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null || need+=(libclang-dev)
 
 if ((${#need[@]})); then
   sudo=""

@@ -282,6 +282,9 @@ pub struct AgentOpts {
     /// Stream terminals through this relay (`ws://.../stream`); the harness mints the agent's
     /// producer token with [`relay::PRODUCER_SECRET`].
     pub relay_url: Option<String>,
+    /// Run this agent binary instead of the workspace's `tether-agent` (a build with other
+    /// features, e.g. `tether-agent-portable`).
+    pub program: Option<PathBuf>,
 }
 
 /// A running `tether-agent` and a control-plane connection to it.
@@ -449,7 +452,7 @@ fn spawn_agent(
     opts: &AgentOpts,
 ) -> anyhow::Result<(Proc, PathBuf)> {
     let log = logs.join("agent.log");
-    let mut cmd = Command::new(bin("tether-agent"));
+    let mut cmd = Command::new(opts.program.clone().unwrap_or_else(|| bin("tether-agent")));
     cmd.arg("run")
         .args(["--nats-url", &nats.url, "--workspace-id", ws, "--agent-id", id])
         .arg("--workspace-root")

@@ -7,9 +7,11 @@
 #[cfg(feature = "desktop")]
 pub mod act;
 #[cfg(feature = "desktop")]
+pub mod backend;
+#[cfg(feature = "desktop")]
 pub mod encode;
 pub mod keys;
-#[cfg(all(feature = "desktop", not(target_os = "linux")))]
+#[cfg(all(feature = "desktop", any(not(target_os = "linux"), feature = "portable-desktop")))]
 pub mod portable;
 #[cfg(feature = "desktop")]
 pub mod request;
@@ -62,17 +64,19 @@ impl Desktop {
         }
     }
 
-    /// Opens `display` (`None` = the platform default) on the desktop thread and captures once:
-    /// the desktop is claimed only when a capture really succeeds. Blocking.
+    /// Opens `display` (`None` = the platform default) with the backend the environment picks
+    /// (see [`backend`]) on the desktop thread and captures once: the desktop is claimed only
+    /// when a capture really succeeds. Blocking.
     #[cfg(feature = "desktop")]
     pub fn open(display: Option<String>, is_virtual: bool, consent: bool) -> Desktop {
-        #[cfg(target_os = "linux")]
-        let opened = {
-            let name = display.clone();
-            thread::ScreenThread::spawn(move || x11::X11Screen::open(name.as_deref()))
+        let choice = match backend::from_env() {
+            Ok(choice) => choice,
+            Err(reason) => {
+                tracing::warn!(%reason, "no desktop: the backend asked for is not available");
+                return Desktop::unavailable(reason, consent);
+            }
         };
-        #[cfg(not(target_os = "linux"))]
-        let opened = thread::ScreenThread::spawn(portable::PortableScreen::open);
+        let opened = backend::open(choice, display.clone());
         let checked = opened.and_then(|screen| {
             let (frame, backend, input) = screen.run_blocking(|s| {
                 let frame = s.capture(false)?;
