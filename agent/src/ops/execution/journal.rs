@@ -443,4 +443,58 @@ mod tests {
             .sum();
         assert_eq!(kept + j.dropped(), written, "every byte is kept or counted as dropped");
     }
+
+    #[test]
+    fn a_whole_read_is_kept_as_read_and_small_writes_are_joined() {
+        let mut j = Journal::new(8, 1 << 20, 0);
+        let read = Bytes::from_static(b"01234567");
+        j.push(ExecStream::Stdout, read.clone());
+        let c = memory(&mut j, 0);
+        assert_eq!(c.data.as_ptr(), read.as_ptr(), "the read's own bytes, not a copy");
+        j.push(ExecStream::Stdout, Bytes::from_static(b"ab"));
+        j.push(ExecStream::Stdout, Bytes::from_static(b"cd"));
+        // A write that would take the open tail past the cap starts a chunk of its own.
+        j.push(ExecStream::Stdout, Bytes::from_static(b"efghijk"));
+        assert_eq!(&memory(&mut j, 1).data[..], b"abcd");
+        assert_eq!(&memory(&mut j, 2).data[..], b"efghijk");
+        assert_eq!(j.end_pos(), 19);
+    }
+
+    #[test]
+    fn memory_spills_in_batches_behind_its_cap_and_the_pipes_wait_only_past_the_slack() {
+        let cap = 8 << 20;
+        let mut j = Journal::new(64 << 10, cap, 64 << 20);
+        let block = Bytes::from(vec![3u8; 64 << 10]);
+        // Up to a batch over the cap: nothing to spill yet, nothing waits.
+        while j.mem_bytes + block.len() <= cap + SPILL_BATCH {
+            j.push(ExecStream::Stdout, block.clone());
+        }
+        assert!(j.plan_spill().is_none());
+        assert!(!j.over_memory());
+        // The spiller lags: output keeps being taken up to the slack, then the pipes wait.
+        while !j.over_memory() {
+            j.push(ExecStream::Stdout, block.clone());
+        }
+        assert!(j.mem_bytes > cap + SPILL_SLACK);
+        // It catches up in batches, down to the cap, never below: the memory share stays whole.
+        let mut batches = 0;
+        while let Some(plan) = j.plan_spill() {
+            let moved: usize = plan.writes.iter().map(|(at, _)| at.len).sum();
+            assert!(moved <= SPILL_MAX, "{moved}");
+            assert!(j.spilled(&plan).is_empty(), "within the spill cap");
+            batches += 1;
+        }
+        assert!(batches >= 1, "{batches}");
+        assert!(!j.over_memory());
+        assert!(j.mem_bytes >= cap && j.mem_bytes <= cap + SPILL_BATCH, "{}", j.mem_bytes);
+        j.seal();
+        let kept: u64 = (0..j.next_seq())
+            .map(|s| match j.lookup(s) {
+                Lookup::Memory(c) => c.data.len() as u64,
+                Lookup::Disk(d) => d.len as u64,
+                other => panic!("{other:?}"),
+            })
+            .sum();
+        assert_eq!(kept, j.end_pos(), "every byte is in memory or on disk");
+    }
 }
