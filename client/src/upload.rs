@@ -1,10 +1,11 @@
 //! Verified, resumable uploads (README "Transfers"): transfer_open, a window of positional chunk
 //! writes, transfer_commit with the BLAKE3 of the whole content.
 //!
-//! The source is read once, in order, and hashed as it is read (a local file by a reader thread,
-//! the hash by another: `pipeline.rs`); only the ranges the agent does not hold yet are sent, so an upload re-run under the same transfer id after its client died
-//! sends only the rest. At most `window` chunks are in flight and nothing else is buffered, so
-//! memory stays at `window * chunk` whatever the file's size.
+//! The source is read once, in order, and hashed as it is read (a local file by a reader
+//! thread, the hash by another: `pipeline.rs`); only the ranges the agent does not hold yet are
+//! sent, so an upload re-run under the same transfer id after its client died sends only the
+//! rest. At most `window` chunks are in flight and a few more queued between the threads, so
+//! memory stays at about `window * chunk` whatever the file's size.
 
 use std::path::Path;
 use std::sync::Arc;
