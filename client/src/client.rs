@@ -185,7 +185,7 @@ impl Client {
         loop {
             let wait = deadline.saturating_duration_since(Instant::now()).max(MIN_WAIT);
             let result = match self.send(payload.clone(), wait).await {
-                Ok(reply) => envelope::open_response(request_id, &reply),
+                Ok(reply) => envelope::open_response(request_id, reply),
                 Err(e) => Err(e),
             };
             let in_progress = result.as_ref().is_err_and(ClientError::in_progress);

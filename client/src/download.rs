@@ -17,6 +17,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::client::Client;
 use crate::error::ClientError;
+use crate::pipeline::HashThread;
 use crate::transfer::plan_chunks;
 use crate::upload::{Progress, TransferReport, unknown_op, window_for};
 
@@ -58,16 +59,18 @@ impl<W: AsyncWrite + Unpin> Sink for WriterSink<'_, W> {
     }
 }
 
-/// A local file written and hashed by a thread of its own, so neither the copy nor the hash
-/// holds up the requests in flight; a few chunks queue between them, no more.
+/// A local file written by a thread of its own and hashed by another ([`HashThread`]), so
+/// neither the copy nor the hash holds up the requests in flight, nor each other; a few chunks
+/// queue between them, no more.
 struct FileSink {
     tx: Option<tokio::sync::mpsc::Sender<Bytes>>,
-    thread: Option<tokio::task::JoinHandle<std::io::Result<blake3::Hasher>>>,
+    thread: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    hash: HashThread,
     path: PathBuf,
 }
 
 impl FileSink {
-    fn new(mut file: std::fs::File, mut hasher: blake3::Hasher, path: PathBuf, depth: usize) -> FileSink {
+    fn new(mut file: std::fs::File, hasher: blake3::Hasher, path: PathBuf, depth: usize) -> FileSink {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(depth.max(1));
         let thread = tokio::task::spawn_blocking(move || {
             let mut at = std::io::Seek::stream_position(&mut file)?;
@@ -75,15 +78,13 @@ impl FileSink {
                 std::io::Write::write_all(&mut file, &data)?;
                 start_writeback(&file, at, data.len());
                 at += data.len() as u64;
-                hasher.update(&data);
             }
-            file.sync_all()?;
-            Ok(hasher)
+            file.sync_all()
         });
-        FileSink { tx: Some(tx), thread: Some(thread), path }
+        FileSink { tx: Some(tx), thread: Some(thread), hash: HashThread::start(hasher), path }
     }
 
-    async fn join(&mut self) -> Result<blake3::Hasher, ClientError> {
+    async fn join(&mut self) -> Result<(), ClientError> {
         self.tx = None;
         let thread = self
             .thread
@@ -97,6 +98,7 @@ impl FileSink {
 
 impl Sink for FileSink {
     async fn accept(&mut self, data: Bytes) -> Result<(), ClientError> {
+        self.hash.feed(data.clone()).await?;
         let sent = match &self.tx {
             Some(tx) => tx.send(data).await.is_ok(),
             None => false,
@@ -110,7 +112,8 @@ impl Sink for FileSink {
     }
 
     async fn finish(&mut self) -> Result<blake3::Hash, ClientError> {
-        Ok(self.join().await?.finalize())
+        self.join().await?;
+        self.hash.finish().await
     }
 }
 

@@ -21,12 +21,13 @@ pub fn build_request(request_id: String, epoch: u32, fence_scope: &str, op: Op) 
 }
 
 /// Decodes a reply and checks it answers `sent_id`; returns the op's result or the agent's
-/// error. An agent that could not decode our request answers with an empty request id and a
+/// error. Given the reply as `Bytes`, the bytes fields of the result (a read's content) are
+/// slices of it, not copies. An agent that could not decode our request answers with an empty request id and a
 /// `PROTOCOL` error: that error is surfaced as is, since it explains the failure.
-pub fn open_response(sent_id: &str, payload: &[u8]) -> Result<OpResult, ClientError> {
-    let response = pb::ControlResponse::decode(payload).map_err(|e| {
-        ClientError::Protocol(format!("undecodable ControlResponse ({} bytes): {e}", payload.len()))
-    })?;
+pub fn open_response(sent_id: &str, payload: impl bytes::Buf) -> Result<OpResult, ClientError> {
+    let len = payload.remaining();
+    let response = pb::ControlResponse::decode(payload)
+        .map_err(|e| ClientError::Protocol(format!("undecodable ControlResponse ({len} bytes): {e}")))?;
     if response.request_id != sent_id && !(response.request_id.is_empty() && response.error.is_some()) {
         return Err(ClientError::Protocol(format!(
             "reply echoes request id {:?}, expected {sent_id:?}",
@@ -148,7 +149,7 @@ mod tests {
     #[test]
     fn matching_reply_yields_its_result() {
         let ping = OpResult::Ping(pb::PingResponse { nonce: 1, agent_monotonic_ms: 5 });
-        let got = open_response("r-1", &reply("r-1", None, Some(ping.clone()))).unwrap();
+        let got = open_response("r-1", &reply("r-1", None, Some(ping.clone()))[..]).unwrap();
         assert_eq!(got, ping);
     }
 
@@ -159,7 +160,7 @@ mod tests {
             message: "no such file: /x".into(),
             ..Default::default()
         };
-        let got = open_response("r-1", &reply("r-1", Some(err), None)).unwrap_err();
+        let got = open_response("r-1", &reply("r-1", Some(err), None)[..]).unwrap_err();
         assert_eq!(got.code(), Some(pb::ErrorCode::NotFound));
         assert_eq!(got.to_string(), "no such file: /x");
     }
@@ -167,7 +168,7 @@ mod tests {
     #[test]
     fn mismatched_request_id_is_a_protocol_error() {
         let ping = OpResult::Ping(pb::PingResponse::default());
-        let got = open_response("r-1", &reply("r-2", None, Some(ping))).unwrap_err();
+        let got = open_response("r-1", &reply("r-2", None, Some(ping))[..]).unwrap_err();
         assert!(matches!(got, ClientError::Protocol(ref m) if m.contains("r-2")), "{got}");
     }
 
@@ -178,15 +179,15 @@ mod tests {
             message: "undecodable request".into(),
             ..Default::default()
         };
-        let got = open_response("r-1", &reply("", Some(err), None)).unwrap_err();
+        let got = open_response("r-1", &reply("", Some(err), None)[..]).unwrap_err();
         assert!(matches!(got, ClientError::Agent { code: pb::ErrorCode::Protocol, .. }), "{got:?}");
     }
 
     #[test]
     fn empty_or_garbage_replies_are_protocol_errors() {
-        let got = open_response("r-1", &reply("r-1", None, None)).unwrap_err();
+        let got = open_response("r-1", &reply("r-1", None, None)[..]).unwrap_err();
         assert_eq!(got.code(), Some(pb::ErrorCode::Protocol));
-        let got = open_response("r-1", &[0xff, 0xff, 0xff]).unwrap_err();
+        let got = open_response("r-1", &[0xffu8, 0xff, 0xff][..]).unwrap_err();
         assert_eq!(got.code(), Some(pb::ErrorCode::Protocol));
     }
 

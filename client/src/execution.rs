@@ -27,7 +27,7 @@ use crate::error::ClientError;
 
 /// With nothing received for this long, the stream attaches again from where it is.
 pub const SILENCE: Duration = Duration::from_secs(2);
-/// Acknowledge after this many bytes received (the agent's default window is 4 MiB).
+/// Acknowledge after this many bytes received (the agent's default window is 8 MiB).
 const ACK_EVERY: u64 = 256 << 10;
 /// How long attaching keeps retrying while the agent cannot be reached (NATS restarting).
 const REATTACH_PATIENCE: Duration = Duration::from_secs(120);

@@ -26,6 +26,7 @@ mod envelope;
 mod error;
 mod events;
 mod execution;
+mod pipeline;
 pub mod sync;
 mod transfer;
 mod unique;

@@ -1,10 +1,11 @@
 //! Verified, resumable uploads (README "Transfers"): transfer_open, a window of positional chunk
 //! writes, transfer_commit with the BLAKE3 of the whole content.
 //!
-//! The source is read once, in order, and hashed as it is read; only the ranges the agent does
-//! not hold yet are sent, so an upload re-run under the same transfer id after its client died
-//! sends only the rest. At most `window` chunks are in flight and nothing else is buffered, so
-//! memory stays at `window * chunk` whatever the file's size.
+//! The source is read once, in order, and hashed as it is read (a local file by a reader
+//! thread, the hash by another: `pipeline.rs`); only the ranges the agent does not hold yet are
+//! sent, so an upload re-run under the same transfer id after its client died sends only the
+//! rest. At most `window` chunks are in flight and a few more queued between the threads, so
+//! memory stays at about `window * chunk` whatever the file's size.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use tether_proto::pb;
 
 use crate::client::Client;
 use crate::error::ClientError;
+use crate::pipeline::{FileChunks, HashThread};
 use crate::transfer::{ChunkSource, ReaderSource, WriteOptions, write_chunk_size};
 use crate::unique;
 
@@ -151,7 +153,35 @@ impl Client {
             .await
             .map_err(|e| ClientError::io(format!("opening {}", local.display()), e))?;
         let size = file.metadata().await.map_err(|e| ClientError::io("reading upload metadata", e))?.len();
-        self.put_from(path, file, Some(size), options).await
+        let (id, random) = self.upload_id(options);
+        let opened = self.open_upload(path, &id, options).await?;
+        if let Some(p) = &options.progress {
+            p.start(Some(size));
+        }
+        let chunk = self.upload_chunk(path, &id, &opened);
+        let source = FileChunks::start(file.into_std().await, local, chunk);
+        let result = self.send_upload(path, &id, opened, source, options).await;
+        if let Err(err) = &result {
+            self.after_failed_upload(&id, random, err).await;
+        }
+        result
+    }
+
+    /// The transfer id of an upload, and whether it was made up (not chosen by the caller).
+    fn upload_id(&self, options: &PutOptions) -> (String, bool) {
+        match &options.transfer_id {
+            Some(id) => (id.clone(), false),
+            None => (format!("{:016x}{:016x}", unique::random_u64(), unique::random_u64()), true),
+        }
+    }
+
+    /// The content bytes of one chunk write of an opened upload.
+    fn upload_chunk(&self, path: &str, id: &str, opened: &pb::TransferOpenResponse) -> usize {
+        let max_payload = match opened.max_payload as usize {
+            0 => self.max_payload(),
+            agent => agent.min(self.max_payload()),
+        };
+        write_chunk_size(max_payload, path.len() + id.len())
     }
 
     /// Uploads everything `source` yields to `path`, replacing it atomically once the agent has
@@ -163,10 +193,7 @@ impl Client {
         size: Option<u64>,
         options: &PutOptions,
     ) -> Result<TransferReport, ClientError> {
-        let (id, random) = match &options.transfer_id {
-            Some(id) => (id.clone(), false),
-            None => (format!("{:016x}{:016x}", unique::random_u64(), unique::random_u64()), true),
-        };
+        let (id, random) = self.upload_id(options);
         let opened = self.open_upload(path, &id, options).await?;
         if let Some(p) = &options.progress {
             p.start(size);
@@ -204,15 +231,11 @@ impl Client {
         options: &PutOptions,
     ) -> Result<TransferReport, ClientError> {
         let held: Vec<(u64, u64)> = opened.held.iter().map(|r| (r.offset, r.length)).collect();
-        let max_payload = match opened.max_payload as usize {
-            0 => self.max_payload(),
-            agent => agent.min(self.max_payload()),
-        };
-        let chunk = write_chunk_size(max_payload, path.len() + id.len());
+        let chunk = self.upload_chunk(path, id, &opened);
         let window =
             options.window.unwrap_or_else(|| window_for(chunk)).min(opened.window.max(1) as usize).max(1);
         let progress = options.progress.clone();
-        let mut hasher = blake3::Hasher::new();
+        let mut hasher = HashThread::start(blake3::Hasher::new());
         let mut in_flight = FuturesUnordered::new();
         let (mut pos, mut sent) = (0u64, 0u64);
         loop {
@@ -220,7 +243,7 @@ impl Client {
             if data.is_empty() {
                 break;
             }
-            hasher.update(&data);
+            hasher.feed(data.clone()).await?;
             let (start, end) = (pos, pos + data.len() as u64);
             pos = end;
             let missing = gaps(&held, start, end);
@@ -239,7 +262,7 @@ impl Client {
             }
         }
         while in_flight.next().await.transpose()?.is_some() {}
-        let digest = hasher.finalize();
+        let digest = hasher.finish().await?;
         let timeout = self.request_timeout() + Duration::from_secs(pos / SLOWEST_HASH);
         let request = pb::TransferCommitRequest {
             transfer_id: id.to_owned(),

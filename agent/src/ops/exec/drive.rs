@@ -9,6 +9,7 @@ use std::io;
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use bytes::{BufMut, Bytes, BytesMut};
 use futures::future::BoxFuture;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -24,11 +25,15 @@ use crate::process::kill_group;
 
 /// Size of one read from a pipe.
 const READ_CHUNK: usize = 64 * 1024;
+/// Reads land one after another in buffers of this many bytes (at least the read size), and
+/// each read's bytes are handed over as a slice of it: kept output is never copied again.
+const READ_BUFFER: usize = 1 << 20;
 
 /// Where a command's output goes while it runs.
 pub trait Output: Send {
-    /// Takes bytes the command wrote on `stream`.
-    fn push(&mut self, stream: ExecStream, data: &[u8]);
+    /// Takes bytes the command wrote on `stream` (a slice of the read buffer, kept as is by an
+    /// output that stores it).
+    fn push(&mut self, stream: ExecStream, data: Bytes);
 
     /// `None` while more output can be taken; otherwise a future that resolves when there may
     /// be room again. Meanwhile the pipes are not read, so the command blocks writing.
@@ -49,10 +54,10 @@ pub struct Captures {
 }
 
 impl Output for Captures {
-    fn push(&mut self, stream: ExecStream, data: &[u8]) {
+    fn push(&mut self, stream: ExecStream, data: Bytes) {
         match stream {
-            ExecStream::Stdout => self.out.push(data),
-            ExecStream::Stderr => self.err.push(data),
+            ExecStream::Stdout => self.out.push(&data),
+            ExecStream::Stderr => self.err.push(&data),
         }
     }
 }
@@ -121,8 +126,9 @@ impl<O: Output> Run<O> {
         R1: AsyncRead + Unpin,
         R2: AsyncRead + Unpin,
     {
-        let size = self.output.read_size();
-        let (mut out_buf, mut err_buf) = (vec![0; size], vec![0; size]);
+        let size = self.output.read_size().max(1);
+        let mut out_buf = ReadBuffer::new(size);
+        let mut err_buf = ReadBuffer::new(size);
         loop {
             // Time-driven steps run here, not only in the sleep branch, so a child that floods
             // its pipes (always-ready reads) cannot starve them.
@@ -163,10 +169,10 @@ impl<O: Output> Run<O> {
                     return Ok(Ended::Cancelled);
                 }
                 r = read_from(&mut stdout, &mut out_buf), if reading => {
-                    on_read(&mut stdout, &mut self.output, ExecStream::Stdout, r, &out_buf)
+                    on_read(&mut stdout, &mut self.output, ExecStream::Stdout, r, &mut out_buf)
                 }
                 r = read_from(&mut stderr, &mut err_buf), if reading => {
-                    on_read(&mut stderr, &mut self.output, ExecStream::Stderr, r, &err_buf)
+                    on_read(&mut stderr, &mut self.output, ExecStream::Stderr, r, &mut err_buf)
                 }
                 r = child.wait(), if self.status.is_none() => {
                     let status = r.map_err(|e| OpError::os(format!("waiting for the command: {e}")))?;
@@ -223,10 +229,37 @@ impl<O: Output> Run<O> {
     }
 }
 
+/// Where one pipe's reads land: consecutive reads fill one big buffer, each read's bytes split
+/// off as their own `Bytes` (sharing it), and a fresh buffer is taken when one is full.
+struct ReadBuffer {
+    buf: BytesMut,
+    size: usize,
+}
+
+impl ReadBuffer {
+    fn new(size: usize) -> Self {
+        ReadBuffer { buf: BytesMut::new(), size }
+    }
+
+    /// Room for one read of `size` bytes.
+    fn room(&mut self) -> &mut BytesMut {
+        if self.buf.capacity() < self.size {
+            self.buf = BytesMut::with_capacity(READ_BUFFER.max(self.size));
+        }
+        &mut self.buf
+    }
+
+    /// The bytes of the last read.
+    fn take(&mut self) -> Bytes {
+        self.buf.split().freeze()
+    }
+}
+
 /// One read from `pipe`, or never if it is already closed.
-async fn read_from<R: AsyncRead + Unpin>(pipe: &mut Option<R>, buf: &mut [u8]) -> io::Result<usize> {
+async fn read_from<R: AsyncRead + Unpin>(pipe: &mut Option<R>, buf: &mut ReadBuffer) -> io::Result<usize> {
+    let size = buf.size;
     match pipe {
-        Some(p) => p.read(buf).await,
+        Some(p) => p.read_buf(&mut buf.room().limit(size)).await,
         None => std::future::pending().await,
     }
 }
@@ -236,11 +269,11 @@ fn on_read<R, O: Output>(
     output: &mut O,
     stream: ExecStream,
     result: io::Result<usize>,
-    buf: &[u8],
+    buf: &mut ReadBuffer,
 ) {
     match result {
         Ok(0) => *pipe = None,
-        Ok(n) => output.push(stream, &buf[..n]),
+        Ok(_) => output.push(stream, buf.take()),
         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
         Err(e) => {
             tracing::debug!(error = %e, "reading exec output");

@@ -5,14 +5,27 @@
 //! reader that needed them is told exactly how many bytes it lost (a gap), never silently.
 //!
 //! Chunks coalesce while nobody reads them: output goes into an open tail that becomes a chunk
-//! (gets its seq) when a reader asks for it, when it reaches the chunk cap, or when the stream
-//! changes. A reader that keeps up gets each write at once; one that lags gets big chunks.
-//! Pure bookkeeping: the file I/O is the spiller's, off the lock.
+//! (gets its seq) when a reader asks for it, when the next write would take it past the chunk
+//! cap, or when the stream changes. A reader that keeps up gets each write at once; one that
+//! lags gets bigger chunks. The bytes are kept as they were read (slices of the pipe's read
+//! buffer, shared with the publishers): only small writes coalescing into one tail are copied.
+//!
+//! Spilling runs behind the memory cap, not in lockstep with it: the spiller moves the oldest
+//! chunks out in batches once memory is [`SPILL_BATCH`] over its cap, and the pipes wait only
+//! when memory is [`SPILL_SLACK`] over it, so a command whose reader keeps up never waits for
+//! the disk. Pure bookkeeping: the file I/O is the spiller's, off the lock.
 
 use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 use tether_proto::pb::ExecStream;
+
+/// Memory over its cap before the spiller starts a batch (with a spill cap).
+pub const SPILL_BATCH: usize = 1 << 20;
+/// Memory over its cap at which the pipes stop being read until the spiller catches up.
+pub const SPILL_SLACK: usize = 4 << 20;
+/// Most bytes one spill batch moves.
+const SPILL_MAX: usize = 4 << 20;
 
 /// One chunk of output.
 #[derive(Debug, Clone)]
@@ -55,6 +68,40 @@ pub struct SpillPlan {
     pub writes: Vec<(OnDisk, Bytes)>,
 }
 
+/// The open tail: one piece as it was read, or small pieces copied together.
+#[derive(Debug)]
+enum Tail {
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl Tail {
+    fn len(&self) -> usize {
+        match self {
+            Tail::One(b) => b.len(),
+            Tail::Many(b) => b.len(),
+        }
+    }
+
+    fn append(&mut self, data: &[u8]) {
+        if let Tail::One(first) = self {
+            let mut joined = BytesMut::with_capacity(first.len() + data.len());
+            joined.extend_from_slice(first);
+            *self = Tail::Many(joined);
+        }
+        if let Tail::Many(buf) = self {
+            buf.extend_from_slice(data);
+        }
+    }
+
+    fn freeze(self) -> Bytes {
+        match self {
+            Tail::One(b) => b,
+            Tail::Many(b) => b.freeze(),
+        }
+    }
+}
+
 /// The journal; see the module doc.
 #[derive(Debug)]
 pub struct Journal {
@@ -65,7 +112,7 @@ pub struct Journal {
     segment_bytes: u64,
     memory: VecDeque<Chunk>,
     mem_bytes: usize,
-    open: Option<(ExecStream, BytesMut)>,
+    open: Option<(ExecStream, Tail)>,
     disk: VecDeque<OnDisk>,
     disk_bytes: u64,
     /// Segments on disk, oldest first: (id, bytes).
@@ -99,25 +146,36 @@ impl Journal {
         }
     }
 
-    /// Appends output of `stream`.
-    pub fn push(&mut self, stream: ExecStream, mut data: &[u8]) {
+    /// Appends output of `stream`, kept as given (see the module doc).
+    pub fn push(&mut self, stream: ExecStream, mut data: Bytes) {
         self.totals[stream as usize] += data.len() as u64;
+        self.mem_bytes += data.len();
         while !data.is_empty() {
-            if self.open.as_ref().is_some_and(|(s, buf)| *s != stream || buf.len() >= self.chunk_cap) {
+            if self
+                .open
+                .as_ref()
+                .is_some_and(|(s, tail)| *s != stream || tail.len() + data.len() > self.chunk_cap)
+            {
                 self.seal();
             }
-            let (_, buf) = self.open.get_or_insert_with(|| (stream, BytesMut::new()));
-            let n = (self.chunk_cap - buf.len()).min(data.len());
-            buf.extend_from_slice(&data[..n]);
-            self.mem_bytes += n;
-            data = &data[n..];
+            match &mut self.open {
+                Some((_, tail)) => {
+                    tail.append(&data);
+                    data.clear();
+                }
+                None => {
+                    let piece = data.split_to(self.chunk_cap.min(data.len()));
+                    self.open = Some((stream, Tail::One(piece)));
+                }
+            }
         }
     }
 
     /// Makes the open tail a chunk.
     pub fn seal(&mut self) {
-        if let Some((stream, buf)) = self.open.take() {
-            let chunk = Chunk { seq: self.next_seq, pos: self.sealed_end, stream, data: buf.freeze() };
+        if let Some((stream, tail)) = self.open.take() {
+            let data = tail.freeze();
+            let chunk = Chunk { seq: self.next_seq, pos: self.sealed_end, stream, data };
             self.next_seq += 1;
             self.sealed_end += chunk.data.len() as u64;
             self.memory.push_back(chunk);
@@ -173,6 +231,11 @@ impl Journal {
             .unwrap_or((self.next_seq, self.sealed_end))
     }
 
+    /// Largest chunk.
+    pub fn chunk_cap(&self) -> usize {
+        self.chunk_cap
+    }
+
     /// Seq the next chunk gets.
     pub fn next_seq(&self) -> u64 {
         self.next_seq
@@ -213,15 +276,23 @@ impl Journal {
         }
     }
 
-    /// Whether memory holds more than its cap (the pipes wait for the spiller).
+    /// Whether memory holds so much more than its cap that the pipes wait for the spiller
+    /// (without spill files: any more than the cap, which the journal drops at once).
     pub fn over_memory(&self) -> bool {
-        self.mem_bytes > self.mem_cap
+        let slack = if self.spills() { SPILL_SLACK } else { 0 };
+        self.mem_bytes > self.mem_cap + slack
     }
 
-    /// What the spiller should do: chunks to write out while memory is over its cap. Without a
-    /// spill cap they are dropped here and `None` is returned.
+    /// Whether the spiller has a batch to move (or, without spill files, output to drop).
+    fn wants_spill(&self) -> bool {
+        let batch = if self.spills() { SPILL_BATCH.min(self.mem_cap) } else { 0 };
+        self.mem_bytes > self.mem_cap + batch
+    }
+
+    /// What the spiller should do: the oldest chunks to write out, a batch of them, once memory
+    /// is a batch over its cap. Without a spill cap they are dropped here and `None` is returned.
     pub fn plan_spill(&mut self) -> Option<SpillPlan> {
-        if !self.over_memory() {
+        if !self.wants_spill() {
             return None;
         }
         if self.memory.len() <= 1 {
@@ -242,10 +313,10 @@ impl Journal {
             Some(&(id, bytes)) if bytes < self.segment_bytes => (id, bytes),
             _ => (self.next_segment, 0),
         };
-        // At least what is over, at most a few MiB per round; never the newest chunk.
+        // What is over, at most a few MiB per round; never the newest chunk.
         let mut planned = 0usize;
         for chunk in self.memory.iter().take(self.memory.len().saturating_sub(1)) {
-            if planned > excess || planned >= 4 << 20 {
+            if planned >= excess || planned >= SPILL_MAX {
                 break;
             }
             if used >= self.segment_bytes {
@@ -311,13 +382,13 @@ mod tests {
     #[test]
     fn output_coalesces_until_read_and_splits_at_the_cap_and_stream_changes() {
         let mut j = Journal::new(8, 1 << 20, 0);
-        j.push(ExecStream::Stdout, b"ab");
-        j.push(ExecStream::Stdout, b"cd");
+        j.push(ExecStream::Stdout, Bytes::from_static(b"ab"));
+        j.push(ExecStream::Stdout, Bytes::from_static(b"cd"));
         assert_eq!(j.next_seq(), 0, "still open");
         let c = memory(&mut j, 0);
         assert_eq!((c.seq, c.pos, &c.data[..]), (0, 0, &b"abcd"[..]));
-        j.push(ExecStream::Stdout, b"0123456789");
-        j.push(ExecStream::Stderr, b"E");
+        j.push(ExecStream::Stdout, Bytes::from_static(b"0123456789"));
+        j.push(ExecStream::Stderr, Bytes::from_static(b"E"));
         assert!(matches!(j.lookup(1), Lookup::Memory(c) if &c.data[..] == b"01234567"));
         assert!(matches!(j.lookup(2), Lookup::Memory(c) if &c.data[..] == b"89" && c.pos == 12));
         let e = memory(&mut j, 3);
@@ -331,7 +402,7 @@ mod tests {
     fn without_a_spill_cap_the_oldest_are_dropped_and_counted() {
         let mut j = Journal::new(10, 30, 0);
         for _ in 0..10 {
-            j.push(ExecStream::Stdout, &[1; 10]);
+            j.push(ExecStream::Stdout, Bytes::from_static(&[1; 10]));
         }
         assert!(j.over_memory());
         assert!(j.plan_spill().is_none());
@@ -346,11 +417,11 @@ mod tests {
     fn spilled_chunks_are_found_on_disk_and_segments_past_the_cap_dropped() {
         // 1 MiB segments (the minimum), a 2 MiB spill cap, 1 MiB in memory.
         let mut j = Journal::new(64 << 10, 1 << 20, 2 << 20);
-        let block = vec![7u8; 64 << 10];
+        let block = Bytes::from(vec![7u8; 64 << 10]);
         let mut written = 0u64;
         let mut deleted = Vec::new();
         for _ in 0..100 {
-            j.push(ExecStream::Stdout, &block);
+            j.push(ExecStream::Stdout, block.clone());
             written += block.len() as u64;
             while let Some(plan) = j.plan_spill() {
                 deleted.extend(j.spilled(&plan));
@@ -371,5 +442,59 @@ mod tests {
             })
             .sum();
         assert_eq!(kept + j.dropped(), written, "every byte is kept or counted as dropped");
+    }
+
+    #[test]
+    fn a_whole_read_is_kept_as_read_and_small_writes_are_joined() {
+        let mut j = Journal::new(8, 1 << 20, 0);
+        let read = Bytes::from_static(b"01234567");
+        j.push(ExecStream::Stdout, read.clone());
+        let c = memory(&mut j, 0);
+        assert_eq!(c.data.as_ptr(), read.as_ptr(), "the read's own bytes, not a copy");
+        j.push(ExecStream::Stdout, Bytes::from_static(b"ab"));
+        j.push(ExecStream::Stdout, Bytes::from_static(b"cd"));
+        // A write that would take the open tail past the cap starts a chunk of its own.
+        j.push(ExecStream::Stdout, Bytes::from_static(b"efghijk"));
+        assert_eq!(&memory(&mut j, 1).data[..], b"abcd");
+        assert_eq!(&memory(&mut j, 2).data[..], b"efghijk");
+        assert_eq!(j.end_pos(), 19);
+    }
+
+    #[test]
+    fn memory_spills_in_batches_behind_its_cap_and_the_pipes_wait_only_past_the_slack() {
+        let cap = 8 << 20;
+        let mut j = Journal::new(64 << 10, cap, 64 << 20);
+        let block = Bytes::from(vec![3u8; 64 << 10]);
+        // Up to a batch over the cap: nothing to spill yet, nothing waits.
+        while j.mem_bytes + block.len() <= cap + SPILL_BATCH {
+            j.push(ExecStream::Stdout, block.clone());
+        }
+        assert!(j.plan_spill().is_none());
+        assert!(!j.over_memory());
+        // The spiller lags: output keeps being taken up to the slack, then the pipes wait.
+        while !j.over_memory() {
+            j.push(ExecStream::Stdout, block.clone());
+        }
+        assert!(j.mem_bytes > cap + SPILL_SLACK);
+        // It catches up in batches, down to the cap, never below: the memory share stays whole.
+        let mut batches = 0;
+        while let Some(plan) = j.plan_spill() {
+            let moved: usize = plan.writes.iter().map(|(at, _)| at.len).sum();
+            assert!(moved <= SPILL_MAX, "{moved}");
+            assert!(j.spilled(&plan).is_empty(), "within the spill cap");
+            batches += 1;
+        }
+        assert!(batches >= 1, "{batches}");
+        assert!(!j.over_memory());
+        assert!(j.mem_bytes >= cap && j.mem_bytes <= cap + SPILL_BATCH, "{}", j.mem_bytes);
+        j.seal();
+        let kept: u64 = (0..j.next_seq())
+            .map(|s| match j.lookup(s) {
+                Lookup::Memory(c) => c.data.len() as u64,
+                Lookup::Disk(d) => d.len as u64,
+                other => panic!("{other:?}"),
+            })
+            .sum();
+        assert_eq!(kept, j.end_pos(), "every byte is in memory or on disk");
     }
 }

@@ -300,7 +300,7 @@ mod tests {
         ));
         let closing = CancellationToken::new();
         let spiller = tokio::spawn(spill_loop(exec.clone(), closing.clone()));
-        let block = vec![1u8; 64 << 10];
+        let block = Bytes::from(vec![1u8; 64 << 10]);
         for _ in 0..640 {
             loop {
                 let over = exec.lock().journal.over_memory();
@@ -309,7 +309,7 @@ mod tests {
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            exec.lock().journal.push(pb::ExecStream::Stdout, &block);
+            exec.lock().journal.push(pb::ExecStream::Stdout, block.clone());
             exec.bump();
         }
         exec.finish(End {

@@ -241,7 +241,7 @@ impl Execution {
 pub struct JournalOutput(pub Arc<Execution>);
 
 impl Output for JournalOutput {
-    fn push(&mut self, stream: pb::ExecStream, data: &[u8]) {
+    fn push(&mut self, stream: pb::ExecStream, data: Bytes) {
         {
             let mut inner = self.0.lock();
             inner.journal.push(stream, data);
@@ -251,6 +251,11 @@ impl Output for JournalOutput {
             }
         }
         self.0.bump();
+    }
+
+    /// One chunk per read: a read that fills a chunk is kept as it is, never copied.
+    fn read_size(&self) -> usize {
+        self.0.lock().journal.chunk_cap()
     }
 
     fn wait_for_room(&mut self) -> Option<BoxFuture<'static, ()>> {

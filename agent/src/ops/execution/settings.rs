@@ -20,7 +20,7 @@ pub struct ExecArgs {
     #[arg(long, env = "TETHER_EXEC_SPILL", value_parser = crate::size::parse)]
     pub exec_spill: Option<u64>,
     /// Unacknowledged output an attached reader may fall behind before the command's pipes
-    /// stop being read [default: 4M, at most --exec-memory].
+    /// stop being read [default: 8M, at most --exec-memory].
     #[arg(long, env = "TETHER_EXEC_WINDOW", value_parser = crate::size::parse)]
     pub exec_window: Option<u64>,
     /// How long an ended long-running command is kept for late readers [default: 1h].
@@ -66,7 +66,7 @@ impl Default for ExecSettings {
         ExecSettings {
             memory_bytes: MIN_MEMORY as usize,
             spill_bytes: 256 << 20,
-            window_bytes: 4 << 20,
+            window_bytes: 8 << 20,
             retention: Duration::from_secs(3600),
             retained: 256,
         }
