@@ -38,7 +38,7 @@ impl Ssh {
             .port();
         let config = format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {host}\nAuthorizedKeysFile {auth}\nPermitRootLogin yes\n\
-             PasswordAuthentication no\nStrictModes no\nUsePAM no\nPidFile {pid}\n",
+             PasswordAuthentication no\nStrictModes no\nUsePAM no\nPidFile {pid}\nSubsystem sftp internal-sftp\n",
             host = d.join("host").display(),
             auth = d.join("authorized_keys").display(),
             pid = d.join("sshd.pid").display(),

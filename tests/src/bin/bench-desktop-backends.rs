@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use tether_agent::ops::desktop::portable::PortableScreen;
 use tether_agent::ops::desktop::screen::{Button, Screen};
 use tether_agent::ops::desktop::x11::X11Screen;
+use tether_tests::bench::{self, Row};
 use tether_tests::xvfb::{Recorder, Xvfb};
 
 /// 50 characters: 16 need Shift on a US keymap, 5 are not on it at all.
@@ -119,7 +120,7 @@ fn main() {
     println!("|---|---:|---:|---:|---|");
     let base = row("capture, x11rb MIT-SHM", time(rounds, || drop(shm.capture(false))), None, "");
     row("capture, x11rb GetImage", time(rounds, || drop(getimage.capture(false))), Some(base), "");
-    row(
+    let xcap = row(
         "capture, xcap",
         time(rounds, || drop(portable.capture(false))),
         Some(base),
@@ -130,22 +131,52 @@ fn main() {
     let mut window = xvfb.recorder(100, 100, 800, 500);
     let n = rounds.min(100);
     let (samples, seen) = clicks(&mut shm, &mut window, n, (300, 300));
-    let base =
+    let xtest_click =
         row("click (move, press, release, sync), XTEST", samples, None, &format!("{seen}/{n} arrived"));
     let (samples, seen) = clicks(&mut portable, &mut window, n, (310, 300));
-    row("click, enigo (default 12 ms delay)", samples, Some(base), &format!("{seen}/{n} arrived"));
+    let enigo_click =
+        row("click, enigo (default 12 ms delay)", samples, Some(xtest_click), &format!("{seen}/{n} arrived"));
 
     let n = rounds.min(30);
     click(&mut shm, 200, 200);
     let (samples, intact, received) = typing(&mut shm, &mut window, n);
     let note = format!("{intact}/{n} rounds intact, {received}/{} characters", n * 50);
-    let base = row("type 50 characters, XTEST", samples, None, &note);
+    let xtest_typing = row("type 50 characters, XTEST", samples, None, &note);
+    let xtest_received = received;
     // The x11rb backend gives its borrowed keycodes back; enigo starts from the same keymap.
     drop(shm);
     let mut portable_typing = PortableScreen::open(Some(&xvfb.display)).expect("enigo");
     let (samples, intact, received) = typing(&mut portable_typing, &mut window, n);
     let note = format!("{intact}/{n} rounds intact, {received}/{} characters", n * 50);
-    row("type 50 characters, enigo", samples, Some(base), &note);
+    let enigo_typing = row("type 50 characters, enigo", samples, Some(xtest_typing), &note);
     let last: String = window.typed().chars().rev().take(50).collect::<Vec<_>>().into_iter().rev().collect();
     println!("\nenigo's last round as the window got it: {last:?}");
+
+    let area = "desktop backends on X11";
+    let faster = |ours: Duration, theirs: Duration| {
+        format!("{:.0}× faster", theirs.as_secs_f64() / ours.as_secs_f64())
+    };
+    let (capture, capture_base) = (base, xcap);
+    bench::emit(&[
+        Row::new(
+            area,
+            "capture 1280x800, x11rb MIT-SHM (the X11 backend), p50",
+            format!("{} ms", ms(capture)),
+        )
+        .beside(
+            format!("xcap (the portable backend) {} ms", ms(capture_base)),
+            faster(capture, capture_base),
+        ),
+        Row::new(area, "click, XTEST, p50", format!("{} ms", ms(xtest_click)))
+            .beside(format!("enigo {} ms", ms(enigo_click)), faster(xtest_click, enigo_click)),
+        Row::new(
+            area,
+            format!("type 50 characters, XTEST, p50 ({xtest_received}/{} delivered)", n * 50),
+            format!("{} ms", ms(xtest_typing)),
+        )
+        .beside(
+            format!("enigo {} ms ({received}/{} delivered)", ms(enigo_typing), n * 50),
+            faster(xtest_typing, enigo_typing),
+        ),
+    ]);
 }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use futures::StreamExt;
 use tether_client::{AttachFrom, Client, OutputEvent};
+use tether_tests::bench::{self, Row};
 use tether_tests::execs::start_sh;
 use tether_tests::tree::client;
 use tether_tests::{Agent, AgentOpts, Nats};
@@ -220,4 +221,27 @@ async fn main() {
         percentile(&times, 0.5),
         percentile(&times, 0.5) / raw_ms
     );
+    let area = "streamed output";
+    let replay_ms = percentile(&times, 0.5);
+    bench::emit(&[
+        Row::new(area, "command write → chunk at the client, p50", format!("{o50:.0} µs"))
+            .times(format!("raw NATS publish → subscriber {r50:.0} µs"), o50 / r50)
+            .goal("≤ 2 ms"),
+        Row::new(
+            area,
+            format!("`cat` of {file_mib} MiB, exec_start + attach"),
+            format!("{:.0} MiB/s", mib_s(bytes, secs)),
+        )
+        .times(
+            format!("raw NATS publish, {} KiB messages: {:.0} MiB/s", chunk >> 10, mib_s(bytes, raw_secs)),
+            raw_secs / secs,
+        )
+        .goal("≥ 0.70×"),
+        Row::new(
+            area,
+            format!("reattach and replay of {} MiB", replayed >> 20),
+            format!("{replay_ms:.1} ms"),
+        )
+        .times(format!("raw NATS publish of the same bytes {raw_ms:.1} ms"), replay_ms / raw_ms),
+    ]);
 }

@@ -21,6 +21,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tether_client::{chunk_size, window_for};
+use tether_tests::bench::{self, Row};
+use tether_tests::ssh::Ssh;
 use tether_tests::{Agent, AgentOpts, Nats};
 
 /// Writes `len` bytes of xorshift noise (incompressible, cheap to make).
@@ -177,6 +179,10 @@ async fn main() {
     let _source = responder(&nats, "bench.source", payload.clone()).await;
 
     let (mut raw_write, mut raw_read, mut disk) = (Vec::new(), Vec::new(), Vec::new());
+    // The way the backends Tether replaces move a file: scp to and from a loopback sshd.
+    let ssh = Ssh::start();
+    let (mut scp_put, mut scp_get) = (Vec::new(), Vec::new());
+    let scp_remote = format!("127.0.0.1:{}", root.path().join("scp.bin").display());
     let (mut put, mut get_known, mut get_cold) = (Case::default(), Case::default(), Case::default());
     let copy = local.path().join("copy.bin");
     let remote = root.path().join("big.bin");
@@ -206,6 +212,10 @@ async fn main() {
             timed(agent.tetherctl(&nats).args(["--json", "get", "--quiet", "/workspace/big.bin"]).arg(&copy));
         assert_eq!(blake3_of(&got.2), sent_digest, "the round trip changed the content");
         get_cold.add(got);
+        if let Ok(ssh) = &ssh {
+            scp_put.push(ssh.scp(&original.display().to_string(), &scp_remote));
+            scp_get.push(ssh.scp(&scp_remote, &local.path().join("scp-copy.bin").display().to_string()));
+        }
     }
     let agent_rss = vm_hwm(agent.proc.pid());
 
@@ -234,4 +244,65 @@ async fn main() {
         base.display(),
         mib_s(size, disk)
     );
+    let scp = (!scp_put.is_empty()).then(|| (median(&mut scp_get), median(&mut scp_put)));
+    match scp {
+        Some((g, p)) => println!(
+            "| scp from / to a loopback sshd | {:.0} / {:.0} | | | |",
+            mib_s(size, g),
+            mib_s(size, p)
+        ),
+        None => println!("scp baseline skipped: {}", ssh.as_ref().err().map_or("", String::as_str)),
+    }
+    emit_rows(mib, (&mut get_known, &mut get_cold, &mut put), (read_base, write_base), scp, agent_rss);
+}
+
+/// `tether-bench`'s rows: each transfer beside raw NATS and beside scp.
+fn emit_rows(
+    mib: u64,
+    (get_known, get_cold, put): (&mut Case, &mut Case, &mut Case),
+    (read_base, write_base): (Duration, Duration),
+    scp: Option<(Duration, Duration)>,
+    agent_rss: i64,
+) {
+    let size = mib << 20;
+    let rate = |t: Duration| format!("{:.0} MiB/s", mib_s(size, t));
+    let area = "transfers";
+    let mut rows = Vec::new();
+    let cases = [
+        ("`tetherctl get`", get_known, read_base, "replies", "≥ 0.70×", scp.map(|s| s.0)),
+        ("`tetherctl get`, agent hashes meanwhile", get_cold, read_base, "replies", "", None),
+        ("`tetherctl put`", put, write_base, "requests", "≥ 0.60×", scp.map(|s| s.1)),
+    ];
+    for (what, case, base, dir, goal, scp) in cases {
+        let t = median(&mut case.times);
+        let ours = rate(t);
+        rows.push(
+            Row::new(area, format!("{what}, {mib} MiB"), &ours)
+                .times(
+                    format!("raw NATS request/reply, 1 MiB {dir}: {}", rate(base)),
+                    base.as_secs_f64() / t.as_secs_f64(),
+                )
+                .goal(goal),
+        );
+        if let Some(scp) = scp {
+            rows.push(
+                Row::new(area, format!("{what}, {mib} MiB, against scp"), ours).times(
+                    format!("scp over loopback ssh {}", rate(scp)),
+                    scp.as_secs_f64() / t.as_secs_f64(),
+                ),
+            );
+        }
+        let peak = case.rss.iter().copied().max().unwrap_or(0);
+        rows.push(Row::new(
+            area,
+            format!("{what}, {mib} MiB: peak RSS of `tetherctl`"),
+            bench::mib(peak as u64),
+        ));
+    }
+    rows.push(Row::new(
+        area,
+        format!("agent peak RSS over the {mib} MiB transfers"),
+        bench::mib(agent_rss as u64),
+    ));
+    bench::emit(&rows);
 }

@@ -19,22 +19,37 @@ struct Program {
     name: &'static str,
     full: &'static [&'static str],
     smoke: &'static [&'static str],
+    /// For a program only some builds have: the build that makes it (it is skipped, with this
+    /// note, where it is missing).
+    built_by: Option<&'static str>,
+}
+
+const fn program(
+    name: &'static str,
+    full: &'static [&'static str],
+    smoke: &'static [&'static str],
+) -> Program {
+    Program { name, full, smoke, built_by: None }
 }
 
 const PROGRAMS: &[Program] = &[
-    Program { name: "bench-latency", full: &["2000", "256"], smoke: &["20", "8"] },
-    Program { name: "bench-transfer", full: &["1024", "/dev/shm", "3"], smoke: &["4", "/tmp", "1"] },
-    Program { name: "bench-sync", full: &["10000", "100", "5"], smoke: &["300", "4", "1"] },
-    Program { name: "bench-stream", full: &["1024", "300"], smoke: &["4", "20"] },
-    Program { name: "bench-pty", full: &["1000", "64"], smoke: &["20", "1"] },
+    program("bench-latency", &["2000", "256"], &["20", "8"]),
+    program("bench-transfer", &["1024", "/dev/shm", "3"], &["4", "/tmp", "1"]),
+    program("bench-sync", &["10000", "100", "5"], &["300", "4", "1"]),
+    program("bench-stream", &["1024", "300"], &["4", "20"]),
+    program("bench-pty", &["1000", "64"], &["20", "1"]),
+    program("bench-relay-cluster", &["2000", "256", "1000", "100"], &["20", "2", "30", "5"]),
+    program("bench-desktop", &["200", "5"], &["5", "1"]),
+    program("bench-fence", &["10000", "200"], &["100", "5"]),
+    program("bench-dedup", &["200"], &["5"]),
     Program {
-        name: "bench-relay-cluster",
-        full: &["2000", "256", "1000", "100"],
-        smoke: &["20", "2", "30", "5"],
+        name: "bench-desktop-backends",
+        full: &["200"],
+        smoke: &["5"],
+        built_by: Some(
+            "cargo build --release -p tether-tests --features portable-desktop --bin bench-desktop-backends",
+        ),
     },
-    Program { name: "bench-desktop", full: &["200", "5"], smoke: &["5", "1"] },
-    Program { name: "bench-fence", full: &["10000", "200"], smoke: &["100", "5"] },
-    Program { name: "bench-dedup", full: &["200"], smoke: &["5"] },
 ];
 
 fn main() -> ExitCode {
@@ -50,15 +65,20 @@ fn main() -> ExitCode {
     let rows_file = tempfile::NamedTempFile::new().expect("a temp file for the rows");
     let load_before = load_average();
     let started = Instant::now();
-    let mut failed = Vec::new();
+    let (mut failed, mut skipped) = (Vec::new(), Vec::new());
     for program in PROGRAMS {
         if only.as_ref().is_some_and(|o| !o.iter().any(|n| n == program.name)) {
+            continue;
+        }
+        let path = dir.join(program.name);
+        if let (Some(build), false) = (program.built_by, path.exists()) {
+            skipped.push(format!("{} (not built: `{build}`)", program.name));
             continue;
         }
         let args = if smoke { program.smoke } else { program.full };
         eprintln!("\n=== {} {}", program.name, args.join(" "));
         let t = Instant::now();
-        let status = Command::new(dir.join(program.name))
+        let status = Command::new(path)
             .args(args)
             .env(bench::ROWS_ENV, rows_file.path())
             .stdin(Stdio::null())
@@ -77,6 +97,9 @@ fn main() -> ExitCode {
     let rows = bench::read(rows_file.path());
     print!("{}", machine(smoke, &load_before, started.elapsed().as_secs()));
     print!("{}", table(&rows));
+    if !skipped.is_empty() {
+        println!("\nSkipped: {}", skipped.join("; "));
+    }
     if failed.is_empty() {
         ExitCode::SUCCESS
     } else {
