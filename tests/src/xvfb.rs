@@ -196,3 +196,13 @@ impl Recorder {
         assert_eq!(self.typed(), want, "typed text; recorder lines {:?}", self.seen);
     }
 }
+
+/// Decodes an RGB PNG (as the agent's screenshots are) to (width, height, RGB bytes).
+pub fn decode_png(bytes: &[u8]) -> (u32, u32, Vec<u8>) {
+    let mut reader = png::Decoder::new(std::io::Cursor::new(bytes)).read_info().expect("a PNG");
+    let mut buf = vec![0; reader.output_buffer_size().expect("size")];
+    let info = reader.next_frame(&mut buf).expect("PNG pixels");
+    assert_eq!(info.color_type, png::ColorType::Rgb);
+    buf.truncate(info.buffer_size());
+    (info.width, info.height, buf)
+}

@@ -57,16 +57,21 @@ for name, port in [{}]:
     )
 }
 
-#[tokio::test]
-async fn a_confined_command_cannot_connect_to_the_agents_nats_or_relay_but_to_other_ports() {
-    assert!(kernel_landlock_abi() >= 4, "this machine is expected to offer Landlock TCP rules (ABI 4)");
+/// A relay, a nats-server and another loopback listener, and the script that tries all three.
+async fn servers_and_connects() -> (tether_tests::relay::Relay, Nats, std::net::TcpListener, String) {
     let relay = tether_tests::relay::Relay::start(&[]).await;
     let nats = Nats::start().await;
     // Connects complete against the listen backlog: nothing needs to accept them.
     let other = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback listener");
     let other_port = other.local_addr().expect("its address").port();
     let script = connect_script(&[("nats", nats.port), ("relay", relay.addr.port()), ("other", other_port)]);
+    (relay, nats, other, script)
+}
 
+#[tokio::test]
+async fn a_confined_command_cannot_connect_to_the_agents_nats_or_relay_but_to_other_ports() {
+    assert!(kernel_landlock_abi() >= 4, "this machine is expected to offer Landlock TCP rules (ABI 4)");
+    let (relay, nats, _other, script) = servers_and_connects().await;
     let agent = Agent::start_with(&nats, with_args(&[], Some(relay.stream_url()))).await;
     let r = sh(&agent, &script).await;
     let eacces = libc::EACCES;
@@ -86,11 +91,7 @@ async fn a_confined_command_cannot_connect_to_the_agents_nats_or_relay_but_to_ot
 #[tokio::test]
 async fn streamed_commands_and_terminals_cannot_connect_to_the_agents_ports_either() {
     use tether_tests::relay::{Seen, claims_for, collect_until, watch};
-    let relay = tether_tests::relay::Relay::start(&[]).await;
-    let nats = Nats::start().await;
-    let other = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback listener");
-    let other_port = other.local_addr().expect("its address").port();
-    let script = connect_script(&[("nats", nats.port), ("relay", relay.addr.port()), ("other", other_port)]);
+    let (relay, nats, _other, script) = servers_and_connects().await;
     let agent = Agent::start_with(&nats, with_args(&[], Some(relay.stream_url()))).await;
     let expected = format!("nats {e}\nrelay {e}\nother ok\n", e = libc::EACCES);
 

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use tether_proto::pb::control_request::Op;
 use tether_proto::pb::control_response::Result as Reply;
 use tether_proto::pb::desktop_input_request::Event;
-use tether_tests::xvfb::Xvfb;
+use tether_tests::xvfb::{Xvfb, decode_png};
 use tether_tests::{Agent, AgentOpts, Nats, pb};
 
 const BACKEND: &str = "TETHER_DESKTOP_BACKEND";
@@ -60,16 +60,6 @@ async fn input(agent: &Agent, event: Event) {
 
 fn pointer(x: i32, y: i32, action: pb::PointerAction) -> Event {
     Event::Pointer(pb::PointerEvent { x, y, action: action as i32, ..Default::default() })
-}
-
-/// Decodes a PNG to (width, height, RGB bytes).
-fn decode_png(bytes: &[u8]) -> (u32, u32, Vec<u8>) {
-    let mut reader = png::Decoder::new(std::io::Cursor::new(bytes)).read_info().expect("a PNG");
-    let mut buf = vec![0; reader.output_buffer_size().expect("size")];
-    let info = reader.next_frame(&mut buf).expect("PNG frame");
-    assert_eq!(info.color_type, png::ColorType::Rgb);
-    buf.truncate(info.buffer_size());
-    (info.width, info.height, buf)
 }
 
 #[tokio::test]

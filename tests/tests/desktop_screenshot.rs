@@ -5,7 +5,7 @@
 
 use tether_proto::pb::control_request::Op;
 use tether_proto::pb::control_response::Result as Reply;
-use tether_tests::xvfb::Xvfb;
+use tether_tests::xvfb::{Xvfb, decode_png};
 use tether_tests::{Agent, AgentOpts, Nats, pb};
 
 fn on(xvfb: &Xvfb) -> AgentOpts {
@@ -17,16 +17,6 @@ async fn shot(agent: &Agent, request: pb::DesktopScreenshotRequest) -> pb::Deskt
         Ok(Reply::DesktopScreenshot(shot)) => shot,
         other => panic!("screenshot failed: {other:?}\n{}", agent.log()),
     }
-}
-
-/// Decodes a PNG to (width, height, RGB bytes).
-fn decode_png(bytes: &[u8]) -> (u32, u32, Vec<u8>) {
-    let mut reader = png::Decoder::new(std::io::Cursor::new(bytes)).read_info().expect("a PNG");
-    let mut buf = vec![0; reader.output_buffer_size().expect("size")];
-    let info = reader.next_frame(&mut buf).expect("PNG frame");
-    assert_eq!(info.color_type, png::ColorType::Rgb);
-    buf.truncate(info.buffer_size());
-    (info.width, info.height, buf)
 }
 
 fn decode_jpeg(bytes: &[u8]) -> (u32, u32, Vec<u8>) {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tether_proto::tiles::{RectFormat, TileFrame};
 use tether_proto::token::ViewerMode;
 use tether_tests::relay_cluster::RelayCluster;
-use tether_tests::xvfb::Xvfb;
+use tether_tests::xvfb::{Xvfb, decode_png};
 use tether_tests::{Agent, AgentOpts, Nats, pb};
 use x11rb::connection::Connection;
 use x11rb::protocol::xproto::{ConnectionExt as _, CreateGCAux, ImageFormat, Rectangle};
@@ -29,28 +29,19 @@ struct Picture {
     rgb: Vec<u8>,
 }
 
-fn png_rgb(bytes: &[u8]) -> (u32, u32, Vec<u8>) {
-    let mut reader = png::Decoder::new(std::io::Cursor::new(bytes)).read_info().expect("a PNG");
-    let mut buf = vec![0; reader.output_buffer_size().expect("size")];
-    let info = reader.next_frame(&mut buf).expect("PNG pixels");
-    assert_eq!(info.color_type, png::ColorType::Rgb);
-    buf.truncate(info.buffer_size());
-    (info.width, info.height, buf)
-}
-
 impl Picture {
     /// Applies one frame: a whole image replaces the picture, a delta draws its rectangles.
     fn apply(&mut self, frame: &pb::StreamFrame) {
         assert_eq!(frame.delta, tether_proto::tiles::is_tiles(&frame.data), "the flag and the magic agree");
         if !frame.delta {
-            (self.width, self.height, self.rgb) = png_rgb(&frame.data);
+            (self.width, self.height, self.rgb) = decode_png(&frame.data);
             return;
         }
         let tiles = TileFrame::decode(frame.data.clone()).expect("a tile frame");
         assert_eq!((u32::from(tiles.width), u32::from(tiles.height)), (self.width, self.height));
         for r in tiles.rects {
             assert_eq!(r.format, RectFormat::Png);
-            let (w, h, rgb) = png_rgb(&r.image);
+            let (w, h, rgb) = decode_png(&r.image);
             assert_eq!((w, h), (u32::from(r.width), u32::from(r.height)));
             for row in 0..h as usize {
                 let to = ((usize::from(r.y) + row) * self.width as usize + usize::from(r.x)) * 3;
