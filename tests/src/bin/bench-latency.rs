@@ -21,7 +21,6 @@ use futures::StreamExt;
 use prost::Message;
 use tether_tests::bench::{self, Row};
 use tether_tests::ssh::Ssh;
-use tether_tests::watch::ProcStats;
 use tether_tests::{Agent, AgentOpts, Nats, op, pb};
 
 /// p50 and p99 of sorted samples.
@@ -65,10 +64,6 @@ fn us(d: Duration) -> f64 {
 
 fn ratio(a: Duration, b: Duration) -> f64 {
     a.as_secs_f64() / b.as_secs_f64()
-}
-
-fn rss(agent: &Agent) -> u64 {
-    ProcStats::of(agent.proc.pid()).map_or(0, |s| s.rss_kib)
 }
 
 /// Ping p50/p99 while `load` tasks each run `exec true` back to back; and how many execs ran.
@@ -120,7 +115,7 @@ async fn main() {
         AgentOpts { args: vec!["--max-in-flight".into(), (load + 8).to_string()], ..Default::default() };
     let agent = Agent::start_with(&nats, confined).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let idle_rss = rss(&agent);
+    let idle_split = bench::rss_text(agent.proc.pid());
     let whole_machine =
         AgentOpts { args: vec!["--whole-machine".into()], agent_id: Some("wm".into()), ..Default::default() };
     let unconfined = Agent::start_with(&nats, whole_machine).await;
@@ -174,7 +169,7 @@ async fn main() {
     });
     let (loaded, ran) = ping_under_load(&agent, load, (rounds / 4).max(10)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let loaded_rss = rss(&agent);
+    let loaded_split = bench::rss_text(agent.proc.pid());
 
     println!("rounds: {rounds} (exec: {exec_rounds}), one client, sequential requests, loopback nats-server");
     println!("{:<34} {:>8} {:>8} {:>10} {:>10}", "request", "p50 µs", "p99 µs", "p50 ×echo", "p99 ×echo");
@@ -201,7 +196,7 @@ async fn main() {
         Err(why) => println!("ssh baseline skipped: {why}"),
     }
     println!("{ran} execs ran during the ping-under-load window");
-    println!("agent RSS: idle {}, after the load {}", bench::mib(idle_rss), bench::mib(loaded_rss));
+    println!("agent RSS: idle {idle_split}, after the load {loaded_split}");
 
     let area = "requests";
     let spawn = format!("spawn `true` locally {}", bench::ms(local.0));
@@ -236,7 +231,7 @@ async fn main() {
             .times(format!("idle ping p99 {}", bench::ms(agent_ping.1)), ratio(loaded.1, agent_ping.1))
             .goal("≤ 5 ms"),
     );
-    rows.push(Row::new(area, "agent RSS, idle", bench::mib(idle_rss)).goal("≤ 10 MiB"));
-    rows.push(Row::new(area, format!("agent RSS after {ran} execs under load"), bench::mib(loaded_rss)));
+    rows.push(Row::new(area, "agent RSS, idle", idle_split).goal("≤ 10 MiB"));
+    rows.push(Row::new(area, format!("agent RSS after {ran} execs under load"), loaded_split));
     bench::emit(&rows);
 }
