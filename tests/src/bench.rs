@@ -98,7 +98,12 @@ pub fn rss_split(pid: i32) -> Option<(u64, u64, u64)> {
 pub fn rss_text(pid: i32) -> String {
     match rss_split(pid) {
         Some((rss, anon, file)) => {
-            format!("{} (anonymous {:.1}, file-backed {:.1})", mib(rss), anon as f64 / 1024.0, file as f64 / 1024.0)
+            format!(
+                "{} (anonymous {:.1}, file-backed {:.1})",
+                mib(rss),
+                anon as f64 / 1024.0,
+                file as f64 / 1024.0
+            )
         }
         None => "unreadable".to_owned(),
     }

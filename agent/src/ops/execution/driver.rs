@@ -19,6 +19,8 @@ use crate::sandbox::CommandLimits;
 
 /// How long a killed leader gets to be reaped.
 const REAP_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// The longest an end waits for the spiller to catch up (a slow disk).
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Runs one execution to its end and records it.
 pub struct Driver {
@@ -90,6 +92,7 @@ impl Driver {
         // Recorded before anyone is told: a wait answered, then a crash, must still find the
         // end on disk (else the next agent would call it lost).
         let _ = tokio::task::spawn_blocking(move || records.write(&record)).await;
+        spill_settled(&exec).await;
         exec.finish(End {
             status,
             reason,
@@ -101,6 +104,20 @@ impl Driver {
         });
         if let Ok(mut stdin) = exec.stdin.try_lock() {
             stdin.pipe = None;
+        }
+    }
+}
+
+/// Waits (bounded) until the spiller has moved to disk what memory holds over its share. The
+/// spiller works in batches behind the output, so at the command's exit it may still owe one;
+/// a reader told of the end before it is paid would see output it is reading dropped under it
+/// (a second gap), where one that comes after sees a journal that no longer changes.
+async fn spill_settled(exec: &Execution) {
+    let mut changed = exec.watch();
+    let deadline = Instant::now() + SETTLE_WAIT;
+    while exec.lock().journal.spill_pending() {
+        if !matches!(tokio::time::timeout_at(deadline, changed.changed()).await, Ok(Ok(()))) {
+            break;
         }
     }
 }

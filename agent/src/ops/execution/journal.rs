@@ -283,6 +283,11 @@ impl Journal {
         self.mem_bytes > self.mem_cap + slack
     }
 
+    /// Whether the spiller still has output to move to disk (false without spill files).
+    pub fn spill_pending(&self) -> bool {
+        self.spills() && self.wants_spill()
+    }
+
     /// Whether the spiller has a batch to move (or, without spill files, output to drop).
     fn wants_spill(&self) -> bool {
         let batch = if self.spills() { SPILL_BATCH.min(self.mem_cap) } else { 0 };
