@@ -93,7 +93,7 @@ ctl exec --shell -- 'xsetroot -solid "#3465a4" && echo "a confined command paint
 ctl screenshot -o "$work/screen.png" --max-width 640 && file "$work/screen.png" 2>/dev/null || true
 # Browser pages for a terminal and for the desktop (the token is after '#': it reaches no log).
 ctl shell --print-url --url-ttl 10m -- sh -c 'echo "a terminal in your browser"; exec sh'
-ctl desktop --print-url --view-only
+ctl desktop --print-url --view-only --tiles   # key frames + changed tiles only (TILES)
 ctl click 320 200 --space 640x400 && echo "(clicked the virtual display's centre, given in screenshot pixels)"
 # What an MCP client (an AI assistant) sends `tetherctl mcp` on its stdin, and the answer.
 printf '\n\033[1m$ tetherctl mcp   # an assistant asks it to run a command\033[0m\n'
