@@ -391,6 +391,12 @@ impl Seen {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.bytes).into_owned()
     }
+
+    /// The last `n` bytes as text: what a check after each event of a long output looks at
+    /// (the whole text each time makes collecting quadratic).
+    pub fn tail(&self, n: usize) -> String {
+        String::from_utf8_lossy(&self.bytes[self.bytes.len().saturating_sub(n)..]).into_owned()
+    }
 }
 
 /// Collects viewer events until `done` holds for what was seen so far (checked after each
@@ -406,8 +412,16 @@ pub async fn collect_until(
     while !done(seen) && seen.closed.is_none() {
         let event = tokio::time::timeout_at(deadline, viewer.next()).await;
         match event {
-            Err(_) => panic!("viewer waited {within:?}; saw:\n{}", seen.text()),
-            Ok(None) => panic!("viewer ended without a close; saw:\n{}", seen.text()),
+            Err(_) => panic!(
+                "viewer waited {within:?}; saw {} bytes, ending:\n{}",
+                seen.bytes.len(),
+                seen.tail(4096)
+            ),
+            Ok(None) => panic!(
+                "viewer ended without a close; saw {} bytes, ending:\n{}",
+                seen.bytes.len(),
+                seen.tail(4096)
+            ),
             Ok(Some(ViewerEvent::Output(data))) => seen.bytes.extend_from_slice(&data),
             Ok(Some(ViewerEvent::Closed { reason, message })) => seen.closed = Some((reason, message)),
             Ok(Some(ViewerEvent::Gap { .. })) => seen.gaps += 1,
