@@ -313,8 +313,18 @@ fn open_final(
     mode: Mode,
     seen: Option<&FileStat>,
 ) -> Result<OwnedFd, Errno> {
+    let follows = !flags.contains(OFlag::O_NOFOLLOW);
     let fd = match openat(dir, name, flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, mode) {
-        Err(Errno::ELOOP) if !flags.contains(OFlag::O_NOFOLLOW) => return Err(Errno::EAGAIN),
+        Err(Errno::ELOOP) if follows => return Err(Errno::EAGAIN),
+        // With O_DIRECTORY a symlink is ENOTDIR, not ELOOP: one swapped in since the probe
+        // (the probe saw a directory, or sees a symlink now).
+        Err(Errno::ENOTDIR)
+            if follows
+                && flags.contains(OFlag::O_DIRECTORY)
+                && (seen.is_some_and(|st| is(st, SFlag::S_IFDIR)) || is_symlink(dir, name)) =>
+        {
+            return Err(Errno::EAGAIN);
+        }
         opened => opened?,
     };
     match seen {
@@ -324,6 +334,11 @@ fn open_final(
         }
         None => Ok(fd),
     }
+}
+
+fn is_symlink(dir: BorrowedFd<'_>, name: &OsStr) -> bool {
+    nix::sys::stat::fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+        .is_ok_and(|st| is(&st, SFlag::S_IFLNK))
 }
 
 /// Whether `st` describes a file of `kind` (`S_IFDIR`, `S_IFLNK`, ...).
@@ -518,6 +533,21 @@ mod tests {
         assert!(missing.message.contains("working directory") && missing.message.contains("nope"));
         assert_eq!(p.resolve_cwd("file").unwrap_err().code, ErrorCode::Os);
         assert_eq!(p.resolve_cwd("/tmp").unwrap_err().code, ErrorCode::ConsentRequired);
+    }
+
+    #[test]
+    fn a_directory_swapped_for_a_symlink_after_the_probe_is_looked_at_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        std::fs::create_dir(root.join("d")).unwrap();
+        let base = std::fs::File::open(&root).unwrap();
+        let seen =
+            nix::sys::stat::fstatat(base.as_fd(), "d", nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).unwrap();
+        std::fs::remove_dir(root.join("d")).unwrap();
+        symlink("/tmp", root.join("d")).unwrap();
+        let flags = OFlag::O_PATH | OFlag::O_DIRECTORY;
+        let swapped = open_final(base.as_fd(), OsStr::new("d"), flags, Mode::empty(), Some(&seen));
+        assert_eq!(swapped.err(), Some(Errno::EAGAIN), "not ENOTDIR: the walk looks again and sees the link");
     }
 
     #[test]

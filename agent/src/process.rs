@@ -228,7 +228,12 @@ fn cwd_beneath(root: &[u8]) -> io::Result<()> {
     // SAFETY: `buf` is writable for its whole length; getcwd NUL-terminates what it writes.
     let got = unsafe { libc::getcwd(buf.as_mut_ptr().cast(), buf.len()) };
     if got.is_null() {
-        return Err(io::Error::last_os_error());
+        let e = io::Error::last_os_error();
+        // ENOENT: the directory was removed since the chdir.
+        return Err(match e.raw_os_error() {
+            Some(libc::ENOENT) => io::Error::from_raw_os_error(CWD_GONE),
+            _ => e,
+        });
     }
     let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     let cwd = &buf[..len];

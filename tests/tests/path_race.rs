@@ -3,8 +3,9 @@
 //! (and back), reads, writes, moves, listings and execs with that directory as their cwd run
 //! against it. Not one of them may touch what lies outside: an inotify watch on the outside
 //! directories sees no access, the canary there never changes, no listing or read shows it,
-//! and no command ever runs with its working directory outside the root (`pwd -P` says where
-//! the kernel put it, whatever path it was given).
+//! and no command ever runs with its working directory outside the root (`/proc/<pid>/cwd`
+//! says where the kernel put it, whatever path it was given; the shell's `pwd -P` does not: it
+//! resolves `$PWD` again, through the symlink swapped in since).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -99,7 +100,12 @@ async fn swapping_a_directory_for_a_symlink_out_lets_no_operation_touch_what_lie
         |_| Op::FsList(pb::FsListRequest { path: "d".into(), recursive: true, max_entries: 0 }),
         |_| Op::FsList(pb::FsListRequest { path: "/workspace/d/".into(), recursive: false, max_entries: 0 }),
         |i| Op::FsMkdir(pb::FsMkdirRequest { path: format!("d/m{}", i % 3), parents: true, mode: 0 }),
-        |_| Op::Exec(pb::ExecRequest { cwd: "d".into(), ..op::sh("pwd -P; cat f; ls; echo x > made") }),
+        |_| {
+            Op::Exec(pb::ExecRequest {
+                cwd: "d".into(),
+                ..op::sh("readlink /proc/$$/cwd; cat f; ls; echo x > made")
+            })
+        },
         |_| Op::Exec(pb::ExecRequest { cwd: "/workspace/d".into(), ..op::exec(&["ls", "-a"]) }),
     ];
     let mut tasks = Vec::new();
