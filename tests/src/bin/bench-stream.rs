@@ -69,12 +69,16 @@ async fn raw_latency(nats: &Nats, rounds: usize) -> Vec<f64> {
     });
     let mut samples = Vec::new();
     while samples.len() < rounds {
-        let msg = sub.next().await.expect("message");
+        // Bounded: a baseline that loses a message must not hang the whole run.
+        let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(10), sub.next()).await else {
+            println!("raw subscriber stalled after {} of {rounds} messages", samples.len());
+            break;
+        };
         let arrived = now_ns();
         let sent: u128 = String::from_utf8_lossy(&msg.payload).trim().parse().unwrap_or(arrived);
         samples.push(arrived.saturating_sub(sent) as f64 / 1e3);
     }
-    sender.await.expect("sender");
+    sender.abort();
     samples
 }
 
