@@ -15,6 +15,7 @@ use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,6 +23,7 @@ use nix::unistd::Pid;
 use tether_proto::pb;
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin};
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -103,17 +105,36 @@ pub(crate) fn exit_of(status: std::process::ExitStatus, timed_out: bool) -> (i32
     }
 }
 
+/// A turn to spawn a child. A confined child spends tens of milliseconds of kernel time
+/// entering its Landlock domain before it execs (every rule is copied into its new domain);
+/// hundreds of them at once take every core from the agent's own threads, and a ping then
+/// waits seconds. So at most one spawn per core is under way; the others wait their turn,
+/// which costs them nothing overall (the cores were the limit) and keeps the agent responsive
+/// (`bench-latency`: ping p99 under 256 concurrent execs 4.9 s without turns, 75 ms with two
+/// per core, 1.4 ms with one; BENCHMARKS.md).
+pub(crate) async fn spawn_turn() -> SemaphorePermit<'static> {
+    static TURNS: OnceLock<Semaphore> = OnceLock::new();
+    let turns = TURNS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        Semaphore::new(cores)
+    });
+    turns.acquire().await.expect("the spawn semaphore is never closed")
+}
+
 /// Spawns `cmd` (a command of the [`Launcher`]) and returns the child and its process group.
 /// Forking a confined child can take tens of milliseconds (Landlock copies every rule into the
-/// child's new domain), so it happens on the blocking pool, not an async worker.
+/// child's new domain), so it happens on the blocking pool, not an async worker, in its
+/// [`spawn_turn`].
 pub(crate) async fn spawn(
     mut cmd: tokio::process::Command,
     program: &OsStr,
     cwd: &Path,
 ) -> OpResult<(Child, Pid)> {
+    let turn = spawn_turn().await;
     let spawned = tokio::task::spawn_blocking(move || cmd.spawn())
         .await
         .unwrap_or_else(|e| Err(io::Error::other(format!("the spawn task failed: {e}"))));
+    drop(turn);
     let child = spawned.map_err(|e| spawn_error(&e, program, cwd))?;
     // Invariant: `id()` is None only after the child was reaped, and nothing has waited yet.
     let pid = child

@@ -187,7 +187,9 @@ impl Terminals {
         };
         let program_name = spec.program.clone();
         let launcher = self.launcher.clone();
+        let turn = super::exec::spawn_turn().await;
         let spawned = tokio::task::spawn_blocking(move || Terminal::spawn(&launcher, spec)).await;
+        drop(turn);
         let spawned =
             spawned.unwrap_or_else(|e| Err(std::io::Error::other(format!("spawning the terminal: {e}"))));
         let terminal = match spawned {
