@@ -158,10 +158,17 @@ async fn main() {
     let mut args = std::env::args().skip(1).map(|a| a.parse::<u64>().expect("a number"));
     let file_mib = args.next().unwrap_or(1024);
     let rounds = args.next().unwrap_or(300) as usize;
-    let dir = if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" };
+    let base = if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" };
+    // A directory of our own for the big file, made before the agent starts: commands are
+    // confined to the workspace, and a read location shares only what anyone may read when the
+    // agent starts (a shared /dev/shm holding someone's private file is shared entry by entry,
+    // and a file made there later stays unreadable).
+    let held = tempfile::Builder::new().prefix("tether-bench-stream-").tempdir_in(base).expect("a directory");
+    std::fs::set_permissions(held.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let dir = held.path().to_str().expect("utf-8 path").to_owned();
     let nats = Nats::start().await;
-    // Commands are confined to the workspace: let them read the big file's directory.
-    let mut args = vec!["--confine-read".to_owned(), dir.to_owned()];
+    let mut args = vec!["--confine-read".to_owned(), dir.clone()];
     if let Ok(window) = std::env::var("BENCH_EXEC_WINDOW") {
         args.extend(["--exec-window".to_owned(), window]);
     }
@@ -184,7 +191,7 @@ async fn main() {
         o50 / r50
     );
 
-    let path = format!("{dir}/tether-bench-stream-{}", std::process::id());
+    let path = format!("{dir}/big");
     {
         let block = vec![0x5au8; 1 << 20];
         let mut file = std::fs::File::create(&path).expect("create the file");
