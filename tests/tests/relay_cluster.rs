@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
 use tether_proto::pb;
 use tether_proto::pb::control_request::Op;
 use tether_proto::pb::control_response::Result as Reply;
