@@ -147,15 +147,26 @@ async fn one_channel_whole_frames_and_frames_only_when_the_screen_changes() {
     let quiet = frames_within(&mut ws, Duration::from_secs(2)).await;
     assert!(quiet.is_empty(), "an unchanged screen sent {} frames", quiet.len());
 
-    for colour in ["#802020", "#208020", "#c0c020"] {
-        xvfb.paint_root(colour);
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    // Each colour is on screen for 400 ms: every one must be sent (with DAMAGE the loop captures
+    // on the tick after each paint; were the paints unreported it would look only once a second
+    // and miss one).
+    let colours = [[0x80, 0x20, 0x20], [0x20, 0x80, 0x20], [0xc0, 0xc0, 0x20]];
+    for [r, g, b] in colours {
+        xvfb.paint_root(&format!("#{r:02x}{g:02x}{b:02x}"));
+        tokio::time::sleep(Duration::from_millis(400)).await;
     }
     let changed = frames_within(&mut ws, Duration::from_millis(800)).await;
-    assert!(!changed.is_empty(), "a changing screen sends frames");
-    let (_, _, rgb) = decode(changed.last().expect("frame"));
-    let centre = &rgb[(240 * 640 + 320) * 3..][..3];
-    assert!(centre.iter().zip([0xc0, 0xc0, 0x20]).all(|(a, b)| a.abs_diff(b) < 16), "{centre:?}");
+    let centres: Vec<[u8; 3]> = changed
+        .iter()
+        .map(|f| {
+            let (_, _, rgb) = decode(f);
+            rgb[(240 * 640 + 320) * 3..][..3].try_into().expect("a pixel")
+        })
+        .collect();
+    let near = |a: &[u8; 3], b: &[u8; 3]| a.iter().zip(b).all(|(x, y)| x.abs_diff(*y) < 16);
+    let shown = colours.iter().filter(|c| centres.iter().any(|s| near(s, c))).count();
+    assert_eq!(shown, 3, "each colour of a changing screen is sent: {centres:?}");
+    assert!(near(centres.last().expect("frames"), &colours[2]), "the last frame shows the last colour");
 }
 
 fn move_to(channel: &pb::StreamChannel, x: i32, y: i32) -> Frame {

@@ -2,7 +2,9 @@
 //! one capture loop, however often it is ensured. The loop reuses the desktop ops' pieces
 //! (capture on the desktop thread, encode on the blocking pool) and sends a frame only when
 //! the screen changed (a byte compare of the capture, well under a millisecond), at most `fps`
-//! a second, JPEG by default; a viewer that joins gets the current frame at once. The ensure
+//! a second, JPEG by default; where the display reports drawing (X11 DAMAGE), a tick with
+//! nothing drawn captures nothing, so a static screen costs next to nothing. A viewer that joins
+//! gets the current frame at once. The ensure
 //! that opens the channel picks its frame encoding: WHOLE (every frame a whole image, so a
 //! viewer never needs an older one) or TILES (key frames and deltas of changed rectangles; see
 //! [`super::frames`]). While no viewer has been attached for [`PAUSE_AFTER`] the loop stops
@@ -45,6 +47,9 @@ const TILES_OUTBOX_BYTES: usize = 4 << 20;
 const MAX_FRAME_BYTES: usize = (1 << 20) - 4096;
 /// With no viewer attached for this long, capturing stops until one joins (or an ensure).
 pub const PAUSE_AFTER: Duration = Duration::from_secs(30);
+/// Where the screen reports what is drawn (X11 DAMAGE), a tick with nothing drawn captures
+/// nothing; still, one capture in this long is compared in case a change went unreported.
+const RECHECK_AFTER: Duration = Duration::from_secs(1);
 
 /// How the stream encodes frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,6 +210,8 @@ impl Capture {
         let mut watched = 0u32;
         let mut unwatched_since = Instant::now();
         let mut next = Instant::now();
+        // When the screen was last captured; `None` after a pause (the next tick must capture).
+        let mut looked: Option<Instant> = None;
         loop {
             tokio::select! {
                 () = stop.cancelled() => return close(pb::StreamCloseReason::Fenced, "the fence scope moved past the epoch that opened this stream"),
@@ -223,6 +230,7 @@ impl Capture {
                 }
                 unwatched_since = Instant::now();
                 next = Instant::now();
+                looked = None;
                 if let Some(e) = encoder.as_mut() {
                     e.reset();
                 }
@@ -231,8 +239,17 @@ impl Capture {
             // A viewer joined: it gets the current frame even if nothing changed.
             let joined = viewers > watched;
             watched = viewers;
-            let frame = match self.screen.run(|s| s.capture(false)).await {
-                Ok(frame) => frame,
+            let must = joined || looked.is_none_or(|t| t.elapsed() >= RECHECK_AFTER);
+            let captured = self.screen.run(move |s| match s.drawn_since_last_asked() {
+                Some(false) if !must => Ok(None),
+                _ => s.capture(false).map(Some),
+            });
+            let frame = match captured.await {
+                Ok(Some(frame)) => {
+                    looked = Some(Instant::now());
+                    frame
+                }
+                Ok(None) => continue,
                 Err(e) => {
                     tracing::warn!(error = %e.message, "desktop stream capture failed; retrying in a second");
                     next = Instant::now() + Duration::from_secs(1);

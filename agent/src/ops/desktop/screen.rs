@@ -48,6 +48,12 @@ pub trait Screen: Send {
     fn text(&mut self, text: &str) -> OpResult<()>;
     /// Returns once the input sent so far has been processed by the display server.
     fn sync(&mut self) -> OpResult<()>;
+    /// Whether anything may have been drawn on the screen since the last call (the first call
+    /// says yes). `None` when the backend cannot tell: the caller then captures and compares.
+    /// A yes also starts the next watch, so a change made after the call is seen by the next.
+    fn drawn_since_last_asked(&mut self) -> Option<bool> {
+        None
+    }
     /// Called when no request came for a while (X11 restores spare keys it remapped).
     fn idle(&mut self) {}
 }

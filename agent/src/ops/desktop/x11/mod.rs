@@ -6,6 +6,8 @@ mod capture;
 mod input;
 
 use x11rb::connection::Connection;
+use x11rb::protocol::Event;
+use x11rb::protocol::damage::{ConnectionExt as _, Damage, ReportLevel};
 use x11rb::protocol::xfixes::ConnectionExt as _;
 use x11rb::protocol::xproto::{ConnectionExt as _, ImageOrder, VisualClass, Window};
 use x11rb::rust_connection::RustConnection;
@@ -23,6 +25,11 @@ pub struct X11Screen {
     /// Whether MIT-SHM worked once (if not, every capture uses GetImage).
     shm_usable: bool,
     xfixes: bool,
+    /// The DAMAGE object watching the root window (and everything drawn in it), when the
+    /// server has the extension: it tells the stream when the screen cannot have changed.
+    damage: Option<Damage>,
+    /// A DamageNotify arrived (or nothing was watched yet) since the last look.
+    drawn: bool,
     input: Option<Input>,
     /// Why input is unavailable, when it is.
     input_error: Option<OpError>,
@@ -56,11 +63,22 @@ impl X11Screen {
             )));
         }
         let xfixes = conn.xfixes_query_version(5, 0).ok().and_then(|c| c.reply().ok()).is_some();
+        let damage = xfixes.then(|| watch_damage(&conn, root)).flatten();
         let (input, input_error) = match Input::new(&conn, root) {
             Ok(input) => (Some(input), None),
             Err(e) => (None, Some(e)),
         };
-        Ok(X11Screen { conn, root, shm: None, shm_usable: true, xfixes, input, input_error })
+        Ok(X11Screen {
+            conn,
+            root,
+            shm: None,
+            shm_usable: true,
+            xfixes,
+            damage,
+            drawn: true,
+            input,
+            input_error,
+        })
     }
 
     /// Captures with GetImage from now on, as if MIT-SHM were missing (benchmarks compare).
@@ -108,6 +126,15 @@ impl X11Screen {
             }
         }
     }
+}
+
+/// A DAMAGE object on `root` that reports when its damage goes from empty to not (one event
+/// per look at most, so unread events cannot pile up); `None` without the extension.
+fn watch_damage(conn: &RustConnection, root: Window) -> Option<Damage> {
+    conn.damage_query_version(1, 1).ok()?.reply().ok()?;
+    let damage = conn.generate_id().ok()?;
+    conn.damage_create(damage, root, ReportLevel::NON_EMPTY).ok()?.check().ok()?;
+    Some(damage)
 }
 
 impl Drop for X11Screen {
@@ -191,6 +218,28 @@ impl Screen for X11Screen {
     fn sync(&mut self) -> OpResult<()> {
         x11rb::wrapper::ConnectionExt::sync(&self.conn)
             .map_err(|e| OpError::os(format!("X11 sync failed (is the display gone?): {e}")))
+    }
+
+    fn drawn_since_last_asked(&mut self) -> Option<bool> {
+        let damage = self.damage?;
+        loop {
+            match self.conn.poll_for_event() {
+                Ok(Some(Event::DamageNotify(_))) => self.drawn = true,
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                // The connection is broken: say so by capturing (which reports the error).
+                Err(_) => return Some(true),
+            }
+        }
+        if !std::mem::take(&mut self.drawn) {
+            return Some(false);
+        }
+        // Empty the damage before the capture that follows: whatever is drawn after this
+        // notifies again.
+        if self.conn.damage_subtract(damage, x11rb::NONE, x11rb::NONE).is_err() {
+            self.drawn = true;
+        }
+        Some(true)
     }
 
     fn idle(&mut self) {
