@@ -20,8 +20,12 @@ export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-co
 -Cllvm-args=-sanitizer-coverage-trace-compares"
 cargo build --locked --release --target "$host" "${targets[@]/#/--bin=}"
 
-scratch=$(mktemp -d)
+# Corpus growth and the targets' own scratch roots (via TMPDIR) go in one directory, in memory
+# where possible, removed on exit: a fuzzer stopped by its time limit cleans up nothing itself.
+scratch=$(mktemp -d -p /dev/shm tether-fuzz.XXXXXX 2>/dev/null || mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
+mkdir "$scratch/tmp"
+export TMPDIR="$scratch/tmp"
 for target in "${targets[@]}"; do
     bin="target/$host/release/$target"
     if compgen -G "regressions/$target/*" >/dev/null; then

@@ -45,6 +45,56 @@ async fn measure(rounds: usize, mut once: impl AsyncFnMut()) -> Spread {
     spread(samples)
 }
 
+/// `N` measurements taken in turns (round `r` times `once(0)` .. `once(N - 1)`, starting at
+/// `r % N`), so a change in the machine's load falls on all of them alike.
+async fn measure_turns<const N: usize>(rounds: usize, mut once: impl AsyncFnMut(usize)) -> [Spread; N] {
+    for i in 0..rounds / 10 * N {
+        once(i % N).await; // warm-up
+    }
+    let mut samples: [Vec<Duration>; N] = std::array::from_fn(|_| Vec::with_capacity(rounds));
+    for round in 0..rounds {
+        for k in 0..N {
+            let which = (round + k) % N;
+            let start = Instant::now();
+            once(which).await;
+            samples[which].push(start.elapsed());
+        }
+    }
+    samples.map(spread)
+}
+
+/// A `nats-echo` process, stopped when dropped (and when this process dies: its stdin closes).
+struct EchoProcess(std::process::Child);
+
+impl EchoProcess {
+    fn start(nats: &Nats, subject: &str) -> EchoProcess {
+        use std::io::BufRead;
+        let mut command = Command::new(tether_tests::bin("nats-echo"));
+        if let Some(token) = &nats.token {
+            command.env("NATS_TOKEN", token);
+        }
+        let mut child = command
+            .args([nats.url.as_str(), subject])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start nats-echo");
+        let stdout = child.stdout.take().expect("stdout");
+        let echo = EchoProcess(child);
+        let mut ready = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut ready).expect("nats-echo output");
+        assert_eq!(ready.trim(), "ready", "nats-echo did not start");
+        echo
+    }
+}
+
+impl Drop for EchoProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn timed(rounds: usize, mut once: impl FnMut()) -> Spread {
     once(); // warm-up
     spread(
@@ -126,9 +176,13 @@ async fn main() {
     };
     let without_network_layer = Agent::start_with(&nats, ports_open).await;
 
-    // The baseline: a responder that answers every request with its own payload.
+    // The baselines: responders that answer every request with its own payload, one in a
+    // process of its own (as the agent is: the ratio's baseline) and one in this process
+    // (shows what the hop between processes costs). Measured round-robin with the ping, so
+    // the three see the same machine.
+    let echo_process = EchoProcess::start(&nats, "bench.echo.process");
     let echo_nc = nats.client().await;
-    let mut echo_sub = echo_nc.subscribe("bench.echo").await.expect("subscribe");
+    let mut echo_sub = echo_nc.subscribe("bench.echo.local").await.expect("subscribe");
     echo_nc.flush().await.expect("flush");
     let responder = tokio::spawn(async move {
         while let Some(msg) = echo_sub.next().await {
@@ -141,15 +195,14 @@ async fn main() {
     let nc = nats.client().await;
     let ping = pb::ControlRequest { request_id: "b".into(), op: Some(op::ping(1)), ..Default::default() }
         .encode_to_vec();
-    let echo = measure(rounds, async || {
-        nc.request("bench.echo", ping.clone().into()).await.expect("echo");
-    })
-    .await;
-    let agent_ping = measure(rounds, async || {
-        agent.call(op::ping(1)).await.expect("ping");
+    let [echo, echo_local, agent_ping] = measure_turns(rounds, async |which| match which {
+        0 => drop(nc.request("bench.echo.process", ping.clone().into()).await.expect("echo")),
+        1 => drop(nc.request("bench.echo.local", ping.clone().into()).await.expect("echo")),
+        _ => drop(agent.call(op::ping(1)).await.expect("ping")),
     })
     .await;
     responder.abort();
+    drop(echo_process);
     let exec_true = async |on: &Agent| {
         measure(exec_rounds, async || {
             on.call(pb::control_request::Op::Exec(op::exec(&["true"]))).await.expect("exec true");
@@ -175,7 +228,8 @@ async fn main() {
     println!("rounds: {rounds} (exec: {exec_rounds}), one client, sequential requests, loopback nats-server");
     println!("{:<34} {:>8} {:>8} {:>10} {:>10}", "request", "p50 µs", "p99 µs", "p50 ×echo", "p99 ×echo");
     let table = [
-        ("raw NATS echo", echo),
+        ("raw NATS echo (own process)", echo),
+        ("raw NATS echo (in this process)", echo_local),
         ("agent ping", agent_ping),
         ("exec true, whole-machine", exec_unconfined),
         ("exec true, confined", exec_confined),
@@ -203,10 +257,14 @@ async fn main() {
     let spawn = format!("spawn `true` locally {}", bench::ms(local.0));
     let mut rows = vec![
         Row::new(area, "ping p50", bench::us(agent_ping.0))
-            .times(format!("raw NATS echo {}", bench::us(echo.0)), ratio(agent_ping.0, echo.0))
+            .times(format!("raw NATS echo, own process {}", bench::us(echo.0)), ratio(agent_ping.0, echo.0))
             .goal("≤ 1.3×"),
         Row::new(area, "ping p99", bench::us(agent_ping.1))
-            .times(format!("raw NATS echo {}", bench::us(echo.1)), ratio(agent_ping.1, echo.1)),
+            .times(format!("raw NATS echo, own process {}", bench::us(echo.1)), ratio(agent_ping.1, echo.1)),
+        Row::new(area, "ping p50 (against an echo inside the client)", bench::us(agent_ping.0)).times(
+            format!("raw NATS echo, in-process {}", bench::us(echo_local.0)),
+            ratio(agent_ping.0, echo_local.0),
+        ),
         Row::new(area, "`exec true` p50, confined (default)", bench::ms(exec_confined.0))
             .times(&spawn, ratio(exec_confined.0, local.0))
             .goal("≤ 1 ms"),
