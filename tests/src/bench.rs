@@ -108,3 +108,39 @@ pub fn rss_text(pid: i32) -> String {
         None => "unreadable".to_owned(),
     }
 }
+
+/// A `nats-responder` process (a raw NATS responder in a process of its own, as the agent is),
+/// stopped when dropped, and when this process dies (its stdin closes).
+pub struct Responder(std::process::Child);
+
+impl Responder {
+    /// Answers requests on `subject` with their own payload, or with `reply_bytes` bytes.
+    pub fn start(nats: &crate::Nats, subject: &str, reply_bytes: Option<usize>) -> Responder {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let mut command = Command::new(crate::bin("nats-responder"));
+        if let Some(token) = &nats.token {
+            command.env("NATS_TOKEN", token);
+        }
+        let reply = reply_bytes.map_or("echo".to_owned(), |n| n.to_string());
+        let mut child = command
+            .args([nats.url.as_str(), subject, &reply])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start nats-responder");
+        let stdout = child.stdout.take().expect("stdout");
+        let responder = Responder(child);
+        let mut ready = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut ready).expect("nats-responder output");
+        assert_eq!(ready.trim(), "ready", "nats-responder did not start");
+        responder
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

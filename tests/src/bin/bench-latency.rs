@@ -1,7 +1,8 @@
 //! Request latency of the agent, each figure beside a baseline measured in the same run:
 //!
-//! - ping against a raw NATS echo responder on the same nats-server (what the agent adds over
-//!   the transport itself);
+//! - ping against a raw NATS echo responder on the same nats-server, in a process of its own as
+//!   the agent is (what the agent adds over the transport itself), and, to show what the hop
+//!   between processes costs, against one inside this process;
 //! - `exec true` on a confined agent (the default: Landlock, the seccomp filter and, from
 //!   Landlock ABI 4, the network layer of ~65 000 port rules), on a confined one whose commands
 //!   may reach the agent's server ports (no network layer) and on a whole-machine one, against
@@ -61,38 +62,6 @@ async fn measure_turns<const N: usize>(rounds: usize, mut once: impl AsyncFnMut(
         }
     }
     samples.map(spread)
-}
-
-/// A `nats-echo` process, stopped when dropped (and when this process dies: its stdin closes).
-struct EchoProcess(std::process::Child);
-
-impl EchoProcess {
-    fn start(nats: &Nats, subject: &str) -> EchoProcess {
-        use std::io::BufRead;
-        let mut command = Command::new(tether_tests::bin("nats-echo"));
-        if let Some(token) = &nats.token {
-            command.env("NATS_TOKEN", token);
-        }
-        let mut child = command
-            .args([nats.url.as_str(), subject])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("start nats-echo");
-        let stdout = child.stdout.take().expect("stdout");
-        let echo = EchoProcess(child);
-        let mut ready = String::new();
-        std::io::BufReader::new(stdout).read_line(&mut ready).expect("nats-echo output");
-        assert_eq!(ready.trim(), "ready", "nats-echo did not start");
-        echo
-    }
-}
-
-impl Drop for EchoProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn timed(rounds: usize, mut once: impl FnMut()) -> Spread {
@@ -180,7 +149,7 @@ async fn main() {
     // process of its own (as the agent is: the ratio's baseline) and one in this process
     // (shows what the hop between processes costs). Measured round-robin with the ping, so
     // the three see the same machine.
-    let echo_process = EchoProcess::start(&nats, "bench.echo.process");
+    let echo_process = bench::Responder::start(&nats, "bench.echo.process", None);
     let echo_nc = nats.client().await;
     let mut echo_sub = echo_nc.subscribe("bench.echo.local").await.expect("subscribe");
     echo_nc.flush().await.expect("flush");

@@ -1,6 +1,7 @@
 //! Whole-file transfer throughput (`tetherctl put` and `tetherctl get`, each a real process
 //! against the real agent) against raw NATS request/reply measured in the same run, on the same
-//! nats-server, at the same message size and with the same number of requests in flight: the
+//! nats-server, at the same message size and with the same number of requests in flight, to a
+//! responder in a process of its own (`nats-responder`, as the agent is one): the
 //! ratio is what the transfer path (file I/O, hashing, the fsync, the protocol) costs over the
 //! transport itself. Peak RSS of both processes shows that neither holds the file in memory.
 //!
@@ -61,20 +62,6 @@ async fn raw(nc: &async_nats::Client, subject: &str, count: u64, request: Bytes,
         done.expect("raw request");
     }
     start.elapsed()
-}
-
-/// A responder on `subject` answering every request with `reply`.
-async fn responder(nats: &Nats, subject: &str, reply: Bytes) -> tokio::task::JoinHandle<()> {
-    let nc = nats.client().await;
-    let mut sub = nc.subscribe(subject.to_owned()).await.expect("subscribe");
-    nc.flush().await.expect("flush");
-    tokio::spawn(async move {
-        while let Some(msg) = sub.next().await {
-            if let Some(to) = msg.reply {
-                let _ = nc.publish(to, reply.clone()).await;
-            }
-        }
-    })
 }
 
 /// Runs `cmd` to success; its wall time and peak RSS (KiB).
@@ -175,8 +162,9 @@ async fn main() {
         nc.max_payload()
     );
     let payload = Bytes::from(vec![0x5au8; chunk]);
-    let _sink = responder(&nats, "bench.sink", Bytes::from_static(b"ok")).await;
-    let _source = responder(&nats, "bench.source", payload.clone()).await;
+    // The raw responders run in processes of their own, as the agent does.
+    let _sink = bench::Responder::start(&nats, "bench.sink", Some(2));
+    let _source = bench::Responder::start(&nats, "bench.source", Some(chunk));
 
     let (mut raw_write, mut raw_read, mut disk) = (Vec::new(), Vec::new(), Vec::new());
     // The way the backends Tether replaces move a file: scp to and from a loopback sshd.

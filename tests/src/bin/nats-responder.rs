@@ -1,13 +1,14 @@
-//! A raw NATS echo responder in a process of its own, the baseline the agent's ping is measured
-//! against: it answers every request on SUBJECT with the request's own payload. Same runtime as
-//! the agent (tokio's multi-threaded default) and a separate process like the agent, so the
-//! difference is what the agent does with a request, not where it runs.
+//! A raw NATS responder in a process of its own, the baseline the agent is measured against:
+//! it answers every request on SUBJECT with the request's own payload (`echo`) or with N bytes.
+//! Same runtime as the agent (tokio's multi-threaded default) and a separate process like the
+//! agent, so the difference is what the agent does with a request, not where it runs.
 //!
-//! Usage: nats-echo URL SUBJECT, with the server's token (if any) in `NATS_TOKEN`. Prints
-//! `ready` once subscribed; exits when stdin closes.
+//! Usage: nats-responder URL SUBJECT [echo | N], with the server's token (if any) in
+//! `NATS_TOKEN`. Prints `ready` once subscribed; exits when stdin closes.
 
 use std::io::Write;
 
+use bytes::Bytes;
 use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 
@@ -15,8 +16,12 @@ use tokio::io::AsyncReadExt;
 async fn main() {
     let mut args = std::env::args().skip(1);
     let (Some(url), Some(subject)) = (args.next(), args.next()) else {
-        eprintln!("usage: nats-echo URL SUBJECT");
+        eprintln!("usage: nats-responder URL SUBJECT [echo | N]");
         std::process::exit(2);
+    };
+    let fixed = match args.next().as_deref() {
+        None | Some("echo") => None,
+        Some(n) => Some(Bytes::from(vec![0x5a; n.parse().expect("a reply size in bytes")])),
     };
     let options = match std::env::var("NATS_TOKEN") {
         Ok(token) => async_nats::ConnectOptions::with_token(token),
@@ -27,10 +32,10 @@ async fn main() {
     nc.flush().await.expect("flush");
     println!("ready");
     std::io::stdout().flush().expect("stdout");
-    let echo = async {
+    let answer = async {
         while let Some(msg) = requests.next().await {
             if let Some(reply) = msg.reply {
-                let _ = nc.publish(reply, msg.payload).await;
+                let _ = nc.publish(reply, fixed.clone().unwrap_or(msg.payload)).await;
             }
         }
     };
@@ -39,7 +44,7 @@ async fn main() {
         while tokio::io::stdin().read(&mut sink).await.is_ok_and(|n| n > 0) {}
     };
     tokio::select! {
-        () = echo => {}
+        () = answer => {}
         () = stdin_closed => {}
     }
 }
