@@ -43,6 +43,23 @@ async fn stdin_streamed_to_sha256sum_gives_the_right_digest_for_50_mib() {
     assert_eq!(got.state().exit_code, 0);
 }
 
+/// The process group of `pid` (field 5 of /proc/PID/stat), if it still runs.
+fn process_group(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')').next()?.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// `ps` lines of the processes in `group`, for a failure message.
+fn processes_of(group: Option<i32>) -> String {
+    let out = std::process::Command::new("ps").args(["-eo", "pid,ppid,pgid,stat,args"]).output();
+    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    let group = group.map(|g| g.to_string()).unwrap_or_default();
+    text.lines()
+        .filter(|l| l.split_whitespace().nth(2) == Some(group.as_str()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 #[tokio::test]
 async fn signals_reach_the_whole_process_group() {
     let nats = Nats::start().await;
@@ -63,8 +80,16 @@ async fn signals_reach_the_whole_process_group() {
         .await;
         let child = read_pid(&pid_file);
         let _guard = KillOnDrop(child);
+        let group = process_group(child);
         c.exec_signal(&id, signal).await.expect("exec_signal");
-        let state = tokio::time::timeout(LONG, c.exec_wait(&id)).await.expect("ends").expect("wait");
+        let Ok(state) = tokio::time::timeout(LONG, c.exec_wait(&id)).await else {
+            panic!(
+                "{signal:?}: the execution did not end; its process group {group:?} now:\n{}\nagent log:\n{}",
+                processes_of(group),
+                agent.log()
+            );
+        };
+        let state = state.expect("wait");
         assert_eq!(state.status, pb::ExecStatus::Exited as i32, "{signal:?}: {state:?}");
         assert!(state.signal > 0, "{signal:?}: the leader died of the signal: {state:?}");
         eventually("the background child died too", || !pid_alive(child)).await;
