@@ -108,15 +108,16 @@ pub(crate) fn exit_of(status: std::process::ExitStatus, timed_out: bool) -> (i32
 /// A turn to spawn a child. A confined child spends tens of milliseconds of kernel time
 /// entering its Landlock domain before it execs (every rule is copied into its new domain);
 /// hundreds of them at once take every core from the agent's own threads, and a ping then
-/// waits seconds. So at most one spawn per core is under way; the others wait their turn,
-/// which costs them nothing overall (the cores were the limit) and keeps the agent responsive
-/// (`bench-latency`: ping p99 under 256 concurrent execs 4.9 s without turns, 75 ms with two
-/// per core, 1.4 ms with one; BENCHMARKS.md).
+/// waits seconds. So at most one spawn per core but one is under way (one on a single core);
+/// the others wait their turn, which costs them nothing overall (the cores were the limit) and
+/// keeps a core for the agent's own threads (`bench-latency`: ping p99 under 256 concurrent
+/// execs 4.9 s without turns, 75 ms with two per core, 0.2-42 ms with one per core, 0.26-18 ms
+/// with one per core but one; BENCHMARKS.md).
 pub(crate) async fn spawn_turn() -> SemaphorePermit<'static> {
     static TURNS: OnceLock<Semaphore> = OnceLock::new();
     let turns = TURNS.get_or_init(|| {
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-        Semaphore::new(cores)
+        Semaphore::new(cores.saturating_sub(1).max(1))
     });
     turns.acquire().await.expect("the spawn semaphore is never closed")
 }
