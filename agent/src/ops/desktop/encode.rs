@@ -95,7 +95,7 @@ pub fn jpeg(frame: &Frame, quality: u8) -> OpResult<Vec<u8>> {
     let (Ok(w), Ok(h)) = (u16::try_from(frame.width), u16::try_from(frame.height)) else {
         return Err(OpError::os("the screen is too large for JPEG (over 65535 pixels an edge)"));
     };
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(frame.bgra.len() / 8);
     jpeg_encoder::Encoder::new(&mut out, quality.clamp(1, 100))
         .encode(&frame.bgra, w, h, jpeg_encoder::ColorType::Bgra)
         .map_err(|e| OpError::os(format!("JPEG encoding failed: {e}")))?;
@@ -110,7 +110,10 @@ pub fn fit(frame: &Frame, max: (u32, u32), format: Format, budget: usize) -> OpR
     let (mut width, mut height) = target_size(native, max);
     let mut last = 0;
     for _ in 0..MAX_ENCODES {
-        let bytes = encode(&resize(frame, width, height)?, format)?;
+        let bytes = match (width, height) == native {
+            true => encode(frame, format)?,
+            false => encode(&resize(frame, width, height)?, format)?,
+        };
         if bytes.len() <= budget {
             return Ok(Encoded { bytes, width, height });
         }
