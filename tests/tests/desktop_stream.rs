@@ -147,6 +147,13 @@ async fn one_channel_whole_frames_and_frames_only_when_the_screen_changes() {
     let quiet = frames_within(&mut ws, Duration::from_secs(2)).await;
     assert!(quiet.is_empty(), "an unchanged screen sent {} frames", quiet.len());
 
+    // Typing reads the same X connection's events as the stream: a paint and, at once, a key
+    // press must leave the stream seeing later paints (were the paint's DAMAGE event dropped,
+    // the stream would hear of no drawing again and fall back to a look a second).
+    xvfb.paint_root("#101010");
+    let shift = pb::KeyEvent { key: "shift".into(), is_text: false, action: pb::KeyAction::Press as i32 };
+    let typed = pb::DesktopInputRequest { event: Some(pb::desktop_input_request::Event::Key(shift)) };
+    assert!(matches!(agent.call(Op::DesktopInput(typed)).await, Ok(Reply::DesktopInput(_))), "a key press");
     // Each colour is on screen for 400 ms: every one must be sent (with DAMAGE the loop captures
     // on the tick after each paint; were the paints unreported it would look only once a second
     // and miss one).

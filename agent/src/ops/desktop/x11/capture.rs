@@ -9,12 +9,9 @@ use x11rb::protocol::xfixes::ConnectionExt as _;
 use x11rb::protocol::xproto::{ConnectionExt as _, ImageFormat, Window};
 use x11rb::rust_connection::RustConnection;
 
+use super::x11_error;
 use crate::error::{OpError, OpResult};
 use crate::ops::desktop::screen::Frame;
-
-fn x11_error(what: &str, e: impl std::fmt::Display) -> OpError {
-    OpError::os(format!("X11 {what} failed: {e}"))
-}
 
 /// A System V shared memory segment attached both here (read-only) and in the X server.
 pub struct ShmSegment {

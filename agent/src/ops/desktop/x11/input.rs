@@ -8,7 +8,6 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use x11rb::connection::Connection;
-use x11rb::protocol::Event;
 use x11rb::protocol::xproto::{
     BUTTON_PRESS_EVENT, BUTTON_RELEASE_EVENT, ConnectionExt as _, KEY_PRESS_EVENT, KEY_RELEASE_EVENT,
     MOTION_NOTIFY_EVENT, Window,
@@ -16,12 +15,9 @@ use x11rb::protocol::xproto::{
 use x11rb::protocol::xtest::ConnectionExt as _;
 use x11rb::rust_connection::RustConnection;
 
+use super::x11_error;
 use crate::error::{OpError, OpResult};
 use crate::ops::desktop::keys::{self, SHIFT};
-
-fn x11_error(what: &str, e: impl std::fmt::Display) -> OpError {
-    OpError::os(format!("X11 {what} failed: {e}"))
-}
 
 /// How long a client gets to read events typed on a spare keycode before it is remapped.
 const RECYCLE_PAUSE: Duration = Duration::from_millis(30);
@@ -170,14 +166,14 @@ impl Input {
         Ok((code, false))
     }
 
+    /// Notes a MappingNotify (the screen reads the connection's events for everyone).
+    pub fn keymap_changed(&mut self) {
+        self.keymap.stale = true;
+    }
+
     /// Reloads the keymap when another client changed it (no borrowed keys outstanding, else
     /// the change was most likely ours).
     fn refresh(&mut self, conn: &RustConnection) -> OpResult<()> {
-        while let Some(event) = conn.poll_for_event().map_err(|e| x11_error("reading events", e))? {
-            if matches!(event, Event::MappingNotify(_)) {
-                self.keymap.stale = true;
-            }
-        }
         if self.keymap.stale && self.keymap.borrowed.is_empty() {
             self.keymap = Keymap::load(conn)?;
         }

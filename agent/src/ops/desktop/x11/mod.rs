@@ -89,6 +89,24 @@ impl X11Screen {
         self.shm_usable = false;
     }
 
+    /// Reads the events queued on the connection, for whoever they concern: DAMAGE's for the
+    /// stream, MappingNotify for the input's keymap. The one place events are read, so neither
+    /// consumer drops the other's.
+    fn read_events(&mut self) -> OpResult<()> {
+        while let Some(event) = self.conn.poll_for_event().map_err(|e| x11_error("reading events", e))? {
+            match event {
+                Event::DamageNotify(_) => self.drawn = true,
+                Event::MappingNotify(_) => {
+                    if let Some(input) = self.input.as_mut() {
+                        input.keymap_changed();
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     fn input(&mut self) -> OpResult<(&RustConnection, &mut Input)> {
         match (&mut self.input, &self.input_error) {
             (Some(input), _) => Ok((&self.conn, input)),
@@ -126,6 +144,10 @@ impl X11Screen {
             }
         }
     }
+}
+
+fn x11_error(what: &str, e: impl std::fmt::Display) -> OpError {
+    OpError::os(format!("X11 {what} failed: {e}"))
 }
 
 /// A DAMAGE object on `root` that reports when its damage goes from empty to not (one event
@@ -206,11 +228,13 @@ impl Screen for X11Screen {
     }
 
     fn key(&mut self, keysym: u32, down: bool) -> OpResult<()> {
+        self.read_events()?;
         let (conn, input) = self.input()?;
         input.key(conn, keysym, down)
     }
 
     fn text(&mut self, text: &str) -> OpResult<()> {
+        self.read_events()?;
         let (conn, input) = self.input()?;
         input.text(conn, text)
     }
@@ -222,14 +246,9 @@ impl Screen for X11Screen {
 
     fn drawn_since_last_asked(&mut self) -> Option<bool> {
         let damage = self.damage?;
-        loop {
-            match self.conn.poll_for_event() {
-                Ok(Some(Event::DamageNotify(_))) => self.drawn = true,
-                Ok(Some(_)) => {}
-                Ok(None) => break,
-                // The connection is broken: say so by capturing (which reports the error).
-                Err(_) => return Some(true),
-            }
+        if self.read_events().is_err() {
+            // The connection is broken: say so by capturing (which reports the error).
+            return Some(true);
         }
         if !std::mem::take(&mut self.drawn) {
             return Some(false);
