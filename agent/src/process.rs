@@ -185,7 +185,7 @@ impl Launcher {
         };
         let cwd_root = self.cwd_root.clone();
         // SAFETY: the closure runs in the child between fork and exec. It only calls chdir(2)
-        // and getcwd(2) (a stack buffer), setsid(2) and the hooks, whose contract
+        // and getcwd(2) (a stack buffer), setsid(2), signal(2) and the hooks, whose contract
         // (`PreExecHook`) is to be async-signal-safe; iterating the Vec built above neither
         // allocates nor locks.
         unsafe {
@@ -197,10 +197,24 @@ impl Launcher {
                     cwd_beneath(root)?;
                 }
                 nix::unistd::setsid()?;
+                default_signal_dispositions();
                 hooks.iter().try_for_each(|hook| hook())
             });
         }
         cmd
+    }
+}
+
+/// Gives every signal its default action in a forked child. A signal the agent ignores would
+/// stay ignored across exec (handlers are reset by exec, SIG_IGN is not): an agent started
+/// under `nohup` (SIGHUP ignored) made every command deaf to `exec_signal` HUP and to a
+/// terminal's close. Async-signal-safe: signal(2) only.
+fn default_signal_dispositions() {
+    for signal in 1..libc::SIGRTMIN() {
+        if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+            // SAFETY: SIG_DFL is a valid disposition for every catchable signal.
+            unsafe { libc::signal(signal, libc::SIG_DFL) };
+        }
     }
 }
 

@@ -54,14 +54,27 @@ fn processes_of(group: Option<i32>) -> String {
     let out = std::process::Command::new("ps").args(["-eo", "pid,ppid,pgid,stat,args"]).output();
     let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
     let group = group.map(|g| g.to_string()).unwrap_or_default();
+    let signals = |pid: &str| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .filter(|l| l.starts_with("Sig") || l.starts_with("ShdPnd"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     text.lines()
         .filter(|l| l.split_whitespace().nth(2) == Some(group.as_str()))
+        .map(|l| format!("{l}\n    {}", signals(l.split_whitespace().next().unwrap_or_default())))
         .collect::<Vec<_>>()
         .join("\n")
 }
 
 #[tokio::test]
 async fn signals_reach_the_whole_process_group() {
+    // As under `nohup`: the agent starts with SIGHUP ignored, which its commands must not
+    // inherit (SIG_IGN survives exec), or HUP would reach no one.
+    // SAFETY: setting a signal to SIG_IGN touches no memory; the agent started below inherits it.
+    unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
     let nats = Nats::start().await;
     let (agent, c) = setup(&nats).await;
     for (i, signal) in [pb::ExecSignal::Term, pb::ExecSignal::Int, pb::ExecSignal::Hup, pb::ExecSignal::Kill]
