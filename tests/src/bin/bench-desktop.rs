@@ -11,9 +11,9 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use tether_agent::ops::desktop::encode;
 use tether_agent::ops::desktop::screen::{Frame, Screen};
 use tether_agent::ops::desktop::x11::X11Screen;
+use tether_agent::ops::desktop::{encode, jpeg};
 use tether_proto::pb::control_request::Op;
 use tether_proto::pb::control_response::Result as Reply;
 use tether_proto::pb::desktop_input_request::Event;
@@ -243,7 +243,13 @@ async fn main() {
             None,
         );
     }
-    row("JPEG q80 encode", time(rounds, || encode::jpeg(&frame, 80).expect("jpeg")), None);
+    let one_thread = time(rounds, || jpeg::encode_in_strips(&frame, 80, 1).expect("jpeg"));
+    let one_thread_p50 = row("JPEG q80 encode, one thread", one_thread, None);
+    row(
+        "JPEG q80 encode, strips on every core (agent)",
+        time(rounds, || encode::jpeg(&frame, 80).expect("jpeg")),
+        Some(("one thread", one_thread_p50)),
+    );
     let big = doubled(&frame);
     let lanczos_p50 =
         row("downscale 2560x1600 -> 1280x800, Lanczos3", time(rounds, || lanczos(&big, 1280, 800)), None);

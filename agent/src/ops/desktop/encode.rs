@@ -90,16 +90,9 @@ pub fn png(frame: &Frame) -> OpResult<Vec<u8>> {
     Ok(out)
 }
 
-/// Baseline JPEG straight from BGRA at `quality` (1..=100).
+/// Baseline JPEG straight from BGRA at `quality` (1..=100), in strips on up to four cores.
 pub fn jpeg(frame: &Frame, quality: u8) -> OpResult<Vec<u8>> {
-    let (Ok(w), Ok(h)) = (u16::try_from(frame.width), u16::try_from(frame.height)) else {
-        return Err(OpError::os("the screen is too large for JPEG (over 65535 pixels an edge)"));
-    };
-    let mut out = Vec::with_capacity(frame.bgra.len() / 8);
-    jpeg_encoder::Encoder::new(&mut out, quality.clamp(1, 100))
-        .encode(&frame.bgra, w, h, jpeg_encoder::ColorType::Bgra)
-        .map_err(|e| OpError::os(format!("JPEG encoding failed: {e}")))?;
-    Ok(out)
+    crate::ops::desktop::jpeg::encode(frame, quality)
 }
 
 /// Encodes `frame` within `max` and shrinks it until the bytes fit `budget`: at most

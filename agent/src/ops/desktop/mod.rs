@@ -10,6 +10,8 @@ pub mod act;
 pub mod backend;
 #[cfg(feature = "desktop")]
 pub mod encode;
+#[cfg(feature = "desktop")]
+pub mod jpeg;
 pub mod keys;
 #[cfg(all(feature = "desktop", any(not(target_os = "linux"), feature = "portable-desktop")))]
 pub mod portable;

@@ -1,0 +1,195 @@
+//! Baseline JPEG encoded in horizontal strips on several cores at once, joined into one
+//! stream by restart markers.
+//!
+//! A JPEG scan may reset its DC prediction at a restart marker every `interval` MCUs, and a
+//! strip whose height is a whole number of MCU rows is exactly such an interval. So each strip
+//! is encoded on its own thread as a small JPEG of its own (same quality, same sampling, same
+//! standard Huffman tables), and the strips' entropy-coded data are laid end to end behind the
+//! first strip's headers, with the frame height set to the whole image's, a DRI segment naming
+//! the strip size, and RSTn markers between strips. The pixels decode exactly as from a
+//! single-threaded encode; only the few bytes of the restart markers differ.
+
+use jpeg_encoder::{ColorType, Encoder, SamplingFactor};
+
+use crate::error::{OpError, OpResult};
+use crate::ops::desktop::screen::Frame;
+
+/// Fewest MCU rows worth a thread of their own (a 1280-wide strip of 4 rows is ~0.3 ms).
+const MIN_ROWS_PER_STRIP: usize = 4;
+/// Most strips one image is cut into.
+const MAX_STRIPS: usize = 4;
+
+const SOF0: u8 = 0xc0;
+const SOS: u8 = 0xda;
+const EOI: [u8; 2] = [0xff, 0xd9];
+const RST0: u8 = 0xd0;
+const DRI: u8 = 0xdd;
+
+/// Encodes `frame` at `quality` (1..=100) using up to the machine's cores.
+pub fn encode(frame: &Frame, quality: u8) -> OpResult<Vec<u8>> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    encode_in_strips(frame, quality, cores.min(MAX_STRIPS))
+}
+
+/// Encodes `frame` in at most `strips` strips, each on its own thread (1: a plain encode).
+pub fn encode_in_strips(frame: &Frame, quality: u8, strips: usize) -> OpResult<Vec<u8>> {
+    let (Ok(width), Ok(height)) = (u16::try_from(frame.width), u16::try_from(frame.height)) else {
+        return Err(OpError::os("the screen is too large for JPEG (over 65535 pixels an edge)"));
+    };
+    let quality = quality.clamp(1, 100);
+    // Below quality 90 chroma is halved both ways (4:2:0), the encoder's own default.
+    let (sampling, mcu) = if quality < 90 { (SamplingFactor::F_2_2, 16) } else { (SamplingFactor::F_1_1, 8) };
+    let plain = |rows: &[u8], h: u16| -> OpResult<Vec<u8>> {
+        let mut out = Vec::with_capacity(rows.len() / 8);
+        let mut encoder = Encoder::new(&mut out, quality);
+        encoder.set_sampling_factor(sampling);
+        encoder
+            .encode(rows, width, h, ColorType::Bgra)
+            .map_err(|e| OpError::os(format!("JPEG encoding failed: {e}")))?;
+        Ok(out)
+    };
+    let mcu_cols = usize::from(width).div_ceil(mcu);
+    let mcu_rows = usize::from(height).div_ceil(mcu);
+    let strips = strips.min(mcu_rows / MIN_ROWS_PER_STRIP).max(1);
+    let rows_per_strip = mcu_rows.div_ceil(strips);
+    let Ok(interval) = u16::try_from(rows_per_strip * mcu_cols) else {
+        return plain(&frame.bgra, height); // a restart interval counts at most 65535 MCUs
+    };
+    if strips == 1 {
+        return plain(&frame.bgra, height);
+    }
+    let strip_bytes = rows_per_strip * mcu * usize::from(width) * 4;
+    let parts: Vec<OpResult<Vec<u8>>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = frame
+            .bgra
+            .chunks(strip_bytes)
+            .map(|rows| {
+                let h = (rows.len() / (usize::from(width) * 4)) as u16;
+                scope.spawn(move || plain(rows, h))
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|_| Err(OpError::os("JPEG strip panicked"))))
+            .collect()
+    });
+    let parts = parts.into_iter().collect::<OpResult<Vec<_>>>()?;
+    splice(&parts, height, interval)
+        .ok_or_else(|| OpError::os("JPEG strips did not splice (unexpected layout)"))
+}
+
+/// One stream from strip JPEGs: the first strip's headers with the full `height` and a DRI of
+/// `interval`, then every strip's scan data, RSTn between strips, and EOI.
+fn splice(parts: &[Vec<u8>], height: u16, interval: u16) -> Option<Vec<u8>> {
+    let first = parts.first()?;
+    let scan_start = scan_data_start(first)?;
+    let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum::<usize>() + 8 * parts.len());
+    out.extend_from_slice(&first[..scan_start]);
+    let (sof, sos) = (segment(&out, SOF0)?, segment(&out, SOS)?);
+    // SOF0: marker(2) length(2) precision(1) height(2) ...
+    out[sof + 5..sof + 7].copy_from_slice(&height.to_be_bytes());
+    let dri = [0xff, DRI, 0, 4, (interval >> 8) as u8, interval as u8];
+    out.splice(sos..sos, dri);
+    for (i, part) in parts.iter().enumerate() {
+        let start = if i == 0 { scan_start } else { scan_data_start(part)? };
+        let data = part.get(start..part.len().checked_sub(2)?)?;
+        if !part.ends_with(&EOI) {
+            return None;
+        }
+        out.extend_from_slice(data);
+        if i + 1 < parts.len() {
+            out.extend_from_slice(&[0xff, RST0 + (i % 8) as u8]);
+        }
+    }
+    out.extend_from_slice(&EOI);
+    Some(out)
+}
+
+/// Offset of the segment with `marker` among the headers of `jpeg` (which start after SOI).
+fn segment(jpeg: &[u8], marker: u8) -> Option<usize> {
+    let mut at = 2;
+    loop {
+        let [0xff, m, hi, lo] = *jpeg.get(at..at + 4)? else {
+            return None;
+        };
+        if m == marker {
+            return Some(at);
+        }
+        if m == SOS {
+            return None;
+        }
+        at += 2 + usize::from(u16::from_be_bytes([hi, lo]));
+    }
+}
+
+/// Offset of the first entropy-coded byte: just past the SOS segment.
+fn scan_data_start(jpeg: &[u8]) -> Option<usize> {
+    let sos = segment(jpeg, SOS)?;
+    let [hi, lo] = *jpeg.get(sos + 2..sos + 4)? else { return None };
+    Some(sos + 2 + usize::from(u16::from_be_bytes([hi, lo])))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A frame of smooth gradients and noise, so every strip has real content.
+    fn frame(width: u32, height: u32) -> Frame {
+        let mut seed = 0x9e37_79b9_u32;
+        let mut bgra = Vec::with_capacity((width * height * 4) as usize);
+        for y in 0..height {
+            for x in 0..width {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                let noise = if (x / 64 + y / 64) % 2 == 0 { (seed & 0x3f) as u8 } else { 0 };
+                bgra.extend_from_slice(&[(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8 ^ noise, 0]);
+            }
+        }
+        Frame { width, height, bgra }
+    }
+
+    fn decode(jpeg: &[u8]) -> (u16, u16, Vec<u8>) {
+        let mut decoder = jpeg_decoder::Decoder::new(jpeg);
+        let pixels = decoder.decode().expect("a valid JPEG");
+        let info = decoder.info().expect("info");
+        (info.width, info.height, pixels)
+    }
+
+    #[test]
+    fn strips_decode_to_exactly_the_pixels_of_a_single_threaded_encode() {
+        // Heights that split evenly, unevenly, and end in a partial MCU row; widths that are and
+        // are not whole MCUs; both samplings (quality 80: 4:2:0, 95: 4:4:4).
+        for (w, h) in [(1280, 800), (1366, 768), (333, 257), (40, 300)] {
+            let f = frame(w, h);
+            for quality in [80, 95] {
+                let one = encode_in_strips(&f, quality, 1).unwrap();
+                for strips in [2, 3, 4] {
+                    let many = encode_in_strips(&f, quality, strips).unwrap();
+                    let (mw, mh, pixels) = decode(&many);
+                    assert_eq!((u32::from(mw), u32::from(mh)), (w, h), "{w}x{h} q{quality} {strips} strips");
+                    assert!(pixels == decode(&one).2, "{w}x{h} q{quality} {strips} strips: pixels differ");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_large_frame_is_really_cut_into_strips() {
+        let f = frame(1280, 800);
+        let one = encode_in_strips(&f, 80, 1).unwrap();
+        let many = encode_in_strips(&f, 80, 4).unwrap();
+        assert!(segment(&one, DRI).is_none(), "a plain encode has no restart interval");
+        let dri = segment(&many, DRI).expect("a DRI segment");
+        // 800 rows are 50 MCU rows of 16; in 4 strips 13 rows of 80 MCUs each.
+        assert_eq!(&many[dri + 4..dri + 6], &(13u16 * 80).to_be_bytes());
+        let restarts = many.windows(2).filter(|p| p[0] == 0xff && (RST0..RST0 + 8).contains(&p[1])).count();
+        assert_eq!(restarts, 3, "three restart markers join four strips");
+    }
+
+    #[test]
+    fn a_frame_too_small_to_share_is_encoded_plainly() {
+        let f = frame(64, 48); // 3 MCU rows: under MIN_ROWS_PER_STRIP for a second strip
+        assert_eq!(encode_in_strips(&f, 80, 4).unwrap(), encode_in_strips(&f, 80, 1).unwrap());
+    }
+}
