@@ -52,19 +52,19 @@ pub fn encode_in_strips(frame: &Frame, quality: u8, strips: usize) -> OpResult<V
     let mcu_rows = usize::from(height).div_ceil(mcu);
     let strips = strips.min(mcu_rows / MIN_ROWS_PER_STRIP).max(1);
     let rows_per_strip = mcu_rows.div_ceil(strips);
-    let Ok(interval) = u16::try_from(rows_per_strip * mcu_cols) else {
-        return plain(&frame.bgra, height); // a restart interval counts at most 65535 MCUs
-    };
-    if strips == 1 {
+    // A restart interval counts at most 65535 MCUs.
+    let (true, Ok(interval)) = (strips > 1, u16::try_from(rows_per_strip * mcu_cols)) else {
         return plain(&frame.bgra, height);
-    }
-    let strip_bytes = rows_per_strip * mcu * usize::from(width) * 4;
+    };
+    let row_bytes = usize::from(width) * 4;
+    let Some(pixels) = frame.bgra.get(..row_bytes * usize::from(height)) else {
+        return Err(OpError::os("the frame holds fewer pixels than its size says"));
+    };
     let parts: Vec<OpResult<Vec<u8>>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = frame
-            .bgra
-            .chunks(strip_bytes)
+        let workers: Vec<_> = pixels
+            .chunks(rows_per_strip * mcu * row_bytes)
             .map(|rows| {
-                let h = (rows.len() / (usize::from(width) * 4)) as u16;
+                let h = (rows.len() / row_bytes) as u16;
                 scope.spawn(move || plain(rows, h))
             })
             .collect();
@@ -185,6 +185,14 @@ mod tests {
         assert_eq!(&many[dri + 4..dri + 6], &(13u16 * 80).to_be_bytes());
         let restarts = many.windows(2).filter(|p| p[0] == 0xff && (RST0..RST0 + 8).contains(&p[1])).count();
         assert_eq!(restarts, 3, "three restart markers join four strips");
+    }
+
+    #[test]
+    fn a_frame_shorter_than_its_size_is_an_error_not_a_shorter_image() {
+        let mut f = frame(1280, 800);
+        f.bgra.truncate(f.bgra.len() - 4);
+        assert!(encode_in_strips(&f, 80, 2).is_err());
+        assert!(encode_in_strips(&f, 80, 1).is_err());
     }
 
     #[test]
