@@ -91,6 +91,7 @@ ctl shell -- sh -c 'echo "a terminal on $(tty), $(stty size) rows/cols, through 
   || echo "(tetherctl shell exited with the remote shell's code: $?)"
 ctl exec --shell -- 'xsetroot -solid "#3465a4" && echo "a confined command painted the virtual display ($DISPLAY)"'
 ctl screenshot -o "$work/screen.png" --max-width 640 && file "$work/screen.png" 2>/dev/null || true
+ctl screenshot -o "$work/screen.jpg" --jpeg 80 && file "$work/screen.jpg" 2>/dev/null || true  # full size, JPEG
 # Browser pages for a terminal and for the desktop (the token is after '#': it reaches no log).
 ctl shell --print-url --url-ttl 10m -- sh -c 'echo "a terminal in your browser"; exec sh'
 ctl desktop --print-url --view-only --tiles   # key frames + changed tiles only (TILES)

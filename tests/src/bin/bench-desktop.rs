@@ -247,7 +247,7 @@ async fn main() {
     let one_thread_p50 = row("JPEG q80 encode, one thread", one_thread, None);
     row(
         "JPEG q80 encode, strips on every core (agent)",
-        time(rounds, || encode::jpeg(&frame, 80).expect("jpeg")),
+        time(rounds, || jpeg::encode(&frame, 80).expect("jpeg")),
         Some(("one thread", one_thread_p50)),
     );
     let big = doubled(&frame);

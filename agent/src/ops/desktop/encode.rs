@@ -6,6 +6,7 @@ use fast_image_resize::images::Image;
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 
 use crate::error::{OpError, OpResult};
+use crate::ops::desktop::jpeg;
 use crate::ops::desktop::screen::Frame;
 
 /// No re-encode shrinks an image's shorter edge below this (unless the screen is smaller).
@@ -65,7 +66,7 @@ pub fn resize(frame: &Frame, width: u32, height: u32) -> OpResult<Frame> {
 pub fn encode(frame: &Frame, format: Format) -> OpResult<Vec<u8>> {
     match format {
         Format::Png => png(frame),
-        Format::Jpeg { quality } => jpeg(frame, quality),
+        Format::Jpeg { quality } => jpeg::encode(frame, quality),
     }
 }
 
@@ -88,11 +89,6 @@ pub fn png(frame: &Frame) -> OpResult<Vec<u8>> {
     writer.write_image_data(&rgb).map_err(err)?;
     writer.finish().map_err(err)?;
     Ok(out)
-}
-
-/// Baseline JPEG straight from BGRA at `quality` (1..=100), in strips on up to four cores.
-pub fn jpeg(frame: &Frame, quality: u8) -> OpResult<Vec<u8>> {
-    crate::ops::desktop::jpeg::encode(frame, quality)
 }
 
 /// Encodes `frame` within `max` and shrinks it until the bytes fit `budget`: at most
@@ -134,11 +130,11 @@ pub fn fit(frame: &Frame, max: (u32, u32), format: Format, budget: usize) -> OpR
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A frame with a noisy left half (incompressible) and a flat right half.
-    fn frame(width: u32, height: u32) -> Frame {
+    pub(crate) fn frame(width: u32, height: u32) -> Frame {
         let mut bgra = Vec::with_capacity((width * height * 4) as usize);
         let mut seed = 0x2545_f491_u32;
         for _ in 0..height {
@@ -173,7 +169,7 @@ mod tests {
         let info = reader.next_frame(&mut buf).unwrap();
         assert_eq!((info.width, info.height), (64, 32));
         assert_eq!(&buf[..3], &[200, 20, 10], "RGB order");
-        assert!(jpeg(&f, 80).unwrap().starts_with(&[0xff, 0xd8]), "a JPEG stream");
+        assert!(jpeg::encode(&f, 80).unwrap().starts_with(&[0xff, 0xd8]), "a JPEG stream");
     }
 
     #[test]
