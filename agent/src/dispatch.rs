@@ -185,7 +185,7 @@ impl Dispatcher {
         admission: Admission,
         (scope, epoch): (&str, u32),
         budget: usize,
-    ) -> OpResult<Reply> {
+    ) -> OpResult<Answer> {
         match self.run(op, resources, admission, (scope, epoch), budget).await {
             Err(e) if e == OpError::cancelled() && self.fence.is_stale(scope, epoch).await => {
                 let held = self.fence.held(scope).await;
@@ -204,9 +204,9 @@ impl Dispatcher {
         admission: Admission,
         (scope, epoch): (&str, u32),
         budget: usize,
-    ) -> OpResult<Reply> {
+    ) -> OpResult<Answer> {
         let paths = self.paths.clone();
-        Ok(match op {
+        Ok(Answer::Reply(match op {
             Op::Ping(ping) => Reply::Ping(pb::PingResponse {
                 nonce: ping.nonce,
                 agent_monotonic_ms: self.started.elapsed().as_millis() as u64,
@@ -219,7 +219,7 @@ impl Dispatcher {
                     exec::exec(&self.launcher, limits, cwd, req, budget, admission.cancel.clone()).await?,
                 )
             }
-            Op::FsRead(req) => Reply::FsRead(fs::read(paths, req, budget).await?),
+            Op::FsRead(req) => return Ok(Answer::Read(fs::read(paths, req, budget).await?)),
             Op::FsWrite(req) if !req.transfer_id.is_empty() => {
                 Reply::FsWrite(self.transfers.write_chunk(req, self.mutation_deadline).await?)
             }
@@ -268,10 +268,10 @@ impl Dispatcher {
             }
             Op::ExecStart(req) => {
                 if let Some(state) = self.executions.existing(scope, &req.exec_id)? {
-                    return Ok(Reply::ExecStart(pb::ExecStartResponse {
+                    return Ok(Answer::Reply(Reply::ExecStart(pb::ExecStartResponse {
                         state: Some(state),
                         created: false,
-                    }));
+                    })));
                 }
                 self.sandbox.admit()?;
                 let cwd = paths.resolve_cwd(&req.exec.as_ref().map(|e| e.cwd.clone()).unwrap_or_default())?;
@@ -286,7 +286,7 @@ impl Dispatcher {
             Op::ExecWait(req) => Reply::ExecWait(self.executions.wait(scope, req).await?),
             Op::ExecList(_) => Reply::ExecList(self.executions.list(scope).await),
             other => return Err(unsupported(&other).unwrap_or_else(|| OpError::unsupported("not served"))),
-        })
+        }))
     }
 
     /// The limits of one command (its cgroup is made off the async workers); what it leaves
@@ -314,14 +314,24 @@ impl Dispatcher {
     }
 }
 
+/// What an op answers with: a reply, or a read's content already laid out as its reply.
+enum Answer {
+    Reply(Reply),
+    Read(fs::ReadContent),
+}
+
 /// Encodes the answer to a request and, when it holds a cache ticket, hands the reply to the
 /// cache: remembered unless it is a retryable failure, which invites a retry that must run.
-fn reply(request_id: String, result: OpResult<Reply>, max_payload: usize, ticket: Option<Ticket>) -> Bytes {
+fn reply(request_id: String, result: OpResult<Answer>, max_payload: usize, ticket: Option<Ticket>) -> Bytes {
     if let Err(e) = &result {
         tracing::info!(code = e.code.as_str_name(), message = %e.message, "op failed");
     }
     let remember = !matches!(&result, Err(e) if e.retryable);
-    let bytes = encode(request_id, result, max_payload);
+    let bytes = match result {
+        Ok(Answer::Read(content)) => content.into_response(request_id, max_payload),
+        Ok(Answer::Reply(reply)) => encode(request_id, Ok(reply), max_payload),
+        Err(e) => encode(request_id, Err(e), max_payload),
+    };
     if let Some(ticket) = ticket {
         ticket.finish(&bytes, remember);
     }

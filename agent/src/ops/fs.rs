@@ -8,7 +8,6 @@ use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,12 +29,14 @@ mod digest;
 mod kind;
 mod mode;
 mod ranges;
+mod read_reply;
 mod transfer;
 mod write;
 mod xdev;
 
 pub use commit::DEFAULT_DEADLINE as DEFAULT_MUTATION_DEADLINE;
 pub use digest::fs_digest as digest;
+pub use read_reply::ReadContent;
 pub use transfer::{DEFAULT_IDLE as TRANSFER_IDLE, Transfers, WINDOW as TRANSFER_WINDOW};
 // For the tree ops (`ops::tree`), which commit the same way.
 pub(crate) use commit::{Gate, under_deadline};
@@ -79,7 +80,7 @@ fn entry(dir: BorrowedFd<'_>, name: &OsStr, abs: &Path, st: &FileStat) -> pb::Fs
 
 // ------------------------------------------------------------------ read
 
-pub async fn read(paths: Arc<Paths>, req: pb::FsReadRequest, budget: usize) -> OpResult<pb::FsReadResponse> {
+pub async fn read(paths: Arc<Paths>, req: pb::FsReadRequest, budget: usize) -> OpResult<ReadContent> {
     blocking(move || {
         let r = paths.resolve(&req.path)?;
         // O_NONBLOCK: opening a FIFO must not hang a worker; it is refused just below.
@@ -112,18 +113,8 @@ pub async fn read(paths: Arc<Paths>, req: pb::FsReadRequest, budget: usize) -> O
         } else {
             req.length.min(rest).min(cap)
         };
-        let mut content = vec![0u8; want as usize];
-        let mut done = 0;
-        while done < content.len() {
-            match file.read_at(&mut content[done..], req.offset + done as u64) {
-                Ok(0) => break, // the file shrank under us
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(OpError::from_io(&e, "read", &r.abs)),
-            }
-        }
-        content.truncate(done);
-        Ok(pb::FsReadResponse { content: content.into(), total_size: total })
+        ReadContent::read(&file, req.offset, want as usize, total)
+            .map_err(|e| OpError::from_io(&e, "read", &r.abs))
     })
     .await
 }

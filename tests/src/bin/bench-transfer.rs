@@ -188,6 +188,9 @@ async fn main() {
         let sent_digest = blake3_of(&sent.2);
         put.add(sent);
         raw_read.push(raw(&nc, "bench.source", count, Bytes::from_static(b"read"), window).await);
+        // Each get makes a new file: replacing the last round's copy would add freeing its pages
+        // (on tmpfs, one by one) to the rename at the end.
+        let _ = std::fs::remove_file(&copy);
         let got =
             timed(agent.tetherctl(&nats).args(["--json", "get", "--quiet", "/workspace/big.bin"]).arg(&copy));
         assert_eq!(blake3_of(&got.2), sent_digest, "the round trip changed the content");
@@ -196,6 +199,7 @@ async fn main() {
         let mode = std::fs::metadata(&remote).expect("remote file").permissions();
         std::fs::set_permissions(&remote, mode).expect("chmod");
         std::os::unix::fs::chown(&remote, None, None).expect("touch ctime");
+        let _ = std::fs::remove_file(&copy);
         let got =
             timed(agent.tetherctl(&nats).args(["--json", "get", "--quiet", "/workspace/big.bin"]).arg(&copy));
         assert_eq!(blake3_of(&got.2), sent_digest, "the round trip changed the content");

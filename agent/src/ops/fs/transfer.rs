@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
@@ -69,6 +69,10 @@ struct Upload {
     mode: Option<Mode>,
     precondition: Option<pb::TransferPrecondition>,
     progress: Mutex<Progress>,
+    /// Held while a chunk is written: concurrent writes to one file would only contend for its
+    /// inode lock in the kernel, which waiters spin on, taking a core from the rest of the
+    /// transfer; here they sleep. (The hashing after a write runs beside the next write.)
+    writing: Mutex<()>,
     /// Chunk writes hold it shared; the commit and the sweeper exclusively, and set it once the
     /// temp file is gone or committed, so no write lands in a file being hashed or renamed.
     closed: RwLock<bool>,
@@ -224,8 +228,11 @@ impl Transfers {
                 ));
             }
             let io = |e: std::io::Error| OpError::from_io(&e, "write upload chunk of", &upload.abs);
-            upload.file.write_all_at(&req.content, req.offset).map_err(io)?;
-            start_writeback(&upload.file, req.offset, req.content.len());
+            {
+                let _writing = upload.writing.lock().unwrap_or_else(PoisonError::into_inner);
+                upload.file.write_all_at(&req.content, req.offset).map_err(io)?;
+                start_writeback(&upload.file, req.offset, req.content.len());
+            }
             upload.progress().record(&upload.file, req.offset, &req.content).map_err(io)?;
             Ok(pb::FsWriteResponse { bytes_written: req.content.len() as u64 })
         })
@@ -366,6 +373,7 @@ fn create(paths: &Paths, req: &pb::TransferOpenRequest, mode: Option<Mode>, gate
             received: 0,
             last_active: Instant::now(),
         }),
+        writing: Mutex::new(()),
         closed: RwLock::new(false),
     })
 }
@@ -487,6 +495,7 @@ impl Upload {
         if let Some(mode) = self.mode.or(keep) {
             nix::sys::stat::fchmod(self.file.as_fd(), mode).map_err(|e| paths.errno(e, "chmod", abs))?;
         }
+        let replaced = keep.and_then(|_| hold(self.dir.as_fd(), &self.name));
         self.file.sync_all().map_err(io)?;
         gate.commit_in(self.dir.as_fd(), || {
             nix::fcntl::renameat2(
@@ -499,6 +508,7 @@ impl Upload {
         })?
         .map_err(|e| paths.errno(e, "rename into place", abs))?;
         sync_dir(self.dir.as_fd());
+        release_later(replaced);
         if let Ok(st) = nix::sys::stat::fstat(self.file.as_fd()) {
             digests.remember(&st, digest);
         }
@@ -532,6 +542,21 @@ impl Progress {
             self.hashed = covered;
         }
         Ok(())
+    }
+}
+
+/// The file about to be replaced, held open (O_PATH) so that the rename only unlinks it: its
+/// blocks are freed when the hold is let go, which [`release_later`] does beside the reply.
+/// Freeing a large file's blocks takes a while (on tmpfs: every page of it, one by one).
+fn hold(dir: BorrowedFd<'_>, name: &OsStr) -> Option<OwnedFd> {
+    let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    nix::fcntl::openat(dir, name, flags, Mode::empty()).ok()
+}
+
+/// Lets go of a replaced file on the blocking pool (inline outside a runtime).
+fn release_later(replaced: Option<OwnedFd>) {
+    if let (Some(fd), Ok(runtime)) = (replaced, tokio::runtime::Handle::try_current()) {
+        runtime.spawn_blocking(move || drop(fd));
     }
 }
 
