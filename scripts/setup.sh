@@ -50,7 +50,8 @@ for lib in xcb libpipewire-0.3 libspa-0.2 wayland-client gbm egl; do
     egl) need+=(libegl-dev) ;;
   esac
 done
-compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null || need+=(libclang-dev)
+# libclang itself: libclang-cpp (which other packages bring in) does not count.
+compgen -G "/usr/lib/llvm-*/lib/libclang.so*" >/dev/null || need+=(libclang-dev)
 
 if ((${#need[@]})); then
   sudo=""
