@@ -130,17 +130,9 @@ impl Relay {
 
     /// The relay's (resident, peak resident) memory in KiB, from /proc.
     pub fn memory_kib(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid().expect("the relay runs")))
-            .unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
+        let pid = self.pid().expect("the relay runs");
+        let field = |name| crate::watch::status_field(pid, name).unwrap_or(0);
+        (field("VmRSS"), field("VmHWM"))
     }
 
     /// The relay's `/stream` URL, as the agent and viewers are configured with.

@@ -50,18 +50,9 @@ impl RelayCluster {
 
     /// VmRSS of each running replica, in KiB.
     pub fn rss_kib(&self) -> Vec<u64> {
-        self.replicas.iter().filter_map(|r| r.pid()).map(rss_kib).collect()
+        let rss = |pid| crate::watch::status_field(pid, "VmRSS").unwrap_or(0);
+        self.replicas.iter().filter_map(|r| r.pid()).map(rss).collect()
     }
-}
-
-/// VmRSS of a process, in KiB (0 when unreadable).
-pub fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 async fn wait_healthy(r: &Relay) {

@@ -59,6 +59,14 @@ impl AccessWatch {
     }
 }
 
+/// A number field of `/proc/<pid>/status` (`"VmRSS"`, `"VmHWM"` in KiB, `"Threads"`); None
+/// once the process is gone.
+pub fn status_field(pid: impl std::fmt::Display, name: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let value = status.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?;
+    value.split_whitespace().next()?.parse().ok()
+}
+
 /// Resident memory, open descriptors and threads of one process.
 #[derive(Debug, Clone, Copy)]
 pub struct ProcStats {
@@ -70,16 +78,8 @@ pub struct ProcStats {
 impl ProcStats {
     /// Reads `/proc/<pid>`; None once the process is gone.
     pub fn of(pid: i32) -> Option<ProcStats> {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse::<u64>().ok())
-        };
         let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
-        Some(ProcStats { rss_kib: field("VmRSS:")?, fds, threads: field("Threads:")? })
+        Some(ProcStats { rss_kib: status_field(pid, "VmRSS")?, fds, threads: status_field(pid, "Threads")? })
     }
 }
 

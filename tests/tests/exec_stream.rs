@@ -8,6 +8,7 @@ use std::time::Duration;
 use tether_client::{AttachFrom, Client};
 use tether_tests::execs::{collect, collect_with, start_sh};
 use tether_tests::tree::client;
+use tether_tests::watch::status_field;
 use tether_tests::{Agent, AgentOpts, Nats, pb};
 
 const LONG: Duration = Duration::from_secs(180);
@@ -113,13 +114,6 @@ async fn every_line_arrives_once_and_in_order_across_a_nats_server_restart() {
     assert_eq!(got.state().exit_code, 0);
 }
 
-/// Peak resident memory of a process, from /proc.
-fn peak_rss_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap_or("VmHWM: 0 kB");
-    line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0)
-}
-
 #[tokio::test]
 async fn a_slow_reader_of_200_mib_loses_nothing_and_the_agent_memory_stays_bounded() {
     let nats = Nats::start().await;
@@ -158,7 +152,7 @@ async fn a_slow_reader_of_200_mib_loses_nothing_and_the_agent_memory_stays_bound
     }
     assert_eq!(total, TOTAL);
     assert_eq!(mismatch, None, "every byte in order");
-    let peak = peak_rss_kib(agent.proc.pid());
+    let peak = status_field(agent.proc.pid(), "VmHWM").unwrap_or(0);
     assert!(peak > 0 && peak < 160 * 1024, "agent peak RSS {peak} KiB for 200 MiB streamed");
 }
 

@@ -24,6 +24,7 @@ use futures::stream::FuturesUnordered;
 use tether_client::{chunk_size, window_for};
 use tether_tests::bench::{self, Row};
 use tether_tests::ssh::Ssh;
+use tether_tests::watch::status_field;
 use tether_tests::{Agent, AgentOpts, Nats};
 
 /// Writes `len` bytes of xorshift noise (incompressible, cheap to make).
@@ -83,16 +84,6 @@ fn timed(cmd: &mut Command) -> (Duration, i64, String) {
     assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{cmd:?} failed");
     let stdout = output.and_then(Result::ok).unwrap_or_default();
     (elapsed, usage.ru_maxrss, stdout)
-}
-
-/// The agent's peak RSS so far (KiB).
-fn vm_hwm(pid: i32) -> i64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 fn mib_s(bytes: u64, d: Duration) -> f64 {
@@ -219,7 +210,7 @@ async fn main() {
             scp_get.push(ssh.scp(&scp_remote, &local.path().join("scp-copy.bin").display().to_string()));
         }
     }
-    let agent_rss = vm_hwm(agent.proc.pid());
+    let agent_rss = status_field(agent.proc.pid(), "VmHWM").unwrap_or(0) as i64;
 
     println!();
     println!(
