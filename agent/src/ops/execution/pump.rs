@@ -76,11 +76,8 @@ pub async fn publish_loop(
                 let Some(spill) = exec.spill.clone() else { return };
                 let wanted = at.clone();
                 let read = tokio::task::spawn_blocking(move || spill.read(&wanted)).await;
-                // Read from a segment dropped (and so maybe reused) meanwhile, the bytes may be
-                // another segment's: only what was held all along is delivered.
-                let held = at.first().is_some_and(|first| exec.lock().journal.holds(first));
                 match read {
-                    Ok(Ok(data)) if held => {
+                    Ok(Ok(data)) => {
                         let chunks = at
                             .iter()
                             .zip(data)
