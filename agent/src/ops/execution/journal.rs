@@ -1,8 +1,11 @@
 //! The output journal of one execution: every byte the command wrote, as numbered chunks (seq
 //! from 0, each with its offset in the output), so any reader can replay from any seq it still
-//! holds. The newest chunks live in memory; past the memory cap the oldest move to segment
-//! files (`spill`) and, past the spill cap, the oldest segments are dropped and counted, so a
-//! reader that needed them is told exactly how many bytes it lost (a gap), never silently.
+//! holds. The newest chunks live in memory; past the memory cap the oldest move to the spill
+//! file (`spill`), in segments: fixed-size slots of that file, as many as the spill cap holds.
+//! A new segment past them takes the oldest one's slot, which is dropped and counted first, so
+//! a reader that needed it is told exactly how many bytes it lost (a gap), never silently, and
+//! the file never outgrows the cap. A reader of spilled chunks checks after its read that their
+//! segment is still [held](Journal::holds): a slot is written over only once it is dropped.
 //!
 //! Chunks coalesce while nobody reads them: output goes into an open tail that becomes a chunk
 //! (gets its seq) when a reader asks for it, when the next write would take it past the chunk
@@ -44,8 +47,17 @@ pub struct OnDisk {
     pub pos: u64,
     pub stream: ExecStream,
     pub segment: u64,
+    /// In the spill file.
     pub offset: u64,
     pub len: usize,
+}
+
+/// A segment held in the spill file.
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    id: u64,
+    slot: u64,
+    bytes: u64,
 }
 
 /// What a reader finds at a seq.
@@ -115,9 +127,11 @@ pub struct Journal {
     open: Option<(ExecStream, Tail)>,
     disk: VecDeque<OnDisk>,
     disk_bytes: u64,
-    /// Segments on disk, oldest first: (id, bytes).
-    segments: VecDeque<(u64, u64)>,
+    /// Segments on disk, oldest first.
+    segments: VecDeque<Segment>,
     next_segment: u64,
+    /// Slots of the spill file written so far.
+    slots: u64,
     next_seq: u64,
     /// Bytes in sealed chunks (excludes the open tail).
     sealed_end: u64,
@@ -131,7 +145,7 @@ impl Journal {
             chunk_cap: chunk_cap.max(1),
             mem_cap,
             spill_cap,
-            segment_bytes: (spill_cap / 8).max(1 << 20),
+            segment_bytes: (spill_cap / 8).max(1 << 20).max(chunk_cap as u64),
             memory: VecDeque::new(),
             mem_bytes: 0,
             open: None,
@@ -139,6 +153,7 @@ impl Journal {
             disk_bytes: 0,
             segments: VecDeque::new(),
             next_segment: 0,
+            slots: 0,
             next_seq: 0,
             sealed_end: 0,
             dropped: 0,
@@ -313,24 +328,28 @@ impl Journal {
             }
             return None;
         }
-        let mut writes = Vec::new();
-        let (mut segment, mut used) = match self.segments.back() {
-            Some(&(id, bytes)) if bytes < self.segment_bytes => (id, bytes),
-            _ => (self.next_segment, 0),
+        // What is over, at most a few MiB per round, into one segment; never the newest chunk.
+        let Some(first) = self.memory.front().filter(|_| self.memory.len() > 1) else { return None };
+        let segment = match self.segments.back() {
+            Some(s) if s.bytes + first.data.len() as u64 <= self.segment_bytes => *s,
+            _ => self.open_segment(),
         };
-        // What is over, at most a few MiB per round; never the newest chunk.
-        let mut planned = 0usize;
-        for chunk in self.memory.iter().take(self.memory.len().saturating_sub(1)) {
-            if planned >= excess || planned >= SPILL_MAX {
+        let mut writes = Vec::new();
+        let (mut used, mut planned) = (segment.bytes, 0usize);
+        for chunk in self.memory.iter().take(self.memory.len() - 1) {
+            let len = chunk.data.len();
+            if planned >= excess || planned >= SPILL_MAX || used + len as u64 > self.segment_bytes {
                 break;
             }
-            if used >= self.segment_bytes {
-                segment += 1;
-                used = 0;
-            }
-            let len = chunk.data.len();
-            let at =
-                OnDisk { seq: chunk.seq, pos: chunk.pos, stream: chunk.stream, segment, offset: used, len };
+            let offset = segment.slot * self.segment_bytes + used;
+            let at = OnDisk {
+                seq: chunk.seq,
+                pos: chunk.pos,
+                stream: chunk.stream,
+                segment: segment.id,
+                offset,
+                len,
+            };
             writes.push((at, chunk.data.clone()));
             used += len as u64;
             planned += len;
@@ -338,9 +357,39 @@ impl Journal {
         (!writes.is_empty()).then_some(SpillPlan { writes })
     }
 
-    /// The chunks of `plan` are on disk: they leave memory. Returns the segments to delete
-    /// because the spill cap is exceeded (their chunks count as dropped).
-    pub fn spilled(&mut self, plan: &SpillPlan) -> Vec<u64> {
+    /// Starts a segment: in a new slot while the spill cap has room for one, else in the
+    /// oldest segment's, which is dropped first.
+    fn open_segment(&mut self) -> Segment {
+        let room = (self.spill_cap / self.segment_bytes).max(1);
+        let slot = match self.segments.front() {
+            Some(oldest) if self.slots >= room => {
+                let oldest = *oldest;
+                self.segments.pop_front();
+                while self.disk.front().is_some_and(|d| d.segment == oldest.id) {
+                    self.disk.pop_front();
+                }
+                self.disk_bytes -= oldest.bytes;
+                self.dropped += oldest.bytes;
+                oldest.slot
+            }
+            _ => {
+                self.slots += 1;
+                self.slots - 1
+            }
+        };
+        let segment = Segment { id: self.next_segment, slot, bytes: 0 };
+        self.next_segment += 1;
+        self.segments.push_back(segment);
+        segment
+    }
+
+    /// Whether the segment `at` lies in is still held (its slot not taken over).
+    pub fn holds(&self, at: &OnDisk) -> bool {
+        self.segments.front().is_some_and(|oldest| oldest.id <= at.segment)
+    }
+
+    /// The chunks of `plan` are on disk: they leave memory.
+    pub fn spilled(&mut self, plan: &SpillPlan) {
         for (at, _) in &plan.writes {
             // Only the spiller removes from the front, so these are still the oldest in memory.
             if self.memory.front().is_some_and(|c| c.seq == at.seq)
@@ -348,27 +397,12 @@ impl Journal {
             {
                 self.mem_bytes -= chunk.data.len();
             }
-            match self.segments.back_mut() {
-                Some((id, bytes)) if *id == at.segment => *bytes += at.len as u64,
-                _ => {
-                    self.segments.push_back((at.segment, at.len as u64));
-                    self.next_segment = at.segment + 1;
-                }
+            if let Some(s) = self.segments.back_mut().filter(|s| s.id == at.segment) {
+                s.bytes += at.len as u64;
             }
             self.disk_bytes += at.len as u64;
             self.disk.push_back(*at);
         }
-        let mut gone = Vec::new();
-        while self.disk_bytes > self.spill_cap && self.segments.len() > 1 {
-            let Some((id, bytes)) = self.segments.pop_front() else { break };
-            while self.disk.front().is_some_and(|d| d.segment == id) {
-                self.disk.pop_front();
-            }
-            self.disk_bytes -= bytes;
-            self.dropped += bytes;
-            gone.push(id);
-        }
-        gone
     }
 }
 
@@ -419,25 +453,36 @@ mod tests {
     }
 
     #[test]
-    fn spilled_chunks_are_found_on_disk_and_segments_past_the_cap_dropped() {
-        // 1 MiB segments (the minimum), a 2 MiB spill cap, 1 MiB in memory.
+    fn spilled_chunks_are_found_on_disk_and_segments_past_the_cap_give_their_slots_over() {
+        // 1 MiB segments (the minimum), a 2 MiB spill cap (two slots), 1 MiB in memory.
         let mut j = Journal::new(64 << 10, 1 << 20, 2 << 20);
         let block = Bytes::from(vec![7u8; 64 << 10]);
         let mut written = 0u64;
-        let mut deleted = Vec::new();
+        let mut plans = Vec::new();
         for _ in 0..100 {
             j.push(ExecStream::Stdout, block.clone());
             written += block.len() as u64;
             while let Some(plan) = j.plan_spill() {
-                deleted.extend(j.spilled(&plan));
+                let segments: Vec<u64> = plan.writes.iter().map(|(at, _)| at.segment).collect();
+                assert!(segments.iter().all(|&s| s == segments[0]), "one segment per plan");
+                for (at, _) in &plan.writes {
+                    assert!(at.offset + at.len as u64 <= 2 << 20, "within the file's two slots: {at:?}");
+                    // A slot is given over only once the segment in it is dropped.
+                    let same_slot = plans.iter().filter(|o: &&OnDisk| {
+                        o.offset / (1 << 20) == at.offset / (1 << 20) && o.segment != at.segment
+                    });
+                    assert!(same_slot.clone().all(|o| !j.holds(o)), "{at:?}");
+                }
+                plans.extend(plan.writes.iter().map(|(at, _)| *at));
+                j.spilled(&plan);
             }
         }
+        assert!(!j.holds(&plans[0]), "the first segment was dropped");
         j.seal();
         assert!(!j.over_memory());
-        assert!(!deleted.is_empty(), "the spill cap was exceeded");
         let (first, pos) = j.first();
         assert_eq!(pos, j.dropped());
-        assert!(matches!(j.lookup(first), Lookup::Disk(d) if d.pos == pos));
+        assert!(matches!(j.lookup(first), Lookup::Disk(d) if d.pos == pos && j.holds(&d)));
         assert!(matches!(j.lookup(first.saturating_sub(1)), Lookup::Dropped { .. }));
         let kept: u64 = (first..j.next_seq())
             .map(|s| match j.lookup(s) {
@@ -447,6 +492,7 @@ mod tests {
             })
             .sum();
         assert_eq!(kept + j.dropped(), written, "every byte is kept or counted as dropped");
+        assert!(j.disk_bytes > 1 << 20, "more than one segment is kept: {}", j.disk_bytes);
     }
 
     #[test]
@@ -486,7 +532,7 @@ mod tests {
         while let Some(plan) = j.plan_spill() {
             let moved: usize = plan.writes.iter().map(|(at, _)| at.len).sum();
             assert!(moved <= SPILL_MAX, "{moved}");
-            assert!(j.spilled(&plan).is_empty(), "within the spill cap");
+            j.spilled(&plan);
             batches += 1;
         }
         assert!(batches >= 1, "{batches}");
@@ -501,5 +547,6 @@ mod tests {
             })
             .sum();
         assert_eq!(kept, j.end_pos(), "every byte is in memory or on disk");
+        assert_eq!(j.dropped(), 0, "within the spill cap");
     }
 }

@@ -39,7 +39,7 @@ pub use self::pump::Publish;
 use self::record::{Record, Records};
 use self::run::{Attachment, Execution, duration_ms, unix_ms};
 pub use self::settings::{ExecArgs, ExecFile, ExecSettings};
-use self::spill::SpillDir;
+use self::spill::SpillFile;
 use crate::error::{OpError, OpResult};
 use crate::fence::Fence;
 use crate::ops::exec::{self, check_env};
@@ -194,7 +194,7 @@ impl Executions {
             }
         };
         let key = (fenced.scope.clone(), req.exec_id.clone());
-        let spill = self.dir.as_ref().map(|d| SpillDir::new(d.join("spill").join(spill_name(&key))));
+        let spill = self.dir.as_ref().map(|d| SpillFile::new(d.join("spill").join(spill_name(&key))));
         let chunk_cap = CHUNK_MAX.min(budget.saturating_sub(OUTPUT_OVERHEAD + req.exec_id.len())).max(1024);
         let spill_cap = if spill.is_some() { self.settings.spill_bytes } else { 0 };
         let journal = Journal::new(chunk_cap, self.settings.memory_bytes, spill_cap);

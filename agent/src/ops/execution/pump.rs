@@ -76,8 +76,11 @@ pub async fn publish_loop(
                 let Some(spill) = exec.spill.clone() else { return };
                 let wanted = at.clone();
                 let read = tokio::task::spawn_blocking(move || spill.read(&wanted)).await;
+                // A slot is written over only after its segment is dropped: what was read is
+                // the chunks' own bytes if their segment is still held now.
+                let held = at.first().is_some_and(|first| exec.lock().journal.holds(first));
                 match read {
-                    Ok(Ok(data)) => {
+                    Ok(Ok(data)) if held => {
                         let chunks = at
                             .iter()
                             .zip(data)
@@ -196,8 +199,7 @@ async fn send(publish: &Publish, subject: &str, msg: &pb::ExecOutput) {
     }
 }
 
-/// Moves the oldest chunks to disk while memory is over its cap, and deletes the segments
-/// dropped past the spill cap. Ends with the execution once nothing is left to spill.
+/// Moves the oldest chunks to disk while memory is over its cap. Ends with the execution once nothing is left to spill.
 pub async fn spill_loop(exec: Arc<Execution>, closing: CancellationToken) {
     let Some(spill) = exec.spill.clone() else { return };
     let mut changed = exec.watch();
@@ -241,23 +243,17 @@ pub async fn spill_loop(exec: Arc<Execution>, closing: CancellationToken) {
             exec.bump();
             return;
         };
-        let gone = {
-            let mut inner = exec.lock();
-            match written {
-                Ok(()) => inner.journal.spilled(&plan),
-                Err(e) => {
-                    tracing::warn!(error = %e, "spilling execution output failed; dropping the oldest instead");
-                    inner.journal.disable_spill();
-                    let _ = inner.journal.plan_spill();
-                    Vec::new()
-                }
+        let mut inner = exec.lock();
+        match written {
+            Ok(()) => inner.journal.spilled(&plan),
+            Err(e) => {
+                tracing::warn!(error = %e, "spilling execution output failed; dropping the oldest instead");
+                inner.journal.disable_spill();
+                let _ = inner.journal.plan_spill();
             }
-        };
-        exec.bump();
-        if !gone.is_empty() {
-            let dir = spill.clone();
-            let _ = tokio::task::spawn_blocking(move || dir.delete(&gone)).await;
         }
+        drop(inner);
+        exec.bump();
     }
 }
 
@@ -272,7 +268,7 @@ mod tests {
     use super::*;
     use crate::ops::execution::journal::Journal;
     use crate::ops::execution::run::{Attachment, End};
-    use crate::ops::execution::spill::SpillDir;
+    use crate::ops::execution::spill::SpillFile;
 
     /// Publishes into a vector.
     fn recorder() -> (Publish, Arc<Mutex<Vec<pb::ExecOutput>>>) {
@@ -289,7 +285,7 @@ mod tests {
     async fn a_late_reader_gets_the_gap_then_the_spilled_and_kept_output_then_the_end() {
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal::new(128 << 10, 8 << 20, 4 << 20);
-        let spill = SpillDir::new(dir.path().join("x"));
+        let spill = SpillFile::new(dir.path().join("x"));
         let exec = Arc::new(Execution::new(
             ("s".into(), "e".into()),
             vec![],

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::journal::Journal;
-use super::spill::SpillDir;
+use super::spill::SpillFile;
 use crate::error::{OpError, OpResult};
 use crate::ops::exec::drive::Output;
 
@@ -70,7 +70,7 @@ pub struct Execution {
     pub started_at_ms: u64,
     pub started: Instant,
     pub pgid: Pid,
-    pub spill: Option<SpillDir>,
+    pub spill: Option<SpillFile>,
     inner: Mutex<Inner>,
     /// Bumped on every change a waiter may care about (output, acks, attachments, the end).
     changed: watch::Sender<u64>,
@@ -83,7 +83,7 @@ impl Execution {
         command: Vec<String>,
         pgid: Pid,
         journal: Journal,
-        spill: Option<SpillDir>,
+        spill: Option<SpillFile>,
         stdin: Option<ChildStdin>,
     ) -> Self {
         Execution {

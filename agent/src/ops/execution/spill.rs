@@ -1,6 +1,11 @@
-//! The segment files an execution's journal spills to: `<state>/exec/spill/<key>/seg-<n>`.
-//! Blocking file I/O only; callers run it on the blocking pool. Each write lands at the offset
-//! the journal planned, so a crash mid-write never shifts later chunks.
+//! The file an execution's journal spills to: `<state>/exec/spill/<key>`. Blocking file I/O
+//! only; callers run it on the blocking pool. Each write lands at the offset the journal
+//! planned (a slot of the file per segment), so a crash mid-write never shifts later chunks.
+//!
+//! One file whose slots are written over, rather than a file per segment deleted when it is
+//! dropped: the slots' page-cache pages are reused as they are, where new files would allocate
+//! (and, on a VM, first touch) fresh pages for every byte spilled, and the file never holds
+//! more than the spill cap.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -11,71 +16,54 @@ use bytes::Bytes;
 
 use super::journal::{OnDisk, SpillPlan};
 
-/// The spill directory of one execution.
+/// The spill file of one execution.
 #[derive(Debug, Clone)]
-pub struct SpillDir(PathBuf);
+pub struct SpillFile(PathBuf);
 
-impl SpillDir {
+impl SpillFile {
     pub fn new(path: PathBuf) -> Self {
-        SpillDir(path)
-    }
-
-    fn segment(&self, id: u64) -> PathBuf {
-        self.0.join(format!("seg-{id}"))
+        SpillFile(path)
     }
 
     /// Writes the planned chunks.
     pub fn write(&self, plan: &SpillPlan) -> io::Result<()> {
-        fs::create_dir_all(&self.0)?;
-        let mut open: Option<(u64, File)> = None;
+        if let Some(dir) = self.0.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&self.0)?;
         for (at, data) in &plan.writes {
-            let file = match &open {
-                Some((id, file)) if *id == at.segment => file,
-                _ => {
-                    let file = OpenOptions::new()
-                        .create(true)
-                        .truncate(false)
-                        .write(true)
-                        .mode(0o600)
-                        .open(self.segment(at.segment))?;
-                    &open.insert((at.segment, file)).1
-                }
-            };
             file.write_all_at(data, at.offset)?;
         }
         Ok(())
     }
 
-    /// Reads spilled chunks back (a segment dropped meanwhile is `NotFound`).
+    /// Reads spilled chunks back. What a slot held may have been written over meanwhile: the
+    /// caller checks that the chunks' segment is still held after the read.
     pub fn read(&self, chunks: &[OnDisk]) -> io::Result<Vec<Bytes>> {
-        let mut open: Option<(u64, File)> = None;
-        let mut out = Vec::with_capacity(chunks.len());
-        for at in chunks {
-            let file = match &open {
-                Some((id, file)) if *id == at.segment => file,
-                _ => &open.insert((at.segment, File::open(self.segment(at.segment))?)).1,
-            };
-            let mut buf = vec![0; at.len];
-            file.read_exact_at(&mut buf, at.offset)?;
-            out.push(Bytes::from(buf));
-        }
-        Ok(out)
+        let file = File::open(&self.0)?;
+        chunks
+            .iter()
+            .map(|at| {
+                let mut buf = vec![0; at.len];
+                file.read_exact_at(&mut buf, at.offset)?;
+                Ok(Bytes::from(buf))
+            })
+            .collect()
     }
 
-    /// Deletes dropped segments.
-    pub fn delete(&self, segments: &[u64]) {
-        for id in segments {
-            if let Err(e) = fs::remove_file(self.segment(*id))
-                && e.kind() != io::ErrorKind::NotFound
-            {
-                tracing::warn!(error = %e, "deleting a spill segment");
-            }
-        }
-    }
-
-    /// Deletes the whole directory.
+    /// Deletes the file.
     pub fn remove(&self) {
-        remove_tree(&self.0);
+        if let Err(e) = fs::remove_file(&self.0)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %self.0.display(), error = %e, "removing spilled output");
+        }
     }
 }
 
