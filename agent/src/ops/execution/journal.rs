@@ -329,7 +329,7 @@ impl Journal {
             return None;
         }
         // What is over, at most a few MiB per round, into one segment; never the newest chunk.
-        let Some(first) = self.memory.front().filter(|_| self.memory.len() > 1) else { return None };
+        let first = self.memory.front().filter(|_| self.memory.len() > 1)?;
         let segment = match self.segments.back() {
             Some(s) if s.bytes + first.data.len() as u64 <= self.segment_bytes => *s,
             _ => self.open_segment(),
