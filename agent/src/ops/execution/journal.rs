@@ -145,7 +145,7 @@ impl Journal {
             chunk_cap: chunk_cap.max(1),
             mem_cap,
             spill_cap,
-            segment_bytes: (spill_cap / 8).max(1 << 20).max(chunk_cap as u64),
+            segment_bytes: (spill_cap / 8).max(1 << 20).min(spill_cap).max(chunk_cap as u64),
             memory: VecDeque::new(),
             mem_bytes: 0,
             open: None,
@@ -493,6 +493,22 @@ mod tests {
             .sum();
         assert_eq!(kept + j.dropped(), written, "every byte is kept or counted as dropped");
         assert!(j.disk_bytes > 1 << 20, "more than one segment is kept: {}", j.disk_bytes);
+    }
+
+    #[test]
+    fn a_spill_cap_under_a_segment_is_one_slot_of_its_size() {
+        let mut j = Journal::new(64 << 10, 1 << 20, 512 << 10);
+        let block = Bytes::from(vec![5u8; 64 << 10]);
+        let mut end = 0;
+        for _ in 0..64 {
+            j.push(ExecStream::Stdout, block.clone());
+            while let Some(plan) = j.plan_spill() {
+                end = plan.writes.iter().map(|(at, _)| at.offset + at.len as u64).fold(end, u64::max);
+                j.spilled(&plan);
+            }
+        }
+        assert!(j.dropped() > 0 && j.disk_bytes > 0, "it spilled and dropped");
+        assert!(end <= 512 << 10, "the file stays within the cap: {end}");
     }
 
     #[test]

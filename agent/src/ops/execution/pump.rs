@@ -199,7 +199,8 @@ async fn send(publish: &Publish, subject: &str, msg: &pb::ExecOutput) {
     }
 }
 
-/// Moves the oldest chunks to disk while memory is over its cap. Ends with the execution once nothing is left to spill.
+/// Moves the oldest chunks to disk while memory is over its cap. Ends with the execution once
+/// nothing is left to spill.
 pub async fn spill_loop(exec: Arc<Execution>, closing: CancellationToken) {
     let Some(spill) = exec.spill.clone() else { return };
     let mut changed = exec.watch();
