@@ -556,7 +556,7 @@ fn check_id(exec_id: &str) -> OpResult<()> {
     Ok(())
 }
 
-/// A file-system-safe name for an execution's spill directory.
+/// A file-system-safe name for an execution's spill file.
 fn spill_name((scope, id): &Key) -> String {
     let mut h = Sha256::new();
     h.update(scope.as_bytes());

@@ -7,7 +7,7 @@
 //! (and, on a VM, first touch) fresh pages for every byte spilled, and the file never holds
 //! more than the spill cap.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -46,7 +46,7 @@ impl SpillFile {
     /// Reads spilled chunks back. What a slot held may have been written over meanwhile: the
     /// caller checks that the chunks' segment is still held after the read.
     pub fn read(&self, chunks: &[OnDisk]) -> io::Result<Vec<Bytes>> {
-        let file = File::open(&self.0)?;
+        let file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&self.0)?;
         chunks
             .iter()
             .map(|at| {
