@@ -3,9 +3,12 @@
 //!
 //! 1. keystroke echo: a viewer sends one input frame, the (fake) producer answers it with one
 //!    output frame, the viewer receives it; p50/p99 round trip with the viewer on the
-//!    producer's replica vs on another replica;
+//!    producer's replica vs on another replica, in turns with a raw NATS request to a
+//!    responder process: the two NATS hops a keystroke across replicas cannot avoid;
 //! 2. bulk throughput: the producer sends BULK_MIB in 16 KiB frames, MiB/s until the viewer
-//!    has the last, viewer local vs remote;
+//!    has the last, viewer local vs remote; and the same bytes over one raw NATS hop (one
+//!    connection to another, 1 MiB in flight like a link's credit), the hop a remote viewer
+//!    adds;
 //! 3. CHANNELS concurrent channels spread over the three replicas, each with its producer on
 //!    one replica and its viewer on the next: frames/s delivered to all viewers, and the RSS
 //!    of each replica after.
@@ -16,7 +19,7 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures::SinkExt;
+use futures::{SinkExt, StreamExt};
 use tether_proto::frame::Frame;
 use tether_proto::token::ViewerMode;
 use tether_tests::Nats;
@@ -39,26 +42,59 @@ async fn recv_data_frame(ws: &mut Ws) -> (u64, usize) {
     }
 }
 
-/// Round trips in µs: viewer input -> producer -> output frame -> viewer.
-async fn echo(cluster: &RelayCluster, p: usize, v: usize, ch: &str, rounds: usize) -> Vec<f64> {
-    let (mut prod, _) = producer(&cluster.replicas[p], ch, 0).await;
-    let (mut view, _) = viewer(&cluster.replicas[v], ch, &viewer_claims(ch, ViewerMode::View), 0).await;
-    let mut samples = Vec::new();
-    for i in 0..rounds + 50 {
-        let start = Instant::now();
-        send(&mut view, data(ch, i as u64, Bytes::from_static(b"k"))).await;
+/// A keystroke's round trip: viewer input -> producer -> output frame -> viewer.
+struct Keystrokes {
+    prod: Ws,
+    view: Ws,
+    ch: &'static str,
+    n: u64,
+}
+
+impl Keystrokes {
+    async fn open(cluster: &RelayCluster, p: usize, v: usize, ch: &'static str) -> Keystrokes {
+        let (prod, _) = producer(&cluster.replicas[p], ch, 0).await;
+        let (view, _) = viewer(&cluster.replicas[v], ch, &viewer_claims(ch, ViewerMode::View), 0).await;
+        Keystrokes { prod, view, ch, n: 0 }
+    }
+
+    async fn round_trip(&mut self) {
+        send(&mut self.view, data(self.ch, self.n, Bytes::from_static(b"k"))).await;
         loop {
-            if let Some(Frame::Data(_)) = recv(&mut prod).await {
+            if let Some(Frame::Data(_)) = recv(&mut self.prod).await {
                 break;
             }
         }
-        send(&mut prod, data(ch, i as u64, Bytes::from_static(b"k"))).await;
-        recv_data_frame(&mut view).await;
-        if i >= 50 {
-            samples.push(start.elapsed().as_secs_f64() * 1e6);
+        send(&mut self.prod, data(self.ch, self.n, Bytes::from_static(b"k"))).await;
+        self.n += 1;
+        recv_data_frame(&mut self.view).await;
+    }
+}
+
+/// Sorted round trips in µs of the local path, the cross-replica path and a raw NATS request to
+/// a responder process (the two NATS hops a cross-replica keystroke cannot avoid), measured in
+/// turns so the three see the same machine.
+async fn echo(cluster: &RelayCluster, nats: &Nats, rounds: usize) -> [Vec<f64>; 3] {
+    let mut local = Keystrokes::open(cluster, 0, 0, "echo-local").await;
+    let mut remote = Keystrokes::open(cluster, 0, 1, "echo-remote").await;
+    let _responder = bench::Responder::start(nats, "bench.echo", None);
+    let nc = nats.client().await;
+    let mut samples: [Vec<f64>; 3] = Default::default();
+    for i in 0..rounds + 50 {
+        for (which, out) in samples.iter_mut().enumerate() {
+            let start = Instant::now();
+            match which {
+                0 => local.round_trip().await,
+                1 => remote.round_trip().await,
+                _ => drop(nc.request("bench.echo", Bytes::from_static(b"k")).await.expect("raw NATS echo")),
+            }
+            if i >= 50 {
+                out.push(start.elapsed().as_secs_f64() * 1e6);
+            }
         }
     }
-    samples.sort_by(f64::total_cmp);
+    for s in &mut samples {
+        s.sort_by(f64::total_cmp);
+    }
     samples
 }
 
@@ -89,6 +125,31 @@ async fn bulk(cluster: &RelayCluster, p: usize, v: usize, ch: &str, mib: usize) 
     let secs = start.elapsed().as_secs_f64();
     drop(sender.await);
     mib as f64 / secs
+}
+
+/// MiB/s of `mib` MiB in 16 KiB messages from one NATS connection to another through the
+/// server, at most `window` bytes in flight (a link's credit): what one NATS hop costs.
+async fn raw_nats_bulk(nats: &Nats, mib: usize, window: usize) -> f64 {
+    let (publisher, subscriber) = (nats.client().await, nats.client().await);
+    let mut sub = subscriber.subscribe("bench.bulk").await.expect("subscribe");
+    subscriber.flush().await.expect("flush");
+    let frames = (mib << 20) / (16 << 10);
+    let (got_tx, mut got_rx) = tokio::sync::watch::channel(0usize);
+    let counter = tokio::spawn(async move {
+        for n in 1..=frames {
+            sub.next().await.expect("bulk message");
+            got_tx.send_replace(n);
+        }
+    });
+    let body = Bytes::from(vec![b'x'; 16 << 10]);
+    let in_flight = window / (16 << 10);
+    let start = Instant::now();
+    for sent in 0..frames {
+        got_rx.wait_for(|got| sent - got < in_flight).await.expect("counter");
+        publisher.publish("bench.bulk", body.clone()).await.expect("publish");
+    }
+    counter.await.expect("counter");
+    mib as f64 / start.elapsed().as_secs_f64()
 }
 
 /// Frames/s and RSS per replica (KiB) with `channels` channels, the viewer on the next replica
@@ -141,24 +202,28 @@ async fn main() {
         ["--producer-rate", "0", "--max-connections-per-address", "4096", "--max-waits-per-token", "4096"];
     let cluster = RelayCluster::start(&nats, 3, &flags).await;
 
-    let local = echo(&cluster, 0, 0, "echo-local", rounds).await;
-    let remote = echo(&cluster, 0, 1, "echo-remote", rounds).await;
-    let (lp50, lp99, rp50, rp99) = (
-        percentile(&local, 0.5),
-        percentile(&local, 0.99),
-        percentile(&remote, 0.5),
-        percentile(&remote, 0.99),
-    );
+    let [local, remote, raw] = echo(&cluster, &nats, rounds).await;
+    let p = |s: &[f64]| (percentile(s, 0.5), percentile(s, 0.99));
+    let ((lp50, lp99), (rp50, rp99), (np50, np99)) = (p(&local), p(&remote), p(&raw));
     println!(
         "keystroke echo ({rounds} rounds), µs: local p50 {lp50:.0} p99 {lp99:.0}; cross-replica p50 {rp50:.0} p99 {rp99:.0}"
     );
-    println!("  cross-replica adds {:.0} µs at p50 (ratio {:.2})", rp50 - lp50, rp50 / lp50);
+    println!(
+        "  cross-replica adds {:.0} µs at p50; a raw NATS round trip to another process, same run: p50 {np50:.0} p99 {np99:.0} (the added time is {:.2}× it)",
+        rp50 - lp50,
+        (rp50 - lp50) / np50
+    );
 
     let bl = bulk(&cluster, 1, 1, "bulk-local", mib).await;
     let br = bulk(&cluster, 1, 2, "bulk-remote", mib).await;
+    let bn = raw_nats_bulk(&nats, mib, 1 << 20).await;
+    // Were costs simply additive, a path through a relay and then one NATS hop would move
+    // a MiB in the time of both.
+    let additive = 1.0 / (1.0 / bl + 1.0 / bn);
     println!(
-        "bulk {mib} MiB in 16 KiB frames: local {bl:.0} MiB/s, cross-replica {br:.0} MiB/s (ratio {:.2})",
-        br / bl
+        "bulk {mib} MiB in 16 KiB frames: local {bl:.0} MiB/s, cross-replica {br:.0} MiB/s (ratio {:.2}); raw NATS one hop {bn:.0} MiB/s, local and one hop added {additive:.0} MiB/s (ratio {:.2})",
+        br / bl,
+        additive / bl
     );
 
     let mib = |rss: &[u64]| {
@@ -188,9 +253,13 @@ async fn main() {
             .goal("≤ +150 µs"),
         Row::new(area, "keystroke echo p99, viewer on another replica", format!("{rp99:.0} µs"))
             .beside(format!("same replica {lp99:.0} µs"), format!("+{:.0} µs", rp99 - lp99)),
+        Row::new(area, "keystroke echo p50, time added across replicas", format!("+{:.0} µs", rp50 - lp50))
+            .times(format!("raw NATS round trip {np50:.0} µs"), (rp50 - lp50) / np50),
         Row::new(area, "bulk, viewer on another replica", format!("{br:.0} MiB/s"))
             .times(format!("same replica {bl:.0} MiB/s"), br / bl)
             .goal("≥ 0.5×"),
+        Row::new(area, "bulk, raw NATS one hop (16 KiB messages, 1 MiB in flight)", format!("{bn:.0} MiB/s"))
+            .times(format!("same replica {bl:.0} MiB/s"), bn / bl),
         Row::new(
             area,
             format!("{channels} channels across replicas"),
