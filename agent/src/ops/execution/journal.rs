@@ -385,6 +385,19 @@ impl Journal {
         self.segments.front().is_some_and(|oldest| oldest.id <= at.segment)
     }
 
+    /// The chunks `data` was read for from the spill file at `at` (one segment, oldest
+    /// first), or `None` when their segment was dropped before the check: a slot is written
+    /// over only once its segment is dropped, so bytes read before a check that finds it held
+    /// are the chunks' own.
+    pub fn read_back(&self, at: &[OnDisk], data: Vec<Bytes>) -> Option<Vec<Chunk>> {
+        if !at.first().is_some_and(|first| self.holds(first)) || data.len() != at.len() {
+            return None;
+        }
+        let chunks =
+            at.iter().zip(data).map(|(d, data)| Chunk { seq: d.seq, pos: d.pos, stream: d.stream, data });
+        Some(chunks.collect())
+    }
+
     /// The chunks of `plan` are on disk: they leave memory.
     pub fn spilled(&mut self, plan: &SpillPlan) {
         for (at, _) in &plan.writes {
@@ -479,11 +492,16 @@ mod tests {
             }
         }
         assert!(!j.holds(&plans[0]), "the first segment was dropped");
+        // A replay that read the first segment's slot before it was taken over gets nothing.
+        assert!(j.read_back(&plans[..1], vec![block.clone()]).is_none());
         j.seal();
         assert!(!j.over_memory());
         let (first, pos) = j.first();
         assert_eq!(pos, j.dropped());
-        assert!(matches!(j.lookup(first), Lookup::Disk(d) if d.pos == pos && j.holds(&d)));
+        let Lookup::Disk(d) = j.lookup(first) else { panic!("the oldest kept chunk is on disk") };
+        assert_eq!(d.pos, pos);
+        let back = j.read_back(&[d], vec![block.clone()]).expect("its segment is held");
+        assert_eq!((back[0].seq, back[0].pos, back[0].data.len()), (first, pos, block.len()));
         assert!(matches!(j.lookup(first.saturating_sub(1)), Lookup::Dropped { .. }));
         let kept: u64 = (first..j.next_seq())
             .map(|s| match j.lookup(s) {

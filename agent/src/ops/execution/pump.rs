@@ -76,20 +76,14 @@ pub async fn publish_loop(
                 let Some(spill) = exec.spill.clone() else { return };
                 let wanted = at.clone();
                 let read = tokio::task::spawn_blocking(move || spill.read(&wanted)).await;
-                // A slot is written over only after its segment is dropped: what was read is
-                // the chunks' own bytes if their segment is still held now.
-                let held = at.first().is_some_and(|first| exec.lock().journal.holds(first));
-                match read {
-                    Ok(Ok(data)) if held => {
-                        let chunks = at
-                            .iter()
-                            .zip(data)
-                            .map(|(d, data)| Chunk { seq: d.seq, pos: d.pos, stream: d.stream, data })
-                            .collect();
-                        deliver(&exec, &subject, &publish, generation, chunks, gap).await;
-                    }
+                let chunks = match read {
+                    Ok(Ok(data)) => exec.lock().journal.read_back(&at, data),
+                    _ => None,
+                };
+                match chunks {
+                    Some(chunks) => deliver(&exec, &subject, &publish, generation, chunks, gap).await,
                     // The segment was dropped meanwhile: the next step sees the gap.
-                    _ => tokio::task::yield_now().await,
+                    None => tokio::task::yield_now().await,
                 }
             }
         }

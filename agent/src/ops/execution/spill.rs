@@ -59,17 +59,18 @@ impl SpillFile {
 
     /// Deletes the file.
     pub fn remove(&self) {
-        if let Err(e) = fs::remove_file(&self.0)
-            && e.kind() != io::ErrorKind::NotFound
-        {
-            tracing::warn!(path = %self.0.display(), error = %e, "removing spilled output");
-        }
+        remove_quietly(&self.0, |p| fs::remove_file(p));
     }
 }
 
-/// Removes a directory tree, quietly if it is already gone.
+/// Removes a directory tree of spill files (what an earlier run left).
 pub fn remove_tree(path: &Path) {
-    if let Err(e) = fs::remove_dir_all(path)
+    remove_quietly(path, |p| fs::remove_dir_all(p));
+}
+
+/// Removes `path` with `remove`; one already gone is no error, any other is logged.
+fn remove_quietly(path: &Path, remove: fn(&Path) -> io::Result<()>) {
+    if let Err(e) = remove(path)
         && e.kind() != io::ErrorKind::NotFound
     {
         tracing::warn!(path = %path.display(), error = %e, "removing spilled output");
