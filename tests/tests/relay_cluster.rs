@@ -260,3 +260,96 @@ async fn presence_counts_remote_viewers_and_a_remote_spectator_cannot_type() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_replica_of_another_link_version_is_refused_not_misread() {
+    use prost::Message as _;
+    use tether_relay::cluster::{key_subject, wire};
+    let nats = Nats::start().await;
+    let cluster = RelayCluster::start(&nats, 1, &[]).await;
+    let (_producer, _) = producer(&cluster.replicas[0], "versions", 0).await;
+    let key = tether_relay::registry::ChannelKey {
+        workspace_id: WS.into(),
+        agent_id: AGENT.into(),
+        port: tether_proto::PTY_PORT,
+        channel_id: "versions".into(),
+    };
+    let subject = key_subject("relay", "open", &key);
+    let nc = nats.client().await;
+    let open = |link_version| {
+        let req = wire::OpenRequest {
+            workspace_id: WS.into(),
+            agent_id: AGENT.into(),
+            port: tether_proto::PTY_PORT,
+            channel_id: "versions".into(),
+            kind: pb::StreamKind::Pty as i32,
+            identity: "replica-of-yesterday".into(),
+            holder: "replica-of-yesterday".into(),
+            down_subject: "test.down".into(),
+            credit: 1 << 20,
+            link_version,
+            ..Default::default()
+        };
+        let (nc, subject) = (nc.clone(), subject.clone());
+        async move {
+            // The owner answers once its subscription is in place, shortly after the producer.
+            for _ in 0..100 {
+                match nc.request(subject.clone(), req.encode_to_vec().into()).await {
+                    Ok(msg) => return wire::OpenReply::decode(msg.payload).expect("an OpenReply"),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+            panic!("the channel's replica never answered a link open");
+        }
+    };
+    // A replica from before the link format (no version) is refused, with why.
+    let old = open(0).await;
+    assert!(!old.accepted, "{old:?}");
+    assert_eq!(old.reason, "bad_handshake");
+    assert!(old.message.contains("version 0") && old.message.contains("upgrading"), "{}", old.message);
+    assert_eq!(old.link_version, wire::LINK_VERSION);
+    // The same open of this version is taken.
+    let current = open(wire::LINK_VERSION).await;
+    assert!(current.accepted, "{current:?}");
+    assert_eq!(current.link_version, wire::LINK_VERSION);
+}
+
+#[tokio::test]
+async fn a_viewers_replica_does_not_link_to_an_owner_of_another_version() {
+    use futures::StreamExt;
+    use prost::Message as _;
+    use tether_relay::cluster::{key_subject, wire};
+    let nats = Nats::start().await;
+    let cluster = RelayCluster::start(&nats, 1, &[]).await;
+    let key = tether_relay::registry::ChannelKey {
+        workspace_id: WS.into(),
+        agent_id: AGENT.into(),
+        port: tether_proto::PTY_PORT,
+        channel_id: "old-owner".into(),
+    };
+    // A replica from before the link format owns the channel: it takes the open, unversioned.
+    let nc = nats.client().await;
+    let mut opens = nc.subscribe(key_subject("relay", "open", &key)).await.expect("subscribe");
+    let mut ctl = nc.subscribe("old.ctl").await.expect("subscribe");
+    nc.flush().await.expect("flush");
+    let (mut viewer, _) =
+        viewer(&cluster.replicas[0], "old-owner", &viewer_claims("old-owner", ViewerMode::View), 0).await;
+    let open = tokio::time::timeout(WITHIN, opens.next()).await.expect("a link open").expect("open");
+    let reply = wire::OpenReply {
+        accepted: true,
+        ctl_subject: "old.ctl".into(),
+        input_subject: "old.in".into(),
+        ..Default::default()
+    };
+    nc.publish(open.reply.expect("a reply subject"), reply.encode_to_vec().into()).await.expect("reply");
+    // The viewer is told why and let go; the old owner hears the viewer leave.
+    match recv(&mut viewer).await {
+        Some(tether_proto::frame::Frame::Close(c)) => {
+            assert_eq!(c.reason, pb::StreamCloseReason::TransportError as i32);
+            assert!(c.message.contains("version 0") && c.message.contains("reconnect"), "{}", c.message);
+        }
+        other => panic!("expected a close, got {other:?}"),
+    }
+    let bye = tokio::time::timeout(WITHIN, ctl.next()).await.expect("a bye").expect("ctl");
+    assert_eq!(wire::Ctl::decode(bye.payload), Some(wire::Ctl::Bye));
+}
