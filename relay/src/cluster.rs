@@ -38,8 +38,7 @@
 //! `<ws>.<agent>.<port>.<channel>`.
 //! - `<prefix>.open.<key>`: link open (request/reply, [`wire::OpenRequest`]/[`wire::OpenReply`]).
 //! - `<prefix>.announce.<key>`: an owner's producer attached (payload: the owner's replica id).
-//! - `<prefix>.link.<replica>.<n>.down`: owner to viewer's replica: the relay messages, one per
-//!   NATS message, and empty heartbeats ([`wire`]).
+//! - `<prefix>.link.<replica>.<n>.down`: owner to viewer's replica ([`wire::Down`]).
 //! - `<prefix>.link.<replica>.<n>.ctl`: credit, heartbeat, bye ([`wire::Ctl`]).
 //! - `<prefix>.link.<replica>.<n>.in`: viewer input, one relay message per request, answered
 //!   once the owner's registry took it (keeps order and input backpressure).
@@ -222,7 +221,7 @@ impl Cluster {
     }
 
     fn key_subject(&self, what: &str, key: &ChannelKey) -> String {
-        key_subject(&self.prefix, what, key)
+        format!("{}.{what}.{}", self.prefix, key_tokens(key))
     }
 
     fn link_subjects(&self) -> (String, String, String) {
@@ -274,11 +273,6 @@ fn unhex(token: &str) -> Option<String> {
         .map(|pair| std::str::from_utf8(pair).ok().and_then(|p| u8::from_str_radix(p, 16).ok()))
         .collect();
     String::from_utf8(bytes?).ok()
-}
-
-/// `<prefix>.<what>.<key>`: where a channel's link opens (`open`) and announces (`announce`) go.
-pub fn key_subject(prefix: &str, what: &str, key: &ChannelKey) -> String {
-    format!("{prefix}.{what}.{}", key_tokens(key))
 }
 
 /// The four subject tokens of a channel key.

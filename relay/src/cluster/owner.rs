@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::stats::{add, count};
-use super::wire::{self, Ctl, OpenReply, OpenRequest};
+use super::wire::{Ctl, Down, OpenReply, OpenRequest};
 use super::{Cluster, HEARTBEAT, LINK_TIMEOUT};
 use crate::handshake::{Admission, Peer, Rejection, ViewerGrant};
 use crate::metrics::RejectReason;
@@ -66,7 +66,6 @@ async fn open_link(cluster: Arc<Cluster>, key: ChannelKey, msg: Message) {
                 accepted: false,
                 reason: rejection.reason.label().to_owned(),
                 message: rejection.message,
-                link_version: wire::LINK_VERSION,
                 ..OpenReply::default()
             };
             (reply, None)
@@ -101,14 +100,6 @@ async fn accept(cluster: &Cluster, key: &ChannelKey, payload: Bytes) -> Result<(
         port: req.port,
         channel_id: req.channel_id.clone(),
     };
-    if req.link_version != wire::LINK_VERSION {
-        let message = format!(
-            "the viewer's replica links with version {}, this one with {}: finish upgrading every replica",
-            req.link_version,
-            wire::LINK_VERSION
-        );
-        return Err(Rejection::new(RejectReason::BadHandshake, message));
-    }
     if named != *key || req.down_subject.is_empty() || req.credit == 0 {
         return Err(Rejection::new(RejectReason::BadHandshake, "link open names another channel"));
     }
@@ -138,7 +129,6 @@ async fn accept(cluster: &Cluster, key: &ChannelKey, payload: Bytes) -> Result<(
         resume_from_seq: ack,
         ctl_subject,
         input_subject,
-        link_version: wire::LINK_VERSION,
         ..OpenReply::default()
     };
     let link = Link { att: Arc::new(att), down: req.down_subject, ctl, input, credit: req.credit };
@@ -153,8 +143,12 @@ impl Link {
         // Sent and not yet credited back: the link's share of the forwarding lag.
         let mut outstanding: u64 = 0;
         loop {
-            let (down, closing) = tokio::select! {
-                _ = cluster.shutdown.cancelled() => (vec![closing_frame(&self.att)], true),
+            let down = tokio::select! {
+                _ = cluster.shutdown.cancelled() => Down::Close(pb::StreamClose {
+                    channel_id: self.att.channel_id().to_owned(),
+                    reason: pb::StreamCloseReason::TransportError as i32,
+                    message: "relay shutting down; reconnect to resume".into(),
+                }),
                 msg = self.ctl.next() => {
                     heard = Instant::now();
                     match msg.and_then(|m| Ctl::decode(m.payload)) {
@@ -168,16 +162,16 @@ impl Link {
                         Some(Ctl::Bye) | None => break,
                     }
                 }
-                next = self.att.next_up_to(usize::try_from(self.credit).unwrap_or(usize::MAX)), if self.credit > 0 => match next {
+                next = self.att.next_up_to(batch_cap(cluster, self.credit)), if self.credit > 0 => match next {
                     Next::Send(batch) => {
                         let bytes: u64 = batch.iter().map(|m| m.len() as u64).sum();
                         self.credit = self.credit.saturating_sub(bytes);
                         outstanding += bytes;
                         add(&cluster.stats.lag_bytes, bytes as i64);
                         count(&cluster.stats.bytes_out, bytes);
-                        (batch, false)
+                        Down::Frames(batch)
                     }
-                    Next::Close(close) => (vec![Frame::Close(close).encode()], true),
+                    Next::Close(close) => Down::Close(close),
                     Next::Idle | Next::Ping => continue,
                 },
                 _ = beat.tick() => {
@@ -186,10 +180,11 @@ impl Link {
                         count(&cluster.stats.links_lost, 1);
                         break;
                     }
-                    (vec![wire::HEARTBEAT], false)
+                    Down::Heartbeat
                 }
             };
-            if let Err(e) = publish_all(cluster, &self.down, down).await {
+            let closing = matches!(down, Down::Close(_));
+            if let Err(e) = cluster.nats.publish(self.down.clone(), down.encode()).await {
                 warn!(error = %e, "cannot forward to a remote viewer; dropping it");
                 break;
             }
@@ -203,27 +198,13 @@ impl Link {
     }
 }
 
-/// Publishes each relay message as a NATS message of its own: the bytes the producer sent
-/// cross without a copy (a single relay message larger than the server's `max_payload` cannot
-/// cross; keep it above `--max-message-bytes`).
-async fn publish_all(
-    cluster: &Cluster,
-    subject: &str,
-    msgs: Vec<Bytes>,
-) -> Result<(), async_nats::PublishError> {
-    for msg in msgs {
-        cluster.nats.publish(subject.to_owned(), msg).await?;
-    }
-    Ok(())
-}
-
-fn closing_frame(att: &Attachment) -> Bytes {
-    Frame::Close(pb::StreamClose {
-        channel_id: att.channel_id().to_owned(),
-        reason: pb::StreamCloseReason::TransportError as i32,
-        message: "relay shutting down; reconnect to resume".into(),
-    })
-    .encode()
+/// The most bytes to take for one NATS message: the credit left, and room under the server's
+/// `max_payload` for the framing (a single relay message larger than that cannot cross; keep
+/// `max_payload` above `--max-message-bytes`).
+fn batch_cap(cluster: &Cluster, credit: u64) -> usize {
+    let payload = cluster.nats.server_info().max_payload;
+    let room = if payload == 0 { usize::MAX } else { payload.saturating_sub(4 << 10).max(1) };
+    usize::try_from(credit).unwrap_or(usize::MAX).min(room)
 }
 
 /// Feeds the input a remote viewer's replica forwards into the registry, in order, answering

@@ -16,7 +16,7 @@ use async_nats::{Request, Subscriber, client::RequestErrorKind};
 use axum::extract::ws::{Message, WebSocket};
 use bytes::Bytes;
 use futures::stream::{SplitSink, SplitStream};
-use futures::{FutureExt, SinkExt, StreamExt};
+use futures::{SinkExt, StreamExt};
 use prost::Message as _;
 use tether_proto::frame::Frame;
 use tether_proto::pb;
@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::stats::{add, count};
-use super::wire::{Ctl, LINK_VERSION, OpenReply, OpenRequest};
+use super::wire::{Ctl, Down, OpenReply, OpenRequest};
 use super::{Cluster, HEARTBEAT, LINK_TIMEOUT};
 use crate::Shared;
 use crate::handshake::{Admission, Peer, Rejection};
@@ -47,8 +47,6 @@ const INPUT_TIMEOUT: Duration = Duration::from_secs(30);
 const PING_EVERY: Duration = Duration::from_secs(20);
 const SILENCE_LIMIT: Duration = Duration::from_secs(60);
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
-/// Most bytes of link messages gathered into one write to the viewer.
-const BATCH_BYTES: usize = 256 << 10;
 
 /// How a link ended.
 enum End {
@@ -247,7 +245,6 @@ impl Session {
             read_only: grant.read_only,
             down_subject,
             credit: self.shared.config.viewer_queue_bytes as u64,
-            link_version: LINK_VERSION,
         };
         let request = Request::new().payload(req.encode_to_vec().into()).timeout(Some(OPEN_TIMEOUT));
         let reply = match cluster.nats.send_request(cluster.key_subject("open", key), request).await {
@@ -260,14 +257,6 @@ impl Session {
             }
         };
         let Ok(reply) = OpenReply::decode(reply.payload) else { return Ok(None) };
-        if reply.accepted && reply.link_version != LINK_VERSION {
-            let _ = cluster.nats.publish(reply.ctl_subject, Ctl::Bye.encode()).await;
-            let why = format!(
-                "the channel's replica links with version {}, this one with {LINK_VERSION}: relay replicas are being upgraded; reconnect",
-                reply.link_version
-            );
-            return Err(self.closing(pb::StreamCloseReason::TransportError, why));
-        }
         if reply.accepted {
             count(&cluster.stats.links_opened, 1);
             return Ok(Some((down, reply)));
@@ -310,32 +299,28 @@ impl Session {
                     break End::Done;
                 }
                 msg = down.next() => {
-                    let Some(msg) = msg else { break End::OwnerLost };
-                    // What else has arrived goes to the viewer in the same write.
-                    let mut msgs = vec![msg.payload];
-                    let mut bytes = msgs[0].len();
-                    while bytes < BATCH_BYTES
-                        && let Some(Some(msg)) = down.next().now_or_never()
-                    {
-                        bytes += msg.payload.len();
-                        msgs.push(msg.payload);
-                    }
-                    count(&cluster.stats.bytes_in, bytes as u64);
-                    let (fresh, close) = self.keep_fresh(msgs);
-                    let written = tokio::time::timeout(write_limit, send_batch(&mut self.sink, fresh)).await;
-                    if !matches!(written, Ok(Ok(()))) {
-                        let _ = nats.publish(ctl.clone(), Ctl::Bye.encode()).await;
-                        break End::Done;
-                    }
-                    if let Some(close) = close {
-                        self.close(close).await;
-                        break End::Done;
-                    }
-                    // A slow socket is no sign of a silent owner.
                     heard = Instant::now();
-                    if bytes > 0 {
-                        self.last_ping = heard;
-                        let _ = nats.publish(ctl.clone(), Ctl::Credit(bytes as u64).encode()).await;
+                    let Some(msg) = msg else { break End::OwnerLost };
+                    match Down::decode(msg.payload) {
+                        Some(Down::Frames(msgs)) => {
+                            let bytes: u64 = msgs.iter().map(|m| m.len() as u64).sum();
+                            count(&cluster.stats.bytes_in, bytes);
+                            let fresh = self.keep_fresh(msgs);
+                            let written = tokio::time::timeout(write_limit, send_batch(&mut self.sink, fresh)).await;
+                            if !matches!(written, Ok(Ok(()))) {
+                                let _ = nats.publish(ctl.clone(), Ctl::Bye.encode()).await;
+                                break End::Done;
+                            }
+                            // A slow socket is no sign of a silent owner.
+                            heard = Instant::now();
+                            self.last_ping = heard;
+                            let _ = nats.publish(ctl.clone(), Ctl::Credit(bytes).encode()).await;
+                        }
+                        Some(Down::Heartbeat) | None => {}
+                        Some(Down::Close(close)) => {
+                            self.close(close).await;
+                            break End::Done;
+                        }
                     }
                 }
                 _ = beat.tick() => {
@@ -361,23 +346,19 @@ impl Session {
         end
     }
 
-    /// Drops heartbeats and the data frames the viewer already has (a resumed producer
-    /// resends its buffer), advances the cursor past the rest, and picks out a close (the
-    /// link's last message).
-    fn keep_fresh(&mut self, msgs: Vec<Bytes>) -> (Vec<Bytes>, Option<pb::StreamClose>) {
-        let mut fresh = Vec::with_capacity(msgs.len());
-        for msg in msgs.into_iter().filter(|m| !m.is_empty()) {
-            match Frame::decode(msg.clone()) {
-                Ok(Frame::Data(f)) if f.seq < self.cursor => {}
+    /// Drops data frames the viewer already has (a resumed producer resends its buffer) and
+    /// advances the cursor past the rest.
+    fn keep_fresh(&mut self, msgs: Vec<Bytes>) -> Vec<Bytes> {
+        msgs.into_iter()
+            .filter(|m| match Frame::decode(m.clone()) {
+                Ok(Frame::Data(f)) if f.seq < self.cursor => false,
                 Ok(Frame::Data(f)) => {
                     self.cursor = f.seq.saturating_add(1);
-                    fresh.push(msg);
+                    true
                 }
-                Ok(Frame::Close(close)) => return (fresh, Some(close)),
-                _ => fresh.push(msg),
-            }
-        }
-        (fresh, None)
+                _ => true,
+            })
+            .collect()
     }
 }
 

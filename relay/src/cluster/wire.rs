@@ -1,7 +1,7 @@
 //! The relay-private messages between replicas. They never leave the relay's own NATS
 //! subjects, so they are not part of `tether.proto` (whose numbers are shared with the control
-//! plane): the link open is a small protobuf defined here with prost; down the link go the
-//! relay messages themselves, and up it one-byte kinds followed by their body.
+//! plane): the link open is a small protobuf defined here with prost, the link itself a one-byte
+//! kind followed by its body.
 //!
 //! ```text
 //! message OpenRequest {            // <prefix>.open.<key>, request
@@ -12,28 +12,26 @@
 //!   optional uint64 authority_epoch = 10; bool control = 11; bool read_only = 12;
 //!   string down_subject = 13;       // where the owner sends Down messages
 //!   uint64 credit = 14;             // bytes the owner may send before more credit
-//!   uint32 link_version = 15;       // LINK_VERSION; an owner refuses any other
 //! }
 //! message OpenReply {
 //!   bool accepted = 1; uint64 resume_from_seq = 2;
 //!   string reason = 3; string message = 4;        // a refusal (RejectReason label)
 //!   string ctl_subject = 5; string input_subject = 6;
-//!   uint32 link_version = 7;        // the owner's; the viewer's replica links only to its own
 //! }
-//! Down (owner -> viewer's replica):  one relay message, as the producer sent it   frames
-//!                                    empty                                       heartbeat
-//!                                    a relay StreamClose                         close (the last)
+//! Down (owner -> viewer's replica):  0x01 then (u32 BE length, relay message)*   frames
+//!                                    0x02                                        heartbeat
+//!                                    0x03 then an encoded StreamClose frame      close
 //! Ctl (viewer's replica -> owner):   0x01 then u64 BE bytes                      credit (0 = heartbeat)
 //!                                    0x02                                        bye
 //! Input (viewer's replica -> owner): one relay message (Data, PtyResize, DesktopInput).
 //! ```
 //!
-//! Frames cross as the whole relay messages the producer sent, each a NATS message of its own
-//! (no copy on the owner: the client writes the producer's bytes as they are), so everything in
-//! them, such as a desktop frame's `delta` flag, reaches a remote viewer exactly as a local one
-//! gets it.
+//! Frames cross as the whole relay messages the producer sent, so everything in them, such as a
+//! desktop frame's `delta` flag, reaches a remote viewer exactly as a local one gets it.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tether_proto::frame::Frame;
+use tether_proto::pb;
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct OpenRequest {
@@ -65,8 +63,6 @@ pub struct OpenRequest {
     pub down_subject: String,
     #[prost(uint64, tag = "14")]
     pub credit: u64,
-    #[prost(uint32, tag = "15")]
-    pub link_version: u32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -83,17 +79,70 @@ pub struct OpenReply {
     pub ctl_subject: String,
     #[prost(string, tag = "6")]
     pub input_subject: String,
-    #[prost(uint32, tag = "7")]
-    pub link_version: u32,
 }
 
-/// The link format both ends must share. Replicas before it (0: unset) framed the down
-/// messages otherwise; mixed versions refuse to link rather than misread each other.
-pub const LINK_VERSION: u32 = 2;
+const FRAMES: u8 = 1;
+const HEARTBEAT: u8 = 2;
+const CLOSE: u8 = 3;
 
-/// A link's heartbeat from the owner: an empty message on the down subject, where every other
-/// message is one relay message as the producer sent it (a `StreamClose` ends the link).
-pub const HEARTBEAT: Bytes = Bytes::new();
+/// A message from the owner to the viewer's replica.
+#[derive(Debug, PartialEq)]
+pub enum Down {
+    Frames(Vec<Bytes>),
+    Heartbeat,
+    Close(pb::StreamClose),
+}
+
+impl Down {
+    pub fn encode(&self) -> Bytes {
+        match self {
+            Down::Frames(msgs) => {
+                let len: usize = msgs.iter().map(|m| m.len() + 4).sum();
+                let mut out = BytesMut::with_capacity(1 + len);
+                out.put_u8(FRAMES);
+                for m in msgs {
+                    out.put_u32(u32::try_from(m.len()).unwrap_or(u32::MAX));
+                    out.put_slice(m);
+                }
+                out.freeze()
+            }
+            Down::Heartbeat => Bytes::from_static(&[HEARTBEAT]),
+            Down::Close(close) => {
+                let frame = Frame::Close(close.clone()).encode();
+                let mut out = BytesMut::with_capacity(1 + frame.len());
+                out.put_u8(CLOSE);
+                out.put_slice(&frame);
+                out.freeze()
+            }
+        }
+    }
+
+    /// `None` for anything malformed.
+    pub fn decode(mut payload: Bytes) -> Option<Down> {
+        if payload.is_empty() {
+            return None;
+        }
+        match payload.get_u8() {
+            FRAMES => {
+                let mut msgs = Vec::new();
+                while payload.remaining() >= 4 {
+                    let len = payload.get_u32() as usize;
+                    if payload.remaining() < len {
+                        return None;
+                    }
+                    msgs.push(payload.split_to(len));
+                }
+                payload.is_empty().then_some(Down::Frames(msgs))
+            }
+            HEARTBEAT => Some(Down::Heartbeat),
+            CLOSE => match Frame::decode(payload) {
+                Ok(Frame::Close(close)) => Some(Down::Close(close)),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
 
 const CREDIT: u8 = 1;
 const BYE: u8 = 2;
@@ -137,10 +186,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ctl_messages_round_trip_and_garbage_is_refused() {
+    fn link_messages_round_trip_and_garbage_is_refused() {
+        let frames = Down::Frames(vec![Bytes::from_static(b"ab"), Bytes::new(), Bytes::from_static(b"c")]);
+        assert_eq!(Down::decode(frames.encode()), Some(frames));
+        assert_eq!(Down::decode(Down::Heartbeat.encode()), Some(Down::Heartbeat));
+        let close = pb::StreamClose { channel_id: "c".into(), reason: 2, message: "m".into() };
+        assert_eq!(Down::decode(Down::Close(close.clone()).encode()), Some(Down::Close(close)));
+        assert_eq!(Down::decode(Bytes::from_static(&[1, 0, 0, 0, 9, 1])), None);
+        assert_eq!(Down::decode(Bytes::new()), None);
         assert_eq!(Ctl::decode(Ctl::Credit(77).encode()), Some(Ctl::Credit(77)));
         assert_eq!(Ctl::decode(Ctl::Bye.encode()), Some(Ctl::Bye));
         assert_eq!(Ctl::decode(Bytes::from_static(&[1, 2])), None);
-        assert_eq!(Ctl::decode(Bytes::new()), None);
+    }
+
+    #[test]
+    fn a_desktop_delta_frame_crosses_with_its_flag() {
+        let frame = |seq, delta| {
+            Frame::Data(pb::StreamFrame {
+                channel_id: "d".into(),
+                seq,
+                data: Bytes::from_static(b"TTI1\0\x08\0\x08\0\0"),
+                produced_at_ms: 1,
+                delta,
+            })
+            .encode()
+        };
+        let down = Down::Frames(vec![frame(4, false), frame(5, true)]);
+        let Some(Down::Frames(msgs)) = Down::decode(down.encode()) else { panic!("frames") };
+        let flags: Vec<(u64, bool)> = msgs
+            .into_iter()
+            .map(|m| match Frame::decode(m) {
+                Ok(Frame::Data(f)) => (f.seq, f.delta),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(flags, [(4, false), (5, true)]);
     }
 }
