@@ -151,9 +151,14 @@ async fn raw_nats_bulk(nats: &Nats, mib: usize, window: usize) -> Option<f64> {
         if !room || sent == frames {
             let want = if sent == frames { frames } else { sent + 1 - in_flight };
             if tokio::time::timeout(stalled, got_rx.wait_for(|got| *got >= want)).await.is_err() {
+                // Spoiled either way; say whether an explicit flush of the publisher (a PING
+                // and its PONG) lets the rest through, which tells where they were held.
+                let before = *got_rx.borrow();
+                let flushed = tokio::time::timeout(stalled, publisher.flush()).await;
+                let after = tokio::time::timeout(stalled, got_rx.wait_for(|got| *got >= want)).await.is_ok();
                 eprintln!(
-                    "raw NATS bulk: {} of {frames} messages arrived, then none for {stalled:?}",
-                    *got_rx.borrow()
+                    "raw NATS bulk: {before} of {frames} messages arrived, then none for {stalled:?}; a flush of the publisher ({flushed:?}) {}",
+                    if after { "let the rest through" } else { "did not help" }
                 );
                 counter.abort();
                 return None;
